@@ -1,0 +1,8 @@
+"""`nac.compile`: torch.export -> core ATen -> NAC ops (lowering table) -> passes -> `.nac` file.
+
+Importing this package imports torch; the runtime (`nac.engine`, `nac.load`) never does.
+"""
+from nac.compile.export import export, to_graph
+from nac.compile.passes import optimize
+
+__all__ = ["export", "to_graph", "optimize"]

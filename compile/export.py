@@ -1,0 +1,223 @@
+"""`nac.export`: torch.nn.Module -> torch.export (non-strict) -> core ATen -> NAC graph -> passes -> file."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nac.compile.lowering import RULES, Lowerer, module_path, nac_dtype, sym_text, target_name
+from nac.compile.passes import optimize
+from nac.errors import NacError, NacExportError
+from nac.format.container import write_nac
+from nac.format.graph import Graph
+
+__all__ = ["export", "to_graph"]
+
+
+def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None = None, dynamic_shapes=None,
+           weights: str = "inline", metadata: dict | None = None, tokenizer: bytes | None = None,
+           optimize_graph: bool = True) -> Path:
+    """Compile a PyTorch module into a `.nac` file.
+
+    Args:
+        module: the model; it is run in eval mode under ``torch.no_grad`` (its mode is restored).
+        args: example positional inputs (tensors), as for ``torch.export.export``.
+        path: the `.nac` file to write (its folder must exist).
+        kwargs: example keyword inputs (tensors; ``None`` values are left out).
+        dynamic_shapes: as for ``torch.export.export``; give each ``torch.export.Dim`` a name
+            (``Dim("seq", max=512)``) and that name is what `nac info` and errors show.
+        weights: ``"inline"`` or ``"external"`` (a sibling ``.safetensors`` file).
+        metadata: JSON-serialisable task metadata stored in the file (task, labels, ...).
+        tokenizer: bytes for the tokenizer section (see SPEC.md), or None.
+        optimize_graph: run the optimisation passes (constant folding, batch-norm folding,
+            activation fusion, dead-code elimination).
+    Returns:
+        ``path`` as a `pathlib.Path`.
+    Raises:
+        NacExportError: torch.export fails, the graph uses ATen ops NAC lacks (all listed with
+            their module paths), or an input is not a tensor. Nothing is written then.
+        NacFormatError: the file cannot be written (missing folder, bad ``weights``).
+    """
+    if path is None:
+        raise NacExportError("export needs a destination path")
+    graph = to_graph(module, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes)
+    meta = dict(metadata or {})
+    if optimize_graph:
+        meta.setdefault("compile", {})["passes"] = optimize(graph)
+    meta.setdefault("compile", {})["torch"] = torch.__version__
+    return write_nac(path, graph, meta, weights=weights, tokenizer=tokenizer)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _export_program(module, args, kwargs, dynamic_shapes) -> torch.export.ExportedProgram:
+    if not isinstance(module, torch.nn.Module):
+        raise NacExportError(f"export expects a torch.nn.Module, got {type(module).__name__}")
+    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    dropped = {k for k, v in (kwargs or {}).items() if v is None}
+    kwargs = {k: v for k, v in (kwargs or {}).items() if v is not None}
+    if isinstance(dynamic_shapes, dict):
+        dynamic_shapes = {k: v for k, v in dynamic_shapes.items() if k not in dropped}
+    with _eval_mode(module), torch.no_grad():
+        try:
+            ep = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+        except NacError:
+            raise
+        except Exception as exc:  # torch raises many types here; all mean "cannot export"
+            msg = str(exc).strip().splitlines()
+            raise NacExportError(f"torch.export failed for {type(module).__name__}: {type(exc).__name__}: "
+                                 f"{' '.join(msg[:6])}") from exc
+        return ep.run_decompositions()
+
+
+def _check_supported(ep: torch.export.ExportedProgram) -> None:
+    missing: dict[str, list[str]] = {}
+    for n in ep.graph.nodes:
+        if n.op != "call_function":
+            continue
+        if isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)):
+            continue  # size arithmetic: becomes dimension expressions, not nodes
+        name = target_name(n.target)
+        if name not in RULES:
+            missing.setdefault(name, []).append(module_path(n))
+    if missing:
+        lines = [f"  {op}  at {', '.join(sorted(set(paths))[:5])}{' ...' if len(set(paths)) > 5 else ''}"
+                 for op, paths in sorted(missing.items())]
+        raise NacExportError(f"the model uses {len(missing)} ATen op(s) NAC does not support:\n" + "\n".join(lines))
+
+
+def _dim_names(ep, dynamic_shapes) -> dict:
+    """Name torch's shape symbols after the user's `Dim` names (else ``<input>_dim<i>``)."""
+    names: dict = {}
+    user_inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
+    specs: dict[str, object] = {}
+    if isinstance(dynamic_shapes, dict):
+        specs = dict(dynamic_shapes)
+    elif isinstance(dynamic_shapes, (list, tuple)):
+        specs = {n.name: s for n, s in zip(user_inputs, dynamic_shapes)}
+    taken = set()
+    for n in user_inputs:
+        val = n.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        spec = specs.get(n.name)
+        for axis, size in enumerate(val.shape):
+            if not isinstance(size, torch.SymInt):
+                continue
+            expr = size.node.expr
+            if not expr.is_Symbol or expr in names:
+                continue
+            dim = None
+            if isinstance(spec, dict):
+                dim = spec.get(axis)
+            elif isinstance(spec, (list, tuple)) and axis < len(spec):
+                dim = spec[axis]
+            label = getattr(dim, "__name__", None) or f"{n.name}_dim{axis}"
+            label = "".join(c if c.isalnum() or c == "_" else "_" for c in label)
+            if not label[0].isalpha():
+                label = "d_" + label
+            while label in taken:
+                label += "_"
+            taken.add(label)
+            names[expr] = label
+    return names
+
+
+def _output_names(ep, count: int) -> list[str]:
+    try:
+        from torch.utils._pytree import keystr, tree_flatten_with_path, tree_unflatten
+
+        spec = ep.call_spec.out_spec
+        tree = tree_unflatten(list(range(count)), spec)
+        paths = [keystr(p) for p, _ in tree_flatten_with_path(tree)[0]]
+        names = []
+        for p in paths:
+            s = p.strip("[]().'\"").replace("']['", ".").replace("'].", ".").replace("[", "_").replace("]", "")
+            s = "".join(c if c.isalnum() or c == "_" else "_" for c in s).strip("_")
+            names.append(s if s and not s[0].isdigit() else f"output_{s}" if s else "output")
+        if len(set(names)) == count:
+            return names
+    except Exception:  # naming is cosmetic; fall back to positions
+        pass
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=None) -> Graph:
+    """Export ``module`` and lower it to an (unoptimised) NAC `Graph`. See `export` for arguments.
+
+    Raises:
+        NacExportError: as `export`.
+    """
+    ep = _export_program(module, args, kwargs, dynamic_shapes)
+    _check_supported(ep)
+    sig = ep.graph_signature
+    names = _dim_names(ep, dynamic_shapes)
+    graph = Graph()
+    for sym, label in names.items():
+        vr = ep.range_constraints.get(sym)
+        lo = int(vr.lower) if vr is not None and vr.lower.is_finite else 0
+        hi = int(vr.upper) if vr is not None and vr.upper.is_finite else None
+        graph.dims[label] = {"min": lo, "max": hi}
+    L = Lowerer(graph, names)
+    state = {**ep.state_dict, **ep.constants}
+    fqn_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
+
+    for node in ep.graph.nodes:
+        L.node = node
+        if node.op == "placeholder":
+            if node.name in fqn_of:
+                t = state[fqn_of[node.name]].detach().cpu().contiguous()
+                nac_dtype(t.dtype, f"parameter {fqn_of[node.name]}")
+                L.env[node] = graph.add_param(fqn_of[node.name], t.numpy())
+            else:
+                val = node.meta.get("val")
+                if not isinstance(val, torch.Tensor):
+                    raise NacExportError(f"input {node.name!r} is a {type(val).__name__}; NAC models take tensors only")
+                v = graph.add_value(node.name, nac_dtype(val.dtype, f"input {node.name}"), L.shape(node))
+                graph.inputs.append(v)
+                L.env[node] = v
+        elif node.op == "call_function":
+            val = node.meta.get("val")
+            if isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool):
+                L.env[node] = sym_text(val.node.expr, names) if isinstance(val, torch.SymInt) else int(val)
+                continue
+            if isinstance(val, (torch.SymFloat, torch.SymBool, float, bool)):
+                L.env[node] = val
+                continue
+            L.env[node] = RULES[target_name(node.target)](L, node, *node.args, **node.kwargs)
+        elif node.op == "output":
+            outs = node.args[0]
+            flat = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+            tensors = [o for o in flat if isinstance(o, torch.fx.Node)]
+            for o, label in zip(tensors, _output_names(ep, len(flat))):
+                v = L.env[o]
+                if v in graph.outputs or v in graph.inputs or v in graph.params or graph.values[v].const is not None:
+                    L.node = o
+                    v = L.emit("copy", [v], name=label, shape=graph.values[v].shape, dtype=graph.values[v].dtype)
+                graph.outputs.append(v)
+    _rename_outputs(graph, _output_names(ep, len(graph.outputs)))
+    return graph
+
+
+def _rename_outputs(graph: Graph, labels: list[str]) -> None:
+    """Give output values the model's output names (``last_hidden_state``) where free."""
+    for k, (old, new) in enumerate(zip(list(graph.outputs), labels)):
+        if old == new or new in graph.values:
+            continue
+        v = graph.values.pop(old)
+        v.name = new
+        graph.values[new] = v
+        for n in graph.nodes:
+            n.inputs = [new if i == old else i for i in n.inputs]
+            n.outputs = [new if o == old else o for o in n.outputs]
+        graph.outputs[k] = new

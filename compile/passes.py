@@ -1,0 +1,225 @@
+"""Graph optimisation passes, run on a NAC `Graph` after lowering and before writing.
+
+Each pass changes the graph in place and returns how many rewrites it made; `optimize` runs them
+in order and returns a report (``{"fold_constants": 3, ...}``) that `nac info` and the emitter show.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from nac.format.graph import Graph, Node
+
+#: unary ops that a producing linear / conv2d can apply in its own kernel, with their attrs.
+_FUSABLE = {"relu": "relu", "gelu": None, "silu": "silu", "sigmoid": "sigmoid", "tanh": "tanh",
+            "hardswish": "hardswish", "clamp": None}
+_INLINE_CONST_MAX = 16  # folded results with at most this many elements live inline in the graph
+
+
+def optimize(g: Graph) -> dict:
+    """Run every pass in order; returns ``{pass name: rewrites}`` plus node counts."""
+    report = {"nodes_before": len(g.nodes)}
+    for p in (fold_constants, fuse_pad_into_conv, fold_batch_norm, fuse_activation, eliminate_dead_code,
+              deduplicate_parameters):
+        report[p.__name__] = p(g)
+    report["nodes_after"] = len(g.nodes)
+    return report
+
+
+def _single_user(g: Graph, value: str, users: dict) -> Node | None:
+    us = users.get(value, [])
+    if len(us) == 1 and value not in g.outputs:
+        return us[0]
+    return None
+
+
+def fold_constants(g: Graph) -> int:
+    """Evaluate nodes whose inputs are all constants and whose outputs have static shapes."""
+    from nac.engine.kernels import KERNELS
+    from nac.engine.plan import resolve_attrs
+    from nac.format.graph import numpy_dtype
+
+    kept, folded = [], 0
+    for n in g.nodes:
+        arrays = [g.const_array(i) if i else None for i in n.inputs]
+        outs = [g.values[o] for o in n.outputs]
+        if (n.op in ("copy",) or any(i and a is None for i, a in zip(n.inputs, arrays))
+                or not all(v.is_static for v in outs) or any(o in g.outputs for o in n.outputs)):
+            kept.append(n)
+            continue
+        attrs = resolve_attrs(n.op, n.attrs, {})
+        res = [np.empty(v.shape, numpy_dtype(v.dtype)) for v in outs]
+        view = KERNELS[n.op](arrays, res, attrs)
+        if view is not None:
+            res = [np.ascontiguousarray(view)]
+        for v, r in zip(outs, res):
+            if r.size <= _INLINE_CONST_MAX:
+                v.const = r.tolist()
+            else:
+                g.params[v.name] = np.ascontiguousarray(r)
+        folded += 1
+    g.nodes = kept
+    return folded
+
+
+def fuse_pad_into_conv(g: Graph) -> int:
+    """``pad`` with zeros on H and W only, read by one ``conv2d`` -> the conv's padding."""
+    users, prod = g.consumers(), g.producers()
+    count = 0
+    for conv in g.nodes:
+        if conv.op != "conv2d":
+            continue
+        pad = prod.get(conv.inputs[0])
+        if pad is None or pad.op != "pad" or pad.attrs["value"] != 0.0 or _single_user(g, pad.outputs[0], users) is None:
+            continue
+        p = pad.attrs["pads"]
+        if len(p) != 4 or not all(isinstance(x, int) and x >= 0 for x in p):
+            continue
+        left, right, top, bottom = p
+        cp = conv.attrs["padding"]
+        conv.attrs["padding"] = [cp[0] + top, cp[1] + bottom, cp[2] + left, cp[3] + right]
+        conv.inputs[0] = pad.inputs[0]
+        count += 1
+    if count:
+        eliminate_dead_code(g)
+    return count
+
+
+def fold_batch_norm(g: Graph) -> int:
+    """``batch_norm(conv2d(x, W, b))`` with constant statistics -> ``conv2d(x, W', b')``.
+
+    W' = W * s[:, None, None, None], b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps).
+    """
+    users, prod = g.consumers(), g.producers()
+    count = 0
+    for bn in g.nodes:
+        if bn.op != "batch_norm":
+            continue
+        conv = prod.get(bn.inputs[0])
+        if conv is None or conv.op != "conv2d" or _single_user(g, conv.outputs[0], users) is None:
+            continue
+        if conv.attrs.get("activation", "none") != "none":
+            continue
+        x, w_name, b_name = conv.inputs
+        w = g.const_array(w_name)
+        stats = [g.const_array(i) if i else None for i in bn.inputs[1:]]
+        gamma, beta, mean, var = stats
+        if w is None or mean is None or var is None or (bn.inputs[1] and gamma is None) or \
+                (bn.inputs[2] and beta is None) or (b_name and g.const_array(b_name) is None):
+            continue
+        cout = w.shape[0]
+        gamma = np.ones(cout, np.float32) if gamma is None else gamma
+        beta = np.zeros(cout, np.float32) if beta is None else beta
+        bias = np.zeros(cout, np.float32) if not b_name else g.const_array(b_name)
+        s = (gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + bn.attrs["eps"]))
+        w_new = (w.astype(np.float64) * s[:, None, None, None]).astype(np.float32)
+        b_new = ((bias.astype(np.float64) - mean) * s + beta).astype(np.float32)
+        conv.inputs = [x, g.add_param(f"{w_name}.bn_folded", w_new), g.add_param(f"{w_name}.bn_folded_bias", b_new)]
+        # the conv now produces the batch-norm's output value
+        out = bn.outputs[0]
+        old = conv.outputs[0]
+        conv.outputs = [out]
+        bn.op, bn.inputs, bn.outputs = "copy", [old], [old + ".dead"]
+        g.values[old + ".dead"] = g.values[old]
+        count += 1
+    if count:
+        g.nodes = [n for n in g.nodes if not (n.op == "copy" and n.outputs[0].endswith(".dead"))]
+        for n in list(g.values):
+            if n.endswith(".dead"):
+                del g.values[n]
+        _reorder(g)
+        eliminate_dead_code(g)
+    return count
+
+
+def _activation_of(n: Node) -> str | None:
+    if n.op == "gelu":
+        return "gelu" if n.attrs.get("approximate", "none") == "none" else "gelu_tanh"
+    if n.op == "clamp":
+        lo, hi = n.attrs.get("min"), n.attrs.get("max")
+        if lo == 0.0 and hi is None:
+            return "relu"
+        if lo == 0.0 and hi == 6.0:
+            return "relu6"
+        return None
+    return _FUSABLE.get(n.op)
+
+
+def fuse_activation(g: Graph) -> int:
+    """``act(linear(...))`` / ``act(conv2d(...))`` -> the producer applies ``act`` in its kernel."""
+    users, prod = g.consumers(), g.producers()
+    count, dead = 0, set()
+    for act in g.nodes:
+        kind = _activation_of(act)
+        if kind is None:
+            continue
+        p = prod.get(act.inputs[0])
+        if p is None or p.op not in ("linear", "conv2d") or p.attrs.get("activation", "none") != "none":
+            continue
+        if _single_user(g, p.outputs[0], users) is None or g.values[act.outputs[0]].dtype != "float32":
+            continue
+        p.attrs["activation"] = kind
+        del g.values[p.outputs[0]]
+        p.outputs = [act.outputs[0]]
+        dead.add(id(act))
+        count += 1
+    g.nodes = [n for n in g.nodes if id(n) not in dead]
+    return count
+
+
+def eliminate_dead_code(g: Graph) -> int:
+    """Drop nodes none of whose outputs reach a graph output; drop values and params left unused."""
+    live = set(g.outputs)
+    kept = []
+    for n in reversed(g.nodes):
+        if any(o in live for o in n.outputs):
+            kept.append(n)
+            live.update(i for i in n.inputs if i)
+    removed = len(g.nodes) - len(kept)
+    g.nodes = kept[::-1]
+    live.update(g.inputs)
+    live |= {g.param_aliases[a] for a in g.param_aliases if a in live}
+    for name in list(g.values):
+        if name not in live:
+            del g.values[name]
+            g.params.pop(name, None)
+            g.param_aliases.pop(name, None)
+    for name in list(g.params):
+        if name not in g.values:
+            del g.params[name]
+    return removed
+
+
+def deduplicate_parameters(g: Graph) -> int:
+    """Store parameters with identical dtype, shape and bytes once (tied embeddings, shared layers)."""
+    seen: dict[tuple, str] = {}
+    count = 0
+    for name in sorted(g.params):
+        a = g.params[name]
+        key = (a.dtype.str, a.shape, hashlib.sha256(a.tobytes()).hexdigest())
+        if key in seen:
+            g.param_aliases[name] = seen[key]
+            del g.params[name]
+            count += 1
+        else:
+            seen[key] = name
+    return count
+
+
+def _reorder(g: Graph) -> None:
+    """Restore a topological order after rewrites (stable: keeps the original order when valid)."""
+    ready = set(g.inputs) | set(g.params) | set(g.param_aliases) | {n for n, v in g.values.items() if v.const is not None}
+    pending, order = list(g.nodes), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(not i or i in ready for i in n.inputs):
+                order.append(n)
+                ready.update(n.outputs)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise RuntimeError("graph has a cycle after rewriting")  # a bug in a pass, not user input
+        pending = rest
+    g.nodes = order

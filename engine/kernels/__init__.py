@@ -1,0 +1,15 @@
+"""The kernel registry: op name -> kernel.
+
+A kernel is ``kernel(ins, outs, attrs)``: ``ins`` are the input arrays (None for an absent optional
+input), ``outs`` are preallocated output arrays of the recorded shapes and dtypes, and ``attrs``
+has its dimension expressions already evaluated. A kernel writes into ``outs`` and returns None;
+the *view* ops (`VIEW_OPS`) instead return a numpy view of their input (or None when no view is
+possible, and then the planner gives them an output buffer and calls them again to copy).
+
+Hot loops are ``numba.njit(cache=True)`` functions in this package; where numpy already does an
+op in one vectorised pass (elementwise arithmetic, BLAS matrix products) the kernel calls numpy.
+"""
+from nac.engine.kernels.registry import KERNELS, VIEW_OPS, kernel
+from nac.engine.kernels import elementwise, linalg, nn, shape  # noqa: F401  (register kernels)
+
+__all__ = ["KERNELS", "VIEW_OPS", "kernel"]

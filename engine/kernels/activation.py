@@ -1,0 +1,123 @@
+"""Scalar activations shared by the fused kernels (linear, conv2d) and the unary ops.
+
+Codes index `nac.format.ops.ACTIVATIONS`. Math is done in float64 and rounded once to float32.
+Sources: GELU (Hendrycks & Gimpel 2016; ATen ``gelu`` with approximate none/tanh), SiLU
+(ATen ``silu``), hardswish (Howard et al. 2019, ATen ``hardswish``).
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from nac.format.ops import ACTIVATIONS
+
+CODES = {name: i for i, name in enumerate(ACTIVATIONS)}
+# extra element-wise functions that are not producer-fusable activations
+ERF, HARDSIGMOID, RSQRT, LEAKY_RELU, ELU = 100, 101, 102, 103, 104
+
+
+@njit(inline="always")
+def act(v, code, p):
+    """Apply activation ``code`` (parameter ``p`` for leaky_relu/elu) to a scalar."""
+    x = float(v)
+    if code == 0:
+        return x
+    if code == 1:
+        return x if x > 0.0 else 0.0
+    if code == 2:
+        return min(max(x, 0.0), 6.0)
+    if code == 3:
+        return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
+    if code == 4:
+        return 0.5 * x * (1.0 + math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    if code == 5:
+        return x / (1.0 + math.exp(-x)) if x > -700.0 else 0.0
+    if code == 6:
+        return 1.0 / (1.0 + math.exp(-x)) if x > -700.0 else 0.0
+    if code == 7:
+        return math.tanh(x)
+    if code == 8:
+        return x * min(max(x + 3.0, 0.0), 6.0) / 6.0
+    if code == ERF:
+        return math.erf(x)
+    if code == HARDSIGMOID:
+        return min(max(x + 3.0, 0.0), 6.0) / 6.0
+    if code == RSQRT:
+        return 1.0 / math.sqrt(x) if x > 0.0 else (math.inf if x == 0.0 else math.nan)
+    if code == LEAKY_RELU:
+        return x if x > 0.0 else p * x
+    if code == ELU:
+        return x if x > 0.0 else p * (math.exp(x) - 1.0)
+    return x
+
+
+@njit(cache=True, parallel=True)
+def map_activation(x, out, code, p):
+    """out[i] = act(x[i]) for 1-D contiguous float32 arrays (``x`` may be ``out``)."""
+    n = x.size
+    chunk = 16384
+    for c in prange((n + chunk - 1) // chunk):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            out[i] = act(x[i], code, p)
+
+
+@njit(cache=True, inline="always")
+def bias_act_vector(y, bias, has_bias, code):
+    """In place over a 1-D float32 row: y[i] = act(y[i] + bias[i]); relu/relu6 stay in float32."""
+    n = y.size
+    if code == 0:
+        if has_bias:
+            for i in range(n):
+                y[i] += bias[i]
+    elif code == 1:
+        for i in range(n):
+            v = y[i] + bias[i] if has_bias else y[i]
+            y[i] = v if v > 0 else np.float32(0.0)
+    elif code == 2:
+        for i in range(n):
+            v = y[i] + bias[i] if has_bias else y[i]
+            y[i] = min(max(v, np.float32(0.0)), np.float32(6.0))
+    else:
+        for i in range(n):
+            y[i] = act(y[i] + bias[i] if has_bias else y[i], code, 0.0)
+
+
+@njit(cache=True, inline="always")
+def bias_act_scalar(y, b, code):
+    """In place over a 1-D float32 row: y[i] = act(y[i] + b); relu/relu6 stay in float32."""
+    n = y.size
+    if code == 0:
+        for i in range(n):
+            y[i] += b
+    elif code == 1:
+        for i in range(n):
+            v = y[i] + b
+            y[i] = v if v > 0 else np.float32(0.0)
+    elif code == 2:
+        for i in range(n):
+            y[i] = min(max(y[i] + b, np.float32(0.0)), np.float32(6.0))
+    else:
+        for i in range(n):
+            y[i] = act(y[i] + b, code, 0.0)
+
+
+@njit(cache=True, parallel=True)
+def bias_act_rows(y, bias, has_bias, code):
+    """In place: y[m, n] = act(y[m, n] + bias[n]) for a 2-D contiguous float32 ``y``."""
+    for m in prange(y.shape[0]):
+        bias_act_vector(y[m], bias, has_bias, code)
+
+
+@njit(cache=True, parallel=True)
+def bias_act_channels(y, bias, has_bias, code):
+    """In place: y[n, c, i] = act(y[n, c, i] + bias[c]) for a 3-D contiguous float32 ``y``."""
+    N, C, S = y.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        bias_act_scalar(y[n, c], bias[c] if has_bias else np.float32(0.0), code)
+
+
+def flat(a: np.ndarray) -> np.ndarray:
+    """A 1-D contiguous view (or copy, if ``a`` is strided) of ``a``."""
+    return np.ascontiguousarray(a).reshape(-1)

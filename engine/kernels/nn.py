@@ -1,0 +1,314 @@
+"""Normalisation, softmax, pooling, reductions and indexing kernels."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from nac.errors import NacInputError
+from nac.engine.kernels.registry import kernel
+
+
+# -- normalisation -------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def layer_norm_rows(x, w, b, has_w, has_b, eps, out):
+    """Row-wise layer norm of a 2-D float32 array (ATen native_layer_norm; biased variance).
+
+    x, out: [M, N]; w, b: [N]. Statistics are accumulated in float64.
+    """
+    M, N = x.shape
+    for m in prange(M):
+        s = 0.0
+        for n in range(N):
+            s += x[m, n]
+        mean = s / N
+        v = 0.0
+        for n in range(N):
+            d = x[m, n] - mean
+            v += d * d
+        rstd = 1.0 / math.sqrt(v / N + eps)
+        for n in range(N):
+            y = (x[m, n] - mean) * rstd
+            if has_w:
+                y = y * w[n]
+            if has_b:
+                y = y + b[n]
+            out[m, n] = y
+
+
+@njit(cache=True, parallel=True)
+def rms_norm_rows(x, w, has_w, eps, out):
+    """Row-wise RMS norm: x / sqrt(mean(x**2) + eps) * w (Zhang & Sennrich 2019; ATen rms_norm)."""
+    M, N = x.shape
+    for m in prange(M):
+        s = 0.0
+        for n in range(N):
+            s += x[m, n] * x[m, n]
+        r = 1.0 / math.sqrt(s / N + eps)
+        for n in range(N):
+            out[m, n] = x[m, n] * r * w[n] if has_w else x[m, n] * r
+
+
+@njit(cache=True, parallel=True)
+def softmax_rows(x, out, log):
+    """Row-wise (log-)softmax over the last axis of a 2-D float32 array (ATen _softmax)."""
+    M, N = x.shape
+    for m in prange(M):
+        mx = -np.inf
+        for n in range(N):
+            if x[m, n] > mx:
+                mx = x[m, n]
+        s = 0.0
+        if mx == -np.inf:  # a fully masked row: ATen gives NaN
+            mx = 0.0
+        for n in range(N):
+            s += math.exp(x[m, n] - mx)
+        if log:
+            ls = math.log(s)
+            for n in range(N):
+                out[m, n] = x[m, n] - mx - ls
+        else:
+            inv = 1.0 / s
+            for n in range(N):
+                out[m, n] = math.exp(x[m, n] - mx) * inv
+
+
+def _rows(x: np.ndarray, axes: int) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = int(np.prod(x.shape[x.ndim - axes:])) if axes else 1
+    return x.reshape(-1, n)
+
+
+_EMPTY = np.zeros(1, np.float32)
+
+
+@kernel("layer_norm")
+def layer_norm(ins, outs, attrs):
+    x, w, b = ins
+    k = attrs["axes"]
+    x2 = _rows(x, k)
+    layer_norm_rows(x2, _EMPTY if w is None else w.reshape(-1), _EMPTY if b is None else b.reshape(-1),
+                    w is not None, b is not None, attrs["eps"], outs[0].reshape(x2.shape))
+
+
+@kernel("rms_norm")
+def rms_norm(ins, outs, attrs):
+    x, w = ins
+    x2 = _rows(x, attrs["axes"])
+    rms_norm_rows(x2, _EMPTY if w is None else w.reshape(-1), w is not None, attrs["eps"], outs[0].reshape(x2.shape))
+
+
+def _softmax(ins, outs, attrs, log):
+    x, out = ins[0], outs[0]
+    d = attrs["dim"]
+    if x.ndim == 0:
+        out[...] = 0.0 if log else 1.0
+        return
+    if d == x.ndim - 1:
+        x2 = _rows(x, 1)
+        softmax_rows(x2, out.reshape(x2.shape), log)
+        return
+    xm = np.moveaxis(np.asarray(x, np.float32), d, -1)
+    tmp = np.empty(xm.shape, np.float32)
+    x2 = np.ascontiguousarray(xm).reshape(-1, xm.shape[-1])
+    softmax_rows(x2, tmp.reshape(x2.shape), log)
+    out[...] = np.moveaxis(tmp, -1, d)
+
+
+@kernel("softmax")
+def softmax(ins, outs, attrs):
+    _softmax(ins, outs, attrs, False)
+
+
+@kernel("log_softmax")
+def log_softmax(ins, outs, attrs):
+    _softmax(ins, outs, attrs, True)
+
+
+@kernel("batch_norm")
+def batch_norm(ins, outs, attrs):
+    """Inference batch norm over axis 1 (ATen _native_batch_norm_legit_no_training)."""
+    x, w, b, mean, var = ins
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    scale = 1.0 / np.sqrt(var.astype(np.float64) + attrs["eps"])
+    if w is not None:
+        scale = scale * w
+    shift = -mean * scale + (0.0 if b is None else b)
+    np.multiply(x, scale.astype(np.float32).reshape(shape), out=outs[0])
+    np.add(outs[0], shift.astype(np.float32).reshape(shape), out=outs[0])
+
+
+# -- pooling -------------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def max_pool2d_nchw(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
+    """Max pooling, NCHW float32, implicit -inf padding (ATen max_pool2d)."""
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        for oh in range(OH):
+            for ow in range(OW):
+                m = -np.inf
+                for i in range(kh):
+                    ih = oh * sh - ph + i * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    for j in range(kw):
+                        iw = ow * sw - pw + j * dw
+                        if 0 <= iw < W:
+                            v = x[n, c, ih, iw]
+                            if v > m or v != v:
+                                m = v
+                out[n, c, oh, ow] = m
+
+
+@njit(cache=True, parallel=True)
+def avg_pool2d_nchw(x, kh, kw, sh, sw, ph, pw, include_pad, divisor, out):
+    """Average pooling, NCHW float32, with ATen's divisor rules (count_include_pad, override)."""
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        for oh in range(OH):
+            for ow in range(OW):
+                h0 = oh * sh - ph
+                w0 = ow * sw - pw
+                h1 = min(h0 + kh, H + ph)
+                w1 = min(w0 + kw, W + pw)
+                pool = (h1 - h0) * (w1 - w0)
+                h0 = max(h0, 0)
+                w0 = max(w0, 0)
+                h1 = min(h1, H)
+                w1 = min(w1, W)
+                s = 0.0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        s += x[n, c, ih, iw]
+                if divisor > 0:
+                    d = divisor
+                elif include_pad:
+                    d = pool
+                else:
+                    d = (h1 - h0) * (w1 - w0)
+                out[n, c, oh, ow] = s / d if d > 0 else 0.0
+
+
+@njit(cache=True, parallel=True)
+def adaptive_avg_pool2d_nchw(x, out):
+    """Adaptive average pooling: bin i covers [floor(i*H/OH), ceil((i+1)*H/OH)) (ATen)."""
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        for oh in range(OH):
+            h0 = (oh * H) // OH
+            h1 = -((-(oh + 1) * H) // OH)
+            for ow in range(OW):
+                w0 = (ow * W) // OW
+                w1 = -((-(ow + 1) * W) // OW)
+                s = 0.0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        s += x[n, c, ih, iw]
+                out[n, c, oh, ow] = s / ((h1 - h0) * (w1 - w0))
+
+
+def _f32(x):
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@kernel("max_pool2d")
+def max_pool2d(ins, outs, attrs):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"]
+    max_pool2d_nchw(_f32(ins[0]), kh, kw, sh, sw, ph, pw, dh, dw, outs[0])
+
+
+@kernel("avg_pool2d")
+def avg_pool2d(ins, outs, attrs):
+    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
+    avg_pool2d_nchw(_f32(ins[0]), kh, kw, sh, sw, ph, pw, bool(attrs["count_include_pad"]),
+                    int(attrs.get("divisor_override") or 0), outs[0])
+
+
+@kernel("adaptive_avg_pool2d")
+def adaptive_avg_pool2d(ins, outs, attrs):
+    adaptive_avg_pool2d_nchw(_f32(ins[0]), outs[0])
+
+
+# -- reductions ----------------------------------------------------------------------------------------
+def _reduce_kernel(fn):
+    def run(ins, outs, attrs):
+        axis = tuple(attrs["dims"]) or None
+        fn(ins[0], axis=axis, keepdims=attrs["keepdim"], out=outs[0])
+    return run
+
+
+for _op, _fn in {"sum": np.sum, "mean": np.mean, "amax": np.max, "amin": np.min, "prod": np.prod,
+                 "any": np.any, "all": np.all}.items():
+    kernel(_op)(_reduce_kernel(_fn))
+
+
+@kernel("var")
+def var(ins, outs, attrs):
+    axis = tuple(attrs["dims"]) or None
+    np.var(ins[0], axis=axis, ddof=attrs["correction"], keepdims=attrs["keepdim"], out=outs[0])
+
+
+@kernel("argmax")
+def argmax(ins, outs, attrs):
+    np.argmax(ins[0], axis=attrs["dim"], keepdims=attrs["keepdim"], out=outs[0])
+
+
+@kernel("argmin")
+def argmin(ins, outs, attrs):
+    np.argmin(ins[0], axis=attrs["dim"], keepdims=attrs["keepdim"], out=outs[0])
+
+
+@kernel("cumsum")
+def cumsum(ins, outs, attrs):
+    np.cumsum(ins[0], axis=attrs["dim"], out=outs[0])
+
+
+# -- indexing ----------------------------------------------------------------------------------------
+def _check_index(idx: np.ndarray, size: int, what: str) -> None:
+    if idx.size and (idx.min() < -size or idx.max() >= size):
+        bad = idx[(idx < -size) | (idx >= size)].flat[0]
+        raise NacInputError(f"{what}: index {int(bad)} is out of range for a dimension of size {size}")
+
+
+@kernel("embedding")
+def embedding(ins, outs, attrs):
+    """ATen embedding: weight[indices]; an id outside [0, vocab) raises NacInputError."""
+    w, idx = ins
+    if idx.size and (idx.min() < 0 or idx.max() >= w.shape[0]):
+        bad = idx[(idx < 0) | (idx >= w.shape[0])].flat[0]
+        raise NacInputError(f"embedding: id {int(bad)} is outside the table of {w.shape[0]} rows")
+    np.take(w, idx, axis=0, out=outs[0])
+
+
+@kernel("gather")
+def gather(ins, outs, attrs):
+    x, idx = ins
+    _check_index(idx, x.shape[attrs["dim"]], "gather")
+    outs[0][...] = np.take_along_axis(x, idx, axis=attrs["dim"])
+
+
+@kernel("index_select")
+def index_select(ins, outs, attrs):
+    x, idx = ins
+    _check_index(idx, x.shape[attrs["dim"]], "index_select")
+    outs[0][...] = np.take(x, idx, axis=attrs["dim"])
+
+
+@kernel("index")
+def index(ins, outs, attrs):
+    """ATen index.Tensor: numpy advanced indexing; absent indices are full slices."""
+    x, idx = ins[0], ins[1:]
+    for axis, i in enumerate(idx):
+        if i is not None and i.dtype != np.bool_:
+            _check_index(i, x.shape[axis], "index")
+    outs[0][...] = x[tuple(slice(None) if i is None else i for i in idx)]

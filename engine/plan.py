@@ -1,0 +1,233 @@
+"""Planning: everything that depends only on the input shapes, done once per shape signature.
+
+1. Bind the named dimensions from the input shapes and check them against the exported ranges.
+2. Evaluate every value's shape and every node's dimension-valued attributes.
+3. Decide which view ops are real views (simulated on zero-byte strided placeholders).
+4. Liveness: each buffer lives from the node defining it to the last node reading it or any view
+   of it. Buffers are packed into one arena (first-fit over a free list, 64-byte aligned), so the
+   arena is usually far smaller than the sum of all intermediates.
+5. Pre-bind every kernel to its input/output arrays; running is then one loop over closures.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from nac.errors import NacInputError, NacRuntimeError
+from nac.engine.kernels import KERNELS, VIEW_OPS
+from nac.engine.threads import single_threaded_blas
+from nac.format.graph import Graph, numpy_dtype
+from nac.format.symbolic import eval_dim, eval_shape, symbols_of
+
+DIM_ATTRS = frozenset({"shape", "start", "end", "step", "index", "pads", "repeats"})
+ALIGN = 64
+
+
+def resolve_attrs(op: str, attrs: dict, env: dict) -> dict:
+    """Evaluate the dimension-valued attributes of a node (``shape``, ``start``, ...) for ``env``."""
+    out = dict(attrs)
+    for k in DIM_ATTRS.intersection(attrs):
+        v = attrs[k]
+        out[k] = [eval_dim(d, env) for d in v] if isinstance(v, list) else eval_dim(v, env)
+    return out
+
+
+def bind_dims(graph: Graph, shapes: dict[str, tuple]) -> dict[str, int]:
+    """Bind named dimensions from concrete input shapes.
+
+    Raises:
+        NacInputError: wrong rank, a static dimension that differs, a named dimension bound to two
+            different sizes, or a size outside the exported range; the message names the input,
+            the axis and what was expected.
+    """
+    env: dict[str, int] = {}
+    deferred = []
+    for name in graph.inputs:
+        decl = graph.values[name].shape
+        got = shapes[name]
+        if len(got) != len(decl):
+            raise NacInputError(f"input {name!r} has rank {len(got)} (shape {list(got)}); the model expects rank "
+                                f"{len(decl)} with shape {list(decl)}")
+        for axis, (d, n) in enumerate(zip(decl, got)):
+            if isinstance(d, int):
+                if d != n:
+                    raise NacInputError(f"input {name!r} axis {axis} has size {n}; the model was exported with size {d}")
+            elif d in graph.dims or d.isidentifier():
+                if d in env and env[d] != n:
+                    raise NacInputError(f"input {name!r} axis {axis} ({d}) has size {n}, but another input gave "
+                                        f"{d} = {env[d]}")
+                env[d] = n
+            else:
+                deferred.append((name, axis, d, n))
+    for d, n in env.items():
+        rng = graph.dims.get(d, {})
+        lo, hi = rng.get("min", 0), rng.get("max")
+        if n < (lo or 0) or (hi is not None and n > hi):
+            raise NacInputError(f"dimension {d} = {n} is outside the range the model was exported for "
+                                f"[{lo}, {hi if hi is not None else 'inf'}]")
+    for name, axis, d, n in deferred:
+        if not symbols_of(d) <= env.keys() or eval_dim(d, env) != n:
+            raise NacInputError(f"input {name!r} axis {axis} has size {n}; the model expects {d}"
+                                f" = {eval_dim(d, env) if symbols_of(d) <= env.keys() else '?'}")
+    return env
+
+
+def _placeholder(shape, dtype) -> np.ndarray:
+    """A zero-byte array with a real shape and C-contiguous strides (for simulating views)."""
+    dt = np.dtype(dtype)
+    strides, acc = [], dt.itemsize
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(int(s), 1)
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dt), shape, tuple(reversed(strides)), writeable=False)
+
+
+@dataclass
+class Step:
+    """One pre-bound kernel call, with what messages need to name it."""
+
+    call: functools.partial
+    op: str
+    source: str
+    index: int
+
+
+class Plan:
+    """The executable form of a graph for one set of input shapes.
+
+    Attributes:
+        env: the bound named dimensions.
+        inputs: preallocated input buffers (the caller copies user data in).
+        outputs: the arrays holding the outputs after `run` (copied out by the caller).
+        arena_bytes: size of the shared activation arena.
+        naive_bytes: the sum of all intermediate buffers (what no reuse would need).
+    """
+
+    def __init__(self, graph: Graph, shapes: dict[str, tuple], constants: dict[str, np.ndarray]):
+        self.env = bind_dims(graph, shapes)
+        env = self.env
+        vshape = {}
+        for name, v in graph.values.items():
+            try:
+                vshape[name] = eval_shape(v.shape, env)
+            except NacInputError:
+                raise
+            if any(s < 0 for s in vshape[name]):
+                raise NacInputError(f"value {name!r} would get negative shape {list(vshape[name])} for inputs "
+                                    f"{dict(shapes)}")
+        attrs = [resolve_attrs(n.op, n.attrs, env) for n in graph.nodes]
+        dtype = {name: numpy_dtype(v.dtype) for name, v in graph.values.items()}
+
+        # 3. simulate views on placeholders to learn which view ops alias their input
+        fake = {name: np.asarray(a) for name, a in constants.items()}
+        for name in graph.inputs:
+            fake[name] = _placeholder(vshape[name], dtype[name])
+        root: dict[str, str] = {}
+        is_view = []
+        for n, at in zip(graph.nodes, attrs):
+            view = None
+            if n.op in VIEW_OPS:
+                view = KERNELS[n.op]([fake[i] if i else None for i in n.inputs], None, at)
+            if view is not None and view.shape == vshape[n.outputs[0]]:
+                fake[n.outputs[0]] = view
+                src = n.inputs[0]
+                root[n.outputs[0]] = root.get(src, src)
+                is_view.append(True)
+            else:
+                for o in n.outputs:
+                    fake[o] = _placeholder(vshape[o], dtype[o])
+                is_view.append(False)
+
+        # 4. liveness of buffers (roots), then first-fit packing into the arena
+        end = len(graph.nodes)
+        last_use: dict[str, int] = {}
+        for k, n in enumerate(graph.nodes):
+            for i in n.inputs:
+                if i:
+                    last_use[root.get(i, i)] = k
+        for o in graph.outputs:
+            last_use[root.get(o, o)] = end
+        offsets: dict[str, int] = {}
+        free: list[tuple[int, int]] = []  # (offset, size), sorted by offset
+        top = naive = 0
+        frees_at: dict[int, list[str]] = {}
+        for k, (n, view) in enumerate(zip(graph.nodes, is_view)):
+            if not view:
+                for o in n.outputs:
+                    size = -(-int(np.prod(vshape[o], dtype=np.int64)) * dtype[o].itemsize // ALIGN) * ALIGN
+                    naive += size
+                    off, top = _first_fit(free, size, top)
+                    offsets[o] = off
+                    frees_at.setdefault(max(last_use.get(o, k), k), []).append(o)
+            for dead in frees_at.pop(k, []):
+                size = -(-int(np.prod(vshape[dead], dtype=np.int64)) * dtype[dead].itemsize // ALIGN) * ALIGN
+                _release(free, offsets[dead], size)
+        self.arena_bytes, self.naive_bytes = top, naive
+        self._arena = np.empty(max(top, 1), np.uint8)
+
+        # 5. real arrays and pre-bound steps
+        arrays = dict(constants)
+        self.inputs = {}
+        for name in graph.inputs:
+            arrays[name] = self.inputs[name] = np.empty(vshape[name], dtype[name])
+        self.steps: list[Step] = []
+        for k, (n, at, view) in enumerate(zip(graph.nodes, attrs, is_view)):
+            ins = [arrays[i] if i else None for i in n.inputs]
+            if view:
+                arrays[n.outputs[0]] = KERNELS[n.op](ins, None, at)
+                continue
+            outs = []
+            for o in n.outputs:
+                a = np.ndarray(vshape[o], dtype[o], buffer=self._arena, offset=offsets[o])
+                arrays[o] = a
+                outs.append(a)
+            self.steps.append(Step(functools.partial(KERNELS[n.op], ins, outs, at), n.op, n.source, k))
+        self.outputs = [arrays[o] for o in graph.outputs]
+
+    def run(self) -> None:
+        """Run every step in order (inputs must already be in `inputs`).
+
+        Raises:
+            NacInputError: a kernel rejected the data (e.g. a token id outside the vocabulary).
+            NacRuntimeError: any other kernel failure, naming the node, its op and source module.
+        """
+        step = None
+        try:
+            with single_threaded_blas():
+                for step in self.steps:
+                    step.call()
+        except NacInputError:
+            raise
+        except Exception as exc:
+            raise NacRuntimeError(f"node {step.index} ({step.op}, from {step.source or '?'}) failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+
+
+def _first_fit(free: list, size: int, top: int) -> tuple[int, int]:
+    for k, (off, sz) in enumerate(free):
+        if sz >= size:
+            if sz == size:
+                free.pop(k)
+            else:
+                free[k] = (off + size, sz - size)
+            return off, top
+    if free and free[-1][0] + free[-1][1] == top:  # grow the last free block at the top
+        off, _ = free.pop()
+        return off, off + size
+    return top, top + size
+
+
+def _release(free: list, off: int, size: int) -> None:
+    import bisect
+
+    k = bisect.bisect(free, (off, size))
+    free.insert(k, (off, size))
+    # coalesce with neighbours
+    if k + 1 < len(free) and free[k][0] + free[k][1] == free[k + 1][0]:
+        free[k] = (free[k][0], free[k][1] + free[k + 1][1])
+        free.pop(k + 1)
+    if k > 0 and free[k - 1][0] + free[k - 1][1] == free[k][0]:
+        free[k - 1] = (free[k - 1][0], free[k - 1][1] + free[k][1])
+        free.pop(k)

@@ -1,0 +1,354 @@
+"""The `.nac` container: a fixed header, a section table and aligned sections.
+
+Byte layout (little-endian; see SPEC.md for the normative text):
+
+    offset  size  field
+    0       8     magic  b"\\x89NAC\\r\\n\\x1a\\n"
+    8       2     format major version
+    10      2     format minor version
+    12      4     flags (0)
+    16      4     section count
+    20      4     reserved (0)
+    24      8     section table offset (64)
+    32      8     total file size in bytes
+    40      4     CRC-32 of bytes 0..40 and of the whole section table
+    44      20    reserved (0)
+    64      32*n  section table: kind u32, flags u32, offset u64, length u64, crc32 u32, reserved u32
+
+Sections start at multiples of `ALIGN` bytes so that tensors can be viewed in place.
+Parameters are a safetensors blob (inline) or a sibling ``.safetensors`` file (external).
+
+`write_nac` writes atomically (temporary file, fsync, rename). `read_nac` maps the file and
+checks magic, version, sizes, every offset and every CRC before it hands out zero-copy views.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nac.errors import NacFormatError
+from nac.format.graph import DTYPES, Graph
+
+MAGIC = b"\x89NAC\r\n\x1a\n"
+VERSION = (1, 0)
+ALIGN = 64
+HEADER = struct.Struct("<8sHHIIIQQI20x")  # 64 bytes
+ENTRY = struct.Struct("<IIQQII")  # 32 bytes
+assert HEADER.size == 64 and ENTRY.size == 32
+
+# Section kinds. Bit 0x8000 in a section's flags marks it optional: a reader that does not know
+# its kind may skip it. Unknown kinds without that flag make the file unreadable.
+GRAPH, METADATA, PARAMS, PARAMS_EXTERNAL, TOKENIZER = 1, 2, 3, 4, 5
+SECTION_NAMES = {GRAPH: "graph", METADATA: "metadata", PARAMS: "parameters",
+                 PARAMS_EXTERNAL: "external-parameters", TOKENIZER: "tokenizer"}
+OPTIONAL = 0x8000
+MAX_JSON_SECTION = 256 << 20  # a graph or metadata document larger than this is refused
+
+_ST_DTYPE = {st: name for name, (_, st) in DTYPES.items()}
+
+
+@dataclass
+class Section:
+    """One entry of the section table (offset and length in bytes from the start of the file)."""
+
+    kind: int
+    flags: int
+    offset: int
+    length: int
+    crc32: int
+
+    @property
+    def name(self) -> str:
+        return SECTION_NAMES.get(self.kind, f"kind-{self.kind}")
+
+
+@dataclass
+class NacFile:
+    """A `.nac` file opened for reading: its graph (parameters are views into the mapping),
+    metadata, sections and the path(s) it came from. Keeps the memory map alive."""
+
+    path: Path
+    version: tuple[int, int]
+    sections: list[Section]
+    graph: Graph
+    metadata: dict
+    weights_path: Path | None = None
+    tokenizer: bytes | None = None
+    _maps: list = field(default_factory=list, repr=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# safetensors blobs
+# ------------------------------------------------------------------------------------------------
+def safetensors_bytes(params: dict[str, np.ndarray]) -> bytes:
+    """Serialise parameters with the `safetensors` library (so any safetensors tool reads them)."""
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v) for k, v in params.items()})
+
+
+def view_safetensors(buf, base: int, length: int, where: str) -> dict[str, np.ndarray]:
+    """Zero-copy numpy views of the tensors of a safetensors blob at ``buf[base:base+length]``.
+
+    Checks the header length, the JSON, every dtype, shape and offset pair (inside the data,
+    matching the byte size, no overlaps) before creating any view.
+
+    Raises:
+        NacFormatError: anything malformed; the message names ``where`` and the tensor.
+    """
+    if length < 8:
+        raise NacFormatError(f"{where}: safetensors blob of {length} bytes is too short")
+    (hlen,) = struct.unpack_from("<Q", buf, base)
+    if hlen > min(length - 8, 100 << 20):
+        raise NacFormatError(f"{where}: safetensors header length {hlen} exceeds the blob ({length} bytes)")
+    try:
+        header = json.loads(bytes(buf[base + 8: base + 8 + hlen]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NacFormatError(f"{where}: safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise NacFormatError(f"{where}: safetensors header is not a JSON object")
+    data0 = base + 8 + hlen
+    data_len = length - 8 - hlen
+    spans, out = [], {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype_name = _ST_DTYPE[info["dtype"]]
+            shape = tuple(int(s) for s in info["shape"])
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise NacFormatError(f"{where}: tensor {name!r} has a malformed or unsupported entry {info!r}") from None
+        dt = np.dtype(DTYPES[dtype_name][0])
+        if any(s < 0 for s in shape) or not (0 <= begin <= end <= data_len):
+            raise NacFormatError(f"{where}: tensor {name!r} points outside the data ({begin}..{end} of {data_len})")
+        if (end - begin) != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
+            raise NacFormatError(f"{where}: tensor {name!r} has {end - begin} bytes, shape {list(shape)} "
+                                 f"of {dtype_name} needs {int(np.prod(shape)) * dt.itemsize}")
+        spans.append((begin, end, name))
+        offset = data0 + begin
+        if offset % dt.itemsize == 0:
+            arr = np.frombuffer(buf, dtype=dt, count=int(np.prod(shape)), offset=offset).reshape(shape)
+        else:  # unaligned (a foreign writer): copy rather than fault
+            arr = np.frombuffer(bytes(buf[offset: data0 + end]), dtype=dt).reshape(shape)
+        out[name] = arr
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise NacFormatError(f"{where}: tensors {n0!r} and {n1!r} overlap")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# writing
+# ------------------------------------------------------------------------------------------------
+def _pad(n: int) -> int:
+    return (-n) % ALIGN
+
+
+def _atomic_write(path: Path, chunks) -> None:
+    """Write byte chunks to ``path`` through a temporary file in the same folder, then rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for c in chunks:
+                f.write(c)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_nac(path, graph: Graph, metadata: dict | None = None, *, weights: str = "inline",
+              tokenizer: bytes | None = None) -> Path:
+    """Write a graph, its parameters and metadata to a `.nac` file, atomically.
+
+    Args:
+        path: destination; its folder must exist.
+        graph: the graph; ``graph.params`` are stored in safetensors layout.
+        metadata: JSON-serialisable task metadata (task, labels, preprocessing, ...).
+        weights: ``"inline"`` (one file) or ``"external"`` (parameters in ``<stem>.safetensors``
+            beside the `.nac`, which records its name, size and CRC-32).
+        tokenizer: an optional tokenizer program blob (the TISA section).
+    Returns:
+        The path written.
+    Raises:
+        NacFormatError: bad ``weights`` value, unserialisable metadata, or a missing folder.
+    """
+    path = Path(path)
+    if weights not in ("inline", "external"):
+        raise NacFormatError(f"weights must be 'inline' or 'external', not {weights!r}")
+    if not path.parent.is_dir():
+        raise NacFormatError(f"cannot write {path}: folder {path.parent} does not exist")
+    try:
+        graph_doc = json.dumps(graph.to_json(), separators=(",", ":")).encode()
+        meta_doc = json.dumps(metadata or {}, separators=(",", ":"), ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise NacFormatError(f"cannot serialise the graph or metadata to JSON: {exc}") from None
+    blob = safetensors_bytes(graph.params)
+    sections: list[tuple[int, int, bytes]] = [(GRAPH, 0, graph_doc), (METADATA, 0, meta_doc)]
+    weights_path = path.with_suffix(".safetensors")
+    if weights == "inline":
+        sections.append((PARAMS, 0, blob))
+    else:
+        ref = {"path": weights_path.name, "size": len(blob), "crc32": zlib.crc32(blob)}
+        sections.append((PARAMS_EXTERNAL, 0, json.dumps(ref).encode()))
+    if tokenizer is not None:
+        sections.append((TOKENIZER, 0, tokenizer))
+
+    table_end = HEADER.size + ENTRY.size * len(sections)
+    offset = table_end + _pad(table_end)
+    entries, body = [], []
+    for kind, flags, data in sections:
+        entries.append(ENTRY.pack(kind, flags, offset, len(data), zlib.crc32(data), 0))
+        body.append(data)
+        body.append(b"\0" * _pad(len(data)))
+        offset += len(data) + _pad(len(data))
+    total = offset
+    table = b"".join(entries)
+    head40 = HEADER.pack(MAGIC, *VERSION, 0, len(sections), 0, HEADER.size, total, 0)[:40]
+    header = HEADER.pack(MAGIC, *VERSION, 0, len(sections), 0, HEADER.size, total, zlib.crc32(head40 + table))
+    if weights == "external":
+        _atomic_write(weights_path, [blob])
+    _atomic_write(path, [header, table, b"\0" * _pad(table_end), *body])
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------------
+def _map(path: Path):
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return b"", 0
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
+    except FileNotFoundError:
+        raise NacFormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise NacFormatError(f"{path}: is a folder, not a .nac file") from None
+
+
+def _json_section(buf, s: Section, path: Path):
+    if s.length > MAX_JSON_SECTION:
+        raise NacFormatError(f"{path}: {s.name} section of {s.length} bytes is larger than allowed")
+    try:
+        return json.loads(bytes(buf[s.offset:s.offset + s.length]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NacFormatError(f"{path}: {s.name} section is not valid JSON ({exc})") from None
+
+
+def read_header(path) -> tuple[tuple[int, int], list[Section], object, int]:
+    """Map a `.nac` file and check its header and section table.
+
+    Returns:
+        (version, sections, buffer, file size).
+    Raises:
+        NacFormatError: missing file, wrong magic, newer major version, truncated file, a header
+            CRC mismatch, or a section outside the file or overlapping another.
+    """
+    path = Path(path)
+    buf, size = _map(path)
+    if size < HEADER.size:
+        raise NacFormatError(f"{path}: file of {size} bytes is too short to be a .nac file (truncated?)")
+    magic, major, minor, _flags, count, _r, table_off, total, crc = HEADER.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise NacFormatError(f"{path}: not a .nac file (magic {magic!r}, expected {MAGIC!r})")
+    if major != VERSION[0]:
+        raise NacFormatError(f"{path}: format version {major}.{minor} is not supported by this NAC "
+                             f"(reads {VERSION[0]}.x); upgrade nac to read it")
+    if total != size:
+        raise NacFormatError(f"{path}: header says {total} bytes but the file has {size} (truncated or appended)")
+    table_end = table_off + ENTRY.size * count
+    if table_off < HEADER.size or table_end > size or count > 4096:
+        raise NacFormatError(f"{path}: section table ({count} entries at {table_off}) lies outside the file")
+    table = bytes(buf[table_off:table_end])
+    if zlib.crc32(bytes(buf[:40]) + table) != crc:
+        raise NacFormatError(f"{path}: header or section table is corrupt (CRC-32 mismatch)")
+    sections = [Section(*ENTRY.unpack_from(table, i * ENTRY.size)[:5]) for i in range(count)]
+    spans = []
+    for s in sections:
+        if s.offset < table_end or s.offset + s.length > size:
+            raise NacFormatError(f"{path}: {s.name} section ({s.offset}+{s.length}) lies outside the file")
+        spans.append((s.offset, s.offset + s.length, s.name))
+    spans.sort()
+    for a, b in zip(spans, spans[1:]):
+        if b[0] < a[1]:
+            raise NacFormatError(f"{path}: sections {a[2]} and {b[2]} overlap")
+    return (major, minor), sections, buf, size
+
+
+def read_nac(path, *, verify: bool = True) -> NacFile:
+    """Open a `.nac` file: map it, check it, and rebuild its graph over zero-copy parameter views.
+
+    Args:
+        path: the `.nac` file (an external weights file is found beside it).
+        verify: check each section's CRC-32 (reads every byte once; ~30 ms per 100 MB).
+    Raises:
+        NacFormatError: see `read_header`; also a section CRC mismatch, a missing or different
+            external weights file, a malformed graph, unknown required sections.
+    """
+    path = Path(path)
+    version, sections, buf, _ = read_header(path)
+    maps = [buf]
+    by_kind: dict[int, Section] = {}
+    for s in sections:
+        if s.kind not in SECTION_NAMES:
+            if s.flags & OPTIONAL:
+                continue
+            raise NacFormatError(f"{path}: required section of unknown kind {s.kind}; "
+                                 f"written by a newer NAC (format {version[0]}.{version[1]})")
+        if s.kind in by_kind:
+            raise NacFormatError(f"{path}: {s.name} section appears twice")
+        if verify and zlib.crc32(buf[s.offset:s.offset + s.length]) != s.crc32:
+            raise NacFormatError(f"{path}: {s.name} section is corrupt (CRC-32 mismatch)")
+        by_kind[s.kind] = s
+    for kind in (GRAPH, METADATA):
+        if kind not in by_kind:
+            raise NacFormatError(f"{path}: the {SECTION_NAMES[kind]} section is missing")
+    graph_doc = _json_section(buf, by_kind[GRAPH], path)
+    metadata = _json_section(buf, by_kind[METADATA], path)
+    weights_path = None
+    if PARAMS in by_kind:
+        s = by_kind[PARAMS]
+        params = view_safetensors(buf, s.offset, s.length, f"{path}: parameters section")
+    elif PARAMS_EXTERNAL in by_kind:
+        ref = _json_section(buf, by_kind[PARAMS_EXTERNAL], path)
+        if not isinstance(ref, dict) or not isinstance(ref.get("path"), str) or "/" in ref["path"] \
+                or "\\" in ref["path"] or ref["path"] in ("", ".", ".."):
+            raise NacFormatError(f"{path}: external-parameters section names no valid sibling file")
+        weights_path = path.parent / ref["path"]
+        if not weights_path.is_file():
+            raise NacFormatError(f"{path}: external weights file {weights_path} is missing "
+                                 f"(it must sit beside the .nac file)")
+        wbuf, wsize = _map(weights_path)
+        maps.append(wbuf)
+        if wsize != ref.get("size"):
+            raise NacFormatError(f"{weights_path}: has {wsize} bytes, {path} expects {ref.get('size')}")
+        if verify and zlib.crc32(wbuf) != ref.get("crc32"):
+            raise NacFormatError(f"{weights_path}: contents differ from what {path} was written with (CRC-32)")
+        params = view_safetensors(wbuf, 0, wsize, str(weights_path))
+    else:
+        raise NacFormatError(f"{path}: no parameters section")
+    if not isinstance(metadata, dict):
+        raise NacFormatError(f"{path}: metadata section is not a JSON object")
+    graph = Graph.from_json(graph_doc, params, where=f"{path}: graph section")
+    tok = None
+    if TOKENIZER in by_kind:
+        s = by_kind[TOKENIZER]
+        tok = bytes(buf[s.offset:s.offset + s.length])
+    return NacFile(path, version, sections, graph, metadata, weights_path, tok, maps)

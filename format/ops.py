@@ -1,0 +1,168 @@
+"""The NAC op table: one `OpSchema` per op. It drives the spec (SPEC.md's op table is generated
+from it, and a test keeps them in sync), the engine's kernel registry (every op must have a
+kernel), the exporter's lowering rules and `nac info`.
+
+Output shapes are not computed from these schemas at run time: the exporter records every
+value's (possibly symbolic) shape in the graph, and the engine evaluates it. The ``shape`` text
+here documents the rule.
+
+Run ``python -m nac.format.ops`` to print the Markdown table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Activations a producing op (linear, conv2d) may apply to its result in the same kernel.
+ACTIVATIONS = ("none", "relu", "relu6", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "hardswish")
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    """One op.
+
+    Attributes:
+        name: the op name used in graphs.
+        inputs: input names in order; a trailing ``?`` marks optional (may be ""), ``*`` variadic.
+        attrs: attribute name -> short type/default description.
+        summary: reference semantics, in terms of the ATen op it mirrors.
+        shape: the output-shape rule.
+        aten: the ATen op(s) lowered to it.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    attrs: dict = field(default_factory=dict)
+    summary: str = ""
+    shape: str = ""
+    aten: str = ""
+
+
+_OPS: list[OpSchema] = []
+
+
+def _op(name, inputs, attrs=None, summary="", shape="", aten=""):
+    _OPS.append(OpSchema(name, tuple(inputs), dict(attrs or {}), summary, shape, aten))
+
+
+BROADCAST = "numpy/ATen broadcasting of the inputs"
+SAME = "same as input"
+
+# -- elementwise, binary (broadcasting); result dtype is recorded on the output value ---------
+for _n, _s in [("add", "a + b"), ("sub", "a - b"), ("mul", "a * b"), ("div", "a / b (true division)"),
+               ("pow", "a ** b"), ("maximum", "max(a, b)"), ("minimum", "min(a, b)"),
+               ("remainder", "a mod b, sign of b (Python/ATen remainder)"),
+               ("eq", "a == b"), ("ne", "a != b"), ("lt", "a < b"), ("le", "a <= b"), ("gt", "a > b"),
+               ("ge", "a >= b"), ("logical_and", "a and b"), ("logical_or", "a or b"),
+               ("bitwise_and", "a & b (bool or integer)"), ("bitwise_or", "a | b (bool or integer)")]:
+    _op(_n, ["a", "b"], summary=_s, shape=BROADCAST, aten=f"aten.{_n}")
+
+# -- elementwise, unary ------------------------------------------------------------------------
+for _n, _s in [("neg", "-x"), ("abs", "|x|"), ("exp", "e**x"), ("log", "natural log"), ("sqrt", "square root"),
+               ("rsqrt", "1 / sqrt(x)"), ("reciprocal", "1 / x"), ("sin", "sine"), ("cos", "cosine"),
+               ("erf", "error function"), ("relu", "max(x, 0)"), ("sigmoid", "1 / (1 + e**-x)"),
+               ("tanh", "hyperbolic tangent"), ("silu", "x * sigmoid(x)"),
+               ("hardswish", "x * relu6(x + 3) / 6"), ("hardsigmoid", "relu6(x + 3) / 6"),
+               ("logical_not", "not x"), ("floor", "floor"), ("ceil", "ceil")]:
+    _op(_n, ["x"], summary=_s, shape=SAME, aten=f"aten.{_n}")
+_op("gelu", ["x"], {"approximate": "'none' | 'tanh'"}, "x * Phi(x); tanh approximation if asked",
+    SAME, "aten.gelu")
+_op("clamp", ["x"], {"min": "float or null", "max": "float or null"},
+    "min(max(x, min), max); relu6 and hardtanh lower here", SAME, "aten.clamp, aten.hardtanh")
+_op("leaky_relu", ["x"], {"negative_slope": "float"}, "x if x > 0 else slope * x", SAME, "aten.leaky_relu")
+_op("elu", ["x"], {"alpha": "float"}, "x if x > 0 else alpha * (e**x - 1)", SAME, "aten.elu")
+_op("cast", ["x"], {"dtype": "NAC dtype name"}, "convert to dtype (float->int truncates toward 0)", SAME,
+    "aten._to_copy")
+_op("where", ["cond", "a", "b"], {}, "a where cond else b", BROADCAST, "aten.where.self")
+
+# -- linear algebra --------------------------------------------------------------------------------
+_op("matmul", ["a", "b"], {}, "batched matrix product with broadcast batch dims", "[*batch, M, N]",
+    "aten.mm, aten.bmm, aten.matmul")
+_op("linear", ["x", "weight", "bias?"], {"activation": "one of ACTIVATIONS, default none"},
+    "act(x @ weight.T + bias); weight is [out, in]", "[*, out]", "aten.addmm / aten.mm with a transposed weight")
+_op("conv2d", ["x", "weight", "bias?"],
+    {"stride": "[sh, sw]", "padding": "[top, bottom, left, right]", "dilation": "[dh, dw]", "groups": "int",
+     "activation": "one of ACTIVATIONS"},
+    "act(cross-correlation + bias), NCHW; weight [Cout, Cin/groups, kh, kw]; zero padding may be asymmetric",
+    "[N, Cout, (H + pt + pb - dh*(kh-1) - 1)//sh + 1, (W + ...)//sw + 1]", "aten.convolution (2-D)")
+
+# -- pooling ---------------------------------------------------------------------------------------
+_op("max_pool2d", ["x"], {"kernel": "[kh, kw]", "stride": "[sh, sw]", "padding": "[ph, pw]",
+                          "dilation": "[dh, dw]", "ceil_mode": "bool"},
+    "max over windows (padding counts as -inf)", "as ATen", "aten.max_pool2d_with_indices")
+_op("avg_pool2d", ["x"], {"kernel": "[kh, kw]", "stride": "[sh, sw]", "padding": "[ph, pw]",
+                          "ceil_mode": "bool", "count_include_pad": "bool", "divisor_override": "int or null"},
+    "mean over windows", "as ATen", "aten.avg_pool2d")
+_op("adaptive_avg_pool2d", ["x"], {"output_size": "[oh, ow]"},
+    "mean over bins [floor(i*H/oh), ceil((i+1)*H/oh))", "[N, C, oh, ow]", "aten._adaptive_avg_pool2d")
+
+# -- reductions ------------------------------------------------------------------------------------
+for _n, _s in [("sum", "sum"), ("mean", "mean"), ("amax", "maximum"), ("amin", "minimum"), ("prod", "product"),
+               ("any", "logical or"), ("all", "logical and")]:
+    _op(_n, ["x"], {"dims": "list of axes (empty = all)", "keepdim": "bool"}, f"{_s} over dims",
+        "reduced axes removed (or 1 if keepdim)", f"aten.{_n}")
+_op("var", ["x"], {"dims": "list of axes", "keepdim": "bool", "correction": "float"},
+    "variance with Bessel-style correction", "reduced", "aten.var.correction")
+_op("argmax", ["x"], {"dim": "int", "keepdim": "bool"}, "index of the first maximum (int64)", "reduced",
+    "aten.argmax")
+_op("argmin", ["x"], {"dim": "int", "keepdim": "bool"}, "index of the first minimum (int64)", "reduced",
+    "aten.argmin")
+_op("cumsum", ["x"], {"dim": "int"}, "inclusive prefix sum along dim", SAME, "aten.cumsum")
+
+# -- normalisation -------------------------------------------------------------------------------
+_op("softmax", ["x"], {"dim": "int"}, "exp(x - max) / sum, along dim", SAME, "aten._softmax")
+_op("log_softmax", ["x"], {"dim": "int"}, "x - max - log(sum(exp(x - max)))", SAME, "aten._log_softmax")
+_op("layer_norm", ["x", "weight?", "bias?"], {"axes": "int: number of trailing axes", "eps": "float"},
+    "(x - mean) / sqrt(var + eps) * weight + bias over the trailing axes (biased var)", SAME,
+    "aten.native_layer_norm")
+_op("batch_norm", ["x", "weight?", "bias?", "mean", "var"], {"eps": "float"},
+    "inference batch norm over axis 1 with running statistics", SAME,
+    "aten._native_batch_norm_legit_no_training")
+_op("rms_norm", ["x", "weight?"], {"axes": "int", "eps": "float"},
+    "x / sqrt(mean(x**2) + eps) * weight over the trailing axes", SAME, "aten._fused_rms_norm / aten.rms_norm")
+
+# -- indexing ----------------------------------------------------------------------------------
+_op("embedding", ["weight", "indices"], {}, "weight[indices]; raises on an index out of range",
+    "[*indices.shape, dim]", "aten.embedding")
+_op("gather", ["x", "index"], {"dim": "int"}, "out[i][j] = x[i][index[i][j]] along dim", "index.shape",
+    "aten.gather")
+_op("index_select", ["x", "index"], {"dim": "int"}, "x.take(index, axis=dim)", "dim replaced by len(index)",
+    "aten.index_select")
+_op("index", ["x", "indices*"], {}, "advanced indexing x[i0, i1, ...]; \"\" means a full slice", "as numpy",
+    "aten.index.Tensor")
+
+# -- shape and data movement ---------------------------------------------------------------------
+_op("reshape", ["x"], {"shape": "output dims (may be symbolic)"}, "same elements, new shape (row-major)",
+    "attr shape", "aten.view, aten._unsafe_view, aten.squeeze, aten.unsqueeze, aten.flatten")
+_op("permute", ["x"], {"perm": "list of axes"}, "transpose axes", "permuted", "aten.permute, aten.t, aten.transpose")
+_op("expand", ["x"], {"shape": "output dims"}, "broadcast to shape", "attr shape", "aten.expand")
+_op("slice", ["x"], {"dim": "int", "start": "dim", "end": "dim", "step": "int"},
+    "x[start:end:step] along dim (bounds clamped as ATen)", "sliced", "aten.slice.Tensor")
+_op("select", ["x"], {"dim": "int", "index": "dim"}, "x[index] along dim (negative from the end)",
+    "dim removed", "aten.select.int")
+_op("cat", ["xs*"], {"dim": "int"}, "concatenate along dim", "sum along dim", "aten.cat")
+_op("pad", ["x"], {"pads": "ATen order: [last_lo, last_hi, prev_lo, prev_hi, ...]", "value": "float"},
+    "constant padding (negative pads crop)", "padded", "aten.constant_pad_nd")
+_op("repeat", ["x"], {"repeats": "list"}, "tile x (numpy.tile semantics)", "multiplied", "aten.repeat")
+_op("copy", ["x"], {}, "identity (materialised copy)", SAME, "aten.clone where a copy is required")
+
+# -- creation --------------------------------------------------------------------------------------
+_op("arange", [], {"start": "dim", "end": "dim", "step": "dim", "dtype": "dtype"}, "range(start, end, step)",
+    "[ceil((end-start)/step)]", "aten.arange")
+_op("full", [], {"shape": "dims", "value": "number", "dtype": "dtype"}, "tensor filled with value", "attr shape",
+    "aten.full, aten.full_like, aten.zeros, aten.ones, aten.scalar_tensor")
+
+OPS: dict[str, OpSchema] = {o.name: o for o in _OPS}
+
+
+def markdown_table() -> str:
+    """The op table as Markdown (the text between the op-table markers in SPEC.md)."""
+    rows = ["| op | inputs | attributes | semantics | output shape | from ATen |", "|---|---|---|---|---|---|"]
+    for o in _OPS:
+        attrs = "; ".join(f"`{k}`: {v}" for k, v in o.attrs.items()) or "–"
+        ins = ", ".join(f"`{i}`" for i in o.inputs) or "–"
+        rows.append(f"| `{o.name}` | {ins} | {attrs} | {o.summary} | {o.shape} | {o.aten} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,95 @@
+"""Symbolic dimensions: small integer expressions over named dimensions (``"batch"``,
+``"seq * 2"``, ``"max(1, seq - 1)"``) stored as text in the graph and evaluated at run time.
+
+The exporter writes them; the engine evaluates them with `eval_dim` once per input-shape
+signature. Evaluation parses the text with :mod:`ast` and walks a whitelist of node types
+(integers, names, ``+ - * // %``, unary minus, ``max``/``min``), so nothing from a file is ever
+executed as code.
+"""
+from __future__ import annotations
+
+import ast
+from functools import lru_cache
+from typing import Mapping, Union
+
+from nac.errors import NacFormatError, NacInputError
+
+Dim = Union[int, str]  # a static size, or an expression over named dimensions
+
+_BINOPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.FloorDiv: lambda a, b: a // b,
+    ast.Mod: lambda a, b: a % b,
+}
+_CALLS = {"max": max, "min": min}
+
+
+@lru_cache(maxsize=4096)
+def parse_dim(text: str) -> ast.expr:
+    """Parse a dimension expression into an AST after checking every node is allowed.
+
+    Raises:
+        NacFormatError: the text is not a valid dimension expression.
+    """
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError as exc:
+        raise NacFormatError(f"invalid dimension expression {text!r}: {exc.msg}") from None
+    for node in ast.walk(tree):
+        ok = isinstance(node, (ast.Constant, ast.Name, ast.BinOp, ast.UnaryOp, ast.Call, ast.Load,
+                               ast.USub, *_BINOPS))
+        if isinstance(node, ast.Constant) and not isinstance(node.value, int):
+            ok = False
+        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _CALLS
+                                               and not node.keywords):
+            ok = False
+        if not ok:
+            raise NacFormatError(f"invalid dimension expression {text!r}: {type(node).__name__} not allowed")
+    return tree
+
+
+def symbols_of(dim: Dim) -> set[str]:
+    """The named dimensions a dimension refers to (empty for a static size)."""
+    if isinstance(dim, int):
+        return set()
+    return {n.id for n in ast.walk(parse_dim(dim)) if isinstance(n, ast.Name) and n.id not in _CALLS}
+
+
+def eval_dim(dim: Dim, env: Mapping[str, int]) -> int:
+    """Evaluate a dimension for bound named dimensions.
+
+    Args:
+        dim: an ``int`` (returned as is) or an expression string.
+        env: values of the named dimensions, e.g. ``{"batch": 2, "seq": 16}``.
+    Returns:
+        The size as a Python ``int``.
+    Raises:
+        NacInputError: the expression names a dimension that ``env`` does not bind.
+        NacFormatError: the expression is malformed.
+    """
+    if isinstance(dim, int):
+        return dim
+    return _eval(parse_dim(dim), env, dim)
+
+
+def _eval(node: ast.expr, env: Mapping[str, int], text: str) -> int:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        try:
+            return int(env[node.id])
+        except KeyError:
+            raise NacInputError(f"dimension {node.id!r} (in {text!r}) is not bound by the inputs") from None
+    if isinstance(node, ast.UnaryOp):
+        return -_eval(node.operand, env, text)
+    if isinstance(node, ast.BinOp):
+        return _BINOPS[type(node.op)](_eval(node.left, env, text), _eval(node.right, env, text))
+    # ast.Call, checked by parse_dim
+    return _CALLS[node.func.id](*(_eval(a, env, text) for a in node.args))
+
+
+def eval_shape(shape, env: Mapping[str, int]) -> tuple[int, ...]:
+    """Evaluate every dimension of a shape; see `eval_dim`."""
+    return tuple(eval_dim(d, env) for d in shape)
