@@ -287,14 +287,17 @@ def embedding(ins, outs, attrs):
     if idx.size and (idx.min() < 0 or idx.max() >= w.shape[0]):
         bad = idx[(idx < 0) | (idx >= w.shape[0])].flat[0]
         raise NacInputError(f"embedding: id {int(bad)} is outside the table of {w.shape[0]} rows")
-    np.take(w, idx, axis=0, out=outs[0])
+    outs[0][...] = w[idx]
 
 
 @kernel("gather")
 def gather(ins, outs, attrs):
     x, idx = ins
-    _check_index(idx, x.shape[attrs["dim"]], "gather")
-    outs[0][...] = np.take_along_axis(x, idx, axis=attrs["dim"])
+    d = attrs["dim"]
+    _check_index(idx, x.shape[d], "gather")
+    # ATen lets the index be smaller than x along the other axes: gather from that corner of x
+    x = x[tuple(slice(None) if k == d else slice(0, s) for k, s in enumerate(idx.shape))]
+    outs[0][...] = np.take_along_axis(x, idx, axis=d)
 
 
 @kernel("index_select")

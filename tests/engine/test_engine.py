@@ -1,0 +1,132 @@
+"""Engine behaviour: input checking with clear errors, plan reuse, memory planning, no torch at run time."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nac
+from nac.format.container import write_nac
+from nac.format.graph import Graph, Node
+
+
+@pytest.fixture
+def two_input_model(tmp_path):
+    """out = softmax(a @ W + b_in) with a: [batch, seq, 4] float32, ids: [batch, seq] int64."""
+    g = Graph()
+    a = g.add_value("a", "float32", ("batch", "seq", 4))
+    ids = g.add_value("ids", "int64", ("batch", "seq"))
+    g.inputs += [a, ids]
+    w = g.add_param("w", np.ones((3, 4), np.float32))
+    emb = g.add_param("emb", np.arange(30, dtype=np.float32).reshape(10, 3))
+    h = g.add_value("h", "float32", ("batch", "seq", 3))
+    e = g.add_value("e", "float32", ("batch", "seq", 3))
+    s = g.add_value("s", "float32", ("batch", "seq", 3))
+    out = g.add_value("out", "float32", ("batch", "seq", 3))
+    g.nodes += [Node("linear", [a, w, ""], [h]), Node("embedding", [emb, ids], [e]), Node("add", [h, e], [s]),
+                Node("softmax", [s], [out], {"dim": 2})]
+    g.outputs.append(out)
+    g.dims = {"batch": {"min": 1, "max": 4}, "seq": {"min": 1, "max": 16}}
+    return nac.load(write_nac(tmp_path / "two.nac", g, {}))
+
+
+def feeds(b=2, s=5):
+    return {"a": np.random.rand(b, s, 4).astype(np.float32), "ids": np.random.randint(0, 10, (b, s))}
+
+
+def test_dict_and_sequence_inputs(two_input_model):
+    f = feeds()
+    by_name = two_input_model.run(f)[0]
+    by_order = two_input_model.run([f["a"], f["ids"]])[0]
+    np.testing.assert_array_equal(by_name, by_order)
+
+
+def test_outputs_are_owned_by_the_caller(two_input_model):
+    f = feeds()
+    first = two_input_model.run(f)[0]
+    keep = first.copy()
+    two_input_model.run(feeds())
+    np.testing.assert_array_equal(first, keep)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"a": 1}, "missing input"),
+    ({"b": 1, "a": 1, "ids": 1}, "unknown input name"),
+])
+def test_wrong_names(two_input_model, bad, match):
+    with pytest.raises(nac.NacInputError, match=match):
+        two_input_model.run(bad)
+
+
+def test_wrong_count(two_input_model):
+    with pytest.raises(nac.NacInputError, match="1 input\\(s\\) given; two.nac takes 2"):
+        two_input_model.run([np.zeros((1, 1, 4), np.float32)])
+
+
+def test_wrong_dtype(two_input_model):
+    f = feeds()
+    f["ids"] = f["ids"].astype(np.float32)
+    with pytest.raises(nac.NacInputError, match="input 'ids' has dtype float32; the model expects int64"):
+        two_input_model.run(f)
+
+
+def test_wrong_rank(two_input_model):
+    f = feeds()
+    f["a"] = f["a"][0]
+    with pytest.raises(nac.NacInputError, match="input 'a' has rank 2"):
+        two_input_model.run(f)
+
+
+def test_static_dim_mismatch(two_input_model):
+    f = feeds()
+    f["a"] = np.zeros((2, 5, 3), np.float32)
+    with pytest.raises(nac.NacInputError, match="input 'a' axis 2 has size 3; the model was exported with size 4"):
+        two_input_model.run(f)
+
+
+def test_inconsistent_named_dim(two_input_model):
+    f = feeds()
+    f["ids"] = f["ids"][:, :3]
+    with pytest.raises(nac.NacInputError, match="axis 1 \\(seq\\) has size 3, but another input gave seq = 5"):
+        two_input_model.run(f)
+
+
+def test_dim_outside_range(two_input_model):
+    with pytest.raises(nac.NacInputError, match="seq = 17 is outside the range .*\\[1, 16\\]"):
+        two_input_model.run(feeds(2, 17))
+
+
+def test_token_id_out_of_range(two_input_model):
+    f = feeds()
+    f["ids"][0, 0] = 10
+    with pytest.raises(nac.NacInputError, match="id 10 is outside the table of 10 rows"):
+        two_input_model.run(f)
+
+
+def test_int32_ids_and_float64_accepted(two_input_model):
+    f = feeds()
+    want = two_input_model.run(f)[0]
+    got = two_input_model.run({"a": f["a"].astype(np.float64), "ids": f["ids"].astype(np.int32)})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_plans_are_cached_and_arena_reused(two_input_model):
+    two_input_model.run(feeds(2, 5))
+    p1 = two_input_model.plan({"a": (2, 5, 4), "ids": (2, 5)})
+    two_input_model.run(feeds(2, 5))
+    assert two_input_model.plan({"a": (2, 5, 4), "ids": (2, 5)}) is p1
+    assert p1.arena_bytes < p1.naive_bytes  # buffers of dead values are reused
+
+
+def test_run_never_imports_torch(two_input_model):
+    code = ("import sys, numpy as np, nac\n"
+            f"m = nac.load({str(two_input_model.path)!r})\n"
+            "m.run({'a': np.zeros((1, 2, 4), np.float32), 'ids': np.zeros((1, 2), np.int64)})\n"
+            "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'transformers'))\n"
+            "assert not bad, bad\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

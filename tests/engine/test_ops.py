@@ -1,0 +1,461 @@
+"""Every op in the op table against its ATen reference over generated shapes and values (hypothesis).
+
+Each case draws inputs, attributes and the torch reference; the engine runs a one-node graph.
+Tolerance: 1e-5 relative to the output's scale (exact for integer and bool outputs).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis.extra.numpy import array_shapes, mutually_broadcastable_shapes
+
+from conftest import assert_close, model_from_graph, one_node_graph
+from nac.format.graph import dtype_name
+from nac.format.ops import ACTIVATIONS, OPS
+
+CASES = {}
+
+
+def case(*ops):
+    def deco(fn):
+        for op in ops:
+            CASES[op] = fn
+        return fn
+    return deco
+
+
+def arr(draw, shape, lo=-3.0, hi=3.0, dtype=np.float32):
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    if dtype == np.bool_:
+        return rng.random(shape) < 0.5
+    if np.dtype(dtype).kind in "iu":
+        return rng.integers(int(lo), int(hi) + 1, size=shape).astype(dtype)
+    return rng.uniform(lo, hi, size=shape).astype(dtype)
+
+
+def T(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+# -- elementwise -----------------------------------------------------------------------------------------
+BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "pow": torch.pow,
+          "maximum": torch.maximum, "minimum": torch.minimum, "remainder": torch.remainder,
+          "eq": torch.eq, "ne": torch.ne, "lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge,
+          "logical_and": torch.logical_and, "logical_or": torch.logical_or,
+          "bitwise_and": torch.bitwise_and, "bitwise_or": torch.bitwise_or}
+
+
+@case(*BINARY)
+def binary(draw, op):
+    shapes = draw(mutually_broadcastable_shapes(num_shapes=2, max_dims=4, max_side=5))
+    sa, sb = shapes.input_shapes
+    if op in ("logical_and", "logical_or", "bitwise_and", "bitwise_or"):
+        a, b = arr(draw, sa, dtype=np.bool_), arr(draw, sb, dtype=np.bool_)
+    elif op in ("eq", "ne", "lt", "le", "gt", "ge"):
+        a, b = arr(draw, sa, -2, 2, np.int64).astype(np.float32), arr(draw, sb, -2, 2, np.int64).astype(np.float32)
+    elif op == "pow":
+        a, b = arr(draw, sa, 0.1, 3.0), arr(draw, sb, -2.0, 2.0)
+    elif op in ("div", "remainder"):
+        a, b = arr(draw, sa), arr(draw, sb, 0.5, 3.0) * np.where(arr(draw, sb, dtype=np.bool_), 1, -1).astype(np.float32)
+    else:
+        a, b = arr(draw, sa), arr(draw, sb)
+    ref = BINARY[op](T(a), T(b))
+    return [a, b], {}, ref
+
+
+UNARY = {"neg": torch.neg, "abs": torch.abs, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt,
+         "rsqrt": torch.rsqrt, "reciprocal": torch.reciprocal, "sin": torch.sin, "cos": torch.cos,
+         "erf": torch.erf, "relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu,
+         "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "logical_not": torch.logical_not,
+         "floor": torch.floor, "ceil": torch.ceil}
+
+
+@case(*UNARY)
+def unary(draw, op):
+    shape = draw(array_shapes(min_dims=0, max_dims=4, max_side=6))
+    if op == "logical_not":
+        x = arr(draw, shape, dtype=np.bool_)
+    elif op in ("log", "sqrt", "rsqrt", "reciprocal"):
+        x = arr(draw, shape, 0.05, 5.0)
+    else:
+        x = arr(draw, shape, -8.0, 8.0)
+    return [x], {}, UNARY[op](T(x))
+
+
+@case("gelu")
+def gelu(draw, op):
+    x = arr(draw, draw(array_shapes(max_dims=3, max_side=8)), -6, 6)
+    approx = draw(st.sampled_from(["none", "tanh"]))
+    return [x], {"approximate": approx}, F.gelu(T(x), approximate=approx)
+
+
+@case("clamp")
+def clamp(draw, op):
+    x = arr(draw, draw(array_shapes(max_dims=3)), -8, 8)
+    lo = draw(st.one_of(st.none(), st.floats(-4, 0, width=32)))
+    hi = draw(st.one_of(st.none(), st.floats(0, 6, width=32)))
+    ref = T(x) if lo is None and hi is None else torch.clamp(T(x), lo, hi)
+    return [x], {"min": lo, "max": hi}, ref
+
+
+@case("leaky_relu")
+def leaky(draw, op):
+    x = arr(draw, draw(array_shapes(max_dims=3)))
+    s = draw(st.floats(0.0, 0.5, width=32))
+    return [x], {"negative_slope": s}, F.leaky_relu(T(x), s)
+
+
+@case("elu")
+def elu(draw, op):
+    x = arr(draw, draw(array_shapes(max_dims=3)))
+    a = draw(st.floats(0.125, 2.0, width=32))
+    return [x], {"alpha": a}, F.elu(T(x), a)
+
+
+@case("cast")
+def cast(draw, op):
+    src, dst = draw(st.sampled_from([(np.float32, "int64"), (np.float32, "bool"), (np.int64, "float32"),
+                                     (np.bool_, "float32"), (np.int64, "bool"), (np.bool_, "int64")]))
+    x = arr(draw, draw(array_shapes(max_dims=3)), -5, 5, src)
+    tdt = {"int64": torch.int64, "bool": torch.bool, "float32": torch.float32}[dst]
+    return [x], {"dtype": dst}, T(x).to(tdt)
+
+
+@case("where")
+def where(draw, op):
+    s = draw(mutually_broadcastable_shapes(num_shapes=3, max_dims=3, max_side=4)).input_shapes
+    c, a, b = arr(draw, s[0], dtype=np.bool_), arr(draw, s[1]), arr(draw, s[2])
+    return [c, a, b], {}, torch.where(T(c), T(a), T(b))
+
+
+# -- linear algebra -------------------------------------------------------------------------------------
+@case("matmul")
+def matmul(draw, op):
+    batch = draw(mutually_broadcastable_shapes(num_shapes=2, max_dims=2, max_side=3)).input_shapes
+    m, k, n = (draw(st.integers(1, 9)) for _ in range(3))
+    a, b = arr(draw, batch[0] + (m, k)), arr(draw, batch[1] + (k, n))
+    return [a, b], {}, torch.matmul(T(a), T(b))
+
+
+def torch_act(y, act):
+    return {"none": lambda v: v, "relu": torch.relu, "relu6": F.relu6, "gelu": F.gelu,
+            "gelu_tanh": lambda v: F.gelu(v, approximate="tanh"), "silu": F.silu, "sigmoid": torch.sigmoid,
+            "tanh": torch.tanh, "hardswish": F.hardswish}[act](y)
+
+
+@case("linear")
+def linear(draw, op):
+    lead = draw(array_shapes(min_dims=1, max_dims=3, max_side=4))
+    k, n = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    x, w = arr(draw, lead + (k,)), arr(draw, (n, k))
+    b = arr(draw, (n,)) if draw(st.booleans()) else None
+    act = draw(st.sampled_from(ACTIVATIONS))
+    ref = torch_act(F.linear(T(x), T(w), None if b is None else T(b)), act)
+    return [x, w, b], {"activation": act}, ref
+
+
+@case("conv2d")
+def conv2d(draw, op):
+    n, groups = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    cin = groups * draw(st.integers(1, 3))
+    cout = groups * draw(st.integers(1, 3))
+    if draw(st.booleans()):  # depthwise
+        cin = cout = groups
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = [draw(st.integers(0, 2)) for _ in range(4)]
+    h = draw(st.integers(dh * (kh - 1) + 1, 9))
+    wd = draw(st.integers(dw * (kw - 1) + 1, 9))
+    x, w = arr(draw, (n, cin, h, wd)), arr(draw, (cout, cin // groups, kh, kw))
+    b = arr(draw, (cout,)) if draw(st.booleans()) else None
+    act = draw(st.sampled_from(ACTIVATIONS))
+    xt = F.pad(T(x), (pads[2], pads[3], pads[0], pads[1]))
+    ref = torch_act(F.conv2d(xt, T(w), None if b is None else T(b), (sh, sw), 0, (dh, dw), groups), act)
+    return [x, w, b], {"stride": [sh, sw], "padding": pads, "dilation": [dh, dw], "groups": groups,
+                       "activation": act}, ref
+
+
+# -- pooling -----------------------------------------------------------------------------------------------
+def image(draw, lo=1, hi=9):
+    return arr(draw, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(lo, hi)),
+                      draw(st.integers(lo, hi))))
+
+
+@case("max_pool2d")
+def max_pool(draw, op):
+    k = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    d = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    p = [draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2))]
+    s = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    x = image(draw, lo=max(d[0] * (k[0] - 1), d[1] * (k[1] - 1)) + 1)
+    cm = draw(st.booleans())
+    ref = F.max_pool2d(T(x), k, s, p, d, ceil_mode=cm)
+    return [x], {"kernel": k, "stride": s, "padding": p, "dilation": d, "ceil_mode": cm}, ref
+
+
+@case("avg_pool2d")
+def avg_pool(draw, op):
+    k = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    p = [draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2))]
+    s = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    x = image(draw, lo=3)
+    cm, cip = draw(st.booleans()), draw(st.booleans())
+    div = draw(st.one_of(st.none(), st.integers(1, 5)))
+    ref = F.avg_pool2d(T(x), k, s, p, cm, cip, div)
+    return [x], {"kernel": k, "stride": s, "padding": p, "ceil_mode": cm, "count_include_pad": cip,
+                 "divisor_override": div}, ref
+
+
+@case("adaptive_avg_pool2d")
+def adaptive(draw, op):
+    x = image(draw)
+    o = [draw(st.integers(1, 4)), draw(st.integers(1, 4))]
+    return [x], {"output_size": o}, F.adaptive_avg_pool2d(T(x), o)
+
+
+# -- reductions -----------------------------------------------------------------------------------------
+REDUCE = {"sum": torch.sum, "mean": torch.mean, "amax": torch.amax, "amin": torch.amin, "prod": None,
+          "any": torch.any, "all": torch.all}
+
+
+@case(*REDUCE)
+def reduce(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=4, max_side=5))
+    dims = sorted(draw(st.sets(st.integers(0, len(shape) - 1), min_size=0 if op != "prod" else 1, max_size=1
+                               if op == "prod" else len(shape))))
+    keep = draw(st.booleans())
+    x = arr(draw, shape, dtype=np.bool_) if op in ("any", "all") else arr(draw, shape, 0.5, 1.5)
+    t = T(x)
+    if op == "prod":
+        ref = torch.prod(t, dims[0], keepdim=keep)
+    elif not dims:
+        ref = REDUCE[op](t)
+        if keep:
+            ref = ref.reshape((1,) * len(shape))
+    else:
+        ref = REDUCE[op](t, dim=dims, keepdim=keep)
+    return [x], {"dims": dims, "keepdim": keep}, ref
+
+
+@case("var")
+def var(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=3, min_side=2, max_side=5))
+    dims = sorted(draw(st.sets(st.integers(0, len(shape) - 1), min_size=1)))
+    keep, corr = draw(st.booleans()), draw(st.sampled_from([0.0, 1.0]))
+    x = arr(draw, shape)
+    return [x], {"dims": dims, "keepdim": keep, "correction": corr}, torch.var(T(x), dims, correction=corr, keepdim=keep)
+
+
+@case("argmax", "argmin")
+def argm(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=3, max_side=5))
+    d, keep = draw(st.integers(0, len(shape) - 1)), draw(st.booleans())
+    x = arr(draw, shape, -100, 100, np.int64).astype(np.float32)  # ties: first index, as ATen
+    fn = torch.argmax if op == "argmax" else torch.argmin
+    return [x], {"dim": d, "keepdim": keep}, fn(T(x), d, keep)
+
+
+@case("cumsum")
+def cumsum(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=3, max_side=6))
+    d = draw(st.integers(0, len(shape) - 1))
+    x = arr(draw, shape)
+    return [x], {"dim": d}, torch.cumsum(T(x), d)
+
+
+# -- normalisation --------------------------------------------------------------------------------------
+@case("softmax", "log_softmax")
+def softmax(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=4, max_side=6))
+    d = draw(st.integers(0, len(shape) - 1))
+    x = arr(draw, shape, -10, 10)
+    fn = torch.softmax if op == "softmax" else torch.log_softmax
+    return [x], {"dim": d}, fn(T(x), d)
+
+
+@case("layer_norm")
+def layer_norm(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6))
+    axes = draw(st.integers(1, len(shape)))
+    ns = shape[len(shape) - axes:]
+    x = arr(draw, shape, -4, 4)
+    w = arr(draw, ns) if draw(st.booleans()) else None
+    b = arr(draw, ns) if draw(st.booleans()) else None
+    eps = draw(st.sampled_from([1e-5, 1e-12, 1e-3]))
+    ref = F.layer_norm(T(x), ns, None if w is None else T(w), None if b is None else T(b), eps)
+    return [x, w, b], {"axes": axes, "eps": eps}, ref
+
+
+@case("rms_norm")
+def rms_norm(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=3, max_side=6))
+    axes = draw(st.integers(1, len(shape)))
+    ns = shape[len(shape) - axes:]
+    x = arr(draw, shape)
+    w = arr(draw, ns) if draw(st.booleans()) else None
+    eps = draw(st.sampled_from([1e-5, 1e-6]))
+    return [x, w], {"axes": axes, "eps": eps}, F.rms_norm(T(x), ns, None if w is None else T(w), eps)
+
+
+@case("batch_norm")
+def batch_norm(draw, op):
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 4))) + draw(array_shapes(min_dims=0, max_dims=2, max_side=4))
+    c = shape[1]
+    x, mean, var = arr(draw, shape), arr(draw, (c,)), arr(draw, (c,), 0.1, 2)
+    w = arr(draw, (c,)) if draw(st.booleans()) else None
+    b = arr(draw, (c,)) if draw(st.booleans()) else None
+    ref = F.batch_norm(T(x), T(mean), T(var), None if w is None else T(w), None if b is None else T(b), False, 0.1, 1e-5)
+    return [x, w, b, mean, var], {"eps": 1e-5}, ref
+
+
+# -- indexing -----------------------------------------------------------------------------------------------
+@case("embedding")
+def embedding(draw, op):
+    v, d = draw(st.integers(1, 20)), draw(st.integers(1, 8))
+    w = arr(draw, (v, d))
+    idx = arr(draw, draw(array_shapes(min_dims=0, max_dims=2, max_side=5)), 0, v - 1, np.int64)
+    return [w, idx], {}, F.embedding(T(idx), T(w))
+
+
+@case("gather")
+def gather(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=3, max_side=5))
+    d = draw(st.integers(0, len(shape) - 1))
+    ishape = tuple(draw(st.integers(1, s)) if k != d else draw(st.integers(1, 6)) for k, s in enumerate(shape))
+    x, idx = arr(draw, shape), arr(draw, ishape, 0, shape[d] - 1, np.int64)
+    return [x, idx], {"dim": d}, torch.gather(T(x), d, T(idx))
+
+
+@case("index_select")
+def index_select(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=3, max_side=5))
+    d = draw(st.integers(0, len(shape) - 1))
+    idx = arr(draw, (draw(st.integers(0, 6)),), 0, shape[d] - 1, np.int64)
+    x = arr(draw, shape)
+    return [x, idx], {"dim": d}, torch.index_select(T(x), d, T(idx))
+
+
+@case("index")
+def index(draw, op):
+    shape = draw(array_shapes(min_dims=2, max_dims=3, max_side=5))
+    ishape = draw(array_shapes(min_dims=1, max_dims=2, max_side=3))
+    which = draw(st.sampled_from([(0,), (1,), (0, 1)]))
+    idx = [arr(draw, ishape, 0, shape[k] - 1, np.int64) if k in which else None for k in range(max(which) + 1)]
+    x = arr(draw, shape)
+    ref = T(x)[tuple(slice(None) if i is None else T(i) for i in idx)]
+    return [x] + idx, {}, ref
+
+
+# -- shape ops ---------------------------------------------------------------------------------------------
+@case("reshape")
+def reshape(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=4, max_side=4))
+    x = arr(draw, shape)
+    n = x.size
+    new = draw(st.sampled_from([(n,), (1, n), (n, 1)] + ([(2, n // 2)] if n % 2 == 0 else [])))
+    return [x], {"shape": list(new)}, T(x).reshape(new)
+
+
+@case("permute")
+def permute(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=4, max_side=4))
+    perm = draw(st.permutations(range(len(shape))))
+    x = arr(draw, shape)
+    return [x], {"perm": list(perm)}, T(x).permute(*perm)
+
+
+@case("expand")
+def expand(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=3, max_side=3))
+    x = arr(draw, tuple(1 if draw(st.booleans()) else s for s in shape))
+    out = tuple(draw(st.integers(1, 4)) if a == 1 else a for a in x.shape)
+    return [x], {"shape": list(out)}, T(x).expand(*out)
+
+
+@case("slice")
+def slice_(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=3, max_side=7))
+    d = draw(st.integers(0, len(shape) - 1))
+    start, end = draw(st.integers(-8, 8)), draw(st.integers(-8, 2 ** 62))
+    step = draw(st.integers(1, 3))
+    x = arr(draw, shape)
+    ref = torch.ops.aten.slice.Tensor(T(x), d, start, end, step)
+    return [x], {"dim": d, "start": start, "end": end, "step": step}, ref
+
+
+@case("select")
+def select(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=3, max_side=5))
+    d = draw(st.integers(0, len(shape) - 1))
+    i = draw(st.integers(-shape[d], shape[d] - 1))
+    x = arr(draw, shape)
+    return [x], {"dim": d, "index": i}, torch.select(T(x), d, i)
+
+
+@case("cat")
+def cat(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=3, max_side=4))
+    d = draw(st.integers(0, len(shape) - 1))
+    xs = [arr(draw, shape[:d] + (draw(st.integers(1, 4)),) + shape[d + 1:]) for _ in range(draw(st.integers(1, 4)))]
+    return xs, {"dim": d}, torch.cat([T(x) for x in xs], d)
+
+
+@case("pad")
+def pad(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=4, min_side=2, max_side=5))
+    npairs = draw(st.integers(1, len(shape)))
+    pads = [draw(st.integers(-1, 3)) for _ in range(2 * npairs)]
+    x = arr(draw, shape)
+    v = draw(st.sampled_from([0.0, -1.5]))
+    return [x], {"pads": pads, "value": v}, F.pad(T(x), pads, value=v)
+
+
+@case("repeat")
+def repeat(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=3, max_side=3))
+    reps = [draw(st.integers(1, 3)) for _ in range(len(shape) + draw(st.integers(0, 1)))]
+    x = arr(draw, shape)
+    return [x], {"repeats": reps}, T(x).repeat(*reps)
+
+
+@case("copy")
+def copy(draw, op):
+    x = arr(draw, draw(array_shapes(max_dims=3)))
+    return [x], {}, T(x).clone()
+
+
+@case("arange")
+def arange(draw, op):
+    start, n, step = draw(st.integers(-5, 5)), draw(st.integers(0, 10)), draw(st.integers(1, 3))
+    end = start + n
+    return [], {"start": start, "end": end, "step": step, "dtype": "int64"}, torch.arange(start, end, step)
+
+
+@case("full")
+def full(draw, op):
+    shape = draw(array_shapes(min_dims=0, max_dims=3, max_side=4))
+    dtype = draw(st.sampled_from(["float32", "int64", "bool"]))
+    value = {"float32": -2.5, "int64": 7, "bool": True}[dtype]
+    tdt = {"float32": torch.float32, "int64": torch.int64, "bool": torch.bool}[dtype]
+    return [], {"shape": list(shape), "value": value, "dtype": dtype}, torch.full(shape, value, dtype=tdt)
+
+
+def test_every_op_has_a_case():
+    assert sorted(set(OPS) - set(CASES)) == []
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_op_matches_torch(op, data):
+    inputs, attrs, ref = CASES[op](data.draw, op)
+    ref = ref.numpy()
+    g, feeds = one_node_graph(op, inputs, attrs, ref.shape, dtype_name(ref.dtype))
+    got = model_from_graph(g).run(feeds)[0]
+    assert got.dtype == ref.dtype
+    assert_close(got, ref, 1e-5, op)
