@@ -52,12 +52,15 @@ def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None =
 
 @contextlib.contextmanager
 def _eval_mode(module: torch.nn.Module):
-    was_training = module.training
+    """Export in eval mode, then give every submodule back its own mode (``train(flag)`` on the
+    root would recurse and switch on dropout in submodules the caller had put in eval mode)."""
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         yield
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def _export_program(module, args, kwargs, dynamic_shapes) -> torch.export.ExportedProgram:

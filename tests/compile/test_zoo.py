@@ -1,0 +1,236 @@
+"""A zoo of small torch models covering the patterns users compose; each exports and agrees with
+torch within 1e-4 relative to the output scale, on several input sizes from one file."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.export import Dim
+
+import nac
+from conftest import export_and_compare
+
+torch.manual_seed(0)
+
+
+class MultiIO(nn.Module):
+    """Two inputs, three outputs, a shared (tied) weight used twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, a, b):
+        h = torch.tanh(self.shared(a)) + self.shared(b)
+        return self.head(h), h.sum(-1), torch.sigmoid(h).amax(-1, keepdim=True)
+
+
+class ResidualCNN(nn.Module):
+    """ResNet-style blocks with batch norm, a dense (concatenating) skip, pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                   nn.Conv2d(8, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8))
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.Hardswish(), nn.Conv2d(16, 8, 1),
+                                nn.ReLU6())
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.fc = nn.Linear(8, 5)
+        for m in self.modules():  # non-trivial running statistics
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.block(x))
+        x = torch.cat([x, F.max_pool2d(x, 3, 1, 1)], 1)
+        x = self.grouped(self.dw(x))
+        x = F.avg_pool2d(x, 2, ceil_mode=True)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+
+class GRUUnrolled(nn.Module):
+    """A recurrent cell unrolled over a fixed number of steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.GRUCell(5, 7)
+        self.lstm = nn.LSTMCell(7, 4)
+
+    def forward(self, xs):  # [batch, 6, 5]
+        h = torch.zeros(xs.shape[0], 7)
+        hc = (torch.zeros(xs.shape[0], 4), torch.zeros(xs.shape[0], 4))
+        outs = []
+        for t in range(xs.shape[1]):
+            h = self.cell(xs[:, t], h)
+            hc = self.lstm(h, hc)
+            outs.append(hc[0])
+        return torch.stack(outs, 1)
+
+
+class Attention(nn.Module):
+    """Self- and cross-attention with nn.MultiheadAttention, and a full transformer encoder block."""
+
+    def __init__(self):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.cross = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.block = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, activation="gelu")
+
+    def forward(self, x, memory):
+        a, _ = self.self_attn(x, x, x, need_weights=False)
+        c, _ = self.cross(a, memory, memory, need_weights=False)
+        return self.block(c + x)
+
+
+class Activations(nn.Module):
+    def forward(self, x):
+        ys = [F.relu(x), F.relu6(x), F.hardtanh(x, -0.5, 0.5), F.gelu(x), F.gelu(x, approximate="tanh"), F.silu(x),
+              torch.sigmoid(x), torch.tanh(x), F.hardswish(x), F.leaky_relu(x, 0.1), F.elu(x), F.hardsigmoid(x)]
+        return torch.stack(ys, 0)
+
+
+class Reductions(nn.Module):
+    def forward(self, x):
+        return (x.sum(1), x.mean((1, 2), keepdim=True), x.amax(-1), x.amin(0), x.var(1), x.argmax(-1),
+                x.max(dim=1).values, torch.cumsum(x, 2), F.log_softmax(x, 1), x.norm(dim=-1),
+                F.normalize(x, dim=-1))
+
+
+class ShapeOps(nn.Module):
+    def forward(self, x):  # [b, 4, 6]
+        a, b = x.split([2, 2], dim=1)
+        y = torch.cat([b, a], 1).transpose(1, 2).reshape(x.shape[0], -1)
+        z = x.unsqueeze(1).expand(-1, 3, -1, -1).permute(0, 2, 1, 3).flatten(2)
+        w = F.pad(x, (1, 2, 0, 1), value=-1.0)[:, 1:, ::2]
+        v = x[:, 2] + x.select(1, -1).unsqueeze(-1)[..., 0] + x.repeat(1, 2, 1)[:, 3]
+        idx = torch.arange(x.shape[2] - 1, -1, -1)
+        u = torch.index_select(x, 2, idx) * torch.where(x > 0, 1.0, -2.0)
+        return y, z, w, v, u, x.unbind(1)[3], torch.gather(x, 2, idx.expand(x.shape[0], 4, -1))
+
+
+def test_multi_io_with_shared_weights(tmp_path):
+    m = MultiIO().eval()
+    batch = Dim("batch", min=1, max=64)
+    model = export_and_compare(m, (torch.randn(3, 6), torch.randn(3, 6)), tmp_path,
+                               dynamic_shapes=({0: batch}, {0: batch}),
+                               variants=[((torch.randn(1, 6), torch.randn(1, 6)), {}),
+                                         ((torch.randn(17, 6), torch.randn(17, 6)), {})])
+    assert len(model.output_names) == 3
+    assert "shared.weight" in model.graph.params  # used twice, stored once
+    assert sum(a.size for a in model.graph.params.values()) == sum(p.numel() for p in m.parameters())
+
+
+def test_tied_parameters_stored_once(tmp_path):
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 8)
+            self.out = nn.Linear(8, 50, bias=False)
+            self.out.weight = self.emb.weight
+
+        def forward(self, ids):
+            return self.out(self.emb(ids))
+
+    model = export_and_compare(Tied().eval(), (torch.randint(0, 50, (2, 5)),), tmp_path)
+    assert model.graph.param_count() == 50 * 8
+
+
+def test_residual_cnn_with_batch_norm(tmp_path):
+    m = ResidualCNN().eval()
+    model = export_and_compare(m, (torch.randn(2, 3, 32, 32),), tmp_path,
+                               dynamic_shapes=({0: Dim("batch", min=1, max=16)},),
+                               variants=[((torch.randn(1, 3, 32, 32),), {})])
+    ops = {n.op for n in model.graph.nodes}
+    assert "batch_norm" not in ops  # folded into the convolutions
+    assert model.metadata["compile"]["passes"]["fold_batch_norm"] == 3
+
+
+def test_recurrent_cells_unrolled(tmp_path):
+    export_and_compare(GRUUnrolled().eval(), (torch.randn(3, 6, 5),), tmp_path,
+                       dynamic_shapes=({0: Dim("batch", min=1, max=8)},), variants=[((torch.randn(5, 6, 5),), {})])
+
+
+def test_self_cross_attention_and_transformer_block(tmp_path):
+    seq, mem = Dim("seq", min=2, max=64), Dim("mem", min=2, max=64)
+    export_and_compare(Attention().eval(), (torch.randn(2, 5, 16), torch.randn(2, 7, 16)), tmp_path,
+                       dynamic_shapes=({1: seq}, {1: mem}),
+                       variants=[((torch.randn(2, 9, 16), torch.randn(2, 3, 16)), {})])
+
+
+def test_activations(tmp_path):
+    export_and_compare(Activations(), (torch.randn(4, 33) * 4,), tmp_path)
+
+
+def test_reductions(tmp_path):
+    export_and_compare(Reductions(), (torch.randn(3, 4, 5),), tmp_path)
+
+
+def test_shape_ops(tmp_path):
+    export_and_compare(ShapeOps(), (torch.randn(2, 4, 6),), tmp_path,
+                       dynamic_shapes=({0: Dim("batch", min=1, max=8)},), variants=[((torch.randn(5, 4, 6),), {})])
+
+
+def test_conv1d(tmp_path):
+    m = nn.Sequential(nn.Conv1d(3, 5, 3, padding=1), nn.ReLU(), nn.Conv1d(5, 2, 2, stride=2)).eval()
+    export_and_compare(m, (torch.randn(2, 3, 10),), tmp_path)
+
+
+def test_unsupported_ops_listed_with_module_paths(tmp_path):
+    class Inner(nn.Module):
+        def forward(self, x):
+            return torch.fft.rfft(x).abs() + torch.special.bessel_j0(x)[..., :5]
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Inner()
+
+        def forward(self, x):
+            return torch.flip(self.inner(x), [0])
+
+    with pytest.raises(nac.NacExportError) as exc:
+        nac.export(Outer(), (torch.randn(2, 8),), tmp_path / "bad.nac")
+    assert str(exc.value).splitlines() == [
+        "the model uses 3 ATen op(s) NAC does not support:",
+        "  aten._fft_r2c.default  at inner (Inner)",
+        "  aten.flip.default  at <top> (Outer)",
+        "  aten.special_bessel_j0.default  at inner (Inner)",
+    ]
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_non_tensor_input_rejected(tmp_path):
+    class Scale(nn.Module):
+        def forward(self, x, k: float):
+            return x * k
+
+    with pytest.raises(nac.NacExportError):
+        nac.export(Scale(), (torch.randn(2), 3.0), tmp_path / "s.nac")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_symbolic_dims_survive(tmp_path):
+    m = nn.Linear(4, 3)
+    path = nac.export(m, (torch.randn(2, 5, 4),), tmp_path / "l.nac",
+                      dynamic_shapes=({0: Dim("batch", max=8), 1: Dim("seq", max=100)},))
+    model = nac.load(path)
+    assert model.input_spec() == [("input", "float32", ("batch", "seq", 4))]
+    assert model.graph.dims["seq"]["max"] == 100
+    for b, s in [(1, 1), (3, 77)]:
+        x = np.random.rand(b, s, 4).astype(np.float32)
+        with torch.no_grad():
+            np.testing.assert_allclose(model.run([x])[0], m(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_export_restores_each_submodule_mode(tmp_path):
+    inner = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)).eval()
+    outer = nn.Sequential(inner)  # a new wrapper starts in training mode
+    nac.export(outer, (torch.randn(2, 3),), tmp_path / "m.nac")
+    assert outer.training and not inner.training and not inner[1].training
