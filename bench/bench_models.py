@@ -1,0 +1,182 @@
+"""NAC vs torch eager (vs ONNX Runtime) on the real models, in one process, same thread count.
+
+    python bench/bench_models.py [--quick] [--json bench/results/models.json]
+
+Reports median latency (ms) per model/shape for each runtime, the ratio NAC / torch (below 1.0
+means NAC is faster), the machine, BLAS settings, and the engine's start-up cost (a fresh
+process's time to its first MiniLM result with a warm Numba cache, and with an empty one).
+
+OPENBLAS_CORETYPE=Haswell (set on these machines) halves numpy's GEMM speed on AVX-512; `make
+bench` unsets it and OPENBLAS_L2_SIZE; the report says which was measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from threadpoolctl import threadpool_info
+
+    import torch
+
+    from nac.engine.threads import num_threads
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__, "nac_threads": num_threads(), "torch_threads": torch.get_num_threads(),
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+            "blas": [{k: i.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+                     for i in threadpool_info() if i.get("user_api") == "blas"]}
+
+
+def median_ms(fn, repeat: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def onnx_session(job, names, dynamic):
+    try:
+        import io
+
+        import onnxruntime as ort
+        import torch
+    except ImportError:
+        return None, "onnxruntime not installed"
+    try:
+        f = io.BytesIO()
+        args = tuple(job.kwargs.values()) if job.kwargs else job.args
+        torch.onnx.export(job.module, args, f, input_names=names, dynamic_axes=dynamic, dynamo=False, opset_version=17)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = torch.get_num_threads()
+        so.inter_op_num_threads = 1
+        return ort.InferenceSession(f.getvalue(), so, providers=["CPUExecutionProvider"]), None
+    except Exception as exc:  # report, do not fail the benchmark
+        return None, f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def bench_model(name, job, path, cases, repeat):
+    import torch
+
+    import nac
+
+    model = nac.load(path)
+    names = list(job.kwargs) if job.kwargs else model.input_names
+    dynamic = {n: ({0: "batch", 1: "seq"} if job.kwargs else {0: "batch"}) for n in names}
+    sess, why = onnx_session(job, names, dynamic)
+    rows = []
+    for label, feeds in cases:
+        tfeeds = [torch.from_numpy(v) for v in feeds.values()]
+        with torch.no_grad():
+            t_torch = median_ms(lambda: job.module(*tfeeds), repeat)
+        t_nac = median_ms(lambda: model.run(list(feeds.values())), repeat)
+        t_ort = median_ms(lambda: sess.run(None, dict(zip(names, feeds.values()))), repeat) if sess else None
+        rows.append({"model": name, "case": label, "nac_ms": round(t_nac, 3), "torch_ms": round(t_torch, 3),
+                     "ort_ms": None if t_ort is None else round(t_ort, 3), "nac_over_torch": round(t_nac / t_torch, 3),
+                     "nac_over_ort": None if t_ort is None else round(t_nac / t_ort, 3)})
+        print(f"  {name:<18} {label:<14} nac {t_nac:8.2f} ms   torch {t_torch:8.2f} ms   "
+              f"ort {'n/a' if t_ort is None else f'{t_ort:8.2f} ms'}   nac/torch {t_nac / t_torch:5.2f}", flush=True)
+    return rows, why
+
+
+def start_up(path: Path) -> dict:
+    """Seconds from a fresh interpreter's start to its first MiniLM result (import, load, plan, run)."""
+    code = ("import time; t=time.perf_counter(); import numpy as np, nac; m=nac.load(%r); "
+            "m.run({'input_ids': np.array([[101, 7592, 102]]), 'attention_mask': np.ones((1, 3), np.int64)}); "
+            "print(time.perf_counter()-t)") % str(path)
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for label in ("first_ever_compile_s", "warm_cache_s"):
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+            wall = time.perf_counter() - t0
+            if r.returncode != 0:
+                raise RuntimeError(r.stderr)
+            out[label] = round(wall, 3)
+            out[label.replace("_s", "_in_process_s")] = round(float(r.stdout.strip()), 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "models.json")
+    args = ap.parse_args()
+    import torch
+
+    from nac.apps.sources import efficientnet_lite0, minilm
+    from nac.engine.threads import num_threads
+
+    import nac
+
+    torch.set_num_threads(num_threads())
+    repeat = 5 if args.quick else 20
+    info = machine()
+    print(json.dumps(info, indent=1))
+    rows, notes = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        job = minilm()
+        mpath = nac.export(job.module, job.args, tmp / "minilm.nac", kwargs=job.kwargs,
+                           dynamic_shapes=job.dynamic_shapes, metadata=job.metadata, tokenizer=job.tokenizer)
+        rng = np.random.default_rng(0)
+        cases = []
+        for b, s in [(1, 16), (1, 128), (8, 16), (8, 128)]:
+            ids = rng.integers(1000, 29000, (b, s)).astype(np.int64)
+            ids[:, 0], ids[:, -1] = 101, 102
+            cases.append((f"b{b} seq{s}", {"input_ids": ids, "attention_mask": np.ones((b, s), np.int64)}))
+        r, why = bench_model("minilm", job, mpath, cases, repeat)
+        rows += r
+        if why:
+            notes["minilm_ort"] = why
+        job = efficientnet_lite0()
+        epath = nac.export(job.module, job.args, tmp / "effnet.nac", dynamic_shapes=job.dynamic_shapes,
+                           metadata=job.metadata)
+        cases = [(f"b{b} 224x224", {"inputs": rng.standard_normal((b, 3, 224, 224)).astype(np.float32)}) for b in (1, 8)]
+        r, why = bench_model("efficientnet-lite0", job, epath, cases, repeat)
+        rows += r
+        if why:
+            notes["effnet_ort"] = why
+        startup = start_up(mpath)
+        print("start-up:", startup)
+    result = {"machine": info, "results": rows, "startup_minilm": startup, "notes": notes,
+              "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    print(f"\n| model | case | NAC ms | torch eager ms | ONNX Runtime ms | NAC / torch |\n|---|---|---|---|---|---|")
+    for x in rows:
+        ort = "n/a" if x["ort_ms"] is None else f"{x['ort_ms']:.2f}"
+        print(f"| {x['model']} | {x['case']} | {x['nac_ms']:.2f} | {x['torch_ms']:.2f} | {ort} | "
+              f"{x['nac_over_torch']:.2f} |")
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

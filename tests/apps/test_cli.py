@@ -1,0 +1,95 @@
+"""The `nac` command as a user meets it: a subprocess per call, real files."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import have
+
+
+def nac_cli(*args, cwd=None, check=True):
+    out = subprocess.run([sys.executable, "-m", "nac.apps.cli", *map(str, args)], capture_output=True, text=True,
+                         timeout=600, cwd=cwd)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_help_lists_commands():
+    out = nac_cli("--help")
+    for cmd in ("export", "run", "info"):
+        assert cmd in out.stdout
+    assert "examples:" in out.stdout
+
+
+def test_factory_export_run_npy_and_info(tmp_path):
+    (tmp_path / "zoo_factory.py").write_text(textwrap.dedent("""
+        import torch
+        def build():
+            torch.manual_seed(0)
+            m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+            return m, (torch.randn(2, 4),), {"dynamic_shapes": ({0: torch.export.Dim("batch", max=32)},)}
+    """))
+    env_cwd = tmp_path
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from nac.apps.cli import main; sys.exit(main(sys.argv[1:]))"
+    run = lambda *a: subprocess.run([sys.executable, "-c", code, *map(str, a)], capture_output=True, text=True,
+                                    timeout=600, cwd=env_cwd)
+    out = run("export", "zoo_factory:build", "-o", tmp_path / "m.nac")
+    assert out.returncode == 0, out.stderr
+    x = np.random.rand(5, 4).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = nac_cli("run", tmp_path / "m.nac", tmp_path / "x.npy", "-o", tmp_path / "res")
+    y = np.load(tmp_path / "res" / "output.npy")
+    import torch
+
+    sys.path.insert(0, str(tmp_path))
+    from zoo_factory import build
+
+    m, _, _ = build()
+    with torch.no_grad():
+        np.testing.assert_allclose(y, m(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
+    info = json.loads(nac_cli("info", tmp_path / "m.nac", "--json").stdout)
+    assert info["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 4]}]
+    assert info["dims"]["batch"]["max"] == 32
+    assert info["parameters"]["count"] == 15
+    text = nac_cli("info", tmp_path / "m.nac").stdout
+    assert "input: float32['batch', 4]" in text
+
+
+def test_errors_are_one_line_with_exit_2(tmp_path):
+    bad = tmp_path / "bad.nac"
+    bad.write_bytes(b"not a model at all" * 10)
+    out = nac_cli("info", bad, check=False)
+    assert out.returncode == 2
+    assert out.stderr.startswith("nac: error: ") and "not a .nac file" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = nac_cli("export", "no-such-model", "-o", tmp_path / "x.nac", check=False)
+    assert out.returncode == 2 and "unknown source 'no-such-model'" in out.stderr
+    assert not (tmp_path / "x.nac").exists()
+
+
+def test_run_minilm_similarities(minilm_nac):
+    path, _ = minilm_nac
+    out = nac_cli("run", path, "A man is eating food.", "A man eats a meal.", "The stock market fell sharply.")
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "cosine similarity, most similar first:"
+    assert "'A man is eating food.' ~ 'A man eats a meal.'" in lines[1]
+
+
+@pytest.mark.skipif(not have("skimage"), reason="needs scikit-image for its photos")
+def test_run_efficientnet_on_a_photo(effnet_nac):
+    import skimage
+
+    path, _ = effnet_nac
+    photo = Path(skimage.__file__).parent / "data" / "coffee.png"
+    out = nac_cli("run", path, photo, "-k", "3", "--json")
+    preds = json.loads(out.stdout)[str(photo)]
+    assert preds[0]["label"] == "espresso" and preds[0]["probability"] > 0.5
+    out = nac_cli("run", path, tmp := photo.with_name("does-not-exist.png"), check=False)
+    assert out.returncode == 2 and f"image {tmp}: no such file" in out.stderr
