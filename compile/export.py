@@ -80,7 +80,16 @@ def _export_program(module, args, kwargs, dynamic_shapes) -> torch.export.Export
             msg = str(exc).strip().splitlines()
             raise NacExportError(f"torch.export failed for {type(module).__name__}: {type(exc).__name__}: "
                                  f"{' '.join(msg[:6])}") from exc
-        return ep.run_decompositions()
+        return ep.run_decompositions(_decompositions())
+
+
+def _decompositions() -> dict:
+    """torch.export's core-ATen table, less the ops NAC runs whole (a fused kernel beats the parts)."""
+    table = torch.export.default_decompositions()
+    for op in list(table):
+        if op in (torch.ops.aten.scaled_dot_product_attention.default,):
+            del table[op]
+    return table
 
 
 def _check_supported(ep: torch.export.ExportedProgram) -> None:

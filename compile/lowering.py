@@ -297,6 +297,10 @@ def _transposed_param(L, w):
     """If ``w`` is ``permute(P, [1, 0])`` / ``t(P)`` of a 2-D parameter, return P's value name."""
     if not isinstance(w, torch.fx.Node) or w.op != "call_function":
         return None
+    # bmm against a weight broadcast over the batch: expand(permute(P, [1, 0]), [B, K, N])
+    while w.target in (torch.ops.aten.expand.default, torch.ops.aten.unsqueeze.default) and \
+            isinstance(w.args[0], torch.fx.Node) and w.args[0].op == "call_function":
+        w = w.args[0]
     t = w.target
     if t in (torch.ops.aten.permute.default,) and list(w.args[1]) in ([1, 0], [-1, -2], [1, -2], [-1, 0]):
         src = w.args[0]
@@ -687,3 +691,14 @@ def _vector_norm(L, node, x, ord=2, dim=None, keepdim=False, dtype=None):
         a = L.emit("abs", [src], shape=xs, dtype="float32", name=f"{node.name}_abs")
         return L.emit("sum" if ord == 1 else "amax", [a], {"dims": dims, "keepdim": bool(keepdim)})
     raise NacExportError(f"{L.where()}: vector norm of order {ord} is not supported (1, 2 and inf are)")
+
+
+@rule("aten.scaled_dot_product_attention.default")
+def _sdpa(L, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
+    if dropout_p:
+        raise NacExportError(f"{L.where()}: attention dropout must be 0 at inference (put the model in eval mode)")
+    if scale is None:
+        scale = 1.0 / float(node.args[0].meta["val"].shape[-1]) ** 0.5
+    return L.emit("scaled_dot_product_attention",
+                  [L.value(q), L.value(k), L.value(v), L.value(attn_mask) if attn_mask is not None else ""],
+                  {"scale": float(scale), "is_causal": bool(is_causal), "enable_gqa": bool(enable_gqa)})

@@ -20,8 +20,8 @@ _INLINE_CONST_MAX = 16  # folded results with at most this many elements live in
 def optimize(g: Graph) -> dict:
     """Run every pass in order; returns ``{pass name: rewrites}`` plus node counts."""
     report = {"nodes_before": len(g.nodes)}
-    for p in (fold_constants, fuse_pad_into_conv, fold_batch_norm, fuse_activation, eliminate_dead_code,
-              deduplicate_parameters):
+    for p in (fold_constants, fuse_pad_into_conv, fold_batch_norm, fuse_bias_add, fuse_activation,
+              eliminate_dead_code, deduplicate_parameters):
         report[p.__name__] = p(g)
     report["nodes_after"] = len(g.nodes)
     return report
@@ -146,22 +146,61 @@ def _activation_of(n: Node) -> str | None:
     return _FUSABLE.get(n.op)
 
 
+def fuse_bias_add(g: Graph) -> int:
+    """``linear(x, W) + b`` with a constant 1-D ``b`` of W's output size -> ``linear(x, W, b)``."""
+    users, prod = g.consumers(), g.producers()
+    count, dead = 0, set()
+    for add in g.nodes:
+        if add.op != "add":
+            continue
+        for mine, other in ((0, 1), (1, 0)):
+            p = prod.get(add.inputs[mine])
+            b = g.const_array(add.inputs[other])
+            if p is None or p.op != "linear" or p.inputs[2] or p.attrs.get("activation", "none") != "none":
+                continue
+            if b is None or b.ndim != 1 or b.dtype != np.float32 or b.shape[0] != g.values[p.inputs[1]].shape[0]:
+                continue
+            if _single_user(g, p.outputs[0], users) is None or g.values[add.outputs[0]].shape != g.values[
+                    p.outputs[0]].shape:
+                continue
+            p.inputs[2] = add.inputs[other]
+            del g.values[p.outputs[0]]
+            p.outputs = [add.outputs[0]]
+            dead.add(id(add))
+            count += 1
+            break
+    g.nodes = [n for n in g.nodes if id(n) not in dead]
+    return count
+
+
 def fuse_activation(g: Graph) -> int:
-    """``act(linear(...))`` / ``act(conv2d(...))`` -> the producer applies ``act`` in its kernel."""
+    """``act(linear(...))`` / ``act(conv2d(...))`` -> the producer applies ``act`` in its kernel.
+
+    Also through a reshape between them (``act(reshape(linear(...)))``, as transformers' 3-D
+    linears lower): element-wise functions commute with reshapes, so the linear applies ``act``
+    and the reshape then feeds the activation's consumers.
+    """
     users, prod = g.consumers(), g.producers()
     count, dead = 0, set()
     for act in g.nodes:
         kind = _activation_of(act)
-        if kind is None:
+        if kind is None or g.values[act.outputs[0]].dtype != "float32":
             continue
         p = prod.get(act.inputs[0])
+        reshape = None
+        if p is not None and p.op == "reshape" and _single_user(g, p.outputs[0], users) is not None:
+            reshape, p = p, prod.get(p.inputs[0])
         if p is None or p.op not in ("linear", "conv2d") or p.attrs.get("activation", "none") != "none":
             continue
-        if _single_user(g, p.outputs[0], users) is None or g.values[act.outputs[0]].dtype != "float32":
+        if _single_user(g, p.outputs[0], users) is None:
             continue
         p.attrs["activation"] = kind
-        del g.values[p.outputs[0]]
-        p.outputs = [act.outputs[0]]
+        if reshape is None:
+            del g.values[p.outputs[0]]
+            p.outputs = [act.outputs[0]]
+        else:  # linear -> reshape -> act  becomes  linear(act) -> reshape, the reshape defining act's output
+            del g.values[reshape.outputs[0]]
+            reshape.outputs = [act.outputs[0]]
         dead.add(id(act))
         count += 1
     g.nodes = [n for n in g.nodes if id(n) not in dead]

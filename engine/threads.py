@@ -1,9 +1,16 @@
 """Who owns the cores while the engine runs.
 
-Numba's parallel kernels and OpenBLAS each keep a thread pool, and on a small machine the two
-spin against each other (measured: EfficientNet-Lite0 took 330 ms instead of 26 ms). So while a
-plan runs, BLAS is limited to one thread (through threadpoolctl), and large matrix products are
-split by rows over a small pool of Python threads (BLAS releases the GIL), one block per core.
+One kind of parallelism at a time, because on a small machine thread pools that spin while
+idle starve each other (measured: Numba's OpenMP workers spinning next to OpenBLAS threads made
+EfficientNet-Lite0 13x slower). So:
+
+- while a plan runs, BLAS is limited to one thread (threadpoolctl): OpenBLAS's idle workers
+  spin-yield for a long time after each product and starve everything else (measured: depthwise
+  convolutions took 20 ms instead of 11 ms next to them);
+- Numba kernels are serial and release the GIL (``nogil=True``); a large one is split into
+  ranges run at once on a small pool of Python threads (`parallel_range`), and so is a large
+  matrix product (`matmul`: by rows, or by output columns when there are few rows). The pool's
+  idle threads block on a queue instead of spinning.
 """
 from __future__ import annotations
 
@@ -13,20 +20,28 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-_MIN_PARALLEL_WORK = 1 << 21  # multiply-adds below which one thread is faster than two
+_MIN_PARALLEL_WORK = 1 << 15  # elements below which splitting costs more than it saves
+_MIN_PARALLEL_MACS = 1 << 20  # multiply-adds below which a matrix product runs on one thread
 _pool: ThreadPoolExecutor | None = None
 _blas = None
 
 
 def num_threads() -> int:
-    """Threads the engine uses: NUMBA_NUM_THREADS if set, else the usable cores."""
-    env = os.environ.get("NUMBA_NUM_THREADS")
-    if env and env.isdigit():
-        return max(1, int(env))
+    """Threads the engine uses: NAC_NUM_THREADS if set, else the usable cores."""
+    env = os.environ.get("NAC_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _get_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=max(1, num_threads() - 1), thread_name_prefix="nac")
+    return _pool
 
 
 def _blas_controllers():
@@ -43,7 +58,7 @@ def _blas_controllers():
 
 @contextlib.contextmanager
 def single_threaded_blas():
-    """Within the block, BLAS uses one thread; the previous counts are restored after."""
+    """Within the block BLAS uses one thread; the previous thread counts are restored after."""
     ctls = _blas_controllers()
     before = [c.num_threads for c in ctls]
     for c in ctls:
@@ -56,21 +71,39 @@ def single_threaded_blas():
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """``numpy.matmul(a, b, out=out)``, split over the rows of ``a`` (axis -2) across threads when large.
-
-    Shapes as numpy.matmul with ``a`` at least 2-D; ``out`` rows are written by exactly one thread.
-    """
-    global _pool
+    """``numpy.matmul(a, b, out=out)`` (a, b at least 2-D), split over the pool when large: by
+    rows of ``a`` when there are enough, else by columns of ``b``; each thread writes its own block
+    of ``out``."""
     n = num_threads()
-    M = out.shape[-2] if out.ndim >= 2 else 1
-    if n == 1 or a.ndim < 2 or M < 2 * n or out.size * a.shape[-1] < _MIN_PARALLEL_WORK:
-        np.matmul(a, b, out=out)
+    M, N = out.shape[-2], out.shape[-1]
+    if n > 1 and out.size * a.shape[-1] >= _MIN_PARALLEL_MACS:
+        if M >= 32 * n:
+            cut = [M * k // n for k in range(n + 1)]
+            jobs = [(a[..., s:e, :], b, out[..., s:e, :]) for s, e in zip(cut, cut[1:])]
+        elif N >= 64 * n:
+            cut = [N * k // n for k in range(n + 1)]
+            jobs = [(a, b[..., :, s:e], out[..., :, s:e]) for s, e in zip(cut, cut[1:])]
+        else:
+            jobs = None
+        if jobs:
+            futures = [_get_pool().submit(np.matmul, x, y, out=o) for x, y, o in jobs[1:]]
+            np.matmul(*jobs[0][:2], out=jobs[0][2])
+            for f in futures:
+                f.result()
+            return
+    np.matmul(a, b, out=out)
+
+
+def parallel_range(fn, total: int, *args, work: int | None = None) -> None:
+    """Run ``fn(*args, lo, hi)`` over ``[0, total)``, split into one contiguous range per thread
+    when ``work`` (default: ``total``) is large enough; ``fn`` must release the GIL and write
+    disjoint outputs for disjoint ranges."""
+    n = min(num_threads(), total)
+    if n <= 1 or (total if work is None else work) < _MIN_PARALLEL_WORK:
+        fn(*args, 0, total)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="nac-gemm")
-    bounds = [M * k // n for k in range(n + 1)]
-    futures = [_pool.submit(np.matmul, a[..., s:e, :], b, out=out[..., s:e, :])
-               for s, e in zip(bounds[1:-1], bounds[2:])]
-    np.matmul(a[..., :bounds[1], :], b, out=out[..., :bounds[1], :])
+    bounds = [total * k // n for k in range(n + 1)]
+    futures = [_get_pool().submit(fn, *args, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    fn(*args, 0, bounds[1])
     for f in futures:
         f.result()

@@ -85,6 +85,12 @@ _op("conv2d", ["x", "weight", "bias?"],
     "act(cross-correlation + bias), NCHW; weight [Cout, Cin/groups, kh, kw]; zero padding may be asymmetric",
     "[N, Cout, (H + pt + pb - dh*(kh-1) - 1)//sh + 1, (W + ...)//sw + 1]", "aten.convolution (2-D)")
 
+_op("scaled_dot_product_attention", ["q", "k", "v", "attn_mask?"],
+    {"scale": "float", "is_causal": "bool", "enable_gqa": "bool"},
+    "softmax(q @ k^T * scale + mask) @ v; a bool mask keeps True positions, a float mask is added; causal keeps "
+    "j <= i; a row with every position masked gives 0; with enable_gqa, k/v heads are shared by groups of q heads",
+    "[*batch, L, Ev]", "aten.scaled_dot_product_attention (kept whole at export)")
+
 # -- pooling ---------------------------------------------------------------------------------------
 _op("max_pool2d", ["x"], {"kernel": "[kh, kw]", "stride": "[sh, sw]", "padding": "[ph, pw]",
                           "dilation": "[dh, dw]", "ceil_mode": "bool"},

@@ -10,6 +10,6 @@ Hot loops are ``numba.njit(cache=True)`` functions in this package; where numpy 
 op in one vectorised pass (elementwise arithmetic, BLAS matrix products) the kernel calls numpy.
 """
 from nac.engine.kernels.registry import KERNELS, VIEW_OPS, kernel
-from nac.engine.kernels import elementwise, linalg, nn, shape  # noqa: F401  (register kernels)
+from nac.engine.kernels import attention, elementwise, linalg, nn, shape  # noqa: F401  (register kernels)
 
 __all__ = ["KERNELS", "VIEW_OPS", "kernel"]

@@ -7,7 +7,7 @@ Sources: GELU (Hendrycks & Gimpel 2016; ATen ``gelu`` with approximate none/tanh
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from nac.format.ops import ACTIVATIONS
 
@@ -51,14 +51,11 @@ def act(v, code, p):
     return x
 
 
-@njit(cache=True, parallel=True)
-def map_activation(x, out, code, p):
+@njit(cache=True, nogil=True)
+def map_activation(x, out, code, p, lo, hi):
     """out[i] = act(x[i]) for 1-D contiguous float32 arrays (``x`` may be ``out``)."""
-    n = x.size
-    chunk = 16384
-    for c in prange((n + chunk - 1) // chunk):
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            out[i] = act(x[i], code, p)
+    for i in range(lo, hi):
+        out[i] = act(x[i], code, p)
 
 
 @njit(cache=True, inline="always")
@@ -101,18 +98,18 @@ def bias_act_scalar(y, b, code):
             y[i] = act(y[i] + b, code, 0.0)
 
 
-@njit(cache=True, parallel=True)
-def bias_act_rows(y, bias, has_bias, code):
+@njit(cache=True, nogil=True)
+def bias_act_rows(y, bias, has_bias, code, lo, hi):
     """In place: y[m, n] = act(y[m, n] + bias[n]) for a 2-D contiguous float32 ``y``."""
-    for m in prange(y.shape[0]):
+    for m in range(lo, hi):
         bias_act_vector(y[m], bias, has_bias, code)
 
 
-@njit(cache=True, parallel=True)
-def bias_act_channels(y, bias, has_bias, code):
+@njit(cache=True, nogil=True)
+def bias_act_channels(y, bias, has_bias, code, lo, hi):
     """In place: y[n, c, i] = act(y[n, c, i] + bias[c]) for a 3-D contiguous float32 ``y``."""
     N, C, S = y.shape
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n = nc // C
         c = nc % C
         bias_act_scalar(y[n, c], bias[c] if has_bias else np.float32(0.0), code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nac.engine import threads as T
 from nac.engine.kernels import activation as A
 from nac.engine.kernels.registry import kernel
 
@@ -50,10 +51,12 @@ for _op, _uf in _UNARY_NUMPY.items():
 
 def _float_map(x: np.ndarray, out: np.ndarray, code: int, p: float = 0.0) -> None:
     if out.dtype == np.float32 and out.flags.c_contiguous:
-        A.map_activation(A.flat(x.astype(np.float32, copy=False)), out.reshape(-1), code, p)
+        xf, of = A.flat(x.astype(np.float32, copy=False)), out.reshape(-1)
+        T.parallel_range(A.map_activation, of.size, xf, of, code, p)
     else:  # other dtypes: compute in float32, then cast
         tmp = np.empty(out.shape, np.float32)
-        A.map_activation(A.flat(np.broadcast_to(x, out.shape).astype(np.float32)), tmp.reshape(-1), code, p)
+        xf, of = A.flat(np.broadcast_to(x, out.shape).astype(np.float32)), tmp.reshape(-1)
+        T.parallel_range(A.map_activation, of.size, xf, of, code, p)
         np.copyto(out, tmp, casting="unsafe")
 
 

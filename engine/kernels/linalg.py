@@ -8,7 +8,7 @@ stride-1 convolutions are a plain batched GEMM over NCHW.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from nac.engine import threads as T
 from nac.engine.kernels import activation as A
@@ -33,11 +33,11 @@ def linear(ins, outs, attrs):
     T.matmul(x.reshape(-1, K), w.T, y)
     code = A.CODES[attrs.get("activation", "none")]
     if b is not None or code:
-        A.bias_act_rows(y, _EMPTY if b is None else b, b is not None, code)
+        T.parallel_range(A.bias_act_rows, y.shape[0], y, _EMPTY if b is None else b, b is not None, code, work=y.size)
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def depthwise_conv2d(x, w, b, has_bias, sh, sw, pt, pb, pl, pr, dh, dw, code, out):
+@njit(cache=True, nogil=True, fastmath=True)
+def depthwise_conv2d(x, w, b, has_bias, sh, sw, pt, pb, pl, pr, dh, dw, code, out, lo, hi):
     """Depthwise 2-D cross-correlation (groups == C_in == C_out), NCHW, fused bias + activation.
 
     x: [N, C, H, W] float32; w: [C, 1, kh, kw]; out: [N, C, OH, OW]; zero padding
@@ -50,10 +50,10 @@ def depthwise_conv2d(x, w, b, has_bias, sh, sw, pt, pb, pl, pr, dh, dw, code, ou
     OH, OW = out.shape[2], out.shape[3]
     Hp = max(H + pt + pb, (OH - 1) * sh + (kh - 1) * dh + 1)
     Wp = max(W + pl + pr, (OW - 1) * sw + (kw - 1) * dw + 1)
-    for nc in prange(N * C):
+    xp = np.zeros((Hp, Wp), np.float32)  # the padding border stays zero; the interior is rewritten per plane
+    for nc in range(lo, hi):
         n = nc // C
         c = nc % C
-        xp = np.zeros((Hp, Wp), np.float32)
         xp[pt:pt + H, pl:pl + W] = x[n, c]
         wc = w[c, 0]
         plane = out[n, c]
@@ -76,14 +76,52 @@ def depthwise_conv2d(x, w, b, has_bias, sh, sw, pt, pb, pl, pr, dh, dw, code, ou
             A.bias_act_scalar(acc, bias, code)
 
 
-@njit(cache=True, parallel=True)
-def im2col(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, cols):
+@njit(cache=True, nogil=True, fastmath=True)
+def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt, lo, hi):
+    """Depthwise 2-D cross-correlation in channels-last layout, for small planes.
+
+    xt: [N, H, W, C] float32; wt: [kh, kw, C]; yt: [N, OH, OW, C]; rows ``lo..hi`` of N*OH.
+    The innermost loop runs over channels, which are many where planes are small (7x7 to 28x28
+    in MobileNet/EfficientNet), so it fills the vector units where a loop over output columns
+    cannot.
+    """
+    N, H, W, C = xt.shape
+    kh, kw = wt.shape[0], wt.shape[1]
+    OH, OW = yt.shape[1], yt.shape[2]
+    for r in range(lo, hi):
+        n = r // OH
+        oh = r % OH
+        for ow in range(OW):
+            acc = yt[n, oh, ow]
+            for c in range(C):
+                acc[c] = b[c] if has_bias else np.float32(0.0)
+            for i in range(kh):
+                ih = oh * sh - pt + i * dh
+                if ih < 0 or ih >= H:
+                    continue
+                for j in range(kw):
+                    iw = ow * sw - pl + j * dw
+                    if iw < 0 or iw >= W:
+                        continue
+                    xv = xt[n, ih, iw]
+                    wv = wt[i, j]
+                    for c in range(C):
+                        acc[c] += wv[c] * xv[c]
+            A.bias_act_scalar(acc, np.float32(0.0), code)
+
+
+#: output planes up to this many pixels use the channels-last depthwise kernel (measured faster)
+NHWC_DEPTHWISE_MAX_PIXELS = 28 * 28
+
+
+@njit(cache=True, nogil=True)
+def im2col(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, cols, lo, hi):
     """cols[(c, i, j), (oh, ow)] = x[c0 + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] (0 outside).
 
     x: [C, H, W] float32 (one image); cols: [cg*kh*kw, OH*OW].
     """
     H, W = x.shape[1], x.shape[2]
-    for r in prange(cg * kh * kw):
+    for r in range(lo, hi):
         c = r // (kh * kw)
         i = (r // kw) % kh
         j = r % kw
@@ -118,8 +156,17 @@ def conv2d(ins, outs, attrs):
     code = A.CODES[attrs.get("activation", "none")]
     OH, OW = out.shape[2], out.shape[3]
     bias = _EMPTY if b is None else b
+    if groups == C and cout == C and cg == 1 and OH * OW <= NHWC_DEPTHWISE_MAX_PIXELS:
+        xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        wt = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
+        yt = np.empty((N, OH, OW, C), np.float32)
+        T.parallel_range(depthwise_conv2d_nhwc, N * OH, xt, wt, bias, b is not None, sh, sw, pt, pl, dh, dw, code, yt,
+                         work=yt.size * kh * kw)
+        out[...] = yt.transpose(0, 3, 1, 2)
+        return
     if groups == C and cout == C and cg == 1:
-        depthwise_conv2d(x, w, bias, b is not None, sh, sw, pt, pb, pl, pr, dh, dw, code, out)
+        T.parallel_range(depthwise_conv2d, N * C, x, w, bias, b is not None, sh, sw, pt, pb, pl, pr, dh, dw, code, out,
+                         work=out.size * kh * kw)
         return
     y = out.reshape(N, cout, OH * OW)
     if groups == 1 and kh == kw == 1 and sh == sw == 1 and pt == pb == pl == pr == 0:
@@ -129,7 +176,8 @@ def conv2d(ins, outs, attrs):
         cols = np.empty((cg * kh * kw, OH * OW), np.float32)
         for n in range(N):
             for g in range(groups):
-                im2col(x[n], g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, cols)
-                np.matmul(w[g * cog:(g + 1) * cog].reshape(cog, -1), cols, out=y[n, g * cog:(g + 1) * cog])
+                T.parallel_range(im2col, cg * kh * kw, x[n], g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, cols,
+                                 work=cols.size)
+                T.matmul(w[g * cog:(g + 1) * cog].reshape(cog, -1), cols, y[n, g * cog:(g + 1) * cog])
     if b is not None or code:
-        A.bias_act_channels(y, bias, b is not None, code)
+        T.parallel_range(A.bias_act_channels, N * cout, y, bias, b is not None, code, work=y.size)

@@ -4,21 +4,22 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from nac.engine import threads as T
 from nac.errors import NacInputError
 from nac.engine.kernels.registry import kernel
 
 
 # -- normalisation -------------------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
-def layer_norm_rows(x, w, b, has_w, has_b, eps, out):
+@njit(cache=True, nogil=True)
+def layer_norm_rows(x, w, b, has_w, has_b, eps, out, lo, hi):
     """Row-wise layer norm of a 2-D float32 array (ATen native_layer_norm; biased variance).
 
     x, out: [M, N]; w, b: [N]. Statistics are accumulated in float64.
     """
     M, N = x.shape
-    for m in prange(M):
+    for m in range(lo, hi):
         s = 0.0
         for n in range(N):
             s += x[m, n]
@@ -37,11 +38,11 @@ def layer_norm_rows(x, w, b, has_w, has_b, eps, out):
             out[m, n] = y
 
 
-@njit(cache=True, parallel=True)
-def rms_norm_rows(x, w, has_w, eps, out):
+@njit(cache=True, nogil=True)
+def rms_norm_rows(x, w, has_w, eps, out, lo, hi):
     """Row-wise RMS norm: x / sqrt(mean(x**2) + eps) * w (Zhang & Sennrich 2019; ATen rms_norm)."""
     M, N = x.shape
-    for m in prange(M):
+    for m in range(lo, hi):
         s = 0.0
         for n in range(N):
             s += x[m, n] * x[m, n]
@@ -50,11 +51,11 @@ def rms_norm_rows(x, w, has_w, eps, out):
             out[m, n] = x[m, n] * r * w[n] if has_w else x[m, n] * r
 
 
-@njit(cache=True, parallel=True)
-def softmax_rows(x, out, log):
+@njit(cache=True, nogil=True)
+def softmax_rows(x, out, log, lo, hi):
     """Row-wise (log-)softmax over the last axis of a 2-D float32 array (ATen _softmax)."""
     M, N = x.shape
-    for m in prange(M):
+    for m in range(lo, hi):
         mx = -np.inf
         for n in range(N):
             if x[m, n] > mx:
@@ -88,15 +89,16 @@ def layer_norm(ins, outs, attrs):
     x, w, b = ins
     k = attrs["axes"]
     x2 = _rows(x, k)
-    layer_norm_rows(x2, _EMPTY if w is None else w.reshape(-1), _EMPTY if b is None else b.reshape(-1),
-                    w is not None, b is not None, attrs["eps"], outs[0].reshape(x2.shape))
+    T.parallel_range(layer_norm_rows, x2.shape[0], x2, _EMPTY if w is None else w.reshape(-1), _EMPTY if b is None else b.reshape(-1),
+                     w is not None, b is not None, attrs["eps"], outs[0].reshape(x2.shape), work=x2.size)
 
 
 @kernel("rms_norm")
 def rms_norm(ins, outs, attrs):
     x, w = ins
     x2 = _rows(x, attrs["axes"])
-    rms_norm_rows(x2, _EMPTY if w is None else w.reshape(-1), w is not None, attrs["eps"], outs[0].reshape(x2.shape))
+    T.parallel_range(rms_norm_rows, x2.shape[0], x2, _EMPTY if w is None else w.reshape(-1), w is not None, attrs["eps"],
+                     outs[0].reshape(x2.shape), work=x2.size)
 
 
 def _softmax(ins, outs, attrs, log):
@@ -107,12 +109,12 @@ def _softmax(ins, outs, attrs, log):
         return
     if d == x.ndim - 1:
         x2 = _rows(x, 1)
-        softmax_rows(x2, out.reshape(x2.shape), log)
+        T.parallel_range(softmax_rows, x2.shape[0], x2, out.reshape(x2.shape), log, work=x2.size)
         return
     xm = np.moveaxis(np.asarray(x, np.float32), d, -1)
     tmp = np.empty(xm.shape, np.float32)
     x2 = np.ascontiguousarray(xm).reshape(-1, xm.shape[-1])
-    softmax_rows(x2, tmp.reshape(x2.shape), log)
+    T.parallel_range(softmax_rows, x2.shape[0], x2, tmp.reshape(x2.shape), log, work=x2.size)
     out[...] = np.moveaxis(tmp, -1, d)
 
 
@@ -140,12 +142,12 @@ def batch_norm(ins, outs, attrs):
 
 
 # -- pooling -------------------------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
-def max_pool2d_nchw(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
+@njit(cache=True, nogil=True)
+def max_pool2d_nchw(x, kh, kw, sh, sw, ph, pw, dh, dw, out, lo, hi):
     """Max pooling, NCHW float32, implicit -inf padding (ATen max_pool2d)."""
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n = nc // C
         c = nc % C
         for oh in range(OH):
@@ -164,12 +166,12 @@ def max_pool2d_nchw(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
                 out[n, c, oh, ow] = m
 
 
-@njit(cache=True, parallel=True)
-def avg_pool2d_nchw(x, kh, kw, sh, sw, ph, pw, include_pad, divisor, out):
+@njit(cache=True, nogil=True)
+def avg_pool2d_nchw(x, kh, kw, sh, sw, ph, pw, include_pad, divisor, out, lo, hi):
     """Average pooling, NCHW float32, with ATen's divisor rules (count_include_pad, override)."""
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n = nc // C
         c = nc % C
         for oh in range(OH):
@@ -196,12 +198,12 @@ def avg_pool2d_nchw(x, kh, kw, sh, sw, ph, pw, include_pad, divisor, out):
                 out[n, c, oh, ow] = s / d if d > 0 else 0.0
 
 
-@njit(cache=True, parallel=True)
-def adaptive_avg_pool2d_nchw(x, out):
+@njit(cache=True, nogil=True)
+def adaptive_avg_pool2d_nchw(x, out, lo, hi):
     """Adaptive average pooling: bin i covers [floor(i*H/OH), ceil((i+1)*H/OH)) (ATen)."""
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n = nc // C
         c = nc % C
         for oh in range(OH):
@@ -224,19 +226,23 @@ def _f32(x):
 @kernel("max_pool2d")
 def max_pool2d(ins, outs, attrs):
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"]
-    max_pool2d_nchw(_f32(ins[0]), kh, kw, sh, sw, ph, pw, dh, dw, outs[0])
+    x = _f32(ins[0])
+    T.parallel_range(max_pool2d_nchw, x.shape[0] * x.shape[1], x, kh, kw, sh, sw, ph, pw, dh, dw, outs[0],
+                     work=outs[0].size * kh * kw)
 
 
 @kernel("avg_pool2d")
 def avg_pool2d(ins, outs, attrs):
     (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
-    avg_pool2d_nchw(_f32(ins[0]), kh, kw, sh, sw, ph, pw, bool(attrs["count_include_pad"]),
-                    int(attrs.get("divisor_override") or 0), outs[0])
+    x = _f32(ins[0])
+    T.parallel_range(avg_pool2d_nchw, x.shape[0] * x.shape[1], x, kh, kw, sh, sw, ph, pw, bool(attrs["count_include_pad"]),
+                     int(attrs.get("divisor_override") or 0), outs[0], work=outs[0].size * kh * kw)
 
 
 @kernel("adaptive_avg_pool2d")
 def adaptive_avg_pool2d(ins, outs, attrs):
-    adaptive_avg_pool2d_nchw(_f32(ins[0]), outs[0])
+    x = _f32(ins[0])
+    T.parallel_range(adaptive_avg_pool2d_nchw, x.shape[0] * x.shape[1], x, outs[0], work=x.size)
 
 
 # -- reductions ----------------------------------------------------------------------------------------

@@ -180,6 +180,24 @@ def conv2d(draw, op):
                        "activation": act}, ref
 
 
+@case("scaled_dot_product_attention")
+def sdpa(draw, op):
+    b, h, l, s, e = (draw(st.integers(1, n)) for n in (2, 4, 6, 7, 8))
+    gqa = draw(st.booleans()) and h % 2 == 0
+    hk = h // 2 if gqa else h
+    q, k, v = arr(draw, (b, h, l, e)), arr(draw, (b, hk, s, e)), arr(draw, (b, hk, s, draw(st.integers(1, 5))))
+    kind = draw(st.sampled_from(["none", "bool", "float"]))
+    mshape = draw(st.sampled_from([(b, 1, l, s), (1, 1, 1, s), (b, h, l, s), (l, s)]))
+    mask = None if kind == "none" else arr(draw, mshape, dtype=np.bool_) if kind == "bool" else \
+        np.where(arr(draw, mshape, dtype=np.bool_), 0.0, -np.inf).astype(np.float32) + arr(draw, mshape, -1, 1)
+    causal = kind == "none" and draw(st.booleans())
+    scale = draw(st.one_of(st.none(), st.floats(0.125, 2.0, width=32)))
+    ref = F.scaled_dot_product_attention(T(q), T(k), T(v), attn_mask=None if mask is None else T(mask),
+                                         is_causal=causal, scale=scale, enable_gqa=gqa)
+    attrs = {"scale": scale if scale is not None else 1 / e ** 0.5, "is_causal": causal, "enable_gqa": gqa}
+    return [q, k, v, mask], attrs, ref
+
+
 # -- pooling -----------------------------------------------------------------------------------------------
 def image(draw, lo=1, hi=9):
     return arr(draw, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(lo, hi)),
@@ -447,6 +465,30 @@ def full(draw, op):
 
 def test_every_op_has_a_case():
     assert sorted(set(OPS) - set(CASES)) == []
+
+
+@pytest.mark.parametrize("max_pixels", [0, 10 ** 6], ids=["nchw", "nhwc"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_depthwise_conv_layouts(max_pixels, data):
+    """Both depthwise paths (per-plane NCHW and channels-last) agree with torch."""
+    import nac.engine.kernels.linalg as L
+
+    old, L.NHWC_DEPTHWISE_MAX_PIXELS = L.NHWC_DEPTHWISE_MAX_PIXELS, max_pixels
+    try:
+        c = data.draw(st.integers(1, 20))
+        k, s, d = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+        pads = [data.draw(st.integers(0, 2)) for _ in range(4)]
+        h = data.draw(st.integers(d * (k - 1) + 1, 12))
+        x, w, b = arr(data.draw, (2, c, h, h + 1)), arr(data.draw, (c, 1, k, k)), arr(data.draw, (c,))
+        act = data.draw(st.sampled_from(ACTIVATIONS))
+        xt = F.pad(T(x), (pads[2], pads[3], pads[0], pads[1]))
+        ref = torch_act(F.conv2d(xt, T(w), T(b), s, 0, d, c), act).numpy()
+        attrs = {"stride": [s, s], "padding": pads, "dilation": [d, d], "groups": c, "activation": act}
+        g, feeds = one_node_graph("conv2d", [x, w, b], attrs, ref.shape, "float32")
+        assert_close(model_from_graph(g).run(feeds)[0], ref, 1e-5, "depthwise")
+    finally:
+        L.NHWC_DEPTHWISE_MAX_PIXELS = old
 
 
 @pytest.mark.parametrize("op", sorted(OPS))
