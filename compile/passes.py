@@ -21,7 +21,7 @@ def optimize(g: Graph) -> dict:
     """Run every pass in order; returns ``{pass name: rewrites}`` plus node counts."""
     report = {"nodes_before": len(g.nodes)}
     for p in (fold_constants, fuse_pad_into_conv, fold_batch_norm, fuse_bias_add, fuse_activation,
-              eliminate_dead_code, deduplicate_parameters):
+              eliminate_dead_code, deduplicate_parameters, transpose_linear_weights):
         report[p.__name__] = p(g)
     report["nodes_after"] = len(g.nodes)
     return report
@@ -204,6 +204,30 @@ def fuse_activation(g: Graph) -> int:
         dead.add(id(act))
         count += 1
     g.nodes = [n for n in g.nodes if id(n) not in dead]
+    return count
+
+
+def transpose_linear_weights(g: Graph) -> int:
+    """Store a linear's weight as [in, out] (``weight_layout='io'``) when only linears read it.
+
+    OpenBLAS multiplies x @ W with W row-major [in, out] 1.2-2x faster than x @ W.T for 16-128
+    rows (bench: M=16, K=384, N=1536: 164 us vs 316 us, one thread). A weight also read by
+    another op (an embedding tied to an LM head) keeps its layout, so it is still stored once.
+    """
+    users = g.consumers()
+    count = 0
+    for name in list(g.params):
+        us = users.get(name, [])
+        if not us or name in g.param_aliases.values() or any(
+                u.op != "linear" or u.inputs[1] != name or u.attrs.get("weight_layout", "oi") != "oi"
+                or name in u.inputs[2:] for u in us):
+            continue
+        w = g.params[name]
+        g.params[name] = np.ascontiguousarray(w.T)
+        g.values[name].shape = tuple(g.params[name].shape)
+        for u in us:
+            u.attrs["weight_layout"] = "io"
+        count += 1
     return count
 
 

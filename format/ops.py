@@ -77,8 +77,10 @@ _op("where", ["cond", "a", "b"], {}, "a where cond else b", BROADCAST, "aten.whe
 # -- linear algebra --------------------------------------------------------------------------------
 _op("matmul", ["a", "b"], {}, "batched matrix product with broadcast batch dims", "[*batch, M, N]",
     "aten.mm, aten.bmm, aten.matmul")
-_op("linear", ["x", "weight", "bias?"], {"activation": "one of ACTIVATIONS, default none"},
-    "act(x @ weight.T + bias); weight is [out, in]", "[*, out]", "aten.addmm / aten.mm with a transposed weight")
+_op("linear", ["x", "weight", "bias?"], {"activation": "one of ACTIVATIONS, default none",
+                                          "weight_layout": "'oi' (default): weight is [out, in]; 'io': [in, out]"},
+    "act(x @ W.T + bias) with W = weight [out, in], or act(x @ weight + bias) for layout 'io'", "[*, out]",
+    "aten.addmm / aten.mm with a transposed weight")
 _op("conv2d", ["x", "weight", "bias?"],
     {"stride": "[sh, sw]", "padding": "[top, bottom, left, right]", "dilation": "[dh, dw]", "groups": "int",
      "activation": "one of ACTIVATIONS"},

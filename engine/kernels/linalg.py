@@ -25,12 +25,16 @@ def matmul(ins, outs, attrs):
 
 @kernel("linear")
 def linear(ins, outs, attrs):
-    """act(x [*, K] @ weight[N, K].T + bias[N]) -> [*, N] (ATen addmm/linear, fused activation)."""
+    """act(x [*, K] @ weight[N, K].T + bias[N]) -> [*, N] (ATen addmm/linear, fused activation);
+    weight is [K, N] when attrs weight_layout is 'io'."""
     x, w, b = ins
     out = outs[0]
-    K, N = w.shape[1], w.shape[0]
+    if attrs.get("weight_layout", "oi") == "io":
+        (K, N), wmat = w.shape, w
+    else:
+        (N, K), wmat = w.shape, w.T
     y = out.reshape(-1, N)
-    T.matmul(x.reshape(-1, K), w.T, y)
+    T.matmul(x.reshape(-1, K), wmat, y)
     code = A.CODES[attrs.get("activation", "none")]
     if b is not None or code:
         T.parallel_range(A.bias_act_rows, y.shape[0], y, _EMPTY if b is None else b, b is not None, code, work=y.size)

@@ -155,6 +155,8 @@ def linear(draw, op):
     b = arr(draw, (n,)) if draw(st.booleans()) else None
     act = draw(st.sampled_from(ACTIVATIONS))
     ref = torch_act(F.linear(T(x), T(w), None if b is None else T(b)), act)
+    if draw(st.booleans()):
+        return [x, np.ascontiguousarray(w.T), b], {"activation": act, "weight_layout": "io"}, ref
     return [x, w, b], {"activation": act}, ref
 
 
