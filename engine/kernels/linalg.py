@@ -42,23 +42,34 @@ def linear(ins, outs, attrs):
 
 @njit(cache=True, nogil=True, fastmath=True)
 def depthwise_conv2d(x, w, b, has_bias, sh, sw, pt, pb, pl, pr, dh, dw, code, out, lo, hi):
-    """Depthwise 2-D cross-correlation (groups == C_in == C_out), NCHW, fused bias + activation.
+    """Depthwise 2-D cross-correlation (groups == C_in == C_out), NCHW, fused bias + activation,
+    for planes ``lo..hi`` of N*C.
 
     x: [N, C, H, W] float32; w: [C, 1, kh, kw]; out: [N, C, OH, OW]; zero padding
-    (top, bottom, left, right). Each plane is copied into a zero-padded scratch plane so the
-    inner loop over output columns has no bounds checks and vectorises. Matches ATen
-    convolution with groups = C.
+    (top, bottom, left, right). Each plane is copied into a zero-padded scratch plane split into
+    ``sw`` column phases (column k*sw + p goes to phase p, column k), so every tap reads a
+    contiguous run of columns and the loop over output columns vectorises at any stride. Matches
+    ATen convolution with groups = C.
     """
     N, C, H, W = x.shape
     kh, kw = w.shape[2], w.shape[3]
     OH, OW = out.shape[2], out.shape[3]
     Hp = max(H + pt + pb, (OH - 1) * sh + (kh - 1) * dh + 1)
     Wp = max(W + pl + pr, (OW - 1) * sw + (kw - 1) * dw + 1)
+    Wq = (Wp + sw - 1) // sw
     xp = np.zeros((Hp, Wp), np.float32)  # the padding border stays zero; the interior is rewritten per plane
+    xq = np.zeros((sw, Hp, Wq), np.float32)
     for nc in range(lo, hi):
         n = nc // C
         c = nc % C
         xp[pt:pt + H, pl:pl + W] = x[n, c]
+        if sw > 1:
+            for ph in range(sw):
+                for col in range(Wq):
+                    src = col * sw + ph
+                    if src < Wp:
+                        for row in range(Hp):
+                            xq[ph, row, col] = xp[row, src]
         wc = w[c, 0]
         plane = out[n, c]
         bias = b[c] if has_bias else np.float32(0.0)
@@ -67,16 +78,16 @@ def depthwise_conv2d(x, w, b, has_bias, sh, sw, pt, pb, pl, pr, dh, dw, code, ou
             for ow in range(OW):
                 acc[ow] = 0.0
             for i in range(kh):
-                r = xp[oh * sh + i * dh]
+                row = oh * sh + i * dh
                 for j in range(kw):
                     wv = wc[i, j]
                     o = j * dw
                     if sw == 1:
-                        for ow in range(OW):
-                            acc[ow] += wv * r[ow + o]
+                        r = xp[row, o:o + OW]
                     else:
-                        for ow in range(OW):
-                            acc[ow] += wv * r[ow * sw + o]
+                        r = xq[o % sw, row, o // sw:o // sw + OW]
+                    for ow in range(OW):
+                        acc[ow] += wv * r[ow]
             A.bias_act_scalar(acc, bias, code)
 
 
