@@ -93,3 +93,36 @@ def test_run_efficientnet_on_a_photo(effnet_nac):
     assert preds[0]["label"] == "espresso" and preds[0]["probability"] > 0.5
     out = nac_cli("run", path, tmp := photo.with_name("does-not-exist.png"), check=False)
     assert out.returncode == 2 and f"image {tmp}: no such file" in out.stderr
+
+
+def test_export_a_hugging_face_folder(tmp_path):
+    """A user's own checkpoint folder (config.json, weights, tokenizer.json) -> .nac -> embeddings
+    equal to transformers' masked mean pooling."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + "the a cat dog sat on mat ran ##s fast slow".split()
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    folder = tmp_path / "my-encoder"
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                                           num_attention_heads=4, intermediate_size=64))
+    model.save_pretrained(folder)
+    tok.save(str(folder / "tokenizer.json"))
+
+    nac_cli("export", folder, "-o", tmp_path / "enc.nac", "--task", "feature-extraction")
+    sentences = ["the cat sat on the mat", "a dog ran fast", "cats"]
+    out = json.loads(nac_cli("run", tmp_path / "enc.nac", *sentences, "--json").stdout)
+    got = np.array(out["embeddings"], np.float32)
+
+    enc = tok.encode_batch(sentences)
+    ids = torch.tensor([[*e.ids] + [0] * (max(len(x.ids) for x in enc) - len(e.ids)) for e in enc])
+    mask = (torch.arange(ids.shape[1])[None] < torch.tensor([len(e.ids) for e in enc])[:, None]).long()
+    with torch.no_grad():
+        h = model.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+    want = ((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
