@@ -79,5 +79,5 @@ def sdpa(ins, outs, attrs):
             np.broadcast_to(mask, (H, L, S)).reshape(1, H, L, S)
         m4 = m if mode == 1 else m.astype(np.float32, copy=False)
     T.parallel_range(masked_softmax, B * H * L, scores, m4, mode, np.float32(attrs["scale"]), bool(attrs.get("is_causal")),
-                     work=scores.size)
+                     work=scores.size * 4)  # an exp and a divide per element
     T.matmul(scores, v4, out.reshape(B, H, L, -1))

@@ -37,7 +37,8 @@ def linear(ins, outs, attrs):
     T.matmul(x.reshape(-1, K), wmat, y)
     code = A.CODES[attrs.get("activation", "none")]
     if b is not None or code:
-        T.parallel_range(A.bias_act_rows, y.shape[0], y, _EMPTY if b is None else b, b is not None, code, work=y.size)
+        T.parallel_range(A.bias_act_rows, y.shape[0], y, _EMPTY if b is None else b, b is not None, code,
+                         work=y.size * (4 if code else 1))
 
 
 @njit(cache=True, nogil=True, fastmath=True)

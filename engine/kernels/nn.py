@@ -90,7 +90,7 @@ def layer_norm(ins, outs, attrs):
     k = attrs["axes"]
     x2 = _rows(x, k)
     T.parallel_range(layer_norm_rows, x2.shape[0], x2, _EMPTY if w is None else w.reshape(-1), _EMPTY if b is None else b.reshape(-1),
-                     w is not None, b is not None, attrs["eps"], outs[0].reshape(x2.shape), work=x2.size)
+                     w is not None, b is not None, attrs["eps"], outs[0].reshape(x2.shape), work=x2.size * 3)
 
 
 @kernel("rms_norm")
@@ -98,7 +98,7 @@ def rms_norm(ins, outs, attrs):
     x, w = ins
     x2 = _rows(x, attrs["axes"])
     T.parallel_range(rms_norm_rows, x2.shape[0], x2, _EMPTY if w is None else w.reshape(-1), w is not None, attrs["eps"],
-                     outs[0].reshape(x2.shape), work=x2.size)
+                     outs[0].reshape(x2.shape), work=x2.size * 3)
 
 
 def _softmax(ins, outs, attrs, log):
@@ -109,12 +109,12 @@ def _softmax(ins, outs, attrs, log):
         return
     if d == x.ndim - 1:
         x2 = _rows(x, 1)
-        T.parallel_range(softmax_rows, x2.shape[0], x2, out.reshape(x2.shape), log, work=x2.size)
+        T.parallel_range(softmax_rows, x2.shape[0], x2, out.reshape(x2.shape), log, work=x2.size * 4)
         return
     xm = np.moveaxis(np.asarray(x, np.float32), d, -1)
     tmp = np.empty(xm.shape, np.float32)
     x2 = np.ascontiguousarray(xm).reshape(-1, xm.shape[-1])
-    T.parallel_range(softmax_rows, x2.shape[0], x2, tmp.reshape(x2.shape), log, work=x2.size)
+    T.parallel_range(softmax_rows, x2.shape[0], x2, tmp.reshape(x2.shape), log, work=x2.size * 4)
     out[...] = np.moveaxis(tmp, -1, d)
 
 
