@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", choices=["inline", "external"], default="inline",
                    help="store parameters inside the file (default) or in OUT.safetensors beside it")
     e.add_argument("--no-optimize", action="store_true", help="skip the graph optimisation passes")
+    e.add_argument("--quantize", choices=["int8", "ternary", "int8+a8", "ternary+a8"],
+                   help="store weights as int8 (per output channel) or 2-bit ternary (BitNet b1.58 absmean; "
+                        "embeddings and the output layer stay int8); +a8 also quantises activations per token")
 
     r = sub.add_parser("run", help="run a .nac model on inputs",
                        description="Run a model; what INPUT means depends on the task in the file: image paths "
@@ -65,10 +68,10 @@ def cmd_export(args) -> int:
     from tqdm import tqdm
 
     from nac.apps.sources import resolve
-    from nac.compile import optimize, to_graph
+    from nac.compile import optimize, quantize_graph, to_graph
     from nac.format.container import write_nac
 
-    with tqdm(total=4, desc="loading model", unit="step", file=sys.stderr,
+    with tqdm(total=4, desc="loading model", unit="step", file=sys.stderr, disable=None,
               bar_format="{desc:<28} {bar:20} {n_fmt}/{total_fmt} [{elapsed}]") as bar:
         job = resolve(args.source, args.task)
         bar.set_description("torch.export + lowering")
@@ -79,6 +82,11 @@ def cmd_export(args) -> int:
         meta = dict(job.metadata)
         if not args.no_optimize:
             meta["compile"] = {"passes": optimize(graph)}
+        report = quantize_graph(graph, args.quantize)
+        if report:
+            meta.setdefault("compile", {})["quantize"] = {
+                "spec": args.quantize, "tensors": len(report), "float_bytes": sum(r["float_bytes"] for r in report.values()),
+                "bytes": sum(r["bytes"] for r in report.values())}
         bar.set_description("writing")
         bar.update()
         path = write_nac(args.output, graph, meta, weights=args.weights, tokenizer=job.tokenizer)
@@ -132,6 +140,13 @@ def describe(path: Path) -> dict:
     model = nac.load(path)
     g, f = model.graph, model.file
     param_bytes = sum(a.nbytes for a in g.params.values())
+    quantised = []
+    for name, v in g.values.items():
+        if v.quant is not None and name not in g.param_aliases:
+            n, k = v.quant["shape"]
+            stored = g.params[name].nbytes + g.params[v.quant["scale"]].nbytes
+            quantised.append({"name": name, "scheme": v.quant["scheme"], "shape": [n, k], "bytes": stored,
+                              "float32_bytes": n * k * 4, "bits_per_weight": round(8 * stored / (n * k), 3)})
     return {
         "file": str(path), "format_version": ".".join(map(str, f.version)),
         "bytes": path.stat().st_size, "weights": "external: " + f.weights_path.name if f.weights_path else "inline",
@@ -143,6 +158,7 @@ def describe(path: Path) -> dict:
         "nodes": len(g.nodes),
         "parameters": {"count": g.param_count(), "bytes": param_bytes, "tensors": len(g.params),
                        "shared": len(g.param_aliases)},
+        "quantized": quantised,
         "metadata": {k: (v if k != "labels" else f"{len(v)} labels") for k, v in model.metadata.items()},
     }
 
@@ -167,6 +183,13 @@ def cmd_info(args) -> int:
     p = d["parameters"]
     print(f"parameters: {p['count']:,} in {p['tensors']} tensors, {p['bytes']:,} bytes"
           + (f" ({p['shared']} shared)" if p["shared"] else ""))
+    if d["quantized"]:
+        fb = sum(q["float32_bytes"] for q in d["quantized"])
+        qb = sum(q["bytes"] for q in d["quantized"])
+        print(f"quantized tensors: {len(d['quantized'])}, {qb:,} bytes instead of {fb:,} as float32 "
+              f"(saves {fb - qb:,} bytes, {fb / max(qb, 1):.1f}x)")
+        for q in d["quantized"]:
+            print(f"  {q['name']}: {q['scheme']}{q['shape']}, {q['bytes']:,} bytes ({q['bits_per_weight']} bits/weight)")
     print(f"ops ({d['nodes']} nodes): " + ", ".join(f"{k} {v}" for k, v in d["ops"].items()))
     print("metadata: " + json.dumps(d["metadata"], ensure_ascii=False)[:2000])
     return 0

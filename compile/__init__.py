@@ -2,7 +2,9 @@
 
 Importing this package imports torch; the runtime (`nac.engine`, `nac.load`) never does.
 """
+from nac.compile.bitlinear import BitLinear, ternarize
 from nac.compile.export import export, to_graph
 from nac.compile.passes import optimize
+from nac.compile.quantize import quantize_graph
 
-__all__ = ["export", "to_graph", "optimize"]
+__all__ = ["export", "to_graph", "optimize", "quantize_graph", "BitLinear", "ternarize"]

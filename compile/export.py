@@ -9,6 +9,7 @@ import torch
 
 from nac.compile.lowering import RULES, Lowerer, module_path, nac_dtype, sym_text, target_name
 from nac.compile.passes import optimize
+from nac.compile.quantize import quantize_graph
 from nac.errors import NacError, NacExportError
 from nac.format.container import write_nac
 from nac.format.graph import Graph
@@ -18,7 +19,7 @@ __all__ = ["export", "to_graph"]
 
 def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None = None, dynamic_shapes=None,
            weights: str = "inline", metadata: dict | None = None, tokenizer: bytes | None = None,
-           optimize_graph: bool = True) -> Path:
+           optimize_graph: bool = True, quantize=None) -> Path:
     """Compile a PyTorch module into a `.nac` file.
 
     Args:
@@ -33,6 +34,9 @@ def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None =
         tokenizer: bytes for the tokenizer section (see SPEC.md), or None.
         optimize_graph: run the optimisation passes (constant folding, batch-norm folding,
             activation fusion, dead-code elimination).
+        quantize: None, ``"int8"``, ``"ternary"`` or ``{module glob: scheme}``; see
+            `nac.compile.quantize`. Weights that are exactly ternary (BitLinear) are always stored
+            in 2 bits.
     Returns:
         ``path`` as a `pathlib.Path`.
     Raises:
@@ -46,6 +50,12 @@ def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None =
     meta = dict(metadata or {})
     if optimize_graph:
         meta.setdefault("compile", {})["passes"] = optimize(graph)
+    report = quantize_graph(graph, quantize)
+    if report:
+        meta.setdefault("compile", {})["quantize"] = {
+            "spec": quantize if not isinstance(quantize, dict) else dict(quantize), "tensors": len(report),
+            "float_bytes": sum(r["float_bytes"] for r in report.values()),
+            "bytes": sum(r["bytes"] for r in report.values())}
     meta.setdefault("compile", {})["torch"] = torch.__version__
     return write_nac(path, graph, meta, weights=weights, tokenizer=tokenizer)
 

@@ -251,7 +251,7 @@ def _unary(op, **fixed):
 
 
 for _name in ["neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "sin", "cos", "erf", "relu",
-              "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid", "logical_not", "floor", "ceil"]:
+              "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid", "logical_not", "floor", "ceil", "round"]:
     RULES[f"aten.{_name}.default"] = _unary(_name)
 
 

@@ -20,7 +20,7 @@ _INLINE_CONST_MAX = 16  # folded results with at most this many elements live in
 def optimize(g: Graph) -> dict:
     """Run every pass in order; returns ``{pass name: rewrites}`` plus node counts."""
     report = {"nodes_before": len(g.nodes)}
-    for p in (fold_constants, fuse_pad_into_conv, fold_batch_norm, fuse_bias_add, fuse_activation,
+    for p in (fold_constants, matmul_to_linear, fuse_pad_into_conv, fold_batch_norm, fuse_bias_add, fuse_activation,
               eliminate_dead_code, deduplicate_parameters, transpose_linear_weights):
         report[p.__name__] = p(g)
     report["nodes_after"] = len(g.nodes)
@@ -61,6 +61,40 @@ def fold_constants(g: Graph) -> int:
         folded += 1
     g.nodes = kept
     return folded
+
+
+def matmul_to_linear(g: Graph) -> int:
+    """``matmul(x, W)`` with a constant 2-D float ``W`` [in, out] -> ``linear(x, W)`` with
+    ``weight_layout='io'`` (a weight computed from parameters, as in BitLinear, is folded to such a
+    constant), so bias/activation fusion and weight quantisation apply to it."""
+    count = 0
+    for n in g.nodes:
+        if n.op != "matmul":
+            continue
+        w = g.const_array(n.inputs[1])
+        if w is None or w.ndim != 2 or w.dtype != np.float32 or n.inputs[1] not in g.params:
+            continue
+        n.op, n.inputs, n.attrs = "linear", [n.inputs[0], n.inputs[1], ""], {"activation": "none",
+                                                                             "weight_layout": "io"}
+        _name_after_module(g, n, 1, "weight")
+        count += 1
+    return count
+
+
+def _name_after_module(g: Graph, node: Node, pos: int, suffix: str) -> None:
+    """Rename a folded constant read only by ``node`` to ``<module path>.<suffix>`` (for `nac info`)."""
+    old = node.inputs[pos]
+    module = node.source.split(" (", 1)[0]
+    new = f"{module}.{suffix}"
+    if not module or module == "<top>" or new in g.values or old in g.outputs or old in g.param_aliases.values():
+        return
+    if sum(i == old for n in g.nodes for i in n.inputs) != 1:
+        return
+    v = g.values.pop(old)
+    v.name = new
+    g.values[new] = v
+    g.params[new] = g.params.pop(old)
+    node.inputs[pos] = new
 
 
 def fuse_pad_into_conv(g: Graph) -> int:
@@ -158,7 +192,9 @@ def fuse_bias_add(g: Graph) -> int:
             b = g.const_array(add.inputs[other])
             if p is None or p.op != "linear" or p.inputs[2] or p.attrs.get("activation", "none") != "none":
                 continue
-            if b is None or b.ndim != 1 or b.dtype != np.float32 or b.shape[0] != g.values[p.inputs[1]].shape[0]:
+            wshape = g.values[p.inputs[1]].shape
+            n_out = wshape[1] if p.attrs.get("weight_layout", "oi") == "io" else wshape[0]
+            if b is None or b.ndim != 1 or b.dtype != np.float32 or b.shape[0] != n_out:
                 continue
             if _single_user(g, p.outputs[0], users) is None or g.values[add.outputs[0]].shape != g.values[
                     p.outputs[0]].shape:
@@ -243,6 +279,7 @@ def eliminate_dead_code(g: Graph) -> int:
     g.nodes = kept[::-1]
     live.update(g.inputs)
     live |= {g.param_aliases[a] for a in g.param_aliases if a in live}
+    live |= {g.values[n].quant["scale"] for n in list(live) if n in g.values and g.values[n].quant}
     for name in list(g.values):
         if name not in live:
             del g.values[name]

@@ -9,6 +9,7 @@ import numpy as np
 
 from nac.errors import NacInputError, NacRuntimeError
 from nac.engine.kernels import KERNELS
+from nac.engine.kernels.quant import QTensor
 from nac.engine.plan import Plan
 from nac.format.container import NacFile, read_nac
 from nac.format.graph import numpy_dtype
@@ -39,9 +40,13 @@ class Model:
         missing = sorted({n.op for n in g.nodes} - KERNELS.keys())
         if missing:
             raise NacRuntimeError(f"{self.path}: this engine has no kernel for op(s) {missing}")
-        self._constants: dict[str, np.ndarray] = dict(g.params)
+        self._constants: dict = dict(g.params)
+        for name, v in g.values.items():
+            if v.quant is not None:
+                self._constants[name] = QTensor(v.quant["scheme"], g.params[name], g.params[v.quant["scale"]],
+                                                tuple(int(d) for d in v.quant["shape"]))
         for alias, target in g.param_aliases.items():
-            self._constants[alias] = g.params[target]
+            self._constants[alias] = self._constants[target]
         for name, v in g.values.items():
             if v.const is not None:
                 self._constants[name] = np.asarray(v.const, numpy_dtype(v.dtype)).reshape(

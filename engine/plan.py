@@ -121,7 +121,7 @@ class Plan:
         dtype = {name: numpy_dtype(v.dtype) for name, v in graph.values.items()}
 
         # 3. simulate views on placeholders to learn which view ops alias their input
-        fake = {name: np.asarray(a) for name, a in constants.items()}
+        fake = dict(constants)
         for name in graph.inputs:
             fake[name] = _placeholder(vshape[name], dtype[name])
         root: dict[str, str] = {}

@@ -46,6 +46,42 @@ def dtype_name(dtype) -> str:
     raise NacFormatError(f"dtype {dt} is not supported by NAC (supported: {sorted(DTYPES)})")
 
 
+#: (op, input position) pairs whose kernels accept a quantised weight.
+QUANTISED_INPUTS = frozenset({("linear", 1), ("embedding", 0)})
+
+
+def _check_quant(g: "Graph", v: Value, where: str) -> None:
+    """Validate a quantised parameter: scheme, logical/stored shapes, scales, ternary codes."""
+    from nac.format.quant import SCHEMES
+
+    q = v.quant
+    try:
+        scheme, scale_name, (n, k) = q["scheme"], q["scale"], [int(d) for d in q["shape"]]
+    except (KeyError, TypeError, ValueError):
+        raise NacFormatError(f"{where}: quantised tensor {v.name!r} has a malformed descriptor {q!r}") from None
+    if scheme not in SCHEMES:
+        raise NacFormatError(f"{where}: tensor {v.name!r} uses unknown quantisation scheme {scheme!r} "
+                             f"(this NAC knows {list(SCHEMES)})")
+    data = g.params.get(v.name)
+    want = (n, k) if scheme == "int8" else (n, -(-k // 4))
+    want_dtype = np.int8 if scheme == "int8" else np.uint8
+    if data is None or data.shape != want or data.dtype != want_dtype:
+        raise NacFormatError(f"{where}: {scheme} tensor {v.name!r} must be stored as {np.dtype(want_dtype)}"
+                             f"{list(want)}, found {None if data is None else f'{data.dtype}{list(data.shape)}'}")
+    scale = g.params.get(scale_name)
+    sizes = (n,) if scheme == "int8" else (n, 1)
+    if scale is None or scale.dtype != np.float32 or scale.ndim != 1 or scale.shape[0] not in sizes:
+        raise NacFormatError(f"{where}: scale {scale_name!r} of {v.name!r} must be float32 of shape "
+                             f"{' or '.join(f'[{s}]' for s in sizes)}")
+    if not np.all(np.isfinite(scale)) or (scale < 0).any():
+        raise NacFormatError(f"{where}: scale {scale_name!r} of {v.name!r} is corrupt (non-finite or negative)")
+    if scheme == "ternary":
+        codes = np.stack([(data >> s) & 3 for s in (0, 2, 4, 6)])
+        if (codes == 3).any():
+            raise NacFormatError(f"{where}: ternary tensor {v.name!r} holds values outside {{-1, 0, 1}} "
+                                 f"(invalid 2-bit code 0b11)")
+
+
 @dataclass
 class Value:
     """A tensor in the graph.
@@ -55,17 +91,23 @@ class Value:
         dtype: a key of `DTYPES`.
         shape: one entry per axis: an int, or an expression over named dimensions.
         const: for a small inline constant, its data (nested lists); None otherwise.
+        quant: for a quantised parameter, ``{"scheme": "int8" | "ternary", "scale": value name,
+            "shape": [N, K]}`` (the logical shape; ``dtype``/``shape`` describe the stored data:
+            int8 [N, K], or uint8 [N, ceil(K/4)] for ternary). None otherwise.
     """
 
     name: str
     dtype: str
     shape: tuple[Dim, ...]
     const: Any = None
+    quant: dict | None = None
 
     def to_json(self) -> dict:
         d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
         if self.const is not None:
             d["const"] = self.const
+        if self.quant is not None:
+            d["quant"] = self.quant
         return d
 
     @property
@@ -168,7 +210,16 @@ class Graph:
         return None
 
     def param_count(self) -> int:
-        return int(sum(a.size for a in self.params.values()))
+        """Number of model weights (a quantised tensor counts its logical elements; scales do not count)."""
+        scales = {v.quant["scale"] for v in self.values.values() if v.quant}
+        total = 0
+        for name, a in self.params.items():
+            q = self.values[name].quant
+            if q is not None:
+                total += int(np.prod(q["shape"]))
+            elif name not in scales:
+                total += a.size
+        return int(total)
 
     # -- (de)serialisation --------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -204,7 +255,7 @@ class Graph:
                     elif not isinstance(d, int) or d < 0:
                         raise NacFormatError(f"{where}: value {v['name']!r} has invalid dimension {d!r}")
                 numpy_dtype(v["dtype"])
-                g.values[v["name"]] = Value(v["name"], v["dtype"], shape, v.get("const"))
+                g.values[v["name"]] = Value(v["name"], v["dtype"], shape, v.get("const"), v.get("quant"))
             for n in doc["nodes"]:
                 g.nodes.append(Node(n["op"], list(n["inputs"]), list(n["outputs"]), dict(n.get("attrs", {})),
                                     n.get("source", "")))
@@ -221,6 +272,9 @@ class Graph:
                 raise NacFormatError(f"{where}: parameter {name!r} is {arr.dtype}{list(arr.shape)} in the weights "
                                      f"but {v.dtype if v else '?'}{list(v.shape) if v else '?'} in the graph")
             g.params[name] = arr
+        for v in g.values.values():
+            if v.quant is not None:
+                _check_quant(g, v, where)
         for alias, target in g.param_aliases.items():
             if target not in g.params or alias not in g.values:
                 raise NacFormatError(f"{where}: parameter alias {alias!r} -> {target!r} names no parameter")
@@ -239,4 +293,10 @@ class Graph:
         for name in g.inputs + g.outputs:
             if name not in g.values or name not in defined:
                 raise NacFormatError(f"{where}: graph input/output {name!r} is not defined")
+        quantised = {n for n, v in g.values.items() if v.quant is not None}
+        for k, n in enumerate(g.nodes):
+            for pos, i in enumerate(n.inputs):
+                if i in quantised and (n.op, pos) not in QUANTISED_INPUTS:
+                    raise NacFormatError(f"{where}: node {k} ({n.op}) reads quantised tensor {i!r} as input {pos}; "
+                                         f"only {sorted(QUANTISED_INPUTS)} take quantised weights")
         return g

@@ -62,7 +62,8 @@ for _n, _s in [("neg", "-x"), ("abs", "|x|"), ("exp", "e**x"), ("log", "natural 
                ("erf", "error function"), ("relu", "max(x, 0)"), ("sigmoid", "1 / (1 + e**-x)"),
                ("tanh", "hyperbolic tangent"), ("silu", "x * sigmoid(x)"),
                ("hardswish", "x * relu6(x + 3) / 6"), ("hardsigmoid", "relu6(x + 3) / 6"),
-               ("logical_not", "not x"), ("floor", "floor"), ("ceil", "ceil")]:
+               ("logical_not", "not x"), ("floor", "floor"), ("ceil", "ceil"),
+               ("round", "round half to even")]:
     _op(_n, ["x"], summary=_s, shape=SAME, aten=f"aten.{_n}")
 _op("gelu", ["x"], {"approximate": "'none' | 'tanh'"}, "x * Phi(x); tanh approximation if asked",
     SAME, "aten.gelu")

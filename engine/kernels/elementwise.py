@@ -18,7 +18,7 @@ _BINARY = {
 _UNARY_NUMPY = {
     "neg": np.negative, "abs": np.abs, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "reciprocal": np.reciprocal,
     "sin": np.sin, "cos": np.cos, "tanh": np.tanh, "floor": np.floor, "ceil": np.ceil,
-    "logical_not": np.logical_not,
+    "logical_not": np.logical_not, "round": np.rint,
 }
 _UNARY_NUMBA = {"relu": A.CODES["relu"], "sigmoid": A.CODES["sigmoid"], "silu": A.CODES["silu"],
                 "hardswish": A.CODES["hardswish"], "erf": A.ERF, "hardsigmoid": A.HARDSIGMOID, "rsqrt": A.RSQRT}

@@ -12,6 +12,7 @@ from numba import njit
 
 from nac.engine import threads as T
 from nac.engine.kernels import activation as A
+from nac.engine.kernels import quant as Q
 from nac.engine.kernels.registry import kernel
 
 _EMPTY = np.zeros(1, np.float32)
@@ -29,13 +30,21 @@ def linear(ins, outs, attrs):
     weight is [K, N] when attrs weight_layout is 'io'."""
     x, w, b = ins
     out = outs[0]
+    code = A.CODES[attrs.get("activation", "none")]
+    if isinstance(w, Q.QTensor):
+        K, N = w.shape[1], w.shape[0]
+        y = out.reshape(-1, N)
+        Q.quant_matmul(x.reshape(-1, K), w, y, attrs.get("activation_quant", "none"))
+        if b is not None or code:
+            T.parallel_range(A.bias_act_rows, y.shape[0], y, _EMPTY if b is None else b, b is not None, code,
+                             work=y.size * (4 if code else 1))
+        return
     if attrs.get("weight_layout", "oi") == "io":
         (K, N), wmat = w.shape, w
     else:
         (N, K), wmat = w.shape, w.T
     y = out.reshape(-1, N)
     T.matmul(x.reshape(-1, K), wmat, y)
-    code = A.CODES[attrs.get("activation", "none")]
     if b is not None or code:
         T.parallel_range(A.bias_act_rows, y.shape[0], y, _EMPTY if b is None else b, b is not None, code,
                          work=y.size * (4 if code else 1))

@@ -7,6 +7,7 @@ import numpy as np
 from numba import njit
 
 from nac.engine import threads as T
+from nac.engine.kernels import quant as Q
 from nac.errors import NacInputError
 from nac.engine.kernels.registry import kernel
 
@@ -293,6 +294,9 @@ def embedding(ins, outs, attrs):
     if idx.size and (idx.min() < 0 or idx.max() >= w.shape[0]):
         bad = idx[(idx < 0) | (idx >= w.shape[0])].flat[0]
         raise NacInputError(f"embedding: id {int(bad)} is outside the table of {w.shape[0]} rows")
+    if isinstance(w, Q.QTensor):
+        Q.quant_embedding(w, idx, outs[0])
+        return
     outs[0][...] = w[idx]
 
 

@@ -71,7 +71,7 @@ UNARY = {"neg": torch.neg, "abs": torch.abs, "exp": torch.exp, "log": torch.log,
          "rsqrt": torch.rsqrt, "reciprocal": torch.reciprocal, "sin": torch.sin, "cos": torch.cos,
          "erf": torch.erf, "relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu,
          "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "logical_not": torch.logical_not,
-         "floor": torch.floor, "ceil": torch.ceil}
+         "floor": torch.floor, "ceil": torch.ceil, "round": torch.round}
 
 
 @case(*UNARY)
@@ -81,6 +81,8 @@ def unary(draw, op):
         x = arr(draw, shape, dtype=np.bool_)
     elif op in ("log", "sqrt", "rsqrt", "reciprocal"):
         x = arr(draw, shape, 0.05, 5.0)
+    elif op == "round":  # include exact halves: ties go to even in both
+        x = (arr(draw, shape, -16, 16, np.int64) / 2).astype(np.float32)
     else:
         x = arr(draw, shape, -8.0, 8.0)
     return [x], {}, UNARY[op](T(x))

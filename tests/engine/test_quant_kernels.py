@@ -1,0 +1,64 @@
+"""Quantised linear / embedding kernels against the exact arithmetic they implement."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nac.engine.kernels import quant as Q
+from nac.format.quant import pack_ternary_rows, quantize_int8, quantize_ternary
+
+
+def qtensor(scheme, n, k, per_row, rng):
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    if scheme == "int8":
+        q, s = quantize_int8(w)
+        return Q.QTensor("int8", q, s, (n, k)), q.astype(np.float64) * s[:, None]
+    t, s = quantize_ternary(w, per_channel=per_row)
+    deq = t.astype(np.float64) * (s[:, None] if per_row else s[0])
+    return Q.QTensor("ternary", pack_ternary_rows(t), s, (n, k)), deq
+
+
+@pytest.mark.parametrize("scheme, per_row", [("int8", True), ("ternary", True), ("ternary", False)])
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 40])
+@pytest.mark.parametrize("k", [1, 5, 64, 131])
+def test_float_activations(scheme, per_row, m, k):
+    rng = np.random.default_rng(m * 1000 + k)
+    w, deq = qtensor(scheme, 37, k, per_row, rng)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y = np.empty((m, 37), np.float32)
+    Q.quant_matmul(x, w, y)
+    want = x.astype(np.float64) @ deq.T
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("scheme", ["int8", "ternary"])
+@pytest.mark.parametrize("m, k", [(1, 64), (5, 131), (16, 7)])
+def test_int8_activations_are_exact_integer_arithmetic(scheme, m, k):
+    rng = np.random.default_rng(k)
+    w, _ = qtensor(scheme, 29, k, True, rng)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    xq, xs = Q.quantize_activations(x)
+    y = np.empty((m, 29), np.float32)
+    Q.quant_matmul(x, w, y, "int8")
+    if scheme == "int8":
+        acc = xq.astype(np.int64) @ w.data.astype(np.int64).T
+    else:
+        from nac.format.quant import unpack_ternary_rows
+
+        acc = xq.astype(np.int64) @ unpack_ternary_rows(w.data, k).astype(np.int64).T
+    want = acc * xs[:, None].astype(np.float64) * w.scale[None, :].astype(np.float64)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    # and it approximates the float product
+    deq = w.dequantize().astype(np.float64)
+    ref = x @ deq.T
+    assert np.abs(y - ref).max() <= 0.05 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("scheme", ["int8", "ternary"])
+def test_embedding_rows(scheme):
+    rng = np.random.default_rng(3)
+    w, deq = qtensor(scheme, 50, 12, True, rng)
+    idx = rng.integers(0, 50, (3, 4))
+    out = np.empty((3, 4, 12), np.float32)
+    Q.quant_embedding(w, idx, out)
+    np.testing.assert_allclose(out, deq[idx], rtol=1e-6, atol=1e-6)
