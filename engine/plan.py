@@ -17,7 +17,6 @@ import numpy as np
 
 from nac.errors import NacInputError, NacRuntimeError
 from nac.engine.kernels import KERNELS, VIEW_OPS
-from nac.engine.threads import single_threaded_blas
 from nac.format.graph import Graph, numpy_dtype
 from nac.format.symbolic import eval_dim, eval_shape, symbols_of
 
@@ -195,9 +194,8 @@ class Plan:
         """
         step = None
         try:
-            with single_threaded_blas():
-                for step in self.steps:
-                    step.call()
+            for step in self.steps:
+                step.call()
         except NacInputError:
             raise
         except Exception as exc:

@@ -1,35 +1,26 @@
 """Who owns the cores while the engine runs.
 
-One kind of parallelism at a time, because on a small machine thread pools that spin while
-idle starve each other (measured: Numba's OpenMP workers spinning next to OpenBLAS threads made
-EfficientNet-Lite0 13x slower). So:
-
-- while a plan runs, BLAS is limited to one thread (threadpoolctl): OpenBLAS's idle workers
-  spin-yield for a long time after each product and starve everything else (measured: depthwise
-  convolutions took 20 ms instead of 11 ms next to them);
+- Matrix products call BLAS through numpy and use BLAS's own threads. Measured on 2 cores:
+  OpenBLAS's threading beat splitting products over Python threads on every shape NAC meets
+  (64x768x3072: 1131 us vs 1146 us by columns and 1612 us by rows).
 - Numba kernels are serial and release the GIL (``nogil=True``); a large one is split into
-  ranges run at once on a small pool of Python threads (`parallel_range`), and so is a large
-  matrix product (`matmul`: by rows, or by output columns when there are few rows). The pool's
-  idle threads block on a queue instead of spinning.
+  contiguous ranges run at once on a small pool of Python threads (`parallel_range`), whose idle
+  threads block instead of spinning. No Numba ``parallel=True``: its OpenMP workers spin after
+  each region and, next to BLAS threads, made EfficientNet-Lite0 13x slower.
+- Handing a range to a pool thread costs ~55 us here (thread wake-up; measured with a no-op
+  nogil kernel), so only work worth ~150 us or more on one thread is split.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
-# Handing a range to a pool thread costs ~55 us here (thread wake-up; measured with a no-op
-# nogil kernel), so only work worth ~150 us or more on one thread is split.
-_MIN_PARALLEL_WORK = 1 << 18  # element-operations (elements x taps)
-_MIN_PARALLEL_MACS = 1 << 23  # multiply-adds of one matrix product
+_MIN_PARALLEL_WORK = 1 << 18  # element-operations (elements x taps) below which one thread is faster
 _pool: ThreadPoolExecutor | None = None
-_blas = None
 
 
 def num_threads() -> int:
-    """Threads the engine uses: NAC_NUM_THREADS if set, else the usable cores."""
+    """Threads the engine's own kernels use: NAC_NUM_THREADS if set, else the usable cores."""
     env = os.environ.get("NAC_NUM_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
@@ -44,56 +35,6 @@ def _get_pool() -> ThreadPoolExecutor:
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=max(1, num_threads() - 1), thread_name_prefix="nac")
     return _pool
-
-
-def _blas_controllers():
-    global _blas
-    if _blas is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            _blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
-        except Exception:  # threadpoolctl cannot inspect this BLAS: leave it alone
-            _blas = []
-    return _blas
-
-
-@contextlib.contextmanager
-def single_threaded_blas():
-    """Within the block BLAS uses one thread; the previous thread counts are restored after."""
-    ctls = _blas_controllers()
-    before = [c.num_threads for c in ctls]
-    for c in ctls:
-        c.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for c, n in zip(ctls, before):
-            c.set_num_threads(n)
-
-
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """``numpy.matmul(a, b, out=out)`` (a, b at least 2-D), split over the pool when large: by
-    rows of ``a`` when there are enough, else by columns of ``b``; each thread writes its own block
-    of ``out``."""
-    n = num_threads()
-    M, N = out.shape[-2], out.shape[-1]
-    if n > 1 and out.size * a.shape[-1] >= _MIN_PARALLEL_MACS:
-        if M >= 32 * n:
-            cut = [M * k // n for k in range(n + 1)]
-            jobs = [(a[..., s:e, :], b, out[..., s:e, :]) for s, e in zip(cut, cut[1:])]
-        elif N >= 64 * n:
-            cut = [N * k // n for k in range(n + 1)]
-            jobs = [(a, b[..., :, s:e], out[..., :, s:e]) for s, e in zip(cut, cut[1:])]
-        else:
-            jobs = None
-        if jobs:
-            futures = [_get_pool().submit(np.matmul, x, y, out=o) for x, y, o in jobs[1:]]
-            np.matmul(*jobs[0][:2], out=jobs[0][2])
-            for f in futures:
-                f.result()
-            return
-    np.matmul(a, b, out=out)
 
 
 def parallel_range(fn, total: int, *args, work: int | None = None) -> None:

@@ -70,7 +70,7 @@ def sdpa(ins, outs, attrs):
     k4 = np.ascontiguousarray(np.broadcast_to(k, lead + (H, S, E)), np.float32).reshape(B, H, S, E)
     v4 = np.ascontiguousarray(np.broadcast_to(v, lead + (H, S, v.shape[-1])), np.float32).reshape(B, H, S, -1)
     scores = np.empty((B, H, L, S), np.float32)
-    T.matmul(q4, k4.transpose(0, 1, 3, 2), scores)
+    np.matmul(q4, k4.transpose(0, 1, 3, 2), out=scores)
     if mask is None:
         mode, m4 = 0, np.zeros((1, 1, 1, 1), np.float32)
     else:
@@ -80,4 +80,4 @@ def sdpa(ins, outs, attrs):
         m4 = m if mode == 1 else m.astype(np.float32, copy=False)
     T.parallel_range(masked_softmax, B * H * L, scores, m4, mode, np.float32(attrs["scale"]), bool(attrs.get("is_causal")),
                      work=scores.size * 4)  # an exp and a divide per element
-    T.matmul(scores, v4, out.reshape(B, H, L, -1))
+    np.matmul(scores, v4, out=out.reshape(B, H, L, -1))

@@ -21,7 +21,7 @@ _EMPTY = np.zeros(1, np.float32)
 @kernel("matmul")
 def matmul(ins, outs, attrs):
     """ATen matmul/mm/bmm: a [*, M, K] @ b [*, K, N] -> [*, M, N] with broadcast batch dims."""
-    T.matmul(ins[0], ins[1], outs[0])
+    np.matmul(ins[0], ins[1], out=outs[0])
 
 
 @kernel("linear")
@@ -44,7 +44,7 @@ def linear(ins, outs, attrs):
     else:
         (N, K), wmat = w.shape, w.T
     y = out.reshape(-1, N)
-    T.matmul(x.reshape(-1, K), wmat, y)
+    np.matmul(x.reshape(-1, K), wmat, out=y)
     if b is not None or code:
         T.parallel_range(A.bias_act_rows, y.shape[0], y, _EMPTY if b is None else b, b is not None, code,
                          work=y.size * (4 if code else 1))
@@ -195,7 +195,7 @@ def conv2d(ins, outs, attrs):
         return
     y = out.reshape(N, cout, OH * OW)
     if groups == 1 and kh == kw == 1 and sh == sw == 1 and pt == pb == pl == pr == 0:
-        T.matmul(w.reshape(cout, C), x.reshape(N, C, H * W), y)
+        np.matmul(w.reshape(cout, C), x.reshape(N, C, H * W), out=y)
     else:
         cog = cout // groups
         cols = np.empty((cg * kh * kw, OH * OW), np.float32)
@@ -203,6 +203,6 @@ def conv2d(ins, outs, attrs):
             for g in range(groups):
                 T.parallel_range(im2col, cg * kh * kw, x[n], g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, cols,
                                  work=cols.size)
-                T.matmul(w[g * cog:(g + 1) * cog].reshape(cog, -1), cols, y[n, g * cog:(g + 1) * cog])
+                np.matmul(w[g * cog:(g + 1) * cog].reshape(cog, -1), cols, out=y[n, g * cog:(g + 1) * cog])
     if b is not None or code:
         T.parallel_range(A.bias_act_channels, N * cout, y, bias, b is not None, code, work=y.size)

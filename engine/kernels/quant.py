@@ -138,6 +138,33 @@ def gemm_ternary_a8(x4q, xsum, xs, packed, scale, per_row, out, lo, hi):
             out[m, n] = np.float32(acc - xsum[m]) * xs[m] * s
 
 
+@njit(cache=True, nogil=True)
+def dequant_int8(q, scale, r0, out, lo, hi):
+    """out[i, k] = q[r0 + i, k] * scale[r0 + i] for i in lo..hi (float32 rows for BLAS)."""
+    K = q.shape[1]
+    for i in range(lo, hi):
+        s = scale[r0 + i]
+        row, o = q[r0 + i], out[i]
+        for k in range(K):
+            o[k] = np.float32(row[k]) * s
+
+
+@njit(cache=True, nogil=True)
+def dequant_ternary(packed, scale, per_row, r0, out, lo, hi):
+    """out[i, 4j + f] = (code_f(packed[r0 + i, j]) - 1) * s for i in lo..hi (K = out.shape[1])."""
+    K = out.shape[1]
+    KB = packed.shape[1]
+    for i in range(lo, hi):
+        s = scale[r0 + i] if per_row else scale[0]
+        row, o = packed[r0 + i], out[i]
+        for j in range(KB):
+            b = row[j]
+            for f in range(4):
+                k = 4 * j + f
+                if k < K:
+                    o[k] = np.float32(np.int32((b >> (2 * f)) & 3) - 1) * s
+
+
 def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: str = "none") -> None:
     """y [M, N] = x2 [M, K] @ dequant(w).T for a quantised weight (no bias/activation)."""
     M, K = x2.shape
@@ -161,10 +188,16 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
             xsum = x2.sum(axis=1, dtype=np.float32)
             T.parallel_range(gemv_ternary, N, x4, xsum, w.data, w.scale, w.per_row, y, work=work)
         return
-    block = max(1, (1 << 22) // max(K, 1))  # dequantise ~16 MB of float32 at a time
+    block = min(N, max(1, (1 << 22) // max(K, 1)))  # dequantise ~16 MB of float32 at a time
+    buf = np.empty((block, K), np.float32)
     for r0 in range(0, N, block):
         r1 = min(N, r0 + block)
-        T.matmul(x2, w.dequantize(slice(r0, r1)).T, y[:, r0:r1])
+        wf = buf[:r1 - r0]
+        if w.scheme == "int8":
+            T.parallel_range(dequant_int8, r1 - r0, w.data, w.scale, r0, wf, work=wf.size)
+        else:
+            T.parallel_range(dequant_ternary, r1 - r0, w.data, w.scale, w.per_row, r0, wf, work=wf.size * 2)
+        np.matmul(x2, wf.T, out=y[:, r0:r1])
 
 
 def quant_embedding(w: QTensor, idx: np.ndarray, out: np.ndarray) -> None:
