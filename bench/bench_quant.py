@@ -60,6 +60,33 @@ def asm_report() -> dict:
     return out
 
 
+def bench_minilm(repeat: int) -> list[dict]:
+    """MiniLM float32 vs int8 (and int8+a8) .nac files: size and latency on the same inputs."""
+    import tempfile
+
+    import nac
+    from nac.apps.sources import minilm
+
+    job = minilm()
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {}
+        for q in (None, "int8", "int8+a8"):
+            path = nac.export(job.module, job.args, Path(tmp) / f"minilm-{q}.nac", kwargs=job.kwargs,
+                              dynamic_shapes=job.dynamic_shapes, metadata=job.metadata, quantize=q)
+            models[q or "fp32"] = (nac.load(path), path.stat().st_size)
+        rng = np.random.default_rng(0)
+        for b, s in [(1, 16), (1, 128)]:
+            feeds = {"input_ids": rng.integers(1000, 29000, (b, s)), "attention_mask": np.ones((b, s), np.int64)}
+            row = {"case": f"b{b} seq{s}"}
+            for name, (m, size) in models.items():
+                row[f"{name}_ms"] = round(median_us(lambda: m.run(feeds), max(5, repeat // 5)) / 1e3, 2)
+                row[f"{name}_MB"] = round(size / 1e6, 1)
+            out.append(row)
+            print("minilm", json.dumps(row), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -90,10 +117,11 @@ def main() -> None:
             print(f"{label:<28} M={m:<3} numpy {t_np:9.1f} us | " + " | ".join(
                 f"{s} {row[s + '_us']:8.1f} us ({row[s + '_speedup']:.2f}x)"
                 for s in ("int8", "ternary", "int8+a8", "ternary+a8")), flush=True)
+    model_rows = bench_minilm(repeat)
     asm = asm_report()
     print("machine code of the kernels (instruction counts):", json.dumps(asm, indent=1))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine(), "results": rows, "asm": asm,
+    args.json.write_text(json.dumps({"machine": machine(), "results": rows, "minilm": model_rows, "asm": asm,
                                      "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
     print(f"wrote {args.json}")
 
