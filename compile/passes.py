@@ -67,7 +67,7 @@ def matmul_to_linear(g: Graph) -> int:
     """``matmul(x, W)`` with a constant 2-D float ``W`` [in, out] -> ``linear(x, W)`` with
     ``weight_layout='io'`` (a weight computed from parameters, as in BitLinear, is folded to such a
     constant), so bias/activation fusion and weight quantisation apply to it."""
-    count = 0
+    converted = []
     for n in g.nodes:
         if n.op != "matmul":
             continue
@@ -76,9 +76,12 @@ def matmul_to_linear(g: Graph) -> int:
             continue
         n.op, n.inputs, n.attrs = "linear", [n.inputs[0], n.inputs[1], ""], {"activation": "none",
                                                                              "weight_layout": "io"}
-        _name_after_module(g, n, 1, "weight")
-        count += 1
-    return count
+        converted.append(n)
+    if converted:
+        eliminate_dead_code(g)  # frees the names of the parameters the folded weights came from
+        for n in converted:
+            _name_after_module(g, n, 1, "weight")
+    return len(converted)
 
 
 def _name_after_module(g: Graph, node: Node, pos: int, suffix: str) -> None:
