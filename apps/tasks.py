@@ -121,6 +121,90 @@ def embed_sentences(model: Model, sentences: list[str]) -> np.ndarray:
     return outs[model.metadata.get("embedding_output", model.output_names[0])]
 
 
+def _require_task(model: Model, task: str) -> None:
+    if model.metadata.get("task") != task:
+        raise NacError(f"{model.path.name} is a {model.metadata.get('task', 'generic')} model, not {task}")
+
+
+def _encode_texts(model: Model, texts: list[str]) -> tuple:
+    if not texts:
+        raise NacInputError("no text given")
+    tok = text_tokenizer(model)
+    enc = tok.encode_batch(list(texts))
+    ids = np.array([e.ids for e in enc], np.int64)
+    mask = np.array([e.attention_mask for e in enc], np.int64)
+    return tok, ids, mask
+
+
+@dataclass
+class Fill:
+    """One candidate for a mask: token id, its text, probability, and the filled-in sequence."""
+
+    token: int
+    token_str: str
+    score: float
+    sequence: str
+
+
+def fill_mask(model: Model, texts: list[str], top_k: int = 5) -> list[list[list[Fill]]]:
+    """Top-k fillers for every mask token of every text: ``result[text][mask][rank]``.
+
+    Probabilities are the softmax over the vocabulary at the mask position, as transformers'
+    fill-mask pipeline computes them; ``token_str`` is the decoded token.
+
+    Raises:
+        NacError: the model is not a fill-mask model; NacInputError: a text has no mask token.
+    """
+    _require_task(model, "fill-mask")
+    tok, ids, mask = _encode_texts(model, texts)
+    mask_token = model.metadata["mask_token"]
+    mask_id = tok.token_to_id(mask_token)
+    for t, row in zip(texts, ids):
+        if mask_id not in row:
+            raise NacInputError(f"no mask token {mask_token} in {t!r} (write {mask_token} where a word should be guessed)")
+    logits = model.run({"input_ids": ids, "attention_mask": mask})[0]
+    out = []
+    for b, row in enumerate(ids):
+        per_text = []
+        for pos in np.flatnonzero(row == mask_id):
+            probs = softmax(logits[b, pos])
+            best = np.argsort(-probs, kind="stable")[:top_k]
+            fills = []
+            for i in best:
+                filled = row[: int(mask[b].sum())].copy()
+                filled[pos] = i
+                fills.append(Fill(int(i), tok.decode([int(i)]), float(probs[i]),
+                                  tok.decode(filled.tolist(), skip_special_tokens=True)))
+            per_text.append(fills)
+        out.append(per_text)
+    return out
+
+
+@dataclass
+class Label:
+    """One class of a text classifier: label name and probability."""
+
+    label: str
+    score: float
+
+
+def classify_texts(model: Model, texts: list[str]) -> list[list[Label]]:
+    """Every label with its probability, most likely first, for each text (softmax over labels;
+    sigmoid per label for multi-label checkpoints; the raw score for regression).
+
+    Raises:
+        NacError: the model is not a text-classification model; NacInputError: no text.
+    """
+    _require_task(model, "text-classification")
+    _, ids, mask = _encode_texts(model, texts)
+    logits = model.run({"input_ids": ids, "attention_mask": mask})[0].astype(np.float64)
+    kind = model.metadata.get("problem_type", "single_label_classification")
+    probs = 1 / (1 + np.exp(-logits)) if kind == "multi_label_classification" else \
+        logits if kind == "regression" else softmax(logits)
+    labels = model.metadata.get("labels") or [str(i) for i in range(logits.shape[1])]
+    return [[Label(labels[i], float(p[i])) for i in np.argsort(-p, kind="stable")] for p in probs]
+
+
 def cosine_matrix(emb: np.ndarray) -> np.ndarray:
     """Pairwise cosine similarities [N, N] of row vectors."""
     e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)

@@ -11,7 +11,7 @@ from nac.errors import NacError, NacExportError, NacFormatError, NacInputError, 
 from nac.engine import Model, load
 
 __version__ = "0.1.0"
-__all__ = ["export", "load", "Model", "NacError", "NacExportError", "NacFormatError", "NacInputError",
+__all__ = ["export", "load", "pipeline", "Model", "NacError", "NacExportError", "NacFormatError", "NacInputError",
            "NacRuntimeError", "__version__"]
 
 
@@ -20,3 +20,10 @@ def export(module, args=(), path=None, **kwargs):
     from nac.compile.export import export as _export
 
     return _export(module, args, path, **kwargs)
+
+
+def pipeline(task: str, model):
+    """A task-level callable over a `.nac` file; see `nac.apps.pipelines.pipeline`."""
+    from nac.apps.pipelines import pipeline as _pipeline
+
+    return _pipeline(task, model)

@@ -1,0 +1,50 @@
+"""``nac.pipeline(task, path)``: task-level callables over a `.nac` file, in the spirit of
+transformers' pipelines. Nothing here imports torch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nac.apps import tasks
+from nac.engine import Model, load
+from nac.errors import NacError
+
+_APPS = {
+    "fill-mask": lambda m, x, **kw: tasks.fill_mask(m, x, kw.get("top_k", 5)),
+    "text-classification": lambda m, x, **kw: tasks.classify_texts(m, x),
+    "feature-extraction": lambda m, x, **kw: tasks.embed_sentences(m, x),
+    "image-classification": lambda m, x, **kw: tasks.classify_images(m, x, kw.get("top_k", 5)),
+}
+
+
+class Pipeline:
+    """Calls the task app on one input (returns its result) or a list (returns a list).
+
+    Attributes:
+        task: the pipeline task; model: the loaded `Model`.
+    """
+
+    def __init__(self, task: str, model: Model):
+        self.task, self.model = task, model
+
+    def __call__(self, inputs, **kwargs):
+        single = isinstance(inputs, (str, Path))
+        out = _APPS[self.task](self.model, [inputs] if single else list(inputs), **kwargs)
+        return out[0] if single else out
+
+
+def pipeline(task: str, model) -> Pipeline:
+    """A pipeline for ``task`` over ``model`` (a path or a loaded `Model`).
+
+    ``fill-mask`` returns, per text, one list of `tasks.Fill` per mask token; ``text-classification``
+    a list of `tasks.Label`; ``feature-extraction`` embeddings; ``image-classification`` a list of
+    `tasks.Prediction`.
+
+    Raises:
+        NacError: unknown task, or a model exported for a different task.
+    """
+    if task not in _APPS:
+        raise NacError(f"unknown pipeline task {task!r}; choose from {sorted(_APPS)}")
+    m = model if isinstance(model, Model) else load(model)
+    if m.metadata.get("task") != task:
+        raise NacError(f"{m.path.name} was exported for {m.metadata.get('task', 'no particular task')}, not {task}")
+    return Pipeline(task, m)
