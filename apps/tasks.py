@@ -84,7 +84,7 @@ def classify_images(model: Model, paths, top_k: int = 5) -> list[list[Prediction
 
 
 # -- text ------------------------------------------------------------------------------------------------
-def text_tokenizer(model: Model):
+def text_tokenizer(model: Model, pad: bool = True):
     """The tokenizer stored in the file (this version: Hugging Face ``tokenizers`` on the stored
     tokenizer.json).
 
@@ -99,8 +99,9 @@ def text_tokenizer(model: Model):
         raise NacError("running text models needs the 'tokenizers' package in this version "
                        "(pip install tokenizers)") from None
     tok = Tokenizer.from_str(model.file.tokenizer.decode("utf-8"))
-    tok.enable_truncation(int(model.metadata.get("max_length", 512)))
-    tok.enable_padding()
+    if pad:
+        tok.enable_truncation(int(model.metadata.get("max_length", 512)))
+        tok.enable_padding()
     return tok
 
 

@@ -94,9 +94,16 @@ class Lowerer:
         """The value name for a tensor argument (an FX node, or a Python number made a constant)."""
         if isinstance(arg, torch.fx.Node):
             v = self.env[arg]
-            if not isinstance(v, str):
-                raise NacExportError(f"{self.where()}: expected a tensor argument, got {v!r}")
-            return v
+            if isinstance(v, str) and v in self.graph.values:
+                return v
+            if isinstance(v, (int, str)) and not isinstance(v, bool):  # a (symbolic) size used as a tensor operand
+                if isinstance(v, int):
+                    return self.scalar(v, "int64")
+                out = self.graph.add_value("size", "int64", ())
+                self.graph.nodes.append(Node("full", [], [out], {"shape": [], "value": v, "dtype": "int64"},
+                                             module_path(self.node)))
+                return out
+            raise NacExportError(f"{self.where()}: expected a tensor argument, got {v!r}")
         if isinstance(arg, (bool, int, float)):
             return self.scalar(arg)
         raise NacExportError(f"{self.where()}: unsupported argument {arg!r}")

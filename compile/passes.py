@@ -34,6 +34,15 @@ def _single_user(g: Graph, value: str, users: dict) -> Node | None:
     return None
 
 
+def _symbolic_attrs(n: Node) -> bool:
+    """Whether a node's attributes mention named dimensions (then it cannot be folded)."""
+    from nac.engine.plan import DIM_ATTRS
+
+    vals = [n.attrs[k] for k in DIM_ATTRS.intersection(n.attrs)] + ([n.attrs.get("value")] if n.op == "full" else [])
+    flat = [x for v in vals for x in (v if isinstance(v, list) else [v])]
+    return any(isinstance(x, str) for x in flat)
+
+
 def fold_constants(g: Graph) -> int:
     """Evaluate nodes whose inputs are all constants and whose outputs have static shapes."""
     from nac.engine.kernels import KERNELS
@@ -44,7 +53,7 @@ def fold_constants(g: Graph) -> int:
     for n in g.nodes:
         arrays = [g.const_array(i) if i else None for i in n.inputs]
         outs = [g.values[o] for o in n.outputs]
-        if (n.op in ("copy",) or any(i and a is None for i, a in zip(n.inputs, arrays))
+        if (n.op in ("copy",) or any(i and a is None for i, a in zip(n.inputs, arrays)) or _symbolic_attrs(n)
                 or not all(v.is_static for v in outs) or any(o in g.outputs for o in n.outputs)):
             kept.append(n)
             continue

@@ -27,6 +27,8 @@ ALIGN = 64
 def resolve_attrs(op: str, attrs: dict, env: dict) -> dict:
     """Evaluate the dimension-valued attributes of a node (``shape``, ``start``, ...) for ``env``."""
     out = dict(attrs)
+    if op == "full" and isinstance(attrs.get("value"), str):  # a fill value that is a size expression
+        out["value"] = eval_dim(attrs["value"], env)
     for k in DIM_ATTRS.intersection(attrs):
         v = attrs[k]
         out[k] = [eval_dim(d, env) for d in v] if isinstance(v, list) else eval_dim(v, env)

@@ -157,7 +157,8 @@ _op("copy", ["x"], {}, "identity (materialised copy)", SAME, "aten.clone where a
 # -- creation --------------------------------------------------------------------------------------
 _op("arange", [], {"start": "dim", "end": "dim", "step": "dim", "dtype": "dtype"}, "range(start, end, step)",
     "[ceil((end-start)/step)]", "aten.arange")
-_op("full", [], {"shape": "dims", "value": "number", "dtype": "dtype"}, "tensor filled with value", "attr shape",
+_op("full", [], {"shape": "dims", "value": "number, or a dimension expression", "dtype": "dtype"},
+    "tensor filled with value", "attr shape",
     "aten.full, aten.full_like, aten.zeros, aten.ones, aten.scalar_tensor")
 
 OPS: dict[str, OpSchema] = {o.name: o for o in _OPS}

@@ -1,0 +1,163 @@
+"""Text generation with a KV cache: greedy decoding token-for-token identical to transformers'
+generate, logits at every step within 1e-4 of the logit scale, GPT-2 and Llama (GQA, rotary)
+configs, left-padded batches, seeded sampling, bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nac
+from nac.apps.generate import generate, generate_text
+
+transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'nac[export]')")
+import torch  # noqa: E402
+
+from nac.apps.sources import causal_lm  # noqa: E402
+
+
+def configs():
+    yield "gpt2-2x4x64", transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=300, n_positions=160,
+                                                 bos_token_id=0, eos_token_id=299)
+    yield "gpt2-3x2x32", transformers.GPT2Config(n_layer=3, n_head=2, n_embd=32, vocab_size=211, n_positions=160,
+                                                 bos_token_id=0, eos_token_id=210, activation_function="gelu_new")
+    yield "llama-gqa", transformers.LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                hidden_size=64, intermediate_size=128, vocab_size=256,
+                                                max_position_embeddings=160, bos_token_id=1, eos_token_id=2,
+                                                tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="module", params=list(configs()), ids=[n for n, _ in configs()])
+def lm(request, tmp_path_factory):
+    name, cfg = request.param
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    job = causal_lm(model, name)
+    path = nac.export(job.module, job.args, tmp_path_factory.mktemp(name) / "lm.nac", dynamic_shapes=job.dynamic_shapes,
+                      metadata=job.metadata)
+    return model, nac.load(path)
+
+
+PROMPTS = [[5, 17, 42, 8, 99, 100, 3], [11, 12, 13, 14, 15, 16, 17], [7, 90, 91, 92, 5, 6, 8]]
+
+
+def test_greedy_matches_transformers_with_logits(lm):
+    model, m = lm
+    for prompt in PROMPTS:
+        got, logits = generate(m, prompt, max_new_tokens=64, return_logits=True)
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True, pad_token_id=model.config.eos_token_id)
+        assert got[0].tolist() == ref.sequences[0].tolist()
+        want = torch.stack(ref.logits)[:, 0].numpy()
+        assert np.abs(logits[:, 0] - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_left_padded_batch_matches_transformers(lm):
+    """A batch of prompts of different lengths, left-padded, gives each prompt's own continuation."""
+    model, m = lm
+    prompts = [[5, 17, 42, 8, 99], [11, 12], [7, 90, 91]]
+    pad = model.config.eos_token_id
+    got = generate(m, prompts, max_new_tokens=20)
+    width = max(len(p) for p in prompts)
+    for prompt, row in zip(prompts, got):
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, pad_token_id=pad)[0]
+        cont = ref[len(prompt):].tolist()
+        assert row[:width - len(prompt)].tolist() == [pad] * (width - len(prompt))
+        assert row[width - len(prompt):width].tolist() == prompt
+        assert row[width:width + len(cont)].tolist() == cont
+        assert set(row[width + len(cont):].tolist()) <= {pad}  # after an early EOS: padding
+
+
+def test_sampling_is_reproducible(lm):
+    _, m = lm
+    kw = dict(max_new_tokens=30, do_sample=True, temperature=0.8, top_k=50, top_p=0.9, repetition_penalty=1.2)
+    a = generate(m, PROMPTS[0], seed=123, **kw)
+    b = generate(m, PROMPTS[0], seed=123, **kw)
+    c = generate(m, PROMPTS[0], seed=321, **kw)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"temperature": -1.0, "do_sample": True}, "temperature must be > 0"),
+    ({"top_p": 0.0}, "top_p must be in"),
+    ({"top_p": 1.5}, "top_p must be in"),
+    ({"top_k": -3}, "top_k must be"),
+    ({"max_new_tokens": 1000}, "exceeds the model's context of 160"),
+])
+def test_bad_settings(lm, kw, match):
+    _, m = lm
+    with pytest.raises(nac.NacInputError, match=match):
+        generate(m, PROMPTS[0], **{"max_new_tokens": 5, **kw})
+
+
+def test_empty_prompt_and_wrong_task(lm, tmp_path):
+    _, m = lm
+    with pytest.raises(nac.NacInputError, match="empty prompt"):
+        generate(m, [], max_new_tokens=5)
+    enc = nac.export(torch.nn.Linear(3, 2), (torch.randn(1, 3),), tmp_path / "lin.nac", metadata={"task": "x"})
+    with pytest.raises(nac.NacError, match="not text-generation"):
+        generate(nac.load(enc), [1, 2], max_new_tokens=2)
+
+
+def test_text_in_text_out_from_a_folder(tmp_path):
+    """A causal-LM checkpoint folder with a byte-level BPE tokenizer -> nac export -> nac run."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["The quick brown fox jumps over the lazy dog.", "Grüße aus Zürich — naïve café ☕ 🙂"] * 50
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        special_tokens=["<|endoftext|>"]))
+    folder = tmp_path / "tiny-gpt2"
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=tok.get_vocab_size(), n_positions=128,
+                                  bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    model.save_pretrained(folder)
+    tok.save(str(folder / "tokenizer.json"))
+    out = subprocess.run([sys.executable, "-m", "nac.apps.cli", "export", str(folder), "-o", str(tmp_path / "g.nac")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    m = nac.load(tmp_path / "g.nac")
+    assert m.metadata["task"] == "text-generation"
+    prompt = "Grüße aus"
+    pieces = []
+    text = generate_text(m, prompt, max_new_tokens=25, stream=pieces.append)
+    ids = tok.encode(prompt).ids
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([ids]), max_new_tokens=25, do_sample=False, pad_token_id=0)
+    assert text == tok.decode(ref[0, len(ids):].tolist(), skip_special_tokens=True)
+    assert "".join(pieces) == text  # a random model emits invalid UTF-8 too: that stays U+FFFD, as decode gives
+    out = subprocess.run([sys.executable, "-m", "nac.apps.cli", "run", str(tmp_path / "g.nac"), prompt, "-n", "25"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == prompt + text + "\n"
+
+
+def test_streaming_never_splits_a_character():
+    """Byte-level tokens split multi-byte characters; the stream holds them back until complete."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from nac.apps.generate import TextStream
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(models.BPE({c: i for i, c in enumerate(sorted(alphabet))}, []))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = "café 🙂 Zürich — ☕ naïve"
+    ids = tok.encode(text).ids
+    assert len(ids) == len(text.encode("utf-8"))  # one token per byte
+    pieces = []
+    stream = TextStream(tok, pieces.append)
+    for i in ids:
+        stream(np.array([i]))
+    stream.end()
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+    assert "🙂" in pieces or any("🙂" in p for p in pieces)
