@@ -505,3 +505,12 @@ def test_op_matches_torch(op, data):
     got = model_from_graph(g).run(feeds)[0]
     assert got.dtype == ref.dtype
     assert_close(got, ref, 1e-5, op)
+
+
+@pytest.mark.parametrize("e", [2.0, 3.0, 4.0, 0.5, 1.7, -1.0])
+def test_pow_constant_exponents(e):
+    """The fast paths for x ** 2, 3, 4 and 0.5 agree with torch (and the generic path for others)."""
+    x = np.random.default_rng(0).uniform(0.1, 3.0, (4, 33)).astype(np.float32)
+    c = np.array(e, np.float32)
+    g, feeds = one_node_graph("pow", [x, c], {}, x.shape, "float32", params=(1,))
+    assert_close(model_from_graph(g).run(feeds)[0], torch.pow(T(x), e).numpy(), 1e-6, f"x ** {e}")
