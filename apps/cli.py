@@ -86,6 +86,7 @@ def cmd_export(args) -> int:
 
     from nac.apps.sources import resolve
     from nac.compile import optimize, quantize_graph, to_graph
+    from nac.compile.quantize import summarize
     from nac.format.container import write_nac
 
     with tqdm(total=4, desc="loading model", unit="step", file=sys.stderr, disable=None,
@@ -101,9 +102,7 @@ def cmd_export(args) -> int:
             meta["compile"] = {"passes": optimize(graph)}
         report = quantize_graph(graph, args.quantize)
         if report:
-            meta.setdefault("compile", {})["quantize"] = {
-                "spec": args.quantize, "tensors": len(report), "float_bytes": sum(r["float_bytes"] for r in report.values()),
-                "bytes": sum(r["bytes"] for r in report.values())}
+            meta.setdefault("compile", {})["quantize"] = summarize(report, args.quantize)
         bar.set_description("writing")
         bar.update()
         path = write_nac(args.output, graph, meta, weights=args.weights, tokenizer=job.tokenizer)

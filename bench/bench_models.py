@@ -170,7 +170,7 @@ def main() -> None:
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
-    print(f"\n| model | case | NAC ms | torch eager ms | ONNX Runtime ms | NAC / torch |\n|---|---|---|---|---|---|")
+    print("\n| model | case | NAC ms | torch eager ms | ONNX Runtime ms | NAC / torch |\n|---|---|---|---|---|---|")
     for x in rows:
         ort = "n/a" if x["ort_ms"] is None else f"{x['ort_ms']:.2f}"
         print(f"| {x['model']} | {x['case']} | {x['nac_ms']:.2f} | {x['torch_ms']:.2f} | {ort} | "

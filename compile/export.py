@@ -4,12 +4,11 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from nac.compile.lowering import RULES, Lowerer, module_path, nac_dtype, sym_text, target_name
 from nac.compile.passes import optimize
-from nac.compile.quantize import quantize_graph
+from nac.compile.quantize import quantize_graph, summarize
 from nac.errors import NacError, NacExportError
 from nac.format.container import write_nac
 from nac.format.graph import Graph
@@ -52,10 +51,7 @@ def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None =
         meta.setdefault("compile", {})["passes"] = optimize(graph)
     report = quantize_graph(graph, quantize)
     if report:
-        meta.setdefault("compile", {})["quantize"] = {
-            "spec": quantize if not isinstance(quantize, dict) else dict(quantize), "tensors": len(report),
-            "float_bytes": sum(r["float_bytes"] for r in report.values()),
-            "bytes": sum(r["bytes"] for r in report.values())}
+        meta.setdefault("compile", {})["quantize"] = summarize(report, quantize)
     meta.setdefault("compile", {})["torch"] = torch.__version__
     return write_nac(path, graph, meta, weights=weights, tokenizer=tokenizer)
 

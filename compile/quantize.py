@@ -148,3 +148,10 @@ def quantize_graph(g: Graph, spec) -> dict:
         report[canon] = {"scheme": scheme + ("+a8" if act != "none" else ""), "float_bytes": before,
                          "bytes": data.nbytes + scale.nbytes}
     return report
+
+
+def summarize(report: dict, spec) -> dict:
+    """The metadata entry for a quantisation report (``compile.quantize`` in the file)."""
+    return {"spec": dict(spec) if isinstance(spec, dict) else spec, "tensors": len(report),
+            "float_bytes": sum(r["float_bytes"] for r in report.values()),
+            "bytes": sum(r["bytes"] for r in report.values())}

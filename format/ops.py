@@ -6,7 +6,8 @@ Output shapes are not computed from these schemas at run time: the exporter reco
 value's (possibly symbolic) shape in the graph, and the engine evaluates it. The ``shape`` text
 here documents the rule.
 
-Run ``python -m nac.format.ops`` to print the Markdown table.
+Run ``python -m nac.format.ops`` to print the Markdown table, or ``python -m nac.format.ops
+--write-spec`` to replace the table in SPEC.md (between its op-table markers).
 """
 from __future__ import annotations
 
@@ -174,5 +175,21 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+def write_spec(path=None) -> None:
+    """Replace the op table in SPEC.md (between ``<!-- op-table:begin/end -->``) with `markdown_table`."""
+    from pathlib import Path
+
+    path = Path(path or Path(__file__).with_name("SPEC.md"))
+    text = path.read_text()
+    begin, end = "<!-- op-table:begin -->\n", "\n<!-- op-table:end -->"
+    a, b = text.index(begin) + len(begin), text.index(end)
+    path.write_text(text[:a] + markdown_table() + text[b:])
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    if "--write-spec" in sys.argv:
+        write_spec()
+    else:
+        print(markdown_table())

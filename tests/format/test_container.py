@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import nac
-from nac.format.container import ENTRY, HEADER, read_header, read_nac, write_nac
+from nac.format.container import ENTRY, read_header, read_nac, write_nac
 from nac.format.graph import Graph, Node
 
 

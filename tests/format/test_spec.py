@@ -11,7 +11,7 @@ SPEC = Path(__file__).resolve().parents[2] / "format" / "SPEC.md"
 def test_spec_op_table_in_sync():
     text = SPEC.read_text()
     table = text.split("<!-- op-table:begin -->\n", 1)[1].split("\n<!-- op-table:end -->", 1)[0]
-    assert table == markdown_table(), "regenerate SPEC.md's op table: python -m nac.format.ops"
+    assert table == markdown_table(), "regenerate SPEC.md's op table: python -m nac.format.ops --write-spec"
 
 
 def test_every_op_has_a_kernel():
