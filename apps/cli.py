@@ -191,8 +191,9 @@ def _run_generation(model, args) -> int:
     from nac.apps.generate import generate_text
 
     if not args.inputs:
-        raise NacError("give a prompt: nac run MODEL.nac \"Once upon a time\" -n 50 (the interactive REPL is not "
-                       "available in this version)")
+        from nac.apps.repl import repl
+
+        return repl(model)
     for prompt in args.inputs:
         sys.stdout.write(prompt)
         sys.stdout.flush()
