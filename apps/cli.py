@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1]")
     g.add_argument("--repetition-penalty", type=float, default=1.0)
     g.add_argument("--seed", type=int, help="random seed for sampling")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop once the completion contains TEXT (repeatable)")
     g.add_argument("--stats", action="store_true", help="print prefill and decode speed")
     r.add_argument("-k", "--top-k", type=int, default=None,
                    help="classes or fillers to show (default 5); with --sample, sample from the k most likely tokens")
@@ -206,7 +208,7 @@ def _run_generation(model, args) -> int:
 
         text = generate_text(model, prompt, stream=emit,
                              max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
-                             top_k=args.top_k or 0, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                             stop=args.stop, top_k=args.top_k or 0, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                              seed=args.seed)
         sys.stdout.write("\n")
         if args.stats and steps:

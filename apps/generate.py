@@ -187,17 +187,67 @@ class TextStream:
         self.sent = text
 
 
-def generate_text(model: Model, prompt: str, *, stream: Callable[[str], None] | None = None, **kwargs) -> str:
+def generate_text(model: Model, prompt: str, *, stream: Callable[[str], None] | None = None,
+                  stop: Sequence[str] = (), **kwargs) -> str:
     """Text in, text out with the tokenizer stored in the file; ``kwargs`` as `generate`.
-    ``stream`` receives the completion incrementally. Returns the completion (prompt excluded)."""
+
+    ``stream`` receives the completion incrementally. Generation also ends once the completion
+    contains one of the ``stop`` strings; the completion is then cut just after the first one
+    (as transformers' ``stop_strings`` keeps the stop string). Returns the completion, prompt
+    excluded.
+    """
     from nac.apps.tasks import text_tokenizer
 
     tok = text_tokenizer(model, pad=False)
     ids = tok.encode(prompt).ids
     if not ids:
         raise NacInputError("empty prompt: the text encodes to no tokens")
+    if isinstance(stop, str):
+        stop = [stop]
+    if any(not s for s in stop):
+        raise NacInputError("stop strings must not be empty")
     streamer = TextStream(tok, stream) if stream else None
-    out = generate(model, ids, on_token=streamer, **kwargs)[0]
+    produced: list[int] = []
+
+    def on_token(t) -> bool:
+        produced.append(int(t[0]))
+        if streamer is not None:
+            streamer(t)
+        if stop:
+            text = tok.decode(produced, skip_special_tokens=True)
+            return any(s in text for s in stop)
+        return False
+
+    out = generate(model, ids, on_token=on_token, **kwargs)[0]
     if streamer is not None:
         streamer.end()
-    return tok.decode(out[len(ids):].tolist(), skip_special_tokens=True)
+    text = tok.decode(out[len(ids):].tolist(), skip_special_tokens=True)
+    hits = [text.index(s) + len(s) for s in stop if s in text]
+    return text[:min(hits)] if hits else text
+
+
+def iter_text(model: Model, prompt: str, **kwargs):
+    """Yield the completion of ``prompt`` piece by piece as it is generated (a generator over
+    `generate_text`'s stream, run in a worker thread); ``kwargs`` as `generate_text`. Errors in
+    the generation are raised from the iterator."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue()
+    done = object()
+
+    def work():
+        try:
+            generate_text(model, prompt, stream=q.put, **kwargs)
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    threading.Thread(target=work, daemon=True, name="nac-generate").start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item

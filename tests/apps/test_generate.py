@@ -161,3 +161,31 @@ def test_streaming_never_splits_a_character():
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
     assert "🙂" in pieces or any("🙂" in p for p in pieces)
+
+
+def test_stop_strings_and_the_text_iterator(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from nac.apps.generate import iter_text
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["the cat sat on the mat and the dog ran in the park"] * 40,
+                            trainers.BpeTrainer(vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    torch.manual_seed(3)
+    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=tok.get_vocab_size(), n_positions=256,
+                                  bos_token_id=None, eos_token_id=None)
+    job = causal_lm(transformers.GPT2LMHeadModel(cfg).eval(), "tiny", tok.to_str().encode())
+    m = nac.load(nac.export(job.module, job.args, tmp_path / "t.nac", dynamic_shapes=job.dynamic_shapes,
+                            metadata=job.metadata, tokenizer=job.tokenizer))
+    full = generate_text(m, "the cat", max_new_tokens=40)
+    assert len(full) > 12
+    stop = full[8:11]  # a piece from the middle of the greedy completion
+    cut = generate_text(m, "the cat", max_new_tokens=40, stop=[stop, "never appears"])
+    assert cut == full[:full.index(stop) + len(stop)]
+    assert "".join(iter_text(m, "the cat", max_new_tokens=40)) == full
+    with pytest.raises(nac.NacInputError, match="stop strings must not be empty"):
+        generate_text(m, "the cat", max_new_tokens=5, stop=[""])
+    with pytest.raises(nac.NacInputError, match="top_p"):
+        list(iter_text(m, "the cat", max_new_tokens=5, top_p=2.0))
