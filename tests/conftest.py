@@ -42,6 +42,18 @@ def one_node_graph(op: str, inputs: list, attrs: dict, out_shape, out_dtype: str
     return g, feeds
 
 
+def byte_level_bpe(corpus: list[str], vocab_size: int, special_tokens=()):
+    """A small GPT-2-style byte-level BPE tokenizer trained with the `tokenizers` trainer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
 def assert_close(got: np.ndarray, want: np.ndarray, rel: float = 1e-4, what: str = "") -> None:
     """max |got - want| <= rel * max(1, max |want|) (tolerance relative to the output's scale)."""
     got, want = np.asarray(got), np.asarray(want)

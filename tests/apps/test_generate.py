@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import nac
+from conftest import byte_level_bpe
 from nac.apps.generate import generate, generate_text
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'nac[export]')")
@@ -106,14 +107,8 @@ def test_empty_prompt_and_wrong_task(lm, tmp_path):
 
 def test_text_in_text_out_from_a_folder(tmp_path):
     """A causal-LM checkpoint folder with a byte-level BPE tokenizer -> nac export -> nac run."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
     corpus = ["The quick brown fox jumps over the lazy dog.", "Grüße aus Zürich — naïve café ☕ 🙂"] * 50
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                        special_tokens=["<|endoftext|>"]))
+    tok = byte_level_bpe(corpus, 300, ["<|endoftext|>"])
     folder = tmp_path / "tiny-gpt2"
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=tok.get_vocab_size(), n_positions=128,
@@ -164,15 +159,9 @@ def test_streaming_never_splits_a_character():
 
 
 def test_stop_strings_and_the_text_iterator(tmp_path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     from nac.apps.generate import iter_text
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["the cat sat on the mat and the dog ran in the park"] * 40,
-                            trainers.BpeTrainer(vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = byte_level_bpe(["the cat sat on the mat and the dog ran in the park"] * 40, 280)
     torch.manual_seed(3)
     cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=tok.get_vocab_size(), n_positions=256,
                                   bos_token_id=None, eos_token_id=None)

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 import nac
+from conftest import byte_level_bpe
 
 pexpect = pytest.importorskip("pexpect", reason="needs pexpect (pip install 'nac[test]')")
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'nac[export]')")
@@ -19,13 +20,7 @@ TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% en
 
 @pytest.fixture(scope="module")
 def lm_file(tmp_path_factory):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["the cat sat on the mat and the dog ran in the park"] * 40,
-                            trainers.BpeTrainer(vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = byte_level_bpe(["the cat sat on the mat and the dog ran in the park"] * 40, 280)
     torch.manual_seed(0)
     # large enough that 3000 tokens take seconds, so the test can interrupt them
     cfg = transformers.GPT2Config(n_layer=4, n_head=4, n_embd=256, vocab_size=tok.get_vocab_size(), n_positions=4096,
