@@ -126,9 +126,17 @@ def generate(model: Model, input_ids, *, max_new_tokens: int = 20, do_sample: bo
     c = meta["cache"]
     L, H, D = c["layers"], c["kv_heads"], c["head_dim"]
     cap = T + max_new_tokens - 1
-    keys = np.zeros((L, B, H, cap, D), np.float32)
-    values = np.zeros((L, B, H, cap, D), np.float32)
-    cache_mask = np.zeros((B, cap), np.int64)
+    # The KV cache lives in the decode plan's own input buffers: each step then writes one token
+    # and one key/value column instead of copying the whole cache into the plan (measured: that
+    # copy was a third of a GPT-2 int8 decode step).
+    plan = model.plan({"input_ids": (B, 1), "attention_mask": (B, 1), "past_mask": (B, cap),
+                       "past_keys": (L, B, H, cap, D), "past_values": (L, B, H, cap, D)})
+    keys, values, cache_mask = plan.inputs["past_keys"], plan.inputs["past_values"], plan.inputs["past_mask"]
+    keys.fill(0)
+    values.fill(0)
+    cache_mask.fill(0)
+    plan.inputs["attention_mask"].fill(1)
+    out_index = {name: k for k, name in enumerate(model.output_names)}
     rng = np.random.default_rng(seed)
     empty = np.zeros((L, B, H, 0, D), np.float32)
     logits, k_new, v_new = model.run({"input_ids": ids, "attention_mask": mask, "past_mask": np.zeros((B, 0), np.int64),
@@ -153,12 +161,13 @@ def generate(model: Model, input_ids, *, max_new_tokens: int = 20, do_sample: bo
         stop = on_token is not None and on_token(nxt) is True
         if done.all() or stop or step == max_new_tokens - 1:
             break
-        logits, k_new, v_new = model.run({"input_ids": nxt[:, None], "attention_mask": np.ones((B, 1), np.int64),
-                                          "past_mask": cache_mask, "past_keys": keys, "past_values": values})
-        keys[:, :, :, filled], values[:, :, :, filled] = k_new[:, :, :, 0], v_new[:, :, :, 0]
+        plan.inputs["input_ids"][:, 0] = nxt
+        plan.run()
+        keys[:, :, :, filled] = plan.outputs[out_index["keys"]][:, :, :, 0]
+        values[:, :, :, filled] = plan.outputs[out_index["values"]][:, :, :, 0]
         cache_mask[:, filled] = 1
         filled += 1
-        step_logits = logits[:, -1]
+        step_logits = plan.outputs[out_index["logits"]][:, -1].copy()
     return (seqs, np.stack(all_logits)) if return_logits else seqs
 
 
