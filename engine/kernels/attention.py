@@ -1,4 +1,4 @@
-"""Scaled dot-product attention: BLAS for the two products, one Numba pass for scale, mask,
+"""Scaled dot-product attention: BLAS for the two products and vectorised numpy for scale, mask,
 causal mask and a safe softmax (a fully masked row gives zeros, as ATen's math path does).
 
 Source: Vaswani et al. 2017, "Attention Is All You Need", eq. 1; ATen
@@ -6,52 +6,36 @@ Source: Vaswani et al. 2017, "Attention Is All You Need", eq. 1; ATen
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from numba import njit
 
-from nac.engine import threads as T
 from nac.engine.kernels.registry import kernel
 
 
-@njit(cache=True, nogil=True)
-def masked_softmax(s, mask, mode, scale, causal, lo, hi):
-    """In place over scores s [B, H, L, S] (contiguous float32): s = softmax(s * scale + mask).
+def masked_softmax(s: np.ndarray, mask, mode: int, scale: float, causal: bool) -> None:
+    """In place over scores s [B, H, L, S] float32: s = softmax(s * scale + mask) along S.
 
-    mask: [B, H, L, S] view (may have zero strides); mode 0 = none, 1 = bool (True keeps),
-    2 = additive float. causal keeps column j <= row i.
+    mask: broadcastable to s; mode 0 = none, 1 = bool (True keeps), 2 = additive float. causal
+    keeps column j <= row i. A row with every position masked becomes zeros (ATen's math path).
+    numpy's float32 exp is vectorised (AVX-512); a scalar exp in Numba (no SVML here) was 3x
+    slower over a 9 x 512 x 512 block even on two threads.
     """
-    B, H, L, S = s.shape
-    for r in range(lo, hi):
-        b = r // (H * L)
-        h = (r // L) % H
-        i = r % L
-        row = s[b, h, i]
-        mx = -np.inf
-        for j in range(S):
-            v = row[j] * scale
-            if mode == 1 and not mask[b, h, i, j]:
-                v = -np.inf
-            elif mode == 2:
-                v += mask[b, h, i, j]
-            if causal and j > i:
-                v = -np.inf
-            row[j] = v
-            if v > mx:
-                mx = v
-        if mx == -np.inf:
-            for j in range(S):
-                row[j] = 0.0
-            continue
-        tot = 0.0
-        for j in range(S):
-            e = math.exp(row[j] - mx)
-            row[j] = e
-            tot += e
-        inv = 1.0 / tot
-        for j in range(S):
-            row[j] = row[j] * inv
+    s *= scale
+    if mode == 1:
+        np.copyto(s, -np.inf, where=~np.broadcast_to(mask, s.shape))
+    elif mode == 2:
+        s += mask
+    if causal:
+        L, S = s.shape[-2:]
+        np.copyto(s, -np.inf, where=np.triu(np.ones((L, S), bool), 1))
+    mx = s.max(axis=-1, keepdims=True)
+    dead = ~np.isfinite(mx)
+    mx[dead] = 0.0
+    s -= mx
+    np.exp(s, out=s)
+    with np.errstate(invalid="ignore", divide="ignore"):  # fully masked rows: 0 / 0, zeroed below
+        s /= s.sum(axis=-1, keepdims=True)
+    if dead.any():
+        s[np.broadcast_to(dead, s.shape)] = 0.0
 
 
 @kernel("scaled_dot_product_attention")
@@ -72,12 +56,11 @@ def sdpa(ins, outs, attrs):
     scores = np.empty((B, H, L, S), np.float32)
     np.matmul(q4, k4.transpose(0, 1, 3, 2), out=scores)
     if mask is None:
-        mode, m4 = 0, np.zeros((1, 1, 1, 1), np.float32)
+        mode, m4 = 0, None
     else:
         mode = 1 if mask.dtype == np.bool_ else 2
         m = np.broadcast_to(mask, lead + (H, L, S)).reshape(B, H, L, S) if lead else \
             np.broadcast_to(mask, (H, L, S)).reshape(1, H, L, S)
         m4 = m if mode == 1 else m.astype(np.float32, copy=False)
-    T.parallel_range(masked_softmax, B * H * L, scores, m4, mode, np.float32(attrs["scale"]), bool(attrs.get("is_causal")),
-                     work=scores.size * 4)  # an exp and a divide per element
+    masked_softmax(scores, m4, mode, np.float32(attrs["scale"]), bool(attrs.get("is_causal")))
     np.matmul(scores, v4, out=out.reshape(B, H, L, -1))
