@@ -87,29 +87,23 @@ def cmd_export(args) -> int:
     from tqdm import tqdm
 
     from nac.apps.sources import resolve
-    from nac.compile import optimize, quantize_graph, to_graph
-    from nac.compile.quantize import summarize
+    from nac.compile.export import compile_graph
     from nac.format.container import write_nac
 
-    with tqdm(total=4, desc="loading model", unit="step", file=sys.stderr, disable=None,
+    with tqdm(total=5, desc="loading model", unit="step", file=sys.stderr, disable=None,
               bar_format="{desc:<28} {bar:20} {n_fmt}/{total_fmt} [{elapsed}]") as bar:
         job = resolve(args.source, args.task)
-        bar.set_description("torch.export + lowering")
-        bar.update()
-        graph = to_graph(job.module, job.args, kwargs=job.kwargs, dynamic_shapes=job.dynamic_shapes)
-        bar.set_description("optimising")
-        bar.update()
-        meta = dict(job.metadata)
-        if not args.no_optimize:
-            meta["compile"] = {"passes": optimize(graph)}
-        report = quantize_graph(graph, args.quantize)
-        if report:
-            meta.setdefault("compile", {})["quantize"] = summarize(report, args.quantize)
-        bar.set_description("writing")
-        bar.update()
+
+        def stage(name: str) -> None:
+            bar.update()
+            bar.set_description(name)
+
+        graph, meta = compile_graph(job.module, job.args, kwargs=job.kwargs, dynamic_shapes=job.dynamic_shapes,
+                                    metadata=job.metadata, optimize_graph=not args.no_optimize,
+                                    quantize=args.quantize, progress=stage)
+        stage("writing")
         path = write_nac(args.output, graph, meta, weights=args.weights, tokenizer=job.tokenizer)
-        bar.set_description("done")
-        bar.update()
+        stage("done")
     size = path.stat().st_size + (path.with_suffix(".safetensors").stat().st_size if args.weights == "external" else 0)
     print(f"wrote {path} ({size / 1e6:.1f} MB, {len(graph.nodes)} nodes, {graph.param_count():,} parameters)")
     return 0

@@ -111,13 +111,8 @@ def embed_sentences(model: Model, sentences: list[str]) -> np.ndarray:
     Raises:
         NacError: wrong task or no tokenizer; NacInputError for an empty list.
     """
-    if model.metadata.get("task") != "feature-extraction":
-        raise NacError(f"{model.path.name} is a {model.metadata.get('task', 'generic')} model, not feature-extraction")
-    if not sentences:
-        raise NacInputError("no sentences given")
-    enc = text_tokenizer(model).encode_batch(list(sentences))
-    ids = np.array([e.ids for e in enc], np.int64)
-    mask = np.array([e.attention_mask for e in enc], np.int64)
+    _require_task(model, "feature-extraction")
+    _, ids, mask = _encode_texts(model, sentences)
     outs = dict(zip(model.output_names, model.run({"input_ids": ids, "attention_mask": mask})))
     return outs[model.metadata.get("embedding_output", model.output_names[0])]
 

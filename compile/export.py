@@ -13,7 +13,7 @@ from nac.errors import NacError, NacExportError
 from nac.format.container import write_nac
 from nac.format.graph import Graph
 
-__all__ = ["export", "to_graph"]
+__all__ = ["export", "compile_graph", "to_graph"]
 
 
 def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None = None, dynamic_shapes=None,
@@ -45,15 +45,31 @@ def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None =
     """
     if path is None:
         raise NacExportError("export needs a destination path")
+    graph, meta = compile_graph(module, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes, metadata=metadata,
+                                optimize_graph=optimize_graph, quantize=quantize)
+    return write_nac(path, graph, meta, weights=weights, tokenizer=tokenizer)
+
+
+def compile_graph(module: torch.nn.Module, args=(), *, kwargs: dict | None = None, dynamic_shapes=None,
+                  metadata: dict | None = None, optimize_graph: bool = True, quantize=None,
+                  progress=None) -> tuple[Graph, dict]:
+    """Everything `export` does before writing: lower, optimise, quantise; returns the graph and
+    the metadata to store (the caller's, plus the ``compile`` report). ``progress(stage)`` is
+    called as each stage starts (``"torch.export + lowering"``, ``"optimising"``,
+    ``"quantising"``). Raises as `export`."""
+    step = progress or (lambda stage: None)
+    step("torch.export + lowering")
     graph = to_graph(module, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes)
     meta = dict(metadata or {})
+    step("optimising")
     if optimize_graph:
         meta.setdefault("compile", {})["passes"] = optimize(graph)
+    step("quantising")
     report = quantize_graph(graph, quantize)
     if report:
         meta.setdefault("compile", {})["quantize"] = summarize(report, quantize)
     meta.setdefault("compile", {})["torch"] = torch.__version__
-    return write_nac(path, graph, meta, weights=weights, tokenizer=tokenizer)
+    return graph, meta
 
 
 @contextlib.contextmanager
@@ -216,14 +232,15 @@ def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=No
         elif node.op == "output":
             outs = node.args[0]
             flat = list(outs) if isinstance(outs, (tuple, list)) else [outs]
-            tensors = [o for o in flat if isinstance(o, torch.fx.Node)]
-            for o, label in zip(tensors, _output_names(ep, len(flat))):
+            # names follow the flattened outputs; keep those of the tensor outputs
+            labels = [label for o, label in zip(flat, _output_names(ep, len(flat))) if isinstance(o, torch.fx.Node)]
+            for o, label in zip([o for o in flat if isinstance(o, torch.fx.Node)], labels):
                 v = L.env[o]
                 if v in graph.outputs or v in graph.inputs or v in graph.params or graph.values[v].const is not None:
                     L.node = o
                     v = L.emit("copy", [v], name=label, shape=graph.values[v].shape, dtype=graph.values[v].dtype)
                 graph.outputs.append(v)
-    _rename_outputs(graph, _output_names(ep, len(graph.outputs)))
+    _rename_outputs(graph, labels)
     return graph
 
 

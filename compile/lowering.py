@@ -61,9 +61,9 @@ def sym_text(expr, names: dict) -> int | str:
             return f"({p(e.args[0])} // {p(e.args[1])})"
         if isinstance(e, (F.Mod, F.PythonMod)) or type(e).__name__ == "Mod":
             return f"({p(e.args[0])} % {p(e.args[1])})"
-        if isinstance(e, (sympy.Max, F.Max)) if hasattr(F, "Max") else isinstance(e, sympy.Max):
+        if isinstance(e, (sympy.Max, F.Max)):
             return "max(" + ", ".join(p(a) for a in e.args) + ")"
-        if isinstance(e, (sympy.Min, F.Min)) if hasattr(F, "Min") else isinstance(e, sympy.Min):
+        if isinstance(e, (sympy.Min, F.Min)):
             return "min(" + ", ".join(p(a) for a in e.args) + ")"
         raise NacExportError(f"symbolic size expression {e} ({type(e).__name__}) is not supported")
 

@@ -138,7 +138,7 @@ def fold_batch_norm(g: Graph) -> int:
     W' = W * s[:, None, None, None], b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps).
     """
     users, prod = g.consumers(), g.producers()
-    count = 0
+    folded = set()
     for bn in g.nodes:
         if bn.op != "batch_norm":
             continue
@@ -162,21 +162,14 @@ def fold_batch_norm(g: Graph) -> int:
         w_new = (w.astype(np.float64) * s[:, None, None, None]).astype(np.float32)
         b_new = ((bias.astype(np.float64) - mean) * s + beta).astype(np.float32)
         conv.inputs = [x, g.add_param(f"{w_name}.bn_folded", w_new), g.add_param(f"{w_name}.bn_folded_bias", b_new)]
-        # the conv now produces the batch-norm's output value
-        out = bn.outputs[0]
-        old = conv.outputs[0]
-        conv.outputs = [out]
-        bn.op, bn.inputs, bn.outputs = "copy", [old], [old + ".dead"]
-        g.values[old + ".dead"] = g.values[old]
-        count += 1
-    if count:
-        g.nodes = [n for n in g.nodes if not (n.op == "copy" and n.outputs[0].endswith(".dead"))]
-        for n in list(g.values):
-            if n.endswith(".dead"):
-                del g.values[n]
-        _reorder(g)
+        # the conv now produces the batch norm's output; it runs before every reader of that value
+        del g.values[conv.outputs[0]]
+        conv.outputs = [bn.outputs[0]]
+        folded.add(id(bn))
+    if folded:
+        g.nodes = [n for n in g.nodes if id(n) not in folded]
         eliminate_dead_code(g)
-    return count
+    return len(folded)
 
 
 def _activation_of(n: Node) -> str | None:
@@ -317,21 +310,3 @@ def deduplicate_parameters(g: Graph) -> int:
         else:
             seen[key] = name
     return count
-
-
-def _reorder(g: Graph) -> None:
-    """Restore a topological order after rewrites (stable: keeps the original order when valid)."""
-    ready = set(g.inputs) | set(g.params) | set(g.param_aliases) | {n for n, v in g.values.items() if v.const is not None}
-    pending, order = list(g.nodes), []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(not i or i in ready for i in n.inputs):
-                order.append(n)
-                ready.update(n.outputs)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise RuntimeError("graph has a cycle after rewriting")  # a bug in a pass, not user input
-        pending = rest
-    g.nodes = order

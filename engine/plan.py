@@ -111,10 +111,7 @@ class Plan:
         env = self.env
         vshape = {}
         for name, v in graph.values.items():
-            try:
-                vshape[name] = eval_shape(v.shape, env)
-            except NacInputError:
-                raise
+            vshape[name] = eval_shape(v.shape, env)
             if any(s < 0 for s in vshape[name]):
                 raise NacInputError(f"value {name!r} would get negative shape {list(vshape[name])} for inputs "
                                     f"{dict(shapes)}")
