@@ -1,0 +1,28 @@
+"""TISA: Hugging Face tokenizers compiled to bytecode, and the VM that runs them.
+
+``compile_tokenizer(tokenizer.json) -> Program``; ``Program.to_bytes()`` is what a ``.nac`` file's
+tokenizer section holds; ``Tokenizer(Program.from_bytes(...))`` encodes and decodes exactly as
+Hugging Face ``tokenizers`` does, without importing it.
+"""
+from nac.tokenizer_vm.compiler import compile_tokenizer
+from nac.tokenizer_vm.program import FORMAT, Program
+from nac.tokenizer_vm.vm import Encoding, Tokenizer
+
+
+def load_tokenizer(blob: bytes, fmt: str, where: str = "tokenizer section") -> Tokenizer:
+    """A :class:`Tokenizer` from a ``.nac`` tokenizer section of format ``fmt`` (``tisa-1``, or
+    ``hf-tokenizer-json`` from files written before TISA: compiled on load).
+
+    Raises:
+        NacFormatError: a malformed program; NacError: an unknown format or unsupported tokenizer.
+    """
+    from nac.errors import NacError
+
+    if fmt == FORMAT:
+        return Tokenizer(Program.from_bytes(blob, where))
+    if fmt == "hf-tokenizer-json":
+        return Tokenizer(compile_tokenizer(bytes(blob), name=where))
+    raise NacError(f"{where}: tokenizer format {fmt!r} is not supported (expected {FORMAT!r})")
+
+
+__all__ = ["compile_tokenizer", "Program", "Tokenizer", "Encoding", "load_tokenizer", "FORMAT"]

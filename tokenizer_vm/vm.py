@@ -1,0 +1,724 @@
+"""The TISA virtual machine: runs a compiled tokenizer program, with no ``tokenizers`` import.
+
+Encoding a batch goes stage by stage over all texts at once. Added tokens are split out and each
+remaining piece is normalised at the string level (Python's C string routines); the pieces then
+become one ``int32`` code-point array and every pre-tokeniser step and the model run as Numba
+kernels over the whole batch (:mod:`nac.tokenizer_vm.kernels`). Templates, truncation and
+padding are list operations at the end. Decoding is string work on the token texts.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nac.errors import NacError, NacInputError
+from nac.tokenizer_vm import kernels as K
+from nac.tokenizer_vm import unicode as U
+from nac.tokenizer_vm.compiler import bytes_to_unicode
+from nac.tokenizer_vm.program import Program
+
+
+@dataclass
+class Encoding:
+    """One encoded text (or pair), as Hugging Face ``tokenizers.Encoding`` gives it.
+
+    Attributes:
+        ids: token ids (after template, truncation, padding).
+        type_ids: segment ids (0 for the first text, the template's type for the second).
+        attention_mask: 1 for real tokens, 0 for padding.
+        special_tokens_mask: 1 for tokens the template or padding added, and for special added tokens.
+        tokens: the token strings (vocabulary entries).
+    """
+
+    ids: list[int]
+    type_ids: list[int]
+    attention_mask: list[int]
+    special_tokens_mask: list[int]
+    tokenizer: "Tokenizer" = field(repr=False, default=None)
+
+    @property
+    def tokens(self) -> list[str]:
+        return [self.tokenizer.id_to_token(i) or "" for i in self.ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Tokenizer:
+    """A loaded TISA program, ready to encode and decode.
+
+    Raises (from its methods):
+        NacInputError: text that is not a ``str`` (or is invalid UTF-8 bytes, or holds lone
+            surrogates), or input too long when truncation is off and ``max_length`` is set.
+        NacError: the program needs an unknown token it does not have.
+    """
+
+    def __init__(self, program: Program):
+        self.program = program
+        t = program.tables
+        self._cls = (t["class_index"], t["class_blocks"])
+        self._vocab, self._vocab_off = t["vocab"], t["vocab_off"]
+        self._missing = set(t["vocab_missing"].tolist())
+        self._added = {a["id"]: a for a in program.added}
+        self._special_ids = {a["id"] for a in program.added if a["special"]}
+        self._token_cache: dict[int, str] = {}
+        self._vocab_map: dict[str, int] | None = None
+        self._norm, self._pre_str, self._pre_arr, self._model, self._template, self._dec = [], [], [], None, None, []
+        for ins in program.code:
+            self._load(ins)
+        self._added_re = self._added_matcher(normalized=False)
+        self._added_norm_re = self._added_matcher(normalized=True)
+        self.truncation = dict(program.truncation) if program.truncation else None
+        self.padding = dict(program.padding) if program.padding else None
+
+    # -- configuration (the Hugging Face names) ----------------------------------------------------
+    def enable_truncation(self, max_length: int, stride: int = 0, strategy: str = "longest_first",
+                          direction: str = "right") -> None:
+        """Truncate every encoding to ``max_length`` tokens, template tokens included."""
+        self.truncation = {"max_length": int(max_length), "stride": stride, "direction": direction.capitalize(),
+                           "strategy": "".join(w.capitalize() for w in strategy.split("_"))}
+
+    def no_truncation(self) -> None:
+        self.truncation = None
+
+    def enable_padding(self, direction: str = "right", pad_id: int | None = None, pad_type_id: int = 0,
+                       pad_token: str | None = None, length: int | None = None,
+                       pad_to_multiple_of: int | None = None) -> None:
+        """Pad a batch to its longest encoding (or to ``length``); the pad token defaults to the
+        file's padding token, else ``[PAD]``/``<pad>`` if the vocabulary has one, else id 0."""
+        if pad_id is None:
+            base = self.program.padding or {}
+            pad_token = pad_token or base.get("pad_token")
+            for cand in ([pad_token] if pad_token else []) + ["[PAD]", "<pad>"]:
+                if self.token_to_id(cand) is not None:
+                    pad_token, pad_id = cand, self.token_to_id(cand)
+                    break
+            else:
+                pad_id = int(base.get("pad_id", 0))
+        self.padding = {"length": length, "direction": direction.capitalize(), "pad_id": int(pad_id),
+                        "pad_type_id": pad_type_id, "pad_token": pad_token or "", "pad_to_multiple_of": pad_to_multiple_of}
+
+    def no_padding(self) -> None:
+        self.padding = None
+
+    # -- vocabulary -------------------------------------------------------------------------------
+    def get_vocab_size(self) -> int:
+        """Number of ids (model vocabulary and added tokens)."""
+        return self._vocab_off.size - 1
+
+    def id_to_token(self, i: int) -> str | None:
+        """The vocabulary string of id ``i``, or None if no token has that id."""
+        i = int(i)
+        if i < 0 or i >= self._vocab_off.size - 1 or i in self._missing:
+            return None
+        s = self._token_cache.get(i)
+        if s is None:
+            s = self._vocab[self._vocab_off[i]:self._vocab_off[i + 1]].astype(np.uint32).tobytes().decode("utf-32-le")
+            self._token_cache[i] = s
+        return s
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of a vocabulary string or added token, or None."""
+        if self._vocab_map is None:
+            self._vocab_map = {self.id_to_token(i): i for i in range(self.get_vocab_size()) if i not in self._missing}
+            for a in self.program.added:
+                self._vocab_map[a["content"]] = a["id"]
+        return self._vocab_map.get(token)
+
+    # -- encoding -------------------------------------------------------------------------------------
+    def encode(self, text, pair=None, add_special_tokens: bool = True) -> Encoding:
+        """Encode one text (or a pair): ``Encoding(ids, type_ids, attention_mask, …)``."""
+        return self.encode_batch([text if pair is None else (text, pair)], add_special_tokens)[0]
+
+    def encode_batch(self, inputs: list, add_special_tokens: bool = True) -> list[Encoding]:
+        """Encode a list of texts or ``(text, pair)`` tuples; pads them together if padding is on."""
+        firsts, seconds = [], []
+        for i, item in enumerate(inputs):
+            if isinstance(item, (tuple, list)) and len(item) == 2:
+                firsts.append(_text(item[0], i))
+                seconds.append(_text(item[1], i))
+            else:
+                firsts.append(_text(item, i))
+                seconds.append(None)
+        texts = firsts + [s for s in seconds if s is not None]
+        ids = self._encode_texts(texts)
+        out, k = [], len(firsts)
+        for i in range(len(firsts)):
+            a = ids[i]
+            b = None
+            if seconds[i] is not None:
+                b = ids[k]
+                k += 1
+            out.append(self._post(a, b, add_special_tokens))
+        if self.padding:
+            self._pad(out)
+        return out
+
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """Token ids (model and added tokens, before the template) of each text."""
+        segments: list[str] = []
+        seg_first: list[bool] = []
+        plans: list[list] = []
+        for text in texts:
+            plan = []
+            for piece, tok, orig0 in self._split_added(text):
+                if tok is not None:
+                    plan.append(-1 - tok)
+                else:
+                    plan.append(len(segments))
+                    segments.append(piece)
+                    seg_first.append(orig0)
+            plans.append(plan)
+        seg_ids = self._segments(segments, seg_first)
+        return [[x for p in plan for x in (seg_ids[p] if p >= 0 else (-1 - p,))] for plan in plans]
+
+    def _split_added(self, text: str):
+        """Yield ``(piece, added_id_or_None, starts_at_offset_0)``; pieces are normalised."""
+        raw = _find_added(text, self._added_re, self._added) if self._added_re else [(0, len(text), None)]
+        for s, e, tok in raw:
+            if tok is not None:
+                yield text[s:e], tok, s == 0
+                continue
+            piece = text[s:e]
+            if not piece:
+                continue
+            norm, lost_left = self._normalize(piece)
+            orig0 = s == 0 and not lost_left
+            if self._added_norm_re:
+                for s2, e2, tok2 in _find_added(norm, self._added_norm_re, self._added):
+                    if e2 > s2:
+                        yield norm[s2:e2], tok2, orig0 and s2 == 0
+            elif norm:
+                yield norm, None, orig0
+
+    def _normalize(self, s: str) -> tuple[str, bool]:
+        lost_left = False
+        for fn in self._norm:
+            s, lost = fn(s)
+            lost_left |= lost
+        return s, lost_left
+
+    def _segments(self, segments: list[str], first: list[bool]) -> list[list[int]]:
+        """Pre-tokenise and run the model over all segments at once; token ids per segment."""
+        if not segments:
+            return []
+        words, wseg, wfirst = segments, list(range(len(segments))), first
+        for fn in self._pre_str:
+            words, wseg, wfirst = fn(words, wseg, wfirst)
+        lens = np.fromiter(map(len, words), np.int64, len(words))
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        cps = np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"), np.uint32).view(np.int32)
+        keep = lens > 0
+        starts, ends = starts[keep], ends[keep]
+        wseg = np.asarray(wseg, np.int64)[keep]
+        wfirst = np.asarray(wfirst, np.bool_)[keep]
+        for fn in self._pre_arr:
+            cps, starts, ends, wfirst, src = fn(cps, starts, ends, wfirst)
+            if src is not None:
+                wseg = wseg[src]
+        ids, counts = self._model(cps, starts, ends)
+        per_seg = np.bincount(wseg, weights=counts, minlength=len(segments)).astype(np.int64)
+        off = np.concatenate([[0], np.cumsum(per_seg)]).tolist()
+        flat = ids.tolist()
+        return [flat[off[i]:off[i + 1]] for i in range(len(segments))]
+
+    def _post(self, a: list[int], b: list[int] | None, add_special: bool) -> Encoding:
+        tpl = self._template if add_special else None
+        if self.truncation:
+            n_added = 0
+            if tpl:
+                n_added = sum(len(x[1]) for x in (tpl["pair"] if b is not None else tpl["single"]) if x[0] == "S")
+            a, b = _truncate(a, b, self.truncation, n_added)
+        spec = self._special_ids
+        if tpl is None:
+            ids = a + (b or [])
+            types = [0] * len(a) + [1] * len(b or [])
+            smask = [1 if i in spec else 0 for i in ids] if spec else [0] * len(ids)
+        else:
+            ids, types, smask = [], [], []
+            for item in tpl["pair"] if b is not None else tpl["single"]:
+                if item[0] == "S":
+                    ids += item[1]
+                    types += [item[2]] * len(item[1])
+                    smask += [1] * len(item[1])
+                else:
+                    seq = a if item[0] == "A" else b
+                    ids += seq
+                    types += [item[1]] * len(seq)
+                    smask += [1 if i in spec else 0 for i in seq] if spec else [0] * len(seq)
+        return Encoding(ids, types, [1] * len(ids), smask, self)
+
+    def _pad(self, encs: list[Encoding]) -> None:
+        p = self.padding
+        target = p["length"] if p.get("length") else max((len(e) for e in encs), default=0)
+        m = p.get("pad_to_multiple_of")
+        if m and target % m:
+            target += m - target % m
+        for e in encs:
+            n = target - len(e)
+            if n <= 0:
+                continue
+            pad = ([p["pad_id"]] * n, [p["pad_type_id"]] * n, [0] * n, [1] * n)
+            if p["direction"] == "Left":
+                e.ids, e.type_ids, e.attention_mask, e.special_tokens_mask = (
+                    pad[0] + e.ids, pad[1] + e.type_ids, pad[2] + e.attention_mask, pad[3] + e.special_tokens_mask)
+            else:
+                e.ids += pad[0]
+                e.type_ids += pad[1]
+                e.attention_mask += pad[2]
+                e.special_tokens_mask += pad[3]
+
+    # -- decoding ------------------------------------------------------------------------------------
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """Text of a sequence of ids (unknown ids are skipped, as the reference does)."""
+        tokens = []
+        for i in ids:
+            i = int(i)
+            if skip_special_tokens and i in self._special_ids:
+                continue
+            a = self._added.get(i)
+            if a is not None:
+                tokens.append(self._added_decode_form(a))
+                continue
+            t = self.id_to_token(i)
+            if t is not None:
+                tokens.append(t)
+        if not self._dec:
+            return " ".join(tokens)
+        for fn in self._dec:
+            tokens = fn(tokens)
+        return "".join(tokens)
+
+    def decode_batch(self, batch, skip_special_tokens: bool = True) -> list[str]:
+        """:meth:`decode` for each sequence."""
+        return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+    def _added_decode_form(self, a: dict) -> str:
+        if a["normalized"] and self._norm:
+            return self._normalize(a["content"])[0]
+        return a["content"]
+
+    # -- instruction loading -------------------------------------------------------------------------
+    def _load(self, ins: dict) -> None:
+        op = ins["op"]
+        stage, name = op.split(".", 1)
+        getattr(self, f"_op_{stage.lower()}_{name.lower()}")(ins)
+
+    def _op_added_split(self, ins):
+        pass
+
+    def _class_chars(self, bits: int, extra=()) -> str:
+        ranges = U.ranges_of(*self._cls, bits)
+        body = "".join(_re_range(a, b) for a, b in ranges if not (0xD800 <= a <= 0xDFFF and b <= 0xDFFF))
+        body += "".join(_re_range(c, c) for c in extra)
+        return "[" + body + "]"
+
+    def _op_norm_nfc(self, ins):
+        self._norm.append(lambda s: (unicodedata.normalize("NFC", s), False))
+
+    def _op_norm_nfd(self, ins):
+        self._norm.append(lambda s: (s if s.isascii() else unicodedata.normalize("NFD", s), False))
+
+    def _op_norm_nfkc(self, ins):
+        self._norm.append(lambda s: (unicodedata.normalize("NFKC", s), False))
+
+    def _op_norm_nfkd(self, ins):
+        self._norm.append(lambda s: (unicodedata.normalize("NFKD", s), False))
+
+    def _op_norm_lower(self, ins):
+        t = self.program.tables
+        src, off, dst = t["lower_src"], t["lower_off"], t["lower_dst"]
+        table = {int(c): "".join(map(chr, dst[off[i]:off[i + 1]])) for i, c in enumerate(src)}
+        self._norm.append(lambda s: (s.lower() if s.isascii() else s.translate(table), False))
+
+    def _op_norm_drop(self, ins):
+        pat = re.compile(self._class_chars(ins["classes"], ins.get("chars", ())) + "+")
+        self._norm.append(lambda s: (pat.sub("", s), False))
+
+    def _op_norm_map_space(self, ins):
+        pat = re.compile(self._class_chars(ins["classes"]))
+        self._norm.append(lambda s: (pat.sub(" ", s), False))
+
+    def _op_norm_pad(self, ins):
+        pat = re.compile("(" + self._class_chars(ins["classes"]) + ")")
+        self._norm.append(lambda s: (s if s.isascii() else pat.sub(r" \1 ", s), False))
+
+    def _op_norm_replace(self, ins):
+        content = ins["content"]
+        if ins["kind"] == "string":
+            pattern = ins["pattern"]
+            self._norm.append(lambda s: (s.replace(pattern, content) if pattern else s, False))
+        else:
+            import regex
+            pat = regex.compile(ins["pattern"])
+            self._norm.append(lambda s: (pat.sub(lambda m: content, s), False))
+
+    def _op_norm_strip(self, ins):
+        ws = "".join(chr(c) for a, b in U.ranges_of(*self._cls, U.WS) for c in range(a, b + 1))
+        left, right = ins["left"], ins["right"]
+
+        def strip(s):
+            t = s.lstrip(ws) if left else s
+            lost = len(t) != len(s)
+            return (t.rstrip(ws) if right else t), lost
+        self._norm.append(strip)
+
+    def _op_norm_prepend(self, ins):
+        text = ins["text"]
+        self._norm.append(lambda s: (text + s if s else s, False))
+
+    def _op_pre_regex(self, ins):
+        import regex
+        pat = regex.compile(ins["pattern"])
+        behaviour, invert = K.BEHAVIOURS[ins["behaviour"]], ins["invert"]
+
+        def run(words, wseg, wfirst):
+            out_w, out_s, out_f = [], [], []
+            for w, sg, f in zip(words, wseg, wfirst):
+                for a, b in _split_by_matches(w, [(m.start(), m.end()) for m in pat.finditer(w)], behaviour, invert):
+                    out_w.append(w[a:b])
+                    out_s.append(sg)
+                    out_f.append(f and a == 0)
+            return out_w, out_s, out_f
+        self._pre_str.append(run)
+
+    def _op_pre_split(self, ins):
+        kind = {"class": K.SPLIT_CLASS, "literal": K.SPLIT_LITERAL, "gpt2": K.SPLIT_GPT2, "words": K.SPLIT_WORDS}[ins["kind"]]
+        lit = np.array([ord(c) for c in ins.get("literal", "")], np.int32)
+        mask, beh, inv = int(ins.get("classes", 0)), K.BEHAVIOURS[ins["behaviour"]], bool(ins.get("invert", False))
+        idx, blocks = self._cls
+
+        def run(cps, starts, ends, first):
+            s, e, f, src = K.split_words(cps, starts, ends, first, kind, idx, blocks, mask, lit, beh, inv)
+            return cps, s, e, f, src
+        self._pre_arr.append(run)
+
+    def _rewrite(self, op, a=0, b=0):
+        def run(cps, starts, ends, first):
+            c, s, e = K.rewrite_words(cps, starts, ends, first, op, a, b)
+            return c, s, e, first, None
+        self._pre_arr.append(run)
+
+    def _op_pre_prefix_space(self, ins):
+        self._rewrite(K.REWRITE_PREFIX_SPACE)
+
+    def _op_pre_metaspace(self, ins):
+        self._rewrite(K.REWRITE_METASPACE, ord(ins["replacement"]), {"never": 0, "always": 1, "first": 2}[ins["prepend"]])
+
+    def _op_pre_utf8(self, ins):
+        self._rewrite(K.REWRITE_UTF8)
+
+    def _key_tables(self, ins):
+        t = self.program.tables
+        return t["keys"], t["keys_off"], t["keys_id"], t["keys_hash"]
+
+    def _op_model_wordpiece(self, ins):
+        keys = self._key_tables(ins)
+        prefix = np.array(ins["prefix"], np.int32)
+        unk, max_chars = int(ins["unk"]), int(ins["max_chars"])
+        self._model = lambda cps, s, e: K.wordpiece(cps, s, e, *keys, prefix, max_chars, unk)
+
+    def _op_model_wordlevel(self, ins):
+        keys = self._key_tables(ins)
+        unk, none = int(ins["unk"]), np.empty(0, np.int32)
+
+        def run(cps, s, e):
+            ids = np.array([K.lookup(*keys, none, cps, a, b, none) for a, b in zip(s.tolist(), e.tolist())], np.int32)
+            return np.where(ids < 0, unk, ids).astype(np.int32), np.ones(s.size, np.int64)
+        self._model = run
+
+    def _op_model_bpe(self, ins):
+        t = self.program.tables
+        keys = self._key_tables(ins)
+        merges = (t["merge_keys"], t["merge_rank"], t["merge_new"])
+        args = (np.array(ins["prefix"], np.int32), np.array(ins["suffix"], np.int32), t["byte_ids"],
+                bool(ins["byte_fallback"]), int(ins["unk"]), bool(ins["fuse_unk"]), bool(ins["ignore_merges"]),
+                any(i["op"] == "PRE.UTF8" for i in self.program.code))
+
+        def run(cps, s, e):
+            ids, counts, _ = K.bpe(cps, s, e, *keys, *merges, *args)
+            return ids, counts
+        self._model = run
+
+    def _op_model_unigram(self, ins):
+        t = self.program.tables
+        keys = self._key_tables(ins)
+        args = (t["scores"], int(ins["max_len"]), int(ins["unk"]), float(ins["unk_score"]), True, t["byte_ids"],
+                bool(ins["byte_fallback"]))
+
+        def run(cps, s, e):
+            ids, counts, err = K.unigram(cps, s, e, *keys, *args)
+            if err:
+                raise NacError(f"{self.program.source}: text needs an unknown token but the Unigram model has no unk_id")
+            return ids, counts
+        self._model = run
+
+    def _op_post_template(self, ins):
+        self._template = {"single": ins["single"], "pair": ins["pair"]}
+
+    def _op_dec_wordpiece(self, ins):
+        prefix, cleanup = ins["prefix"], ins["cleanup"]
+
+        def run(tokens):
+            out = []
+            for i, t in enumerate(tokens):
+                if i:
+                    t = t[len(prefix):] if t.startswith(prefix) else " " + t
+                out.append(_cleanup(t) if cleanup else t)
+            return out
+        self._dec.append(run)
+
+    def _op_dec_bytelevel(self, ins):
+        table = {c: b for b, c in bytes_to_unicode().items()}
+
+        def run(tokens):
+            buf = bytearray()
+            for ch in "".join(tokens):
+                b = table.get(ch)
+                if b is None:
+                    buf += ch.encode("utf-8", "surrogatepass")
+                else:
+                    buf.append(b)
+            return [buf.decode("utf-8", "replace")]
+        self._dec.append(run)
+
+    def _op_dec_metaspace(self, ins):
+        rep, drop_first = ins["replacement"], ins["prepend"] != "never"
+
+        def run(tokens):
+            return [t.replace(rep, "" if i == 0 and drop_first else " ") for i, t in enumerate(tokens)]
+        self._dec.append(run)
+
+    def _op_dec_byte_fallback(self, ins):
+        def flush(buf, out):
+            if buf:
+                try:
+                    out.append(bytes(buf).decode("utf-8"))
+                except UnicodeDecodeError:
+                    out.extend(["\ufffd"] * len(buf))
+                buf.clear()
+
+        def run(tokens):
+            out, buf = [], []
+            for t in tokens:
+                if len(t) == 6 and t.startswith("<0x") and t.endswith(">") and _is_hex2(t[3:5]):
+                    buf.append(int(t[3:5], 16))
+                else:
+                    flush(buf, out)
+                    out.append(t)
+            flush(buf, out)
+            return out
+        self._dec.append(run)
+
+    def _op_dec_fuse(self, ins):
+        self._dec.append(lambda tokens: ["".join(tokens)])
+
+    def _op_dec_strip(self, ins):
+        c, start, stop = ins["content"], ins["start"], ins["stop"]
+
+        def one(t):
+            a = 0
+            while a < min(start, len(t)) and t[a] == c:
+                a += 1
+            b = len(t)
+            for _ in range(stop):
+                if b > a and t[b - 1] == c:
+                    b -= 1
+                else:
+                    break
+            return t[a:b]
+        self._dec.append(lambda tokens: [one(t) for t in tokens])
+
+    def _op_dec_replace(self, ins):
+        content = ins["content"]
+        if ins["kind"] == "string":
+            p = ins["pattern"]
+            self._dec.append(lambda tokens: [t.replace(p, content) for t in tokens])
+        else:
+            import regex
+            pat = regex.compile(ins["pattern"])
+            self._dec.append(lambda tokens: [pat.sub(lambda m: content, t) for t in tokens])
+
+    def _op_dec_bpe(self, ins):
+        suffix = ins["suffix"]
+        self._dec.append(lambda tokens: [t.replace(suffix, "" if i == len(tokens) - 1 else " ")
+                                         for i, t in enumerate(tokens)])
+
+    def _op_dec_ctc(self, ins):
+        pad, delim, cleanup = ins["pad_token"], ins["word_delimiter_token"], ins["cleanup"]
+
+        def run(tokens):
+            out, prev = [], None
+            for t in tokens:
+                if t != prev and t != pad:
+                    t2 = _cleanup(t) if cleanup else t
+                    out.append(t2.replace(delim, " ") if cleanup else t2)
+                prev = t
+            return out
+        self._dec.append(run)
+
+    # -- added tokens -----------------------------------------------------------------------------------
+    def _added_matcher(self, normalized: bool):
+        items = [a for a in self.program.added if bool(a["normalized"]) == normalized]
+        if not items:
+            return None
+        forms = {}
+        for a in items:
+            form = self._normalize(a["content"])[0] if normalized else a["content"]
+            if form:
+                forms[form] = a["id"]
+        if not forms:
+            return None
+        order = sorted(forms, key=lambda f: -len(f))
+        return re.compile("|".join(re.escape(f) for f in order)), forms
+
+
+def _find_added(text: str, matcher, added: dict) -> list[tuple[int, int, int | None]]:
+    """Hugging Face ``AddedVocabulary::find_matches``: leftmost-longest matches of the added
+    tokens, with their ``single_word``/``lstrip``/``rstrip`` rules; the gaps in between."""
+    pattern, forms = matcher
+    out = []
+    last = 0
+    for m in pattern.finditer(text):
+        s, e = m.start(), m.end()
+        a = added[forms[m.group()]]
+        if a["single_word"]:
+            if (s > 0 and _WORD_END.search(text, 0, s)) or (e < len(text) and _WORD_START.match(text, e)):
+                continue
+        if a["lstrip"]:
+            k = s
+            while k > last and text[k - 1] in _WS:
+                k -= 1
+            s = k
+        if a["rstrip"]:
+            while e < len(text) and text[e] in _WS:
+                e += 1
+        if last < s:
+            out.append((last, s, None))
+        out.append((s, e, a["id"]))
+        last = e
+    if last < len(text) or not out:
+        out.append((last, len(text), None))
+    return out
+
+
+_WS = frozenset(chr(c) for c in (list(range(9, 14)) + [0x20, 0x85, 0xA0, 0x1680] + list(range(0x2000, 0x200B))
+                                 + [0x2028, 0x2029, 0x202F, 0x205F, 0x3000]))
+_WORD_END = re.compile(r"\w\Z")
+_WORD_START = re.compile(r"\w")
+
+
+def _split_by_matches(w: str, matches: list[tuple[int, int]], behaviour: int, invert: bool) -> list[tuple[int, int]]:
+    """Hugging Face ``NormalizedString::split`` over regex matches: the kept pieces."""
+    events, last = [], 0
+    for a, b in matches:
+        if a == b:
+            continue
+        if last < a:
+            events.append((last, a, False))
+        events.append((a, b, True))
+        last = b
+    if last < len(w):
+        events.append((last, len(w), False))
+    if invert:
+        events = [(a, b, not m) for a, b, m in events]
+    pieces: list[list] = []
+    if behaviour == 0:
+        pieces = [[a, b, m] for a, b, m in events]
+    elif behaviour == 1:
+        pieces = [[a, b, False] for a, b, _ in events]
+    elif behaviour in (2, 4):
+        prev = False
+        for a, b, m in events:
+            merge = (m and not prev) if behaviour == 2 else (m == prev)
+            if merge and pieces:
+                pieces[-1][1] = b
+            else:
+                pieces.append([a, b, False])
+            prev = m
+    else:
+        prev = False
+        for a, b, m in reversed(events):
+            if m and not prev and pieces:
+                pieces[-1][0] = a
+            else:
+                pieces.append([a, b, False])
+            prev = m
+        pieces.reverse()
+    return [(a, b) for a, b, rm in pieces if not rm and b > a]
+
+
+def _truncate(a: list[int], b: list[int] | None, t: dict, n_added: int):
+    """Hugging Face ``truncate_encodings`` (max length minus the template's tokens)."""
+    max_len = t["max_length"] - n_added
+    if max_len < 0:
+        raise NacInputError(f"truncation max_length {t['max_length']} is shorter than the {n_added} special tokens")
+    total = len(a) + len(b or [])
+    if total <= max_len:
+        return a, b
+    left = t.get("direction", "Right") == "Left"
+
+    def cut(seq, n):
+        return seq[len(seq) - n:] if left else seq[:n]
+    strategy = t.get("strategy", "LongestFirst")
+    if strategy == "LongestFirst":
+        if b is None:
+            return cut(a, max_len), b
+        n1, n2 = len(a), len(b)
+        swap = n1 > n2
+        if swap:
+            n1, n2 = n2, n1
+        n2 = n1 if n1 > max_len else max(n1, max_len - n1)
+        if n1 + n2 > max_len:
+            n1 = max_len // 2
+            n2 = n1 + max_len % 2
+        if swap:
+            n1, n2 = n2, n1
+        return cut(a, n1), cut(b, n2)
+    to_remove = total - max_len
+    if strategy == "OnlySecond" and b is None:
+        raise NacInputError("truncation strategy only_second needs a pair of texts")
+    target = a if strategy == "OnlyFirst" else b
+    if len(target) <= to_remove:
+        raise NacInputError(f"cannot truncate: the {'first' if strategy == 'OnlyFirst' else 'second'} text is "
+                            f"too short to remove {to_remove} tokens")
+    target = cut(target, len(target) - to_remove)
+    return (target, b) if strategy == "OnlyFirst" else (a, target)
+
+
+def _text(x, i: int) -> str:
+    if isinstance(x, (bytes, bytearray)):
+        try:
+            x = bytes(x).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise NacInputError(f"input {i}: bytes are not valid UTF-8 ({exc})") from None
+    if not isinstance(x, str):
+        raise NacInputError(f"input {i}: expected text (str), got {type(x).__name__}")
+    try:
+        x.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise NacInputError(f"input {i}: text holds a lone surrogate at position {exc.start} "
+                            f"({x[exc.start]!r}); it is not valid Unicode text") from None
+    return x
+
+
+def _re_range(a: int, b: int) -> str:
+    return re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+
+
+def _is_hex2(s: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in s)
+
+
+_CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+            (" do not", " don't"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def _cleanup(s: str) -> str:
+    for a, b in _CLEANUP:
+        s = s.replace(a, b)
+    return s
