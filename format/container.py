@@ -95,8 +95,12 @@ def safetensors_bytes(params: dict[str, np.ndarray]) -> bytes:
     return save({k: np.ascontiguousarray(v) for k, v in params.items()})
 
 
-def view_safetensors(buf, base: int, length: int, where: str) -> dict[str, np.ndarray]:
+def view_safetensors(buf, base: int, length: int, where: str,
+                     extra_dtypes: dict[str, np.dtype] | None = None) -> dict[str, np.ndarray]:
     """Zero-copy numpy views of the tensors of a safetensors blob at ``buf[base:base+length]``.
+
+    ``extra_dtypes`` admits safetensors dtypes beyond the graph's (e.g. ``{"F64": float64}`` for
+    tokenizer tables).
 
     Checks the header length, the JSON, every dtype, shape and offset pair (inside the data,
     matching the byte size, no overlaps) before creating any view.
@@ -122,12 +126,15 @@ def view_safetensors(buf, base: int, length: int, where: str) -> dict[str, np.nd
         if name == "__metadata__":
             continue
         try:
-            dtype_name = _ST_DTYPE[info["dtype"]]
+            if extra_dtypes and info["dtype"] in extra_dtypes:
+                dt, dtype_name = np.dtype(extra_dtypes[info["dtype"]]), info["dtype"]
+            else:
+                dtype_name = _ST_DTYPE[info["dtype"]]
+                dt = np.dtype(DTYPES[dtype_name][0])
             shape = tuple(int(s) for s in info["shape"])
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise NacFormatError(f"{where}: tensor {name!r} has a malformed or unsupported entry {info!r}") from None
-        dt = np.dtype(DTYPES[dtype_name][0])
         if any(s < 0 for s in shape) or not (0 <= begin <= end <= data_len):
             raise NacFormatError(f"{where}: tensor {name!r} points outside the data ({begin}..{end} of {data_len})")
         if (end - begin) != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:

@@ -112,12 +112,12 @@ class _Compiler:
                 emit({"op": "NORM.PAD", "classes": U.CJK})
             strip = n.get("strip_accents")
             if strip if strip is not None else n.get("lowercase", True):
-                emit({"op": "NORM.NFD"})
+                self.nf("NFD")
                 emit({"op": "NORM.DROP", "classes": U.MN, "chars": []})
             if n.get("lowercase", True):
                 self.lower()
         elif t in ("NFC", "NFD", "NFKC", "NFKD"):
-            emit({"op": f"NORM.{t}"})
+            self.nf(t)
         elif t == "Lowercase":
             self.lower()
         elif t == "StripAccents":
@@ -132,6 +132,13 @@ class _Compiler:
         else:
             raise self.fail(where, f"normaliser type {t!r} is not supported by TISA (supported: BertNormalizer, "
                                    f"NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, Replace, Strip, Prepend, Sequence)")
+
+    def nf(self, form: str) -> None:
+        """A Unicode normalisation step; characters the reference's Unicode version does not know
+        (table ``nf_assigned``: the ranges it does) pass through unchanged."""
+        if "nf_assigned" not in self.tables:
+            self.tables["nf_assigned"] = np.array(U.legacy_ranges(U.NORMALIZATION_VERSION), np.int32).reshape(-1)
+        self.code.append({"op": f"NORM.{form}", "unicode": U.NORMALIZATION_VERSION, "assigned_table": "nf_assigned"})
 
     def lower(self) -> None:
         if "lower_src" not in self.tables:

@@ -552,11 +552,11 @@ def bpe(cps, starts, ends, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, su
     longest = 0
     for w in range(starts.size):
         n = ends[w] - starts[w]
-        total += 4 * (n + prefix.size + suffix.size) * n + 1 if byte_fallback else n + 1
+        total += 4 * (1 + prefix.size + suffix.size) * n + 1 if byte_fallback else n + 1
         longest = max(longest, n)
     ids = np.empty(total, np.int32)
     counts = np.zeros(starts.size, np.int64)
-    cap = 4 * (longest + prefix.size + suffix.size) * (longest + 1) + 4 if byte_fallback else longest + 4
+    cap = 4 * (1 + prefix.size + suffix.size) * longest + 4 if byte_fallback else longest + 4
     sym = np.empty(cap, np.int32)
     prv = np.empty(cap, np.int64)
     nxt = np.empty(cap, np.int64)

@@ -102,7 +102,7 @@ class Program:
         if not isinstance(doc, dict) or doc.get("version") != TISA_VERSION:
             raise NacFormatError(f"{where}: TISA version {doc.get('version') if isinstance(doc, dict) else '?'} "
                                  f"is not supported (this NAC reads version {TISA_VERSION})")
-        tables = view_safetensors(buf, 0, len(buf), where)
+        tables = view_safetensors(buf, 0, len(buf), where, {"I16": np.int16, "F64": np.float64})
         code = doc.get("code")
         if not isinstance(code, list) or not all(isinstance(i, dict) and i.get("op") in OPCODES for i in code):
             bad = [i.get("op") if isinstance(i, dict) else i for i in code or []]

@@ -13,9 +13,9 @@ from functools import lru_cache
 
 import numpy as np
 
-#: Class bits, one ``uint16`` per code point.
+#: Class bits (one ``int16`` per code point).
 WS = 1          # White_Space (Rust char::is_whitespace, Oniguruma \s)
-CONTROL = 2     # BERT's is_control: general category C* except \t \n \r
+CONTROL = 2     # BERT's is_control: Cc, Cf, Co, Cs except \t \n \r
 PUNCT = 4       # BERT's is_punctuation: ASCII punctuation or general category P*
 CJK = 8         # BERT's CJK ideograph ranges
 MN = 16         # general category Mn (BERT strips these when stripping accents)
@@ -30,11 +30,26 @@ CLASS_NAMES = {"WS": WS, "CONTROL": CONTROL, "PUNCT": PUNCT, "CJK": CJK, "MN": M
 _CJK_RANGES = [(0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
                (0x2B740, 0x2B81F), (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)]
 BLOCK = 256
+#: Unicode version of the crate ``unicode_categories`` (BERT's control / punctuation / Mn tests).
+LEGACY_VERSION = "8.0"
+#: Unicode version of the crate ``unicode-normalization-alignments`` (NFC/NFD/NFKC/NFKD).
+NORMALIZATION_VERSION = "11.0"
+#: Characters whose general category changed since LEGACY_VERSION, with their class bits then.
+_LEGACY_CATEGORY = {0x1734: MN, 0x1885: 0, 0x1886: 0, 0xA9BD: 0, 0x111C9: PUNCT, 0x1171E: MN}
+
+
+def legacy_ranges(version: str = LEGACY_VERSION) -> list[tuple[int, int]]:
+    """Inclusive ranges of the code points assigned in Unicode ``version`` (``data/present_in_*.txt``,
+    written by ``data/make_present_in.pl`` from Perl's Unicode database)."""
+    from importlib.resources import files
+
+    text = files("nac.tokenizer_vm").joinpath("data", f"present_in_{version}.txt").read_text()
+    return [tuple(int(x, 16) for x in line.split()) for line in text.splitlines() if line and not line.startswith("#")]
 
 
 @lru_cache(maxsize=1)
 def class_table() -> tuple[np.ndarray, np.ndarray]:
-    """The class table as ``(index uint16[4352], blocks uint16[n*256])``: the classes of code point
+    """The class table as ``(index int16[4352], blocks int16[n*256])``: the classes of code point
     ``c`` are ``blocks[index[c >> 8] * 256 + (c & 255)]``. Built in about half a second."""
     import regex
 
@@ -46,12 +61,9 @@ def class_table() -> tuple[np.ndarray, np.ndarray]:
             flat[m.start():m.end()] |= bit
 
     mark(r"\p{White_Space}", WS)
-    mark(r"\p{C}", CONTROL)
+    mark(r"[\p{Cc}\p{Cf}\p{Co}\p{Cs}]", CONTROL)  # not Cn: unassigned code points are kept
     flat[[9, 10, 13]] &= ~np.uint16(CONTROL)
     mark(r"\p{P}", PUNCT)
-    for c in range(0x21, 0x7F):
-        if not chr(c).isalnum():
-            flat[c] |= PUNCT
     for lo, hi in _CJK_RANGES:
         flat[lo:hi + 1] |= CJK
     mark(r"\p{Mn}", MN)
@@ -59,9 +71,19 @@ def class_table() -> tuple[np.ndarray, np.ndarray]:
     mark(r"\p{L}", LETTER)
     mark(r"\p{N}", NUMBER)
     mark(r"[\p{L}\p{M}\p{N}\p{Pc}]", WORD)
+    # BERT's control/punctuation/nonspacing-mark tests come from the Rust crate unicode_categories,
+    # whose tables are of Unicode LEGACY_VERSION: characters assigned later are none of the three.
+    legacy = np.zeros(flat.size, bool)
+    for lo, hi in legacy_ranges():
+        legacy[lo:hi + 1] = True
+    flat[~legacy] &= ~np.uint16(CONTROL | PUNCT | MN)
+    for c, bits in _LEGACY_CATEGORY.items():
+        flat[c] = (flat[c] & ~np.uint16(CONTROL | PUNCT | MN)) | bits
+    ascii_punct = [c for c in range(0x21, 0x7F) if not chr(c).isalnum()]
+    flat[ascii_punct] |= PUNCT
     blocks = flat.reshape(-1, BLOCK)
     uniq, index = np.unique(blocks, axis=0, return_inverse=True)
-    return index.astype(np.uint16).reshape(-1), np.ascontiguousarray(uniq.reshape(-1))
+    return index.astype(np.int16).reshape(-1), np.ascontiguousarray(uniq.reshape(-1)).astype(np.int16)
 
 
 def lowercase_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

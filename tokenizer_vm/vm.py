@@ -152,13 +152,14 @@ class Tokenizer:
             if seconds[i] is not None:
                 b = ids[k]
                 k += 1
-            out.append(self._post(a, b, add_special_tokens))
+            out.append(self._post(*a, *(b or (None, None)), add_special_tokens))
         if self.padding:
             self._pad(out)
         return out
 
-    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
-        """Token ids (model and added tokens, before the template) of each text."""
+    def _encode_texts(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
+        """``(ids, special_mask)`` of each text before the template (the mask is all 0: as in the
+        reference, added tokens matched in the text do not count as special)."""
         segments: list[str] = []
         seg_first: list[bool] = []
         plans: list[list] = []
@@ -173,7 +174,18 @@ class Tokenizer:
                     seg_first.append(orig0)
             plans.append(plan)
         seg_ids = self._segments(segments, seg_first)
-        return [[x for p in plan for x in (seg_ids[p] if p >= 0 else (-1 - p,))] for plan in plans]
+        out = []
+        for plan in plans:
+            ids, special = [], []
+            for p in plan:
+                if p >= 0:
+                    ids += seg_ids[p]
+                    special += [0] * len(seg_ids[p])
+                else:
+                    ids.append(-1 - p)
+                    special.append(0)  # as the reference: only template and padding tokens count
+            out.append((ids, special))
+        return out
 
     def _split_added(self, text: str):
         """Yield ``(piece, added_id_or_None, starts_at_offset_0)``; pieces are normalised."""
@@ -226,18 +238,18 @@ class Tokenizer:
         flat = ids.tolist()
         return [flat[off[i]:off[i + 1]] for i in range(len(segments))]
 
-    def _post(self, a: list[int], b: list[int] | None, add_special: bool) -> Encoding:
+    def _post(self, a: list[int], sa: list[int], b: list[int] | None, sb: list[int] | None,
+              add_special: bool) -> Encoding:
         tpl = self._template if add_special else None
         if self.truncation:
             n_added = 0
             if tpl:
                 n_added = sum(len(x[1]) for x in (tpl["pair"] if b is not None else tpl["single"]) if x[0] == "S")
-            a, b = _truncate(a, b, self.truncation, n_added)
-        spec = self._special_ids
+            (a, sa), (b, sb) = _truncate((a, sa), (b, sb) if b is not None else None, self.truncation, n_added)
         if tpl is None:
             ids = a + (b or [])
             types = [0] * len(a) + [1] * len(b or [])
-            smask = [1 if i in spec else 0 for i in ids] if spec else [0] * len(ids)
+            smask = sa + (sb or [])
         else:
             ids, types, smask = [], [], []
             for item in tpl["pair"] if b is not None else tpl["single"]:
@@ -246,10 +258,10 @@ class Tokenizer:
                     types += [item[2]] * len(item[1])
                     smask += [1] * len(item[1])
                 else:
-                    seq = a if item[0] == "A" else b
+                    seq, sm = (a, sa) if item[0] == "A" else (b, sb)
                     ids += seq
                     types += [item[1]] * len(seq)
-                    smask += [1 if i in spec else 0 for i in seq] if spec else [0] * len(seq)
+                    smask += sm
         return Encoding(ids, types, [1] * len(ids), smask, self)
 
     def _pad(self, encs: list[Encoding]) -> None:
@@ -317,17 +329,31 @@ class Tokenizer:
         body += "".join(_re_range(c, c) for c in extra)
         return "[" + body + "]"
 
+    def _nf(self, form: str, ins: dict) -> None:
+        r = self.program.tables[ins["assigned_table"]].reshape(-1, 2)
+        unknown = re.compile("([^" + "".join(_re_range(int(a), int(b)) for a, b in r) + "])")
+
+        def run(s):
+            if s.isascii():
+                return s, False
+            if not unknown.search(s):
+                return unicodedata.normalize(form, s), False
+            # characters newer than the reference's tables are starters it leaves alone
+            parts = unknown.split(s)
+            return "".join(p if i % 2 else unicodedata.normalize(form, p) for i, p in enumerate(parts)), False
+        self._norm.append(run)
+
     def _op_norm_nfc(self, ins):
-        self._norm.append(lambda s: (unicodedata.normalize("NFC", s), False))
+        self._nf("NFC", ins)
 
     def _op_norm_nfd(self, ins):
-        self._norm.append(lambda s: (s if s.isascii() else unicodedata.normalize("NFD", s), False))
+        self._nf("NFD", ins)
 
     def _op_norm_nfkc(self, ins):
-        self._norm.append(lambda s: (unicodedata.normalize("NFKC", s), False))
+        self._nf("NFKC", ins)
 
     def _op_norm_nfkd(self, ins):
-        self._norm.append(lambda s: (unicodedata.normalize("NFKD", s), False))
+        self._nf("NFKD", ins)
 
     def _op_norm_lower(self, ins):
         t = self.program.tables
@@ -652,23 +678,25 @@ def _split_by_matches(w: str, matches: list[tuple[int, int]], behaviour: int, in
     return [(a, b) for a, b, rm in pieces if not rm and b > a]
 
 
-def _truncate(a: list[int], b: list[int] | None, t: dict, n_added: int):
-    """Hugging Face ``truncate_encodings`` (max length minus the template's tokens)."""
+def _truncate(a: tuple, b: tuple | None, t: dict, n_added: int):
+    """Hugging Face ``truncate_encodings`` (max length minus the template's tokens) on
+    ``(ids, special_mask)`` pairs; returns the two pairs (the second ``(None, None)`` if absent)."""
     max_len = t["max_length"] - n_added
     if max_len < 0:
         raise NacInputError(f"truncation max_length {t['max_length']} is shorter than the {n_added} special tokens")
-    total = len(a) + len(b or [])
-    if total <= max_len:
-        return a, b
+    na, nb = len(a[0]), len(b[0]) if b is not None else 0
+    none = (None, None)
+    if na + nb <= max_len:
+        return a, b or none
     left = t.get("direction", "Right") == "Left"
 
     def cut(seq, n):
-        return seq[len(seq) - n:] if left else seq[:n]
+        return tuple(x[len(x) - n:] if left else x[:n] for x in seq)
     strategy = t.get("strategy", "LongestFirst")
     if strategy == "LongestFirst":
         if b is None:
-            return cut(a, max_len), b
-        n1, n2 = len(a), len(b)
+            return cut(a, max_len), none
+        n1, n2 = na, nb
         swap = n1 > n2
         if swap:
             n1, n2 = n2, n1
@@ -679,15 +707,15 @@ def _truncate(a: list[int], b: list[int] | None, t: dict, n_added: int):
         if swap:
             n1, n2 = n2, n1
         return cut(a, n1), cut(b, n2)
-    to_remove = total - max_len
+    to_remove = na + nb - max_len
     if strategy == "OnlySecond" and b is None:
         raise NacInputError("truncation strategy only_second needs a pair of texts")
     target = a if strategy == "OnlyFirst" else b
-    if len(target) <= to_remove:
+    if len(target[0]) <= to_remove:
         raise NacInputError(f"cannot truncate: the {'first' if strategy == 'OnlyFirst' else 'second'} text is "
                             f"too short to remove {to_remove} tokens")
-    target = cut(target, len(target) - to_remove)
-    return (target, b) if strategy == "OnlyFirst" else (a, target)
+    target = cut(target, len(target[0]) - to_remove)
+    return (target, b or none) if strategy == "OnlyFirst" else (a, target)
 
 
 def _text(x, i: int) -> str:

@@ -1,0 +1,138 @@
+"""TISA against Hugging Face ``tokenizers``: identical ids, masks and decoded text.
+
+Every test compares with the reference run in the same process; nothing is a stored expectation.
+"""
+from __future__ import annotations
+
+import random
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+
+def _fields(e):
+    return e.ids, e.type_ids, e.attention_mask, e.special_tokens_mask
+
+
+def _assert_same(ref_encs, our_encs, texts, what: str) -> None:
+    bad = [(t, r.ids, o.ids) for t, r, o in zip(texts, ref_encs, our_encs) if _fields(r) != _fields(o)]
+    assert not bad, f"{what}: {len(bad)} of {len(texts)} differ; first: " + "; ".join(
+        f"{t[:60]!r}: ref {r[:12]} ours {o[:12]}" for t, r, o in bad[:3])
+
+
+def test_corpus_parity(pair, corpus):
+    """Every line of the 100k-line real corpus: the same ids, type ids, masks; and the same
+    decoded text (with and without special tokens) for every 4th line."""
+    name, ref, ours = pair
+    assert len(corpus) >= 100_000
+    _assert_same(ref.encode_batch(corpus), ours.encode_batch(corpus), corpus, name)
+    ids = [e.ids for e in ref.encode_batch(corpus[::4])]
+    for skip in (True, False):
+        want = ref.decode_batch(ids, skip_special_tokens=skip)
+        got = ours.decode_batch(ids, skip_special_tokens=skip)
+        bad = [(w, g) for w, g in zip(want, got) if w != g]
+        assert not bad, f"{name}: {len(bad)} decodes differ (skip_special_tokens={skip}); first {bad[0]!r}"
+
+
+def test_every_vocabulary_entry(pair):
+    """Each vocabulary string encodes to the same ids, and each id decodes to the same text."""
+    name, ref, ours = pair
+    n = ref.get_vocab_size()
+    assert ours.get_vocab_size() == n
+    tokens = [ref.id_to_token(i) for i in range(n)]
+    assert [ours.id_to_token(i) for i in range(n)] == tokens
+    texts = [t for t in tokens if t]
+    _assert_same(ref.encode_batch(texts), ours.encode_batch(texts), texts, f"{name} vocabulary")
+    for skip in (True, False):
+        assert ours.decode_batch([[i] for i in range(n)], skip) == ref.decode_batch([[i] for i in range(n)], skip)
+
+
+def test_every_code_point(pair):
+    """Every code point up to U+FFFF (surrogates excluded), and a sample of 4,000 beyond, alone and
+    between words, encodes and decodes as the reference does."""
+    name, ref, ours = pair
+    rng = random.Random(0)
+    cps = [c for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF] + rng.sample(range(0x10000, sys.maxunicode + 1), 4000)
+    alone = [chr(c) for c in cps]
+    _assert_same(ref.encode_batch(alone), ours.encode_batch(alone), alone, f"{name} single code points")
+    ctx = [f"a{chr(c)}b {chr(c)}{chr(c)} x" for c in cps[::7]]
+    ref_encs = ref.encode_batch(ctx)
+    _assert_same(ref_encs, ours.encode_batch(ctx), ctx, f"{name} code points in context")
+    ids = [e.ids for e in ref_encs]
+    assert ours.decode_batch(ids) == ref.decode_batch(ids)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=80))
+def test_random_unicode(pairs, text):
+    """Random Unicode strings (all planes, combining marks, controls, whitespace): same ids and decode."""
+    for name, (ref, ours) in pairs.items():
+        r, o = ref.encode(text), ours.encode(text)
+        assert _fields(r) == _fields(o), f"{name}: {text!r}"
+        assert ours.decode(r.ids) == ref.decode(r.ids), f"{name}: decode of {text!r}"
+
+
+GLUED = {
+    "wordpiece": ["hello[SEP]world", "[CLS]x[SEP] y", "[CLS] leading", " [MASK]", "[MASK][MASK]", "a [PAD]b", "[cls] lower",
+                  "The capital of France is [MASK].", "x[UNK]y", "[SEP]", "  [SEP]  "],
+    "gpt2": ["hello<|endoftext|>world", "<|endoftext|> leading space", "<|endoftext|><|endoftext|>", " <|endoftext|>",
+             "a<|endoftext|> b", "<|endoftext|>\nnext", "<|endoftext", "<|ENDOFTEXT|>"],
+    "roberta": ["The capital of France is <mask>.", "The capital of France is<mask>.", "x   <mask>   y", "<s>hello</s> world",
+                "<mask><mask>", "<pad>x", " <s>"],
+    "unigram": ["hello</s>world", "</s> leading", "a </s> b", "</s></s>", "<unk>x", "<pad> y"],
+    "sp_bpe": ["hello</s>world", "<s> leading", "<s>x</s> y", " <s>", "<unk>", "<0x41>B"],
+}
+
+
+def test_text_glued_to_special_tokens(pair):
+    """Special tokens touching text, spaces after them, repeated, partial and case-changed: the most
+    reported mismatch between runtimes (llama.cpp #4772, #23840, #11054)."""
+    name, ref, ours = pair
+    texts = GLUED[name]
+    _assert_same(ref.encode_batch(texts), ours.encode_batch(texts), texts, name)
+    for add in (False,):
+        for t in texts:
+            assert ours.encode(t, add_special_tokens=add).ids == ref.encode(t, add_special_tokens=add).ids, t
+
+
+def test_pairs_truncation_padding(pair, corpus):
+    """Pair inputs, every truncation strategy and direction, and padding (right/left, multiple-of)."""
+    name, ref, ours = pair
+    rng = random.Random(1)
+    pairs = [(rng.choice(corpus), rng.choice(corpus)) for _ in range(300)]
+    _assert_same(ref.encode_batch(pairs), ours.encode_batch(pairs), [a for a, _ in pairs], f"{name} pairs")
+    for strategy in ("longest_first", "only_first", "only_second"):
+        for direction in ("right", "left"):
+            ref.enable_truncation(24, strategy=strategy, direction=direction)
+            ours.enable_truncation(24, strategy=strategy, direction=direction)
+            for a, b in pairs[:100]:
+                try:
+                    want = ref.encode(a, b)
+                except Exception:
+                    with pytest.raises(Exception):
+                        ours.encode(a, b)
+                    continue
+                assert _fields(ours.encode(a, b)) == _fields(want), (strategy, direction, a[:40], b[:40])
+    ref.enable_truncation(16)
+    ours.enable_truncation(16)
+    long = [t * 50 for t in corpus[:50]]
+    _assert_same(ref.encode_batch(long), ours.encode_batch(long), long, f"{name} truncated long texts")
+    for direction, multiple in (("right", None), ("left", 8)):
+        pad = ref.token_to_id("<pad>") if ref.token_to_id("<pad>") is not None else 0
+        ref.enable_padding(direction=direction, pad_id=pad, pad_to_multiple_of=multiple)
+        ours.enable_padding(direction=direction, pad_id=pad, pad_to_multiple_of=multiple)
+        texts = corpus[100:140]
+        _assert_same(ref.encode_batch(texts), ours.encode_batch(texts), texts, f"{name} padded {direction}")
+        ref.no_padding()
+        ours.no_padding()
+    ref.no_truncation()
+    ours.no_truncation()
+
+
+def test_empty_and_whitespace_only(pair):
+    name, ref, ours = pair
+    texts = ["", " ", "\t\n", "\u00a0\u3000", "\r\n\r\n", " " * 50]
+    _assert_same(ref.encode_batch(texts), ours.encode_batch(texts), texts, name)
+    assert ours.decode([]) == ref.decode([])
