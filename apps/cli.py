@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
                        "with symbolic shapes, op histogram, parameters, metadata.")
     i.add_argument("model", type=Path, metavar="MODEL.nac")
     i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--tokenizer", action="store_true", help="print the TISA tokenizer program (disassembly)")
     return p
 
 
@@ -87,12 +88,13 @@ def cmd_export(args) -> int:
     from tqdm import tqdm
 
     from nac.apps.sources import resolve
-    from nac.compile.export import compile_graph
+    from nac.compile.export import attach_tokenizer, compile_graph
     from nac.format.container import write_nac
 
     with tqdm(total=5, desc="loading model", unit="step", file=sys.stderr, disable=None,
               bar_format="{desc:<28} {bar:20} {n_fmt}/{total_fmt} [{elapsed}]") as bar:
         job = resolve(args.source, args.task)
+        blob = attach_tokenizer(job.tokenizer, job.metadata)
 
         def stage(name: str) -> None:
             bar.update()
@@ -102,7 +104,7 @@ def cmd_export(args) -> int:
                                     metadata=job.metadata, optimize_graph=not args.no_optimize,
                                     quantize=args.quantize, progress=stage)
         stage("writing")
-        path = write_nac(args.output, graph, meta, weights=args.weights, tokenizer=job.tokenizer)
+        path = write_nac(args.output, graph, meta, weights=args.weights, tokenizer=blob)
         stage("done")
     size = path.stat().st_size + (path.with_suffix(".safetensors").stat().st_size if args.weights == "external" else 0)
     print(f"wrote {path} ({size / 1e6:.1f} MB, {len(graph.nodes)} nodes, {graph.param_count():,} parameters)")
@@ -243,6 +245,11 @@ def describe(path: Path) -> dict:
 
 
 def cmd_info(args) -> int:
+    if args.tokenizer:
+        import nac
+
+        print(nac.load(args.model).tokenizer.program.disassemble())
+        return 0
     d = describe(args.model)
     if args.json:
         print(json.dumps(d, indent=2))

@@ -32,7 +32,7 @@ class ExportJob:
     kwargs: dict = field(default_factory=dict)
     dynamic_shapes: object = None
     metadata: dict = field(default_factory=dict)
-    tokenizer: bytes | None = None
+    tokenizer: object = None  # a tokenizer.json (path or bytes) for `nac.export`'s tokenizer argument
 
 
 class SentenceEncoder(torch.nn.Module):
@@ -88,7 +88,6 @@ def sentence_encoder_folder(path: Path, name: str | None = None) -> ExportJob:
     tokenizer = None
     if tok_file.is_file():
         tokenizer = tok_file.read_bytes()
-        meta["tokenizer"] = {"format": "hf-tokenizer-json"}
     return ExportJob(SentenceEncoder(encoder, normalize), (), _text_examples(), _text_shapes(max_len), meta, tokenizer)
 
 
@@ -109,7 +108,6 @@ def _text_meta(path: Path, task: str, max_len: int) -> tuple[dict, bytes | None]
     tokenizer = None
     if tok_file.is_file():
         tokenizer = tok_file.read_bytes()
-        meta["tokenizer"] = {"format": "hf-tokenizer-json"}
     cfg = path / "tokenizer_config.json"
     if cfg.is_file():
         c = json.loads(cfg.read_text())
@@ -192,7 +190,7 @@ class CausalLMStep(torch.nn.Module):
         return {"logits": out.logits, "keys": keys, "values": values}
 
 
-def causal_lm(model: torch.nn.Module, name: str = "causal-lm", tokenizer: bytes | None = None,
+def causal_lm(model: torch.nn.Module, name: str = "causal-lm", tokenizer=None,
               extra_meta: dict | None = None) -> ExportJob:
     """A transformers causal LM object -> text-generation job (prefill + decode in one graph)."""
     cfg = model.config
@@ -209,8 +207,6 @@ def causal_lm(model: torch.nn.Module, name: str = "causal-lm", tokenizer: bytes 
             "eos_token_id": [eos] if isinstance(eos, int) else list(eos or []),
             "pad_token_id": getattr(cfg, "pad_token_id", None), "bos_token_id": getattr(cfg, "bos_token_id", None),
             "vocab_size": int(cfg.vocab_size), **(extra_meta or {})}
-    if tokenizer is not None:
-        meta["tokenizer"] = {"format": "hf-tokenizer-json"}
     b, p = 2, 3
     example = (torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]) % cfg.vocab_size, torch.ones(b, 5, dtype=torch.long),
                torch.ones(b, p, dtype=torch.long), torch.zeros(layers, b, kv_heads, p, head_dim),

@@ -5,6 +5,7 @@ imports torch.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,23 +86,19 @@ def classify_images(model: Model, paths, top_k: int = 5) -> list[list[Prediction
 
 # -- text ------------------------------------------------------------------------------------------------
 def text_tokenizer(model: Model, pad: bool = True):
-    """The tokenizer stored in the file (this version: Hugging Face ``tokenizers`` on the stored
-    tokenizer.json).
+    """A copy of the file's TISA tokenizer (`Model.tokenizer`) for a text app: with ``pad``,
+    truncating to the model's ``max_length`` and padding a batch to its longest text.
 
     Raises:
-        NacError: the file has no tokenizer, or the ``tokenizers`` package is not installed.
+        NacError: the file has no tokenizer.
     """
-    if model.file.tokenizer is None:
-        raise NacError(f"{model.path.name} has no tokenizer section; export it from a folder with tokenizer.json")
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise NacError("running text models needs the 'tokenizers' package in this version "
-                       "(pip install tokenizers)") from None
-    tok = Tokenizer.from_str(model.file.tokenizer.decode("utf-8"))
+    tok = copy.copy(model.tokenizer)
     if pad:
         tok.enable_truncation(int(model.metadata.get("max_length", 512)))
         tok.enable_padding()
+    else:
+        tok.no_truncation()
+        tok.no_padding()
     return tok
 
 

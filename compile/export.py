@@ -13,11 +13,11 @@ from nac.errors import NacError, NacExportError
 from nac.format.container import write_nac
 from nac.format.graph import Graph
 
-__all__ = ["export", "compile_graph", "to_graph"]
+__all__ = ["export", "compile_graph", "to_graph", "attach_tokenizer"]
 
 
 def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None = None, dynamic_shapes=None,
-           weights: str = "inline", metadata: dict | None = None, tokenizer: bytes | None = None,
+           weights: str = "inline", metadata: dict | None = None, tokenizer=None,
            optimize_graph: bool = True, quantize=None) -> Path:
     """Compile a PyTorch module into a `.nac` file.
 
@@ -30,7 +30,9 @@ def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None =
             (``Dim("seq", max=512)``) and that name is what `nac info` and errors show.
         weights: ``"inline"`` or ``"external"`` (a sibling ``.safetensors`` file).
         metadata: JSON-serialisable task metadata stored in the file (task, labels, ...).
-        tokenizer: bytes for the tokenizer section (see SPEC.md), or None.
+        tokenizer: a Hugging Face ``tokenizer.json`` (path, bytes, text or dict) or a TISA
+            ``Program``: compiled to TISA bytecode and stored in the file's tokenizer section, so
+            ``nac.load(path).tokenizer`` encodes text with no ``tokenizers`` package.
         optimize_graph: run the optimisation passes (constant folding, batch-norm folding,
             activation fusion, dead-code elimination).
         quantize: None, ``"int8"``, ``"ternary"`` or ``{module glob: scheme}``; see
@@ -42,12 +44,27 @@ def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None =
         NacExportError: torch.export fails, the graph uses ATen ops NAC lacks (all listed with
             their module paths), or an input is not a tensor. Nothing is written then.
         NacFormatError: the file cannot be written (missing folder, bad ``weights``).
+        NacError: the tokenizer is missing or uses a component TISA does not support.
     """
     if path is None:
         raise NacExportError("export needs a destination path")
-    graph, meta = compile_graph(module, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes, metadata=metadata,
+    meta = dict(metadata or {})
+    blob = attach_tokenizer(tokenizer, meta)  # before the slow part: a bad tokenizer fails fast
+    graph, meta = compile_graph(module, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes, metadata=meta,
                                 optimize_graph=optimize_graph, quantize=quantize)
-    return write_nac(path, graph, meta, weights=weights, tokenizer=tokenizer)
+    return write_nac(path, graph, meta, weights=weights, tokenizer=blob)
+
+
+def attach_tokenizer(tokenizer, metadata: dict) -> bytes | None:
+    """Compile ``tokenizer`` (see `export`) to a TISA section and record it in ``metadata``
+    (``metadata["tokenizer"]``, keeping keys already there). None stays None."""
+    if tokenizer is None:
+        return None
+    from nac.tokenizer_vm import tokenizer_section
+
+    blob, info = tokenizer_section(tokenizer)
+    metadata["tokenizer"] = {**(metadata.get("tokenizer") or {}), **info}
+    return blob
 
 
 def compile_graph(module: torch.nn.Module, args=(), *, kwargs: dict | None = None, dynamic_shapes=None,

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nac.errors import NacInputError, NacRuntimeError
+from nac.errors import NacError, NacInputError, NacRuntimeError
 from nac.engine.kernels import KERNELS
 from nac.engine.kernels.quant import QTensor
 from nac.engine.plan import Plan
@@ -52,6 +52,24 @@ class Model:
                 self._constants[name] = np.asarray(v.const, numpy_dtype(v.dtype)).reshape(
                     tuple(int(d) for d in v.shape))
         self._plans: OrderedDict[tuple, Plan] = OrderedDict()
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        """The file's tokenizer as a TISA VM (:class:`nac.tokenizer_vm.Tokenizer`): ``encode``,
+        ``encode_batch``, ``decode``. Loaded on first use.
+
+        Raises:
+            NacError: the file has no tokenizer section, or its format is unknown.
+        """
+        if self._tokenizer is None:
+            from nac.tokenizer_vm import load_tokenizer
+
+            if self.file.tokenizer is None:
+                raise NacError(f"{self.path.name} has no tokenizer; export it with tokenizer=<tokenizer.json>")
+            fmt = (self.metadata.get("tokenizer") or {}).get("format", "hf-tokenizer-json")
+            self._tokenizer = load_tokenizer(self.file.tokenizer, fmt, where=f"{self.path}: tokenizer section")
+        return self._tokenizer
 
     @property
     def input_names(self) -> list[str]:

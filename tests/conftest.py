@@ -16,6 +16,32 @@ def have(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
+BLOCKED_RUN = """
+import importlib.abc, sys
+BLOCKED = {blocked!r}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} is blocked (simulating a machine without it)")
+sys.meta_path.insert(0, Block())
+from nac.apps.cli import main
+code = main(sys.argv[1:])
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+assert not leaked, leaked
+sys.exit(code)
+"""
+
+
+def nac_without(blocked: tuple[str, ...], *args, timeout: int = 600):
+    """Run ``nac ARGS`` in a subprocess where importing any of ``blocked`` (e.g. ``tokenizers``)
+    raises ImportError, as on a machine without those packages. Returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", BLOCKED_RUN.format(blocked=set(blocked)), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def model_from_graph(g: Graph) -> nac.Model:
     """A Model over an in-memory graph (no file), for op-level tests."""
     return nac.Model(NacFile(Path("<memory>"), (1, 0), [], g, {}))

@@ -25,4 +25,25 @@ def load_tokenizer(blob: bytes, fmt: str, where: str = "tokenizer section") -> T
     raise NacError(f"{where}: tokenizer format {fmt!r} is not supported (expected {FORMAT!r})")
 
 
-__all__ = ["compile_tokenizer", "Program", "Tokenizer", "Encoding", "load_tokenizer", "FORMAT"]
+def tokenizer_section(tokenizer) -> tuple[bytes, dict]:
+    """What a ``.nac`` file stores for ``tokenizer``: ``(TISA program bytes, metadata)``.
+
+    ``tokenizer`` is a path to a ``tokenizer.json``, its bytes or text, the parsed dict, a
+    :class:`Program`, or a :class:`Tokenizer`. The metadata is ``{"format": "tisa-1", "model":
+    ..., "vocab_size": ...}`` (it goes under the file's ``metadata["tokenizer"]``).
+
+    Raises:
+        NacError: the file is missing, malformed or uses an unsupported component.
+    """
+    from pathlib import Path
+
+    if isinstance(tokenizer, Tokenizer):
+        tokenizer = tokenizer.program
+    if not isinstance(tokenizer, Program):
+        tokenizer = compile_tokenizer(Path(tokenizer) if isinstance(tokenizer, Path) else tokenizer)
+    model = next((i["op"].split(".")[1] for i in tokenizer.code if i["op"].startswith("MODEL.")), "")
+    size = int(tokenizer.tables["vocab_off"].size - 1)
+    return tokenizer.to_bytes(), {"format": FORMAT, "model": model.lower(), "vocab_size": size}
+
+
+__all__ = ["compile_tokenizer", "Program", "Tokenizer", "Encoding", "load_tokenizer", "tokenizer_section", "FORMAT"]

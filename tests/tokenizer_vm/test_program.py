@@ -1,0 +1,132 @@
+"""The TISA program as data: storage, disassembly, and the errors for bad tokenizers and bad text."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import nac
+from nac.tokenizer_vm import Program, Tokenizer, compile_tokenizer, load_tokenizer, tokenizer_section
+
+
+@pytest.fixture(scope="module")
+def bert_json(pairs) -> dict:
+    return json.loads(pairs["wordpiece"][0].to_str())
+
+
+def test_bytes_round_trip_is_exact(pairs):
+    ref, ours = pairs["gpt2"]
+    prog = ours.program
+    again = Program.from_bytes(prog.to_bytes())
+    assert again.code == prog.code and again.added == prog.added
+    assert again.tables.keys() == prog.tables.keys()
+    for k, v in prog.tables.items():
+        assert again.tables[k].dtype == v.dtype and np.array_equal(again.tables[k], v), k
+
+
+def test_disassembly_lists_instructions_and_tables(pairs):
+    text = pairs["wordpiece"][1].program.disassemble()
+    for needle in ("ADDED.SPLIT", "NORM.DROP", "NORM.NFD", "NORM.LOWER", "PRE.SPLIT", "MODEL.WORDPIECE",
+                   "POST.TEMPLATE", "DEC.WORDPIECE", "keys_hash", "class_blocks", "total"):
+        assert needle in text, needle
+    assert "MODEL.BPE" in pairs["gpt2"][1].program.disassemble()
+    assert "MODEL.UNIGRAM" in pairs["unigram"][1].program.disassemble()
+
+
+def test_section_metadata(pairs):
+    blob, meta = tokenizer_section(pairs["unigram"][1])
+    assert meta == {"format": "tisa-1", "model": "unigram", "vocab_size": pairs["unigram"][0].get_vocab_size()}
+    assert load_tokenizer(blob, "tisa-1").encode("hello world").ids == pairs["unigram"][0].encode("hello world").ids
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x08\x00\x00\x00\x00\x00\x00\x00{}", b"garbage" * 10])
+def test_corrupt_program_is_a_format_error(blob):
+    with pytest.raises(nac.NacFormatError, match="tokenizer"):
+        Program.from_bytes(blob)
+
+
+def test_unknown_instruction_is_a_format_error(pairs):
+    prog = pairs["wordpiece"][1].program
+    bad = Program([*prog.code, {"op": "MODEL.MAGIC"}], prog.tables, prog.added)
+    with pytest.raises(nac.NacFormatError, match="MODEL.MAGIC"):
+        Program.from_bytes(bad.to_bytes())
+
+
+def test_unknown_section_format(pairs):
+    with pytest.raises(nac.NacError, match="tisa-9"):
+        load_tokenizer(b"", "tisa-9")
+
+
+def _mutate(doc: dict, path: str, value) -> dict:
+    doc = json.loads(json.dumps(doc))
+    node = doc
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node[k]
+    node[keys[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("normalizer", {"type": "Precompiled", "precompiled_charsmap": ""}, r"normalizer: normaliser type 'Precompiled'"),
+    ("pre_tokenizer", {"type": "UnicodeScripts"}, r"pre_tokenizer: pre-tokeniser type 'UnicodeScripts'"),
+    ("model.type", "Magic", r"model: model type 'Magic'"),
+    ("model.unk_token", "[NOPE]", r"unk_token '\[NOPE\]' is not in the vocabulary"),
+    ("post_processor", {"type": "Whatever"}, r"post_processor: post-processor type 'Whatever'"),
+    ("decoder", {"type": "Nope"}, r"decoder: decoder type 'Nope'"),
+    ("normalizer", {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"nope": 1}]},
+     r"normalizer.normalizers\[1\]: expected an object with a 'type'"),
+])
+def test_unsupported_components_fail_at_compile_time(bert_json, path, value, message):
+    with pytest.raises(nac.NacError, match=message):
+        compile_tokenizer(_mutate(bert_json, path, value), name="bert")
+
+
+def test_bpe_errors(pairs):
+    doc = json.loads(pairs["gpt2"][0].to_str())
+    with pytest.raises(nac.NacError, match="dropout"):
+        compile_tokenizer(_mutate(doc, "model.dropout", 0.1))
+    merges = doc["model"]["merges"]
+    with pytest.raises(nac.NacError, match=r"model.merges\[0\]: merge .* not in the vocabulary"):
+        compile_tokenizer(_mutate(doc, "model.merges", ["zzzq qqqz"] + merges[1:]))
+    regex_after_bytes = {"type": "Sequence", "pretokenizers": [{"type": "ByteLevel", "add_prefix_space": False},
+                                                               {"type": "Split", "pattern": {"Regex": "a+"},
+                                                                "behavior": "Isolated", "invert": False}]}
+    with pytest.raises(nac.NacError, match="regular expression after a character-level"):
+        compile_tokenizer(_mutate(doc, "pre_tokenizer", regex_after_bytes))
+
+
+def test_not_a_tokenizer(tmp_path):
+    with pytest.raises(nac.NacError, match="does not exist"):
+        compile_tokenizer(tmp_path / "missing.json")
+    with pytest.raises(nac.NacError, match="not valid JSON"):
+        compile_tokenizer(b"{not json")
+    with pytest.raises(nac.NacError, match="no 'model' object"):
+        compile_tokenizer({"version": "1.0"})
+
+
+def test_bad_text_inputs(pairs):
+    ref, ours = pairs["wordpiece"]
+    with pytest.raises(nac.NacInputError, match="lone surrogate at position 3"):
+        ours.encode("abc\ud800def")
+    with pytest.raises(nac.NacInputError, match="not valid UTF-8"):
+        ours.encode(b"abc\xff")
+    with pytest.raises(nac.NacInputError, match="expected text"):
+        ours.encode(42)
+    assert ours.encode("héllo".encode()).ids == ref.encode("héllo").ids  # UTF-8 bytes are text
+    with pytest.raises(nac.NacInputError, match="input 1"):
+        ours.encode_batch(["fine", None])
+
+
+def test_unknown_ids_are_skipped_in_decode(pairs):
+    ref, ours = pairs["gpt2"]
+    ids = [31373, 10, 99999999, 995]
+    assert ours.decode(ids) == ref.decode(ids)
+
+
+def test_vocabulary_lookups(pairs):
+    ref, ours = pairs["roberta"]
+    for t in ("<mask>", "Ġthe", "hello", "not-a-token-at-all"):
+        assert ours.token_to_id(t) == ref.token_to_id(t)
+    assert ours.id_to_token(10**9) is None and ref.id_to_token(10**9) is None
