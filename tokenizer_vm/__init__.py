@@ -4,9 +4,17 @@
 tokenizer section holds; ``Tokenizer(Program.from_bytes(...))`` encodes and decodes exactly as
 Hugging Face ``tokenizers`` does, without importing it.
 """
-from nac.tokenizer_vm.compiler import compile_tokenizer
 from nac.tokenizer_vm.program import FORMAT, Program
 from nac.tokenizer_vm.vm import Encoding, Tokenizer
+
+
+def compile_tokenizer(source, name: str = "") -> Program:
+    """Compile a Hugging Face ``tokenizer.json`` to a TISA :class:`Program` (see
+    :func:`nac.tokenizer_vm.compiler.compile_tokenizer`; imported on use, so loading a compiled
+    program stays light)."""
+    from nac.tokenizer_vm.compiler import compile_tokenizer as _compile
+
+    return _compile(source, name)
 
 
 def load_tokenizer(blob: bytes, fmt: str, where: str = "tokenizer section") -> Tokenizer:

@@ -16,23 +16,11 @@ from nac.errors import NacError
 from nac.tokenizer_vm import kernels as K
 from nac.tokenizer_vm import unicode as U
 from nac.tokenizer_vm.program import Program
+from nac.tokenizer_vm.unicode import bytes_to_unicode
 
 #: The GPT-2 split pattern (Hugging Face ByteLevel's built-in regex); a Split with exactly this
 #: pattern runs on the VM's Numba scanner instead of the string-level regex engine.
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte → printable character map (openai/gpt-2 ``encoder.py``)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
 
 
 def compile_tokenizer(source: str | bytes | Path | dict, name: str = "") -> Program:
@@ -106,14 +94,14 @@ class _Compiler:
                 self.normalizer(sub, f"{where}.normalizers[{i}]")
         elif t == "BertNormalizer":
             if n.get("clean_text", True):
-                emit({"op": "NORM.DROP", "classes": U.CONTROL, "chars": [0, 0xFFFD]})
-                emit({"op": "NORM.MAP_SPACE", "classes": U.WS})
+                self.char_op("NORM.DROP", U.CONTROL, [0, 0xFFFD])
+                self.char_op("NORM.MAP_SPACE", U.WS)
             if n.get("handle_chinese_chars", True):
-                emit({"op": "NORM.PAD", "classes": U.CJK})
+                self.char_op("NORM.PAD", U.CJK)
             strip = n.get("strip_accents")
             if strip if strip is not None else n.get("lowercase", True):
                 self.nf("NFD")
-                emit({"op": "NORM.DROP", "classes": U.MN, "chars": []})
+                self.char_op("NORM.DROP", U.MN)
             if n.get("lowercase", True):
                 self.lower()
         elif t in ("NFC", "NFD", "NFKC", "NFKD"):
@@ -121,7 +109,7 @@ class _Compiler:
         elif t == "Lowercase":
             self.lower()
         elif t == "StripAccents":
-            emit({"op": "NORM.DROP", "classes": U.MARK, "chars": []})
+            self.char_op("NORM.DROP", U.MARK)
         elif t == "Replace":
             kind, pattern = _pattern(n.get("pattern"), where, self)
             emit({"op": "NORM.REPLACE", "kind": kind, "pattern": pattern, "content": str(n.get("content", ""))})
@@ -132,6 +120,15 @@ class _Compiler:
         else:
             raise self.fail(where, f"normaliser type {t!r} is not supported by TISA (supported: BertNormalizer, "
                                    f"NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, Replace, Strip, Prepend, Sequence)")
+
+    def char_op(self, op: str, classes: int, chars=()) -> None:
+        """A character-class normaliser step; its code-point ranges go in a table so the VM needs
+        no class computation at load time."""
+        ranges = sorted(U.ranges_of(self.tables["class_index"], self.tables["class_blocks"], classes)
+                        + [(c, c) for c in chars])
+        name = f"ranges_{classes}" + ("_" + "_".join(map(str, chars)) if chars else "")
+        self.tables[name] = np.array(ranges, np.int32).reshape(-1)
+        self.code.append({"op": op, "classes": classes, "chars": list(chars), "ranges_table": name})
 
     def nf(self, form: str) -> None:
         """A Unicode normalisation step; characters the reference's Unicode version does not know

@@ -26,14 +26,14 @@ REWRITE_PREFIX_SPACE, REWRITE_METASPACE, REWRITE_UTF8 = 0, 1, 2
 _WS, _LETTER, _NUMBER, _WORD = 1, 64, 128, 256
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def char_class(c, index, blocks):
     if c < 0 or c > 0x10FFFF:
         return 0
     return blocks[np.int64(index[c >> 8]) * 256 + (c & 255)]
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def fnv(h, v):
     return (h ^ np.uint64(np.uint32(v))) * FNV_PRIME
 
@@ -372,7 +372,7 @@ def rewrite_words(cps, starts, ends, first, op, a, b):
     return out[:k], ns, ne
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _utf8(c, out, k):
     if c < 0x80:
         out[k] = c
@@ -462,7 +462,7 @@ def wordpiece(cps, starts, ends, keys, koff, kid, htab, prefix, max_chars, unk):
     return ids[:k], counts
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _merge_lookup(mkeys, mrank, mnew, left, right):
     key = (np.int64(left) << 32) | np.int64(right)
     mask = mkeys.size - 1
@@ -502,7 +502,7 @@ def _merge_table(pairs, ranks, new_ids):
     return mkeys, mrank, mnew
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _heap_push(hk, hv, n, key, val):
     i = n
     hk[i] = key
@@ -517,7 +517,7 @@ def _heap_push(hk, hv, n, key, val):
     return n + 1
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _heap_pop(hk, hv, n):
     key, val = hk[0], hv[0]
     n -= 1

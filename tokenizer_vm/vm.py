@@ -16,8 +16,7 @@ import numpy as np
 
 from nac.errors import NacError, NacInputError
 from nac.tokenizer_vm import kernels as K
-from nac.tokenizer_vm import unicode as U
-from nac.tokenizer_vm.compiler import bytes_to_unicode
+from nac.tokenizer_vm.unicode import bytes_to_unicode
 from nac.tokenizer_vm.program import Program
 
 
@@ -323,19 +322,34 @@ class Tokenizer:
     def _op_added_split(self, ins):
         pass
 
-    def _class_chars(self, bits: int, extra=()) -> str:
-        ranges = U.ranges_of(*self._cls, bits)
-        body = "".join(_re_range(a, b) for a, b in ranges if not (0xD800 <= a <= 0xDFFF and b <= 0xDFFF))
-        body += "".join(_re_range(c, c) for c in extra)
-        return "[" + body + "]"
+    def _class_regex(self, ins: dict, template: str):
+        """``(ascii_regex_or_None, lazy_full_regex)`` for a class step: ASCII text needs only the
+        class's ASCII members; the full class is compiled on the first non-ASCII text."""
+        ranges = self.program.tables[ins["ranges_table"]].reshape(-1, 2).tolist()
+        ascii_ranges = [(a, min(b, 127)) for a, b in ranges if a < 128]
+        small = re.compile(template % ("[" + "".join(_re_range(a, b) for a, b in ascii_ranges) + "]")) \
+            if ascii_ranges else None
+        full = _Lazy(lambda: re.compile(template % (
+            "[" + "".join(_re_range(a, b) for a, b in ranges if not (0xD800 <= a and b <= 0xDFFF)) + "]")))
+        return small, full
+
+    def _class_step(self, ins: dict, template: str, repl: str) -> None:
+        small, full = self._class_regex(ins, template)
+
+        def run(s):
+            if s.isascii():
+                return (small.sub(repl, s) if small else s), False
+            return full().sub(repl, s), False
+        self._norm.append(run)
 
     def _nf(self, form: str, ins: dict) -> None:
-        r = self.program.tables[ins["assigned_table"]].reshape(-1, 2)
-        unknown = re.compile("([^" + "".join(_re_range(int(a), int(b)) for a, b in r) + "])")
+        table = self.program.tables[ins["assigned_table"]]
+        lazy = _Lazy(lambda: re.compile("([^" + "".join(_re_range(a, b) for a, b in table.reshape(-1, 2).tolist()) + "])"))
 
         def run(s):
             if s.isascii():
                 return s, False
+            unknown = lazy()
             if not unknown.search(s):
                 return unicodedata.normalize(form, s), False
             # characters newer than the reference's tables are starters it leaves alone
@@ -358,20 +372,17 @@ class Tokenizer:
     def _op_norm_lower(self, ins):
         t = self.program.tables
         src, off, dst = t["lower_src"], t["lower_off"], t["lower_dst"]
-        table = {int(c): "".join(map(chr, dst[off[i]:off[i + 1]])) for i, c in enumerate(src)}
-        self._norm.append(lambda s: (s.lower() if s.isascii() else s.translate(table), False))
+        table = _Lazy(lambda: {c: "".join(map(chr, dst[off[i]:off[i + 1]].tolist())) for i, c in enumerate(src.tolist())})
+        self._norm.append(lambda s: (s.lower() if s.isascii() else s.translate(table()), False))
 
     def _op_norm_drop(self, ins):
-        pat = re.compile(self._class_chars(ins["classes"], ins.get("chars", ())) + "+")
-        self._norm.append(lambda s: (pat.sub("", s), False))
+        self._class_step(ins, "%s+", "")
 
     def _op_norm_map_space(self, ins):
-        pat = re.compile(self._class_chars(ins["classes"]))
-        self._norm.append(lambda s: (pat.sub(" ", s), False))
+        self._class_step(ins, "%s", " ")
 
     def _op_norm_pad(self, ins):
-        pat = re.compile("(" + self._class_chars(ins["classes"]) + ")")
-        self._norm.append(lambda s: (s if s.isascii() else pat.sub(r" \1 ", s), False))
+        self._class_step(ins, "(%s)", r" \1 ")
 
     def _op_norm_replace(self, ins):
         content = ins["content"]
@@ -384,7 +395,7 @@ class Tokenizer:
             self._norm.append(lambda s: (pat.sub(lambda m: content, s), False))
 
     def _op_norm_strip(self, ins):
-        ws = "".join(chr(c) for a, b in U.ranges_of(*self._cls, U.WS) for c in range(a, b + 1))
+        ws = "".join(_WS)
         left, right = ins["left"], ins["right"]
 
         def strip(s):
@@ -601,6 +612,18 @@ class Tokenizer:
             return None
         order = sorted(forms, key=lambda f: -len(f))
         return re.compile("|".join(re.escape(f) for f in order)), forms
+
+
+class _Lazy:
+    """A value built on first use (tables only non-ASCII text needs; keeps start-up short)."""
+
+    def __init__(self, build):
+        self._build, self._value = build, None
+
+    def __call__(self):
+        if self._value is None:
+            self._value = self._build()
+        return self._value
 
 
 def _find_added(text: str, matcher, added: dict) -> list[tuple[int, int, int | None]]:
