@@ -35,6 +35,7 @@ test: setup
 # Benchmarks unset the Haswell OpenBLAS override so numpy uses this CPU's AVX-512 kernels.
 bench: setup
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_models.py
+	$(PY) bench/bench_tokenizer.py --json bench/results/tokenizer.json
 
 clean:
 	rm -rf $(OUT) nac-out .pytest_cache
