@@ -86,7 +86,24 @@ def compile_graph(module: torch.nn.Module, args=(), *, kwargs: dict | None = Non
     if report:
         meta.setdefault("compile", {})["quantize"] = summarize(report, quantize)
     meta.setdefault("compile", {})["torch"] = torch.__version__
+    examples = _example_dims(graph, args, kwargs)
+    if examples:
+        meta["compile"]["example_dims"] = examples  # what `nac emit` fixes symbolic sizes to by default
     return graph, meta
+
+
+def _example_dims(graph: Graph, args, kwargs) -> dict[str, int]:
+    """The named dimensions' sizes in the export's example inputs (empty if they do not map)."""
+    from nac.engine.plan import bind_dims
+
+    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    tensors = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, torch.Tensor)]
+    if len(tensors) != len(graph.inputs):
+        return {}
+    try:
+        return bind_dims(graph, {n: tuple(t.shape) for n, t in zip(graph.inputs, tensors)})
+    except NacError:
+        return {}
 
 
 @contextlib.contextmanager
