@@ -64,6 +64,8 @@ class EmitReport:
     scratch_bytes: int
     weight_bytes: int
     steps: int
+    offload: str = "none"
+    offloaded: int = 0                            # steps routed to the ACALSim device
     inputs: list = field(default_factory=list)   # [(name, numpy dtype, shape)] in graph order
     outputs: list = field(default_factory=list)
     ops: dict = field(default_factory=dict)
@@ -71,7 +73,7 @@ class EmitReport:
 
 
 def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offload: str = "none",
-         name: str | None = None) -> EmitReport:
+         name: str | None = None, register_map="scalar") -> EmitReport:
     """Write a C project computing ``model`` (a `.nac` path or a loaded `nac.Model`) into ``out_dir``.
 
     Args:
@@ -79,7 +81,10 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
             (rv64imafc/lp64f), the latter two for ``qemu-system-riscv* -M virt -bios none``.
         shapes: sizes for the named dimensions (``{"batch": 1, "seq": 16}``); missing ones come
             from the export's example inputs (``metadata.compile.example_dims``).
-        offload: ``none`` (everything on the CPU).
+        offload: ``none`` (everything on the CPU) or ``acalsim``: ``linear``, ``matmul`` and
+            ``conv2d`` go to the ACALSim compute device over MMIO (``accel/ACALSIM.md``).
+        register_map: with ``acalsim``, the device's register layout: ``scalar``, ``command``,
+            a JSON file or a dict (`nac.accel.acalsim.register_map`).
         name: C identifier prefix and file stem (default: the file's stem).
     Returns:
         An `EmitReport` (arena, naive activation sum, scratch and weight bytes).
@@ -93,8 +98,12 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
 
     if target not in TARGETS:
         raise NacError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if offload != "none":
-        raise NacError(f"offload {offload!r} is not available in this version (only 'none'; see accel/ACALSIM.md)")
+    if offload not in ("none", "acalsim"):
+        raise NacError(f"unknown offload {offload!r}; choose none or acalsim")
+    regmap = None
+    if offload == "acalsim":
+        from nac.accel.acalsim import register_map as _register_map
+        regmap = _register_map(register_map)
     m = model if isinstance(model, nac.Model) else nac.load(model)
     g = m.graph
     name = _identifier(name or m.path.stem)
@@ -121,7 +130,7 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
             raise NacError("quantised weights (int8/ternary) are not supported by the C emitter yet; "
                            "export without --quantize to emit firmware")
     plan = Plan(g, input_shapes, m._constants)
-    gen = _Generator(name, plan, m, input_shapes)
+    gen = _Generator(name, plan, m, input_shapes, regmap)
     gen.run()
     out = Path(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
@@ -137,7 +146,7 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
     for s in plan.steps:
         ops[s.op] = ops.get(s.op, 0) + 1
     return EmitReport(out, name, target, plan.env, plan.arena_bytes, plan.naive_bytes, gen.scratch_top,
-                      len(gen.blob), len(plan.steps),
+                      len(gen.blob), len(plan.steps), offload, gen.offloaded,
                       [(n, plan.inputs[n].dtype, plan.inputs[n].shape) for n in g.inputs],
                       [(n, a.dtype, a.shape) for n, a in zip(g.outputs, plan.outputs)],
                       ops, m.metadata.get("compile", {}).get("passes", {}))
@@ -161,8 +170,10 @@ def _flt(x: float) -> str:
 
 
 class _Generator:
-    def __init__(self, name: str, plan, model, input_shapes):
+    def __init__(self, name: str, plan, model, input_shapes, regmap=None):
         self.name, self.plan, self.model = name, plan, model
+        self.regmap = regmap
+        self.offloaded = 0
         self.graph = model.graph
         self.input_shapes = input_shapes
         self.blob = bytearray()
@@ -393,7 +404,9 @@ class _Generator:
         io = at.get("weight_layout", "oi") == "io"
         k = x.shape[-1]
         n = w.shape[1] if io else w.shape[0]
-        self.emit(f"nac_linear({x.size // k}, {k}, {n}, {self.contiguous(x)}, {self.contiguous(w)}, {int(io)}, "
+        fn = "nac_acalsim_linear" if self.regmap else "nac_linear"
+        self.offloaded += bool(self.regmap)
+        self.emit(f"{fn}({x.size // k}, {k}, {n}, {self.contiguous(x)}, {self.contiguous(w)}, {int(io)}, "
                   f"{self.contiguous(b)}, {_ACT[at.get('activation', 'none')]}, 0.0f, 0.0f, {self.ptr(out, False)});")
         return True
 
@@ -406,7 +419,9 @@ class _Generator:
         pa, pb = self.contiguous(a), self.contiguous(b)
         ia = np.broadcast_to(np.arange(int(np.prod(a.shape[:-2]))).reshape(a.shape[:-2]), batch).reshape(-1) * m_ * k_
         ib = np.broadcast_to(np.arange(int(np.prod(b.shape[:-2]))).reshape(b.shape[:-2]), batch).reshape(-1) * k_ * n_
-        self.emit(f"nac_matmul({ia.size}, {_ints(ia)}, {_ints(ib)}, {m_}, {k_}, {n_}, {pa}, {pb}, {self.ptr(out, False)});")
+        fn = "nac_acalsim_matmul" if self.regmap else "nac_matmul"
+        self.offloaded += bool(self.regmap)
+        self.emit(f"{fn}({ia.size}, {_ints(ia)}, {_ints(ib)}, {m_}, {k_}, {n_}, {pa}, {pb}, {self.ptr(out, False)});")
         return True
 
     def op_conv2d(self, ins, out, at, outs):
@@ -414,6 +429,14 @@ class _Generator:
         n, c, h, wd = x.shape
         cout, _, kh, kw = w.shape
         pt, _, pl, _ = at["padding"]
+        if self.regmap:
+            self.offloaded += 1
+            col = self.scratch(4 * (c // at["groups"]) * kh * kw * out.shape[2] * out.shape[3])
+            self.emit(f"nac_acalsim_conv2d({n}, {c}, {h}, {wd}, {self.contiguous(x)}, {cout}, {kh}, {kw}, "
+                      f"{self.contiguous(w)}, {self.contiguous(b)}, {at['stride'][0]}, {at['stride'][1]}, {pt}, {pl}, "
+                      f"{at['dilation'][0]}, {at['dilation'][1]}, {at['groups']}, {out.shape[2]}, {out.shape[3]}, "
+                      f"{_ACT[at.get('activation', 'none')]}, 0.0f, 0.0f, (float *){col}, {self.ptr(out, False)});")
+            return
         self.emit(f"nac_conv2d({n}, {c}, {h}, {wd}, {self.contiguous(x)}, {cout}, {kh}, {kw}, {self.contiguous(w)}, "
                   f"{self.contiguous(b)}, {at['stride'][0]}, {at['stride'][1]}, {pt}, {pl}, {at['dilation'][0]}, "
                   f"{at['dilation'][1]}, {at['groups']}, {out.shape[2]}, {out.shape[3]}, "
@@ -552,6 +575,18 @@ class _Generator:
         name, g, plan = self.name, self.graph, self.plan
         for f in ("nac_kernels.h", "nac_kernels.c"):
             shutil.copy(RUNTIME / f, d / f)
+        extra_src, cflags = "", ""
+        if self.regmap:
+            from nac.accel.acalsim import map_header
+
+            for f in ("nac_acalsim.h", "nac_acalsim.c"):
+                shutil.copy(RUNTIME / f, d / f)
+            (d / "nac_acalsim_map.h").write_text(map_header(self.regmap))
+            extra_src = " nac_acalsim.c"
+            if target == "host":  # no device on the host: a software model of it stands in
+                shutil.copy(RUNTIME / "nac_acalsim_model.c", d / "nac_acalsim_model.c")
+                extra_src += " nac_acalsim_model.c"
+                cflags = " -DNAC_MMIO_SIMULATE"
         outs = plan.outputs
         out_lines = []
         for i, a in enumerate(outs):
@@ -599,6 +634,7 @@ int {name}_run(const void *const *inputs, void *const *outputs);
 
 #include "{name}.h"
 #include "nac_kernels.h"
+{'#include "nac_acalsim.h"' if self.regmap else ""}
 
 extern const uint8_t {name}_weights[];
 #define nac_w ((const uint8_t *){name}_weights)
@@ -616,7 +652,8 @@ int {name}_run(const void *const *inputs, void *const *outputs) {{
 """)
         (d / f"{name}_main.c").write_text(_MAIN.replace("@NAME@_NUM", name.upper() + "_NUM").replace("@NAME@", name))
         (d / f"{name}.ld").write_text(_LINKER.replace("@NAME@", name))
-        (d / "Makefile").write_text(_MAKEFILE.replace("@NAME@", name).replace("@TARGET@", target))
+        (d / "Makefile").write_text(_MAKEFILE.replace("@NAME@", name).replace("@TARGET@", target)
+                                    .replace("@EXTRA_SRC@", extra_src).replace("@CFLAGS@", cflags))
 
 
 def _c_strides(shape) -> list[int]:
@@ -707,8 +744,8 @@ INCLUDE picolibc.ld
 _MAKEFILE = r"""# Build and run @NAME@: `make run` reads input.bin and writes output.bin.
 TARGET ?= @TARGET@
 NAME = @NAME@
-SRC = $(NAME).c $(NAME)_main.c nac_kernels.c $(NAME)_weights.S
-WARN = -std=c99 -Wall -Wextra -Werror
+SRC = $(NAME).c $(NAME)_main.c nac_kernels.c $(NAME)_weights.S@EXTRA_SRC@
+WARN = -std=c99 -Wall -Wextra -Werror@CFLAGS@
 
 ifeq ($(TARGET),host)
 CC ?= gcc

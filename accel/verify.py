@@ -113,7 +113,8 @@ def example_inputs(model, report, seed: int = 0) -> list[np.ndarray]:
 
 
 def verify(model, target: str = "host", shapes: dict | None = None, out_dir=None, inputs=None,
-           rtol: float = 1e-4, timeout: float = 900) -> tuple:
+           rtol: float = 1e-4, timeout: float = 900, offload: str = "none", register_map="scalar",
+           name: str | None = None) -> tuple:
     """Emit ``model`` for ``target``, build and run it, and compare every output with the engine's
     on the same inputs: ``max |c - engine| / max(1, max |engine|)`` per output must be ≤ ``rtol``.
 
@@ -126,9 +127,13 @@ def verify(model, target: str = "host", shapes: dict | None = None, out_dir=None
     from nac.accel.emit import emit
 
     m = model if isinstance(model, nac.Model) else nac.load(model)
+    if offload == "acalsim" and target != "host":
+        raise NacError("running --offload acalsim on RISC-V needs ACALSim's QEMU-SST build: stock QEMU has no device at "
+                       "0x10300000 (a store there faults). Emit without --verify and run it there, or verify on "
+                       "--target host, where a software model of the device stands in")
     toolchain_check(target)
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="nac-emit-")) / m.path.stem
-    report = emit(m, folder, target=target, shapes=shapes)
+    report = emit(m, folder, target=target, shapes=shapes, offload=offload, register_map=register_map, name=name)
     xs = list(inputs) if inputs is not None else example_inputs(m, report)
     want = m.run(xs)
     result = build_and_run(report, xs, timeout=timeout)

@@ -28,6 +28,7 @@ EPILOG = """examples:
   nac run cls.nac --file reviews.txt              # label and probability per line
   nac export ./gpt2-dir -o gpt2.nac               # a causal LM folder: text generation with a KV cache
   nac run gpt2.nac "Once upon a time" -n 50 --stats
+  nac emit minilm.nac --target riscv32 -o fw --shape seq=8 --verify   # C firmware, run under QEMU
 """
 
 
@@ -75,6 +76,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--out", type=Path, default=Path("nac-out"), help="folder for .npy outputs")
     r.add_argument("--embeddings", action="store_true", help="print embedding vectors, not similarities")
     r.add_argument("--json", action="store_true", help="print JSON")
+
+    em = sub.add_parser("emit", help="emit a .nac model as a C project (bare-metal RISC-V or host)",
+                        description="Write a C project (kernels, static arena, weights, linker script, Makefile "
+                                    "with all/run/clean) computing the model; --verify builds it, runs it (QEMU for "
+                                    "RISC-V) and compares its outputs with the engine.")
+    em.add_argument("model", type=Path, metavar="MODEL.nac")
+    em.add_argument("--target", choices=["host", "riscv32", "riscv64"], default="riscv32")
+    em.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="project folder (replaced)")
+    em.add_argument("--shape", action="append", default=[], metavar="NAME=VALUE",
+                    help="fix a symbolic dimension (default: the export's example size)")
+    em.add_argument("--offload", choices=["none", "acalsim"], default="none",
+                    help="acalsim: matrix products and convolutions on the ACALSim compute device (MMIO)")
+    em.add_argument("--register-map", default="scalar", metavar="NAME|FILE.json",
+                    help="ACALSim register layout: 'scalar', 'command', or a JSON file (see accel/ACALSIM.md)")
+    em.add_argument("--name", help="C name prefix (default: the file's stem)")
+    em.add_argument("--verify", action="store_true", help="build, run and compare with the engine")
+    em.add_argument("--json", action="store_true", help="print the report as JSON")
 
     i = sub.add_parser("info", help="describe a .nac file", description="Header, sections, inputs and outputs "
                        "with symbolic shapes, op histogram, parameters, metadata.")
@@ -244,6 +262,43 @@ def describe(path: Path) -> dict:
     }
 
 
+def cmd_emit(args) -> int:
+    from nac.accel import emit, verify
+
+    shapes = {}
+    for item in args.shape:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value.strip().lstrip("-").isdigit():
+            raise NacError(f"--shape {item!r}: expected NAME=INTEGER (e.g. --shape seq=16)")
+        shapes[key] = int(value)
+    kw = dict(target=args.target, shapes=shapes, offload=args.offload, register_map=args.register_map, name=args.name)
+    if args.verify:
+        report, result = verify(args.model, out_dir=args.output, **kw)
+    else:
+        report, result = emit(args.model, args.output, **kw), None
+    d = {"folder": str(report.folder), "target": report.target, "dims": report.dims, "steps": report.steps,
+         "arena_bytes": report.arena_bytes, "naive_activation_bytes": report.naive_bytes,
+         "scratch_bytes": report.scratch_bytes, "weight_bytes": report.weight_bytes, "offload": report.offload,
+         "passes": report.passes, "ops": report.ops}
+    if result is not None:
+        d.update({"max_rel_err": result.max_rel_err, "instret": result.instret, "cycles": result.cycles,
+                  "time_ns": result.time_ns, "program_bytes": result.elf_bytes})
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"wrote {report.folder} ({report.target}, {report.steps} steps, dims {report.dims})")
+    print(f"  activations: {report.arena_bytes:,} bytes in one arena (the sum of all would be "
+          f"{report.naive_bytes:,}); scratch {report.scratch_bytes:,}; weights {report.weight_bytes:,} bytes")
+    if report.passes:
+        print("  graph passes: " + ", ".join(f"{k} {v}" for k, v in report.passes.items()))
+    if result is not None:
+        cost = f"{result.instret:,} instructions retired" if result.instret is not None else f"{result.time_ns / 1e6:.3f} ms"
+        print(f"  verified: outputs match the engine (max relative error {max(result.max_rel_err, default=0):.2g}); {cost}")
+    else:
+        print(f"  build and run: make -C {report.folder} run  (inputs in input.bin, outputs to output.bin)")
+    return 0
+
+
 def cmd_info(args) -> int:
     if args.tokenizer:
         import nac
@@ -285,7 +340,7 @@ def main(argv=None) -> int:
     """Entry point of the `nac` console command. Returns the exit status (2 on a NAC error)."""
     args = _parser().parse_args(argv)
     try:
-        return {"export": cmd_export, "run": cmd_run, "info": cmd_info}[args.command](args)
+        return {"export": cmd_export, "run": cmd_run, "info": cmd_info, "emit": cmd_emit}[args.command](args)
     except NacError as exc:
         print(f"nac: error: {exc}", file=sys.stderr)
         return 2
