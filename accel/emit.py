@@ -46,7 +46,7 @@ _VIEWS = ("reshape", "permute", "expand", "slice", "select", "copy")
 SUPPORTED = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_REDUCE) | frozenset(_VIEWS) | {
     "logical_not", "where", "cast", "cat", "pad", "repeat", "full", "arange", "linear", "matmul", "conv2d",
     "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "layer_norm", "rms_norm", "softmax",
-    "log_softmax", "argmax", "argmin", "cumsum", "embedding", "index_select", "gather", "index",
+    "log_softmax", "argmax", "argmin", "cumsum", "embedding", "index_select", "gather", "index", "var",
     "scaled_dot_product_attention"}
 
 
@@ -93,8 +93,6 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
     """
     import nac
     from nac.engine.plan import Plan
-    from nac.engine.kernels.quant import QTensor
-
     if target not in TARGETS:
         raise NacError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if offload not in ("none", "acalsim"):
@@ -124,10 +122,6 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
                 raise NacError(f"input {n!r} axis {axis} is the symbolic dimension {d!r}: fix it with "
                                f"--shape {d}=N (shapes={{'{d}': N}})")
         input_shapes[n] = tuple(shape)
-    for c in m._constants.values():
-        if isinstance(c, QTensor):
-            raise NacError("quantised weights (int8/ternary) are not supported by the C emitter yet; "
-                           "export without --quantize to emit firmware")
     plan = Plan(g, input_shapes, m._constants)
     gen = _Generator(name, plan, m, input_shapes, regmap)
     gen.run()
@@ -190,7 +184,10 @@ class _Generator:
             self.regions.append((a.__array_interface__["data"][0], a.nbytes, f"(nac_inputs + {top})"))
             top += -(-a.nbytes // ALIGN) * ALIGN
         self.input_bytes = max(top, ALIGN)
+        from nac.engine.kernels.quant import QTensor
+
         self.constants = [c for c in model._constants.values() if isinstance(c, np.ndarray)]
+        self.constants += [c.data for c in model._constants.values() if isinstance(c, QTensor)]
 
     # -- addressing ---------------------------------------------------------------------------------
     def base(self, a: np.ndarray) -> str:
@@ -328,6 +325,16 @@ class _Generator:
                   f"{self.base(out)}, {_ints(_c_strides(v.shape) or [0])});")
         return True
 
+    def op_var(self, ins, out, at, outs):
+        x = ins[0]
+        if x.dtype != np.float32:
+            raise NacError(f"the C kernels lack var on {x.dtype}")
+        dims = [d % x.ndim for d in (at.get("dims") or range(x.ndim))]
+        mask = ", ".join("1" if d in dims else "0" for d in range(x.ndim))
+        mean = self.scratch(4 * out.size)
+        self.emit(f"nac_var_f32({x.ndim}, {_ints(x.shape)}, (const uint8_t[]){{{mask}}}, {float(at.get('correction', 1.0))!r}, "
+                  f"{self.contiguous(x)}, (float *){mean}, {self.ptr(out, False)});")
+
     def op_logical_not(self, ins, out, at, outs):
         self.emit(f"nac_not_u8({out.size}, {self.contiguous(ins[0])}, {self.ptr(out, False)});")
         return True
@@ -399,7 +406,17 @@ class _Generator:
         return True
 
     def op_linear(self, ins, out, at, outs):
+        from nac.engine.kernels.quant import QTensor
+
         x, w, b = (ins + [None])[:3]
+        if isinstance(w, QTensor):
+            n, k = w.shape
+            a8 = at.get("activation_quant", "none") == "int8"
+            xq = self.scratch(x.size) if a8 else "NULL"
+            self.emit(f"nac_linear_q({int(w.scheme == 'ternary')}, {int(a8)}, {x.size // k}, {k}, {n}, {self.contiguous(x)}, "
+                      f"{self.base(w.data)}, {self.ptr(w.scale)}, {int(w.per_row)}, {self.contiguous(b)}, "
+                      f"{_ACT[at.get('activation', 'none')]}, 0.0f, 0.0f, (int8_t *){xq}, {self.ptr(out, False)});")
+            return
         io = at.get("weight_layout", "oi") == "io"
         k = x.shape[-1]
         n = w.shape[1] if io else w.shape[0]
@@ -520,7 +537,13 @@ class _Generator:
         return True
 
     def op_embedding(self, ins, out, at, outs):
+        from nac.engine.kernels.quant import QTensor
+
         w, idx = ins
+        if isinstance(w, QTensor):
+            self.emit(f"nac_embedding_q({int(w.scheme == 'ternary')}, {w.shape[0]}, {w.shape[1]}, {self.base(w.data)}, "
+                      f"{self.ptr(w.scale)}, {int(w.per_row)}, {idx.size}, {self.contiguous(idx)}, {self.ptr(out, False)});")
+            return
         self.emit(f"nac_take({w.itemsize}, 1, {w.shape[0]}, {int(np.prod(w.shape[1:]))}, {self.contiguous(w)}, "
                   f"{idx.size}, {self.contiguous(idx)}, {self.base(out)});")
         return True

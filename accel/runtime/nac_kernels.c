@@ -227,6 +227,57 @@ void nac_linear(int64_t m, int64_t k, int64_t n, const float *x, const float *w,
     }
 }
 
+static int nac_qweight(int scheme, const void *q, int64_t row, int64_t k, int64_t t) {
+    if (scheme == 0) return ((const int8_t *)q)[row * k + t];
+    const uint8_t b = ((const uint8_t *)q)[row * ((k + 3) / 4) + t / 4];
+    return (int)((b >> (2 * (t % 4))) & 3) - 1;
+}
+
+void nac_linear_q(int scheme, int a8, int64_t m, int64_t k, int64_t n, const float *x, const void *q,
+                  const float *scale, int per_row, const float *bias, int act, float p0, float p1, int8_t *xq,
+                  float *out) {
+    for (int64_t i = 0; i < m; ++i) {
+        const float *xi = x + i * k;
+        float xs = 1.0f;
+        if (a8) {
+            float amax = 0.0f;
+            for (int64_t t = 0; t < k; ++t) amax = fabsf(xi[t]) > amax ? fabsf(xi[t]) : amax;
+            xs = amax > 0.0f ? (float)((double)amax / 127.0) : 1.0f;
+            for (int64_t t = 0; t < k; ++t) {
+                float r = nearbyintf(xi[t] / xs);
+                xq[i * k + t] = (int8_t)(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
+            }
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            const float s = scale[per_row ? j : 0];
+            float y;
+            if (a8) {
+                int32_t acc = 0;
+                for (int64_t t = 0; t < k; ++t) acc += (int32_t)xq[i * k + t] * nac_qweight(scheme, q, j, k, t);
+                y = (float)acc * xs * s;
+            } else {
+                float acc = 0.0f;
+                for (int64_t t = 0; t < k; ++t) acc += xi[t] * (float)nac_qweight(scheme, q, j, k, t);
+                y = acc * s;
+            }
+            out[i * n + j] = nac_act(act, y + (bias ? bias[j] : 0.0f), p0, p1);
+        }
+    }
+}
+
+void nac_embedding_q(int scheme, int64_t rows, int64_t d, const void *q, const float *scale, int per_row,
+                     int64_t count, const int64_t *index, float *out) {
+    for (int64_t i = 0; i < count; ++i) {
+        const int64_t r = index[i];
+        if (r < 0 || r >= rows) {
+            nac_error = nac_current_step;
+            return;
+        }
+        const float s = scale[per_row ? r : 0];
+        for (int64_t t = 0; t < d; ++t) out[i * d + t] = (float)nac_qweight(scheme, q, r, d, t) * s;
+    }
+}
+
 void nac_matmul(int64_t batch, const int64_t *a_off, const int64_t *b_off, int64_t m, int64_t k,
                 int64_t n, const float *a, const float *b, float *out) {
     for (int64_t p = 0; p < batch; ++p) {
@@ -438,6 +489,21 @@ void nac_reduce_u8(int op, int rank, const int64_t *shape, const uint8_t *reduce
         uint8_t *o = out + nac_offset(rank, idx_, os);
         *o = op == NAC_ALL ? (*o && x[i_]) : (*o || x[i_]);
     NAC_ITER_END(rank, shape)
+}
+
+void nac_var_f32(int rank, const int64_t *shape, const uint8_t *reduced, double correction, const float *x,
+                 float *mean, float *out) {
+    int64_t os[NAC_MAX_RANK], count, osize;
+    nac_reduce_shape(rank, shape, reduced, os, &count, &osize);
+    nac_reduce_f32(NAC_MEAN, rank, shape, reduced, x, mean);
+    for (int64_t i = 0; i < osize; ++i) out[i] = 0.0f;
+    NAC_ITER_BEGIN(rank, shape)
+        const int64_t o = nac_offset(rank, idx_, os);
+        const float d = x[i_] - mean[o];
+        out[o] += d * d;
+    NAC_ITER_END(rank, shape)
+    const double dof = (double)count - correction;
+    for (int64_t i = 0; i < osize; ++i) out[i] = dof > 0.0 ? (float)(out[i] / dof) : NAN;
 }
 
 void nac_argreduce(int is_max, int64_t outer, int64_t n, int64_t inner, const float *x, int64_t *out) {

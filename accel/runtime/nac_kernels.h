@@ -54,6 +54,17 @@ void nac_arange_i64(int64_t n, int64_t start, int64_t step, int64_t *out);
 /* linear algebra */
 void nac_linear(int64_t m, int64_t k, int64_t n, const float *x, const float *w, int w_io,
                 const float *bias, int act, float p0, float p1, float *out);
+/* linear with a quantised weight [n, k] (format/SPEC.md "Quantised tensors"): scheme 0 int8
+ * (q: int8 [n, k]), 1 ternary (q: uint8 [n, ceil(k/4)], value t+1 in bits 2f..2f+1 of byte k/4);
+ * scale [n] (per_row) or [1]. a8: each x row quantised to int8 (scale amax/127, round half to
+ * even) with int32 accumulation (W8A8 / W1.58A8), else float activations (W8A32 / W1.58A32).
+ * xq: m*k bytes of scratch for a8. */
+void nac_linear_q(int scheme, int a8, int64_t m, int64_t k, int64_t n, const float *x, const void *q,
+                  const float *scale, int per_row, const float *bias, int act, float p0, float p1, int8_t *xq,
+                  float *out);
+/* embedding rows of a quantised table, dequantised */
+void nac_embedding_q(int scheme, int64_t rows, int64_t d, const void *q, const float *scale, int per_row,
+                     int64_t count, const int64_t *index, float *out);
 void nac_matmul(int64_t batch, const int64_t *a_off, const int64_t *b_off, int64_t m, int64_t k,
                 int64_t n, const float *a, const float *b, float *out);
 void nac_conv2d(int64_t n, int64_t c, int64_t h, int64_t w, const float *x, int64_t cout, int64_t kh,
@@ -82,6 +93,9 @@ void nac_reduce_f32(int op, int rank, const int64_t *shape, const uint8_t *reduc
                     float *out);
 void nac_reduce_u8(int op, int rank, const int64_t *shape, const uint8_t *reduced, const uint8_t *x,
                    uint8_t *out);
+/* variance over the reduced axes with a Bessel-style correction; mean: scratch of the output's size */
+void nac_var_f32(int rank, const int64_t *shape, const uint8_t *reduced, double correction, const float *x,
+                 float *mean, float *out);
 void nac_argreduce(int is_max, int64_t outer, int64_t n, int64_t inner, const float *x, int64_t *out);
 void nac_cumsum_f32(int64_t outer, int64_t n, int64_t inner, const float *x, float *out);
 

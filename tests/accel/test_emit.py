@@ -84,16 +84,42 @@ def test_register_map_errors(zoo_files, tmp_path):
         emit(zoo_files["mlp"], tmp_path / "o", offload="acalsim", register_map="vector")
 
 
-def test_unsupported_op_symbolic_dim_and_no_half_written_folder(zoo_files, tmp_path):
-    class Var(nn.Module):
+@pytest.mark.parametrize("scheme", ["int8", "ternary", {"*": "int8+a8"}, {"*": "ternary+a8"}])
+def test_quantised_weights(scheme, tmp_path):
+    """int8 and 2-bit ternary weights (and int8 activations) in C give what the engine gives."""
+    m, ex, dyn = _zoo("transformer")
+    p = nac.export(m.eval(), ex, tmp_path / "q.nac", dynamic_shapes=dyn, quantize=scheme)
+    report, result = verify(p, "host", out_dir=tmp_path / "q")
+    assert max(result.max_rel_err) <= 1e-4
+    if RISCV:
+        _, result = verify(p, "riscv32", out_dir=tmp_path / "q32")
+        assert max(result.max_rel_err) <= 1e-4
+
+
+def test_reductions_variance_and_argmax(tmp_path):
+    class R(nn.Module):
         def forward(self, x):
-            return torch.var(x, dim=1)
-    p = nac.export(Var(), (torch.randn(2, 5),), tmp_path / "var.nac")
+            return torch.var(x, dim=(1, 2)), torch.argmax(x, dim=-1), torch.log_softmax(x, 1), x.amin(0)
+    p = nac.export(R(), (torch.randn(3, 4, 5),), tmp_path / "r.nac")
+    _, result = verify(p, "host", out_dir=tmp_path / "r")
+    assert max(result.max_rel_err) <= 1e-4
+
+
+def test_unsupported_op_symbolic_dim_and_no_half_written_folder(zoo_files, tmp_path, monkeypatch):
+    from conftest import model_from_graph, one_node_graph
+
+    g, _ = one_node_graph("matmul", [np.ones((5, 5), np.float32), np.ones(5, np.float32)], {}, (5,), "float32")
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(nac.NacError, match=r"the C kernels lack op\(s\) var \(first at"):
-        emit(p, out)
+    m = model_from_graph(g)
+    with pytest.raises(nac.NacError, match=r"matmul with a 1-D operand"):
+        emit(m, out, name="mm")
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+    monkeypatch.setattr(sys.modules["nac.accel.emit"], "SUPPORTED", frozenset({"linear"}))
+    with pytest.raises(nac.NacError, match=r"the C kernels lack op\(s\) (.+, )?softmax \(first at"):
+        emit(zoo_files["mlp"], out)
+    monkeypatch.undo()
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
     m = nac.load(zoo_files["transformer"])
     m.metadata["compile"].pop("example_dims")
