@@ -261,7 +261,7 @@ class _Generator:
                 self.view(step.op, ins, outs[0], at)
             self.emit("if (nac_error) return nac_error;")
 
-    def unary(self, op, x, out, at) -> bool:
+    def unary(self, op, x, out, at):
         n = x.size
         if x.dtype == np.float32:
             p0 = p1 = 0.0
@@ -280,9 +280,8 @@ class _Generator:
             self.emit(f"nac_unary_i64({_UNARY[op]}, {n}, {self.contiguous(x)}, {self.ptr(out, False)});")
         else:
             raise NacError(f"the C kernels lack {op} on {x.dtype}")
-        return True
 
-    def binary(self, op, a, b, out) -> bool:
+    def binary(self, op, a, b, out):
         sa = self.strides(np.broadcast_to(a, out.shape)) if a.shape != out.shape else self.strides(a)
         sb = self.strides(np.broadcast_to(b, out.shape)) if b.shape != out.shape else self.strides(b)
         if a.dtype != b.dtype:
@@ -294,36 +293,33 @@ class _Generator:
         cast = "(uint8_t *)" if kind == "u8" else ""
         self.emit(f"nac_binary_{kind}({_BINARY[op]}, {max(out.ndim, 1)}, {_ints(out.shape or [1])}, {self.ptr(a)}, "
                   f"{_ints(sa or [0])}, {self.ptr(b)}, {_ints(sb or [0])}, {cast}{self.base(out)});")
-        return True
 
-    def reduce(self, op, x, out, at) -> bool:
+    def reduce(self, op, x, out, at):
         dims = [d % x.ndim for d in (at.get("dims") or range(x.ndim))] if x.ndim else []
         mask = [1 if d in dims else 0 for d in range(x.ndim)]
         if x.ndim == 0:
             self.emit(f"nac_copy({x.itemsize}, 0, NULL, {self.base(x)}, NULL, {self.base(out)}, NULL);")
-            return True
+            return
         kind = "f32" if x.dtype == np.float32 else "u8" if x.dtype in (np.bool_, np.uint8) and op in ("any", "all") else None
         if kind is None:
             raise NacError(f"the C kernels lack {op} on {x.dtype}")
         self.emit(f"nac_reduce_{kind}({_REDUCE[op]}, {x.ndim}, {_ints(x.shape)}, (const uint8_t[]){{{', '.join(map(str, mask))}}}, "
                   f"{self.contiguous(x)}, {self.ptr(out, False)});")
-        return True
 
-    def view(self, op, ins, out, at) -> bool:
+    def view(self, op, ins, out, at):
         from nac.engine.kernels import KERNELS
 
         src = ins[0]
         v = src if op == "copy" else KERNELS[op]([src], None, at)
         if v is None and op == "reshape":
-            v = np.ascontiguousarray(src).reshape(out.shape)  # shape only; strides from src below
+            # a reshape of a strided view: copy it out in row-major order (the reshape's order)
             self.emit(f"nac_copy({src.itemsize}, {src.ndim}, {_ints(src.shape or [1])}, {self.base(src)}, "
                       f"{_ints(self.strides(src) or [0])}, {self.base(out)}, {_ints(_c_strides(src.shape) or [0])});")
-            return True
+            return
         if v is None:
             raise NacError(f"internal: {op} gave no view")
         self.emit(f"nac_copy({v.itemsize}, {v.ndim}, {_ints(v.shape or [1])}, {self.base(v)}, {_ints(self.strides(v) or [0])}, "
                   f"{self.base(out)}, {_ints(_c_strides(v.shape) or [0])});")
-        return True
 
     def op_var(self, ins, out, at, outs):
         x = ins[0]
@@ -337,18 +333,15 @@ class _Generator:
 
     def op_logical_not(self, ins, out, at, outs):
         self.emit(f"nac_not_u8({out.size}, {self.contiguous(ins[0])}, {self.ptr(out, False)});")
-        return True
 
     def op_where(self, ins, out, at, outs):
         c, a, b = (np.broadcast_to(t, out.shape) for t in ins)
         self.emit(f"nac_where({out.itemsize}, {out.ndim}, {_ints(out.shape or [1])}, {self.ptr(ins[0])}, {_ints(self.strides(c) or [0])}, "
                   f"{self.base(ins[1])}, {_ints(self.strides(a) or [0])}, {self.base(ins[2])}, {_ints(self.strides(b) or [0])}, "
                   f"{self.base(out)});")
-        return True
 
     def op_cast(self, ins, out, at, outs):
         self.emit(f"nac_cast({_CTYPE[ins[0].dtype][1]}, {_CTYPE[out.dtype][1]}, {out.size}, {self.contiguous(ins[0])}, {self.base(out)});")
-        return True
 
     def op_cat(self, ins, out, at, outs):
         dim = at["dim"] % out.ndim
@@ -361,7 +354,6 @@ class _Generator:
             self.emit(f"nac_copy({x.itemsize}, {x.ndim}, {_ints(x.shape)}, {self.base(x)}, {_ints(self.strides(x))}, "
                       f"{self.base(dst)}, {_ints(self.strides(dst))});")
             off += x.shape[dim]
-        return True
 
     def op_pad(self, ins, out, at, outs):
         x = ins[0]
@@ -378,7 +370,6 @@ class _Generator:
         if s.size:
             self.emit(f"nac_copy({x.itemsize}, {x.ndim}, {_ints(s.shape)}, {self.base(s)}, {_ints(self.strides(s))}, "
                       f"{self.base(t)}, {_ints(self.strides(t))});")
-        return True
 
     def op_repeat(self, ins, out, at, outs):
         x = ins[0]
@@ -391,19 +382,16 @@ class _Generator:
             sstr += [0, s]
         self.emit(f"nac_copy({x.itemsize}, {len(shape)}, {_ints(shape)}, {self.base(x)}, {_ints(sstr)}, {self.base(out)}, "
                   f"{_ints(_c_strides(shape))});")
-        return True
 
     def op_full(self, ins, out, at, outs):
         value = np.array(at["value"], out.dtype).tobytes()
         self.emit(f"nac_fill({out.itemsize}, {out.size}, (const uint8_t[]){{{', '.join(map(str, value))}}}, {self.base(out)});")
-        return True
 
     def op_arange(self, ins, out, at, outs):
         if out.dtype == np.float32:
             self.emit(f"nac_arange_f32({out.size}, {float(at['start'])!r}, {float(at['step'])!r}, {self.ptr(out, False)});")
         else:
             self.emit(f"nac_arange_i64({out.size}, {int(at['start'])}, {int(at['step'])}, (int64_t *){self.base(out)});")
-        return True
 
     def op_linear(self, ins, out, at, outs):
         from nac.engine.kernels.quant import QTensor
@@ -424,7 +412,6 @@ class _Generator:
         self.offloaded += bool(self.regmap)
         self.emit(f"{fn}({x.size // k}, {k}, {n}, {self.contiguous(x)}, {self.contiguous(w)}, {int(io)}, "
                   f"{self.contiguous(b)}, {_ACT[at.get('activation', 'none')]}, 0.0f, 0.0f, {self.ptr(out, False)});")
-        return True
 
     def op_matmul(self, ins, out, at, outs):
         a, b = ins
@@ -438,26 +425,22 @@ class _Generator:
         fn = "nac_acalsim_matmul" if self.regmap else "nac_matmul"
         self.offloaded += bool(self.regmap)
         self.emit(f"{fn}({ia.size}, {_ints(ia)}, {_ints(ib)}, {m_}, {k_}, {n_}, {pa}, {pb}, {self.ptr(out, False)});")
-        return True
 
     def op_conv2d(self, ins, out, at, outs):
         x, w, b = (ins + [None])[:3]
         n, c, h, wd = x.shape
         cout, _, kh, kw = w.shape
         pt, _, pl, _ = at["padding"]
-        if self.regmap:
+        args = (f"{n}, {c}, {h}, {wd}, {self.contiguous(x)}, {cout}, {kh}, {kw}, {self.contiguous(w)}, "
+                f"{self.contiguous(b)}, {at['stride'][0]}, {at['stride'][1]}, {pt}, {pl}, {at['dilation'][0]}, "
+                f"{at['dilation'][1]}, {at['groups']}, {out.shape[2]}, {out.shape[3]}, "
+                f"{_ACT[at.get('activation', 'none')]}, 0.0f, 0.0f")
+        if self.regmap:  # im2col into scratch, then the device's product
             self.offloaded += 1
             col = self.scratch(4 * (c // at["groups"]) * kh * kw * out.shape[2] * out.shape[3])
-            self.emit(f"nac_acalsim_conv2d({n}, {c}, {h}, {wd}, {self.contiguous(x)}, {cout}, {kh}, {kw}, "
-                      f"{self.contiguous(w)}, {self.contiguous(b)}, {at['stride'][0]}, {at['stride'][1]}, {pt}, {pl}, "
-                      f"{at['dilation'][0]}, {at['dilation'][1]}, {at['groups']}, {out.shape[2]}, {out.shape[3]}, "
-                      f"{_ACT[at.get('activation', 'none')]}, 0.0f, 0.0f, (float *){col}, {self.ptr(out, False)});")
-            return
-        self.emit(f"nac_conv2d({n}, {c}, {h}, {wd}, {self.contiguous(x)}, {cout}, {kh}, {kw}, {self.contiguous(w)}, "
-                  f"{self.contiguous(b)}, {at['stride'][0]}, {at['stride'][1]}, {pt}, {pl}, {at['dilation'][0]}, "
-                  f"{at['dilation'][1]}, {at['groups']}, {out.shape[2]}, {out.shape[3]}, "
-                  f"{_ACT[at.get('activation', 'none')]}, 0.0f, 0.0f, {self.ptr(out, False)});")
-        return True
+            self.emit(f"nac_acalsim_conv2d({args}, (float *){col}, {self.ptr(out, False)});")
+        else:
+            self.emit(f"nac_conv2d({args}, {self.ptr(out, False)});")
 
     def op_max_pool2d(self, ins, out, at, outs):
         x = ins[0]
@@ -466,7 +449,6 @@ class _Generator:
                   f"{at['stride'][0]}, {at['stride'][1]}, {at['padding'][0]}, {at['padding'][1]}, "
                   f"{at.get('dilation', [1, 1])[0]}, {at.get('dilation', [1, 1])[1]}, {out.shape[2]}, {out.shape[3]}, "
                   f"{self.ptr(out, False)});")
-        return True
 
     def op_avg_pool2d(self, ins, out, at, outs):
         x = ins[0]
@@ -475,14 +457,12 @@ class _Generator:
                   f"{at['stride'][0]}, {at['stride'][1]}, {at['padding'][0]}, {at['padding'][1]}, {out.shape[2]}, "
                   f"{out.shape[3]}, {int(at.get('count_include_pad', True))}, {int(at.get('divisor_override') or 0)}, "
                   f"{self.ptr(out, False)});")
-        return True
 
     def op_adaptive_avg_pool2d(self, ins, out, at, outs):
         x = ins[0]
         n, c, h, w = x.shape
         self.emit(f"nac_adaptive_avg_pool2d({n * c}, {h}, {w}, {self.contiguous(x)}, {out.shape[2]}, {out.shape[3]}, "
                   f"{self.ptr(out, False)});")
-        return True
 
     def op_batch_norm(self, ins, out, at, outs):
         x, w, b, mean, var = ins
@@ -490,21 +470,18 @@ class _Generator:
         self.emit(f"nac_batch_norm({n}, {c}, {x.size // max(n * c, 1)}, {self.contiguous(x)}, {self.contiguous(w)}, "
                   f"{self.contiguous(b)}, {self.contiguous(mean)}, {self.contiguous(var)}, {_flt(at['eps'])}, "
                   f"{self.ptr(out, False)});")
-        return True
 
     def op_layer_norm(self, ins, out, at, outs):
         x, w, b = (ins + [None, None])[:3]
         cols = int(np.prod(x.shape[x.ndim - at.get("axes", 1):]))
         self.emit(f"nac_layer_norm({x.size // cols}, {cols}, {self.contiguous(x)}, {self.contiguous(w)}, "
                   f"{self.contiguous(b)}, {_flt(at['eps'])}, {self.ptr(out, False)});")
-        return True
 
     def op_rms_norm(self, ins, out, at, outs):
         x, w = (ins + [None])[:2]
         cols = int(np.prod(x.shape[x.ndim - at.get("axes", 1):]))
         self.emit(f"nac_rms_norm({x.size // cols}, {cols}, {self.contiguous(x)}, {self.contiguous(w)}, "
                   f"{_flt(at['eps'])}, {self.ptr(out, False)});")
-        return True
 
     def _axis(self, x, dim):
         d = dim % x.ndim
@@ -513,7 +490,6 @@ class _Generator:
     def op_softmax(self, ins, out, at, outs, log=0):
         o, n, i = self._axis(ins[0], at["dim"])
         self.emit(f"nac_softmax({o}, {n}, {i}, {self.contiguous(ins[0])}, {log}, {self.ptr(out, False)});")
-        return True
 
     def op_log_softmax(self, ins, out, at, outs):
         return self.op_softmax(ins, out, at, outs, log=1)
@@ -524,7 +500,6 @@ class _Generator:
             raise NacError(f"the C kernels lack argmax/argmin on {x.dtype}")
         o, n, i = (1, x.size, 1) if at.get("dim") is None else self._axis(x, at["dim"])
         self.emit(f"nac_argreduce({is_max}, {o}, {n}, {i}, {self.contiguous(x)}, (int64_t *){self.base(out)});")
-        return True
 
     def op_argmin(self, ins, out, at, outs):
         return self.op_argmax(ins, out, at, outs, is_max=0)
@@ -534,7 +509,6 @@ class _Generator:
             raise NacError(f"the C kernels lack cumsum on {ins[0].dtype}")
         o, n, i = self._axis(ins[0], at["dim"])
         self.emit(f"nac_cumsum_f32({o}, {n}, {i}, {self.contiguous(ins[0])}, {self.ptr(out, False)});")
-        return True
 
     def op_embedding(self, ins, out, at, outs):
         from nac.engine.kernels.quant import QTensor
@@ -546,20 +520,17 @@ class _Generator:
             return
         self.emit(f"nac_take({w.itemsize}, 1, {w.shape[0]}, {int(np.prod(w.shape[1:]))}, {self.contiguous(w)}, "
                   f"{idx.size}, {self.contiguous(idx)}, {self.base(out)});")
-        return True
 
     def op_index_select(self, ins, out, at, outs):
         x, idx = ins
         o, n, i = self._axis(x, at["dim"])
         self.emit(f"nac_take({x.itemsize}, {o}, {n}, {i}, {self.contiguous(x)}, {idx.size}, {self.contiguous(idx)}, "
                   f"{self.base(out)});")
-        return True
 
     def op_gather(self, ins, out, at, outs):
         x, idx = ins
         self.emit(f"nac_gather({x.itemsize}, {x.ndim}, {_ints(x.shape)}, {_ints(idx.shape)}, {at['dim'] % x.ndim}, "
                   f"{self.contiguous(x)}, {self.contiguous(idx)}, {self.base(out)});")
-        return True
 
     def op_index(self, ins, out, at, outs):
         x, idx = ins[0], ins[1:]
@@ -590,7 +561,6 @@ class _Generator:
         self.emit(f"nac_sdpa({b}, {hq}, {hkv}, {l}, {s}, {e}, {ev}, {self.contiguous(q)}, {self.contiguous(k)}, "
                   f"{self.contiguous(v)}, {kind}, {mptr}, {_ints(ms)}, {_flt(scale)}, {int(bool(at.get('is_causal')))}, "
                   f"(float *){sc}, {self.ptr(out, False)});")
-        return True
 
     # -- files --------------------------------------------------------------------------------------
     def write(self, d: Path, target: str) -> None:
