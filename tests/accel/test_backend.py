@@ -68,3 +68,23 @@ def test_bad_mode_and_fallback(tmp_path):
         got = torch.compile(Odd(), backend=backend)(x)
     torch.testing.assert_close(got, Odd()(x))
     assert backend.graphs[0]["mode"] == "eager (fallback)"
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet", "depthwise", "transformer", "multi_io"])
+@pytest.mark.parametrize("mode", ["compile", pytest.param("simulate", marks=pytest.mark.skipif(
+    not RISCV, reason="needs the RISC-V toolchain and qemu-system-misc"))])
+def test_zoo_through_torch_compile(name, mode, tmp_path):
+    """Every zoo model through the backend: the engine's (compile) or QEMU's (simulate) tensors
+    match eager PyTorch."""
+    from accel_zoo import build
+
+    module, args, _ = build(name)
+    module = module.eval()
+    want = module(*args)
+    torch._dynamo.reset()
+    backend = ACALSimBackend(mode=mode, output_dir=tmp_path)
+    got = torch.compile(module, backend=backend, dynamic=False)(*args)
+    want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    assert backend.graphs and all(g["mode"] == mode for g in backend.graphs)
