@@ -12,7 +12,8 @@ With ``--llama-cpp DIR`` (a llama.cpp source tree with ``build/bin/llama-bench``
 llama-cpp-python --no-binary :all: --no-deps``, then ``cmake -B build -DGGML_NATIVE=ON
 -DLLAMA_CURL=OFF && cmake --build build --target llama-bench llama-quantize``), the same weights
 are converted with its ``convert_hf_to_gguf.py`` to F32 GGUF (plus Q8_0 and TQ2_0 for GPT-2, and
-SmolLM2's packaged Q4_1 file) and measured with ``llama-bench -t <threads> -p 512 -n 128``.
+SmolLM2's packaged Q4_1 file) and measured with ``llama-bench -t <threads> -p 512 -n 128``. The
+converter imports ``sentencepiece`` for Llama-family folders (``pip install sentencepiece``).
 """
 from __future__ import annotations
 
@@ -121,8 +122,10 @@ def llama_cpp(src: Path, folder: Path, name: str, threads: int, extra_ggufs=(), 
     import subprocess
 
     out = folder.parent / f"{folder.name}-f32.gguf"
-    subprocess.run([sys.executable, str(src / "convert_hf_to_gguf.py"), str(folder), "--outtype", "f32",
-                    "--outfile", str(out)], check=True, capture_output=True, text=True)
+    conv = subprocess.run([sys.executable, str(src / "convert_hf_to_gguf.py"), str(folder), "--outtype", "f32",
+                           "--outfile", str(out)], capture_output=True, text=True)
+    if conv.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed for {name}: {conv.stderr[-1500:]}")
     files = [("F32", out)]
     for q in quants:
         qf = folder.parent / f"{folder.name}-{q.lower()}.gguf"
@@ -144,7 +147,13 @@ def llama_cpp(src: Path, folder: Path, name: str, threads: int, extra_ggufs=(), 
 
 def _hf_folder(model, folder: Path, tok=None) -> Path:
     """Save a transformers model (and its tokenizer) where convert_hf_to_gguf.py can read it;
-    GPT-2 configs need ``n_ctx`` there."""
+    GPT-2 configs need ``n_ctx`` there. A model loaded from GGUF cannot save itself: its weights
+    go into a fresh model of the same class first."""
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
+        fresh = type(model)(model.config.__class__.from_dict(
+            {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}))
+        fresh.load_state_dict(model.state_dict())
+        model = fresh
     model.save_pretrained(folder)
     cfg = json.loads((folder / "config.json").read_text())
     if cfg.get("model_type") == "gpt2":

@@ -51,7 +51,8 @@ class Tokenizer:
 
     Raises (from its methods):
         NacInputError: text that is not a ``str`` (or is invalid UTF-8 bytes, or holds lone
-            surrogates), or input too long when truncation is off and ``max_length`` is set.
+            surrogates); a truncation that cannot be met (``max_length`` below the template's
+            special tokens, ``only_first``/``only_second`` with too short a text).
         NacError: the program needs an unknown token it does not have.
     """
 
@@ -76,7 +77,8 @@ class Tokenizer:
     # -- configuration (the Hugging Face names) ----------------------------------------------------
     def enable_truncation(self, max_length: int, stride: int = 0, strategy: str = "longest_first",
                           direction: str = "right") -> None:
-        """Truncate every encoding to ``max_length`` tokens, template tokens included."""
+        """Truncate every encoding to ``max_length`` tokens, template tokens included (Hugging Face
+        ``truncate_encodings``). ``stride`` is recorded but overflowing windows are not produced."""
         self.truncation = {"max_length": int(max_length), "stride": stride, "direction": direction.capitalize(),
                            "strategy": "".join(w.capitalize() for w in strategy.split("_"))}
 
