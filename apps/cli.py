@@ -347,6 +347,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("nac: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`nac info m.nac | head`): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
