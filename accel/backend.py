@@ -85,7 +85,7 @@ class ACALSimBackend:
         info["ops"] = len(graph.nodes)
         self._say(f"graph {index}: {len(gm.graph.nodes)} FX nodes -> {len(graph.nodes)} NAC nodes ({self.mode})")
         if self.mode == "compile":
-            return _engine_fn(model, gm)
+            return _engine_fn(model)
         from nac.accel.emit import emit
         from nac.format.container import write_nac
 
@@ -97,8 +97,8 @@ class ACALSimBackend:
         self._say(f"graph {index}: wrote {path} and {report.folder} (arena {report.arena_bytes:,} B, "
                   f"weights {report.weight_bytes:,} B)")
         if self.mode == "codegen":
-            return _engine_fn(model, gm)
-        return _simulate_fn(report, gm, self)
+            return _engine_fn(model)
+        return _simulate_fn(report, self)
 
     def _eager(self, gm, info, why: str):
         import warnings
@@ -113,21 +113,16 @@ def _has_tabulate() -> bool:
     return importlib.util.find_spec("tabulate") is not None
 
 
-def _wrap(outputs, gm):
-    """Outputs in the structure the FX graph returns (dynamo graphs return a tuple or list)."""
-    return tuple(outputs)
-
-
-def _engine_fn(model, gm):
+def _engine_fn(model):
     import torch
 
     def run(*args):
         outs = model.run([a.detach().cpu().numpy() for a in args])
-        return _wrap([torch.from_numpy(np.array(o)) for o in outs], gm)
+        return tuple(torch.from_numpy(np.array(o)) for o in outs)  # dynamo graphs return a tuple
     return run
 
 
-def _simulate_fn(report, gm, backend):
+def _simulate_fn(report, backend):
     import torch
 
     from nac.accel.verify import build_and_run
@@ -136,5 +131,5 @@ def _simulate_fn(report, gm, backend):
         result = build_and_run(report, [a.detach().cpu().numpy() for a in args])
         backend._say(f"{report.name}: ran on {report.target}"
                      + (f", {result.instret:,} instructions retired" if result.instret is not None else ""))
-        return _wrap([torch.from_numpy(np.array(o)) for o in result.outputs], gm)
+        return tuple(torch.from_numpy(np.array(o)) for o in result.outputs)
     return run
