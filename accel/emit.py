@@ -126,7 +126,8 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
     gen = _Generator(name, plan, m, input_shapes, regmap)
     gen.run()
     out = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         gen.write(tmp, target)
         if out.exists():
