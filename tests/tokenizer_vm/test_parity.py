@@ -83,6 +83,8 @@ GLUED = {
                 "<mask><mask>", "<pad>x", " <s>"],
     "unigram": ["hello</s>world", "</s> leading", "a </s> b", "</s></s>", "<unk>x", "<pad> y"],
     "sp_bpe": ["hello</s>world", "<s> leading", "<s>x</s> y", " <s>", "<unk>", "<0x41>B"],
+    "regex_split": ["hello<|endoftext|>world", "<|endoftext|> leading space", "I'M here\r\n\r\n12345 x",
+                    " <|endoftext|>"],
 }
 
 
@@ -129,6 +131,26 @@ def test_pairs_truncation_padding(pair, corpus):
         ours.no_padding()
     ref.no_truncation()
     ours.no_truncation()
+
+
+@pytest.mark.parametrize("behavior", ["removed", "isolated", "merged_with_previous", "merged_with_next", "contiguous"])
+def test_split_behaviours(pairs, corpus, behavior):
+    """Every delimiter behaviour, on the Numba splits (Punctuation, a literal Split) and on the
+    string-level regex Split, inverted too, over MiniLM's vocabulary."""
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
+
+    from nac.tokenizer_vm import Tokenizer as Tisa, compile_tokenizer
+
+    base = pairs["wordpiece"][0]
+    lines = corpus[:3000]
+    for pre in ([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior)],
+                [pre_tokenizers.Split("e", behavior, invert=True), pre_tokenizers.WhitespaceSplit()],
+                [pre_tokenizers.Split(Regex(r"\d+|[,.;]"), behavior), pre_tokenizers.WhitespaceSplit()],
+                [pre_tokenizers.Split(Regex(r"[aeiou]+"), behavior, invert=True), pre_tokenizers.Digits(False)]):
+        ref = Tokenizer.from_str(base.to_str())
+        ref.pre_tokenizer = pre_tokenizers.Sequence(pre)
+        ours = Tisa(compile_tokenizer(ref.to_str()))
+        _assert_same(ref.encode_batch(lines), ours.encode_batch(lines), lines, f"{behavior} {pre}")
 
 
 def test_empty_and_whitespace_only(pair):
