@@ -281,45 +281,33 @@ def split_words(cps, starts, ends, first, kind, index, blocks, mask, lit, behavi
             for i in range(n):
                 em[i] = not em[i]
         p = 0
-        if behaviour == 0:  # removed
+        if behaviour <= 1:  # 0 removed (matches dropped), 1 isolated (every event a piece)
             for i in range(n):
                 ps[p] = es[i]
                 pe[p] = ee[i]
-                pr[p] = em[i]
+                pr[p] = em[i] and behaviour == 0
                 p += 1
-        elif behaviour == 1:  # isolated
-            for i in range(n):
-                ps[p] = es[i]
-                pe[p] = ee[i]
-                pr[p] = False
-                p += 1
-        elif behaviour == 2 or behaviour == 4:  # merged with previous / contiguous
+        else:  # 2 merged with previous, 4 contiguous: fold left to right; 3 merged with next: right to left
             prev = False
-            for i in range(n):
-                merge = (em[i] and not prev) if behaviour == 2 else (em[i] == prev)
+            for j in range(n):
+                i = n - 1 - j if behaviour == 3 else j
+                merge = (em[i] == prev) if behaviour == 4 else (em[i] and not prev)
                 if merge and p > 0:
-                    pe[p - 1] = ee[i]
+                    if behaviour == 3:
+                        ps[p - 1] = es[i]
+                    else:
+                        pe[p - 1] = ee[i]
                 else:
                     ps[p] = es[i]
                     pe[p] = ee[i]
                     pr[p] = False
                     p += 1
                 prev = em[i]
-        else:  # merged with next: the same fold from the right
-            prev = False
-            for i in range(n - 1, -1, -1):
-                if em[i] and not prev and p > 0:
-                    ps[p - 1] = es[i]
-                else:
-                    ps[p] = es[i]
-                    pe[p] = ee[i]
-                    pr[p] = False
-                    p += 1
-                prev = em[i]
-            for i in range(p // 2):
-                a, b = ps[i], pe[i]
-                ps[i], pe[i] = ps[p - 1 - i], pe[p - 1 - i]
-                ps[p - 1 - i], pe[p - 1 - i] = a, b
+            if behaviour == 3:
+                for i in range(p // 2):
+                    a, b = ps[i], pe[i]
+                    ps[i], pe[i] = ps[p - 1 - i], pe[p - 1 - i]
+                    ps[p - 1 - i], pe[p - 1 - i] = a, b
         for i in range(p):
             if not pr[i] and pe[i] > ps[i]:
                 ns[out] = ps[i]

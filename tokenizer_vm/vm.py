@@ -69,6 +69,9 @@ class Tokenizer:
         self._norm, self._pre_str, self._pre_arr, self._model, self._template, self._dec = [], [], [], None, None, []
         for ins in program.code:
             self._load(ins)
+        # what decode shows for an added token: its normalised form if it is matched normalised
+        self._added_text = {a["id"]: self._normalize(a["content"])[0] if a["normalized"] and self._norm
+                            else a["content"] for a in program.added}
         self._added_re = self._added_matcher(normalized=False)
         self._added_norm_re = self._added_matcher(normalized=True)
         self.truncation = dict(program.truncation) if program.truncation else None
@@ -153,14 +156,13 @@ class Tokenizer:
             if seconds[i] is not None:
                 b = ids[k]
                 k += 1
-            out.append(self._post(*a, *(b or (None, None)), add_special_tokens))
+            out.append(self._post(a, b, add_special_tokens))
         if self.padding:
             self._pad(out)
         return out
 
-    def _encode_texts(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
-        """``(ids, special_mask)`` of each text before the template (the mask is all 0: as in the
-        reference, added tokens matched in the text do not count as special)."""
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text before the template: model and added-token ids."""
         segments: list[str] = []
         seg_first: list[bool] = []
         plans: list[list] = []
@@ -175,18 +177,7 @@ class Tokenizer:
                     seg_first.append(orig0)
             plans.append(plan)
         seg_ids = self._segments(segments, seg_first)
-        out = []
-        for plan in plans:
-            ids, special = [], []
-            for p in plan:
-                if p >= 0:
-                    ids += seg_ids[p]
-                    special += [0] * len(seg_ids[p])
-                else:
-                    ids.append(-1 - p)
-                    special.append(0)  # as the reference: only template and padding tokens count
-            out.append((ids, special))
-        return out
+        return [[x for p in plan for x in (seg_ids[p] if p >= 0 else (-1 - p,))] for plan in plans]
 
     def _split_added(self, text: str):
         """Yield ``(piece, added_id_or_None, starts_at_offset_0)``; pieces are normalised."""
@@ -239,30 +230,26 @@ class Tokenizer:
         flat = ids.tolist()
         return [flat[off[i]:off[i + 1]] for i in range(len(segments))]
 
-    def _post(self, a: list[int], sa: list[int], b: list[int] | None, sb: list[int] | None,
-              add_special: bool) -> Encoding:
+    def _post(self, a: list[int], b: list[int] | None, add_special: bool) -> Encoding:
+        """Truncation, then the template. As in the reference, only template (and padding) tokens
+        are marked special, not added tokens matched in the text."""
         tpl = self._template if add_special else None
         if self.truncation:
             n_added = 0
             if tpl:
                 n_added = sum(len(x[1]) for x in (tpl["pair"] if b is not None else tpl["single"]) if x[0] == "S")
-            (a, sa), (b, sb) = _truncate((a, sa), (b, sb) if b is not None else None, self.truncation, n_added)
+            a, b = _truncate(a, b, self.truncation, n_added)
         if tpl is None:
             ids = a + (b or [])
             types = [0] * len(a) + [1] * len(b or [])
-            smask = sa + (sb or [])
+            smask = [0] * len(ids)
         else:
             ids, types, smask = [], [], []
             for item in tpl["pair"] if b is not None else tpl["single"]:
-                if item[0] == "S":
-                    ids += item[1]
-                    types += [item[2]] * len(item[1])
-                    smask += [1] * len(item[1])
-                else:
-                    seq, sm = (a, sa) if item[0] == "A" else (b, sb)
-                    ids += seq
-                    types += [item[1]] * len(seq)
-                    smask += sm
+                seq = item[1] if item[0] == "S" else a if item[0] == "A" else b
+                ids += seq
+                types += [item[-1]] * len(seq)
+                smask += [int(item[0] == "S")] * len(seq)
         return Encoding(ids, types, [1] * len(ids), smask, self)
 
     def _pad(self, encs: list[Encoding]) -> None:
@@ -293,11 +280,9 @@ class Tokenizer:
             i = int(i)
             if skip_special_tokens and i in self._special_ids:
                 continue
-            a = self._added.get(i)
-            if a is not None:
-                tokens.append(self._added_decode_form(a))
-                continue
-            t = self.id_to_token(i)
+            t = self._added_text.get(i)
+            if t is None:
+                t = self.id_to_token(i)
             if t is not None:
                 tokens.append(t)
         if not self._dec:
@@ -309,11 +294,6 @@ class Tokenizer:
     def decode_batch(self, batch, skip_special_tokens: bool = True) -> list[str]:
         """:meth:`decode` for each sequence."""
         return [self.decode(ids, skip_special_tokens) for ids in batch]
-
-    def _added_decode_form(self, a: dict) -> str:
-        if a["normalized"] and self._norm:
-            return self._normalize(a["content"])[0]
-        return a["content"]
 
     # -- instruction loading -------------------------------------------------------------------------
     def _load(self, ins: dict) -> None:
@@ -677,51 +657,41 @@ def _split_by_matches(w: str, matches: list[tuple[int, int]], behaviour: int, in
         events.append((last, len(w), False))
     if invert:
         events = [(a, b, not m) for a, b, m in events]
-    pieces: list[list] = []
-    if behaviour == 0:
-        pieces = [[a, b, m] for a, b, m in events]
-    elif behaviour == 1:
-        pieces = [[a, b, False] for a, b, _ in events]
-    elif behaviour in (2, 4):
-        prev = False
-        for a, b, m in events:
-            merge = (m and not prev) if behaviour == 2 else (m == prev)
-            if merge and pieces:
-                pieces[-1][1] = b
+    if behaviour in (0, 1):  # removed / isolated
+        pieces = [[a, b, m and behaviour == 0] for a, b, m in events]
+    else:  # the fold of split_words in kernels.py (2, 4 left to right; 3 right to left)
+        pieces, prev = [], False
+        for a, b, m in (reversed(events) if behaviour == 3 else events):
+            if ((m == prev) if behaviour == 4 else (m and not prev)) and pieces:
+                if behaviour == 3:
+                    pieces[-1][0] = a  # merged with the next piece: extend it leftwards
+                else:
+                    pieces[-1][1] = b
             else:
                 pieces.append([a, b, False])
             prev = m
-    else:
-        prev = False
-        for a, b, m in reversed(events):
-            if m and not prev and pieces:
-                pieces[-1][0] = a
-            else:
-                pieces.append([a, b, False])
-            prev = m
-        pieces.reverse()
+        if behaviour == 3:
+            pieces.reverse()
     return [(a, b) for a, b, rm in pieces if not rm and b > a]
 
 
-def _truncate(a: tuple, b: tuple | None, t: dict, n_added: int):
-    """Hugging Face ``truncate_encodings`` (max length minus the template's tokens) on
-    ``(ids, special_mask)`` pairs; returns the two pairs (the second ``(None, None)`` if absent)."""
+def _truncate(a: list[int], b: list[int] | None, t: dict, n_added: int):
+    """Hugging Face ``truncate_encodings`` (max length minus the template's tokens)."""
     max_len = t["max_length"] - n_added
     if max_len < 0:
         raise NacInputError(f"truncation max_length {t['max_length']} is shorter than the {n_added} special tokens")
-    na, nb = len(a[0]), len(b[0]) if b is not None else 0
-    none = (None, None)
-    if na + nb <= max_len:
-        return a, b or none
+    total = len(a) + len(b or [])
+    if total <= max_len:
+        return a, b
     left = t.get("direction", "Right") == "Left"
 
     def cut(seq, n):
-        return tuple(x[len(x) - n:] if left else x[:n] for x in seq)
+        return seq[len(seq) - n:] if left else seq[:n]
     strategy = t.get("strategy", "LongestFirst")
     if strategy == "LongestFirst":
         if b is None:
-            return cut(a, max_len), none
-        n1, n2 = na, nb
+            return cut(a, max_len), b
+        n1, n2 = len(a), len(b)
         swap = n1 > n2
         if swap:
             n1, n2 = n2, n1
@@ -732,15 +702,15 @@ def _truncate(a: tuple, b: tuple | None, t: dict, n_added: int):
         if swap:
             n1, n2 = n2, n1
         return cut(a, n1), cut(b, n2)
-    to_remove = na + nb - max_len
+    to_remove = total - max_len
     if strategy == "OnlySecond" and b is None:
         raise NacInputError("truncation strategy only_second needs a pair of texts")
     target = a if strategy == "OnlyFirst" else b
-    if len(target[0]) <= to_remove:
+    if len(target) <= to_remove:
         raise NacInputError(f"cannot truncate: the {'first' if strategy == 'OnlyFirst' else 'second'} text is "
                             f"too short to remove {to_remove} tokens")
-    target = cut(target, len(target[0]) - to_remove)
-    return (target, b or none) if strategy == "OnlyFirst" else (a, target)
+    target = cut(target, len(target) - to_remove)
+    return (target, b) if strategy == "OnlyFirst" else (a, target)
 
 
 def _text(x, i: int) -> str:
