@@ -50,10 +50,9 @@ class Settings:
             v = kinds[name](value)
         except (ValueError, KeyError):
             raise NacError(f"bad value {value!r} for {name}") from None
-        checks = {"n": v > 0 if name == "n" else True, "temperature": name != "temperature" or v > 0,
-                  "top_p": name != "top_p" or 0 < v <= 1, "top_k": name != "top_k" or v >= 0,
-                  "repetition_penalty": name != "repetition_penalty" or v > 0}
-        if not all(checks.values()):
+        in_range = {"n": lambda x: x > 0, "temperature": lambda x: x > 0, "top_p": lambda x: 0 < x <= 1,
+                    "top_k": lambda x: x >= 0, "repetition_penalty": lambda x: x > 0}
+        if name in in_range and not in_range[name](v):
             raise NacError(f"{name} = {value} is out of range (see /help)")
         setattr(self, name, v)
         return f"{name} = {v}"
@@ -118,8 +117,12 @@ class Session:
             raise NacError("empty input")
         s = self.settings
         produced: list[int] = []
-        stream = TextStream(self.tok, lambda piece: (out.write(piece), out.flush()) and None)
-        stopped = {"flag": False}
+        def show(piece: str) -> None:
+            out.write(piece)
+            out.flush()
+
+        stream = TextStream(self.tok, show)
+        interrupted = False
 
         def on_token(t):
             produced.append(int(t[0]))
@@ -130,10 +133,10 @@ class Session:
             generate(self.model, ids, max_new_tokens=s.n, do_sample=s.sample, temperature=s.temperature, top_k=s.top_k,
                      top_p=s.top_p, repetition_penalty=s.repetition_penalty, seed=s.seed, on_token=on_token)
         except KeyboardInterrupt:
-            stopped["flag"] = True
+            interrupted = True
         stream.end()
         dt = time.perf_counter() - t0
-        out.write("\n[interrupted]\n" if stopped["flag"] else "\n")
+        out.write("\n[interrupted]\n" if interrupted else "\n")
         out.flush()
         self.last_stats = (f"{len(produced)} tokens in {dt:.2f} s ({len(produced) / dt if dt else 0:.1f} tokens/s), "
                            f"prompt {len(ids)} tokens")
