@@ -10,19 +10,31 @@ A quantised parameter reaches kernels as a `QTensor` (stored data + scales + log
 - many rows (prefill, GEMM): dequantise the weight to float32 in row blocks and call BLAS.
 
 Ternary x int8 uses dot(t, a) = dot(t + 1, a) - sum(a): the codes t + 1 are unsigned {0, 1, 2},
-so the products are unsigned x signed byte multiply-adds (the VNNI ``vpdpbusd`` pattern).
+so the products are unsigned x signed byte multiply-adds, which run as AVX512-VNNI ``vpdpbusd``
+(64 per instruction, `nac.engine.kernels.simd`) where the CPU has it. Int8 x int8 shifts the
+activations by 128 into unsigned bytes for the same instruction.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
 from nac.engine import threads as T
+from nac.engine.kernels.simd import dot_ternary_codes_s8, dot_u8s8
 from nac.format.quant import unpack_ternary_rows
 
 SMALL_M = 8  # rows up to which the compressed-weight kernels beat dequantise + BLAS
+
+# Multiply-adds that cost one thread as much as one element-operation of the elementwise kernels
+# `threads.parallel_range`'s threshold was set on, per kernel (single-thread rates on 4096x4096 at
+# one row: int8 x float ~13 G/s, ternary x float ~20 G/s, int8 x int8 ~30 G/s, ternary x int8
+# ~110 G/s against ~1.75 G element-ops/s). Handing half a product to the pool costs 50-130 us on
+# this VM, so GPT-2-sized decode products (768x2304: 133 us on one thread, 173 us on two) stay on
+# one thread and only ones like the 50257-row LM head are split.
+_MACS_PER_WORK = {("int8", "none"): 16, ("ternary", "none"): 16, ("int8", "int8"): 32, ("ternary", "int8"): 128}
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,13 @@ class QTensor:
     data: np.ndarray
     scale: np.ndarray
     shape: tuple
+
+    @functools.cached_property
+    def block_row_sums(self) -> np.ndarray:
+        """int32 [N]: sum of each int8 row over its first 64 * (K // 64) columns (the part the
+        unsigned x signed byte products of `gemm_int8_a8` cover), computed once per weight."""
+        head = 64 * (self.shape[1] // 64)
+        return self.data[:, :head].sum(axis=1, dtype=np.int64).astype(np.int32)
 
     @property
     def per_row(self) -> bool:
@@ -92,49 +111,106 @@ def gemv_ternary(x4, xsum, packed, scale, per_row, out, lo, hi):
             acc = np.float32(0.0)
             for j in range(KB):
                 b = row[j]
-                acc += (a0[j] * np.float32(b & 3) + a1[j] * np.float32((b >> 2) & 3)
-                        + a2[j] * np.float32((b >> 4) & 3) + a3[j] * np.float32(b >> 6))
+                acc += (a0[j] * np.float32(np.int32(b & 3)) + a1[j] * np.float32(np.int32((b >> 2) & 3))
+                        + a2[j] * np.float32(np.int32((b >> 4) & 3)) + a3[j] * np.float32(np.int32(b >> 6)))
             out[m, n] = (acc - xsum[m]) * s
 
 
 # -- int8 activations (per-token dynamic scales) ----------------------------------------------------------
-def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row symmetric int8: (xq [M, K] int8, scale [M] float32), x ~= xq * scale[:, None]."""
-    amax = np.abs(x).max(axis=1)
-    s = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    return np.clip(np.rint(x / s[:, None]), -127, 127).astype(np.int8), s
+@njit(cache=True, nogil=True)
+def _row_scale(xm):
+    amax = np.float32(0.0)
+    for k in range(xm.shape[0]):
+        amax = max(amax, abs(xm[k]))
+    return amax / np.float32(127.0) if amax > 0 else np.float32(1.0)
 
 
 @njit(cache=True, nogil=True)
-def gemm_int8_a8(xq, xs, q, scale, out, lo, hi):
-    """W8A8: out[m, n] = xs[m] * scale[n] * sum_k int32(xq[m, k]) * int32(q[n, k])."""
+def _quantize(v, s):
+    return np.int8(min(max(np.rint(v / s), np.float32(-127.0)), np.float32(127.0)))
+
+
+@njit(cache=True, nogil=True)
+def quantize_rows(x, xq, xu, xs):
+    """Per-row symmetric int8 of x [M, K] float32: xs[m] = max|x[m]| / 127 (1 for a zero row),
+    xq[m, k] = clip(rint(x[m, k] / xs[m]), -127, 127) int8, and xu = xq + 128 as uint8."""
+    M, K = x.shape
+    for m in range(M):
+        s = _row_scale(x[m])
+        xs[m] = s
+        for k in range(K):
+            q = _quantize(x[m, k], s)
+            xq[m, k] = q
+            xu[m, k] = np.uint8(np.int32(q) + 128)
+
+
+@njit(cache=True, nogil=True)
+def quantize_rows_deinterleaved(x, x4q, xs, xsum):
+    """`quantize_rows` written in the `deinterleave` layout x4q [M, 4, KB] int8 (zero beyond K)
+    for packed ternary weights, with xsum[m] = sum_k xq[m, k] (int32)."""
+    M, K = x.shape
+    x4q[...] = 0
+    for m in range(M):
+        s = _row_scale(x[m])
+        xs[m] = s
+        total = np.int32(0)
+        for k in range(K):
+            q = _quantize(x[m, k], s)
+            x4q[m, k & 3, k >> 2] = q
+            total += np.int32(q)
+        xsum[m] = total
+
+
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric int8: (xq [M, K] int8, scale [M] float32), x ~= xq * scale[:, None]
+    (`quantize_rows`)."""
+    x = np.ascontiguousarray(x, np.float32)
+    xq, xu, xs = np.empty(x.shape, np.int8), np.empty(x.shape, np.uint8), np.empty(x.shape[0], np.float32)
+    quantize_rows(x, xq, xu, xs)
+    return xq, xs
+
+
+@njit(cache=True, nogil=True)
+def gemm_int8_a8(xq, xu, xs, q, row_sums, scale, out, lo, hi):
+    """W8A8: out[m, n] = xs[m] * scale[n] * sum_k int32(xq[m, k]) * int32(q[n, k]).
+
+    xq: [M, K] int8 activations; xu: [M, K] uint8, xq + 128; q: [N, K] int8; row_sums: int32 [N]
+    (`QTensor.block_row_sums`). The first 64 * (K // 64) columns run as unsigned x signed byte dot
+    products (`simd.dot_u8s8`, VNNI ``vpdpbusd`` where the CPU has it):
+    sum xq q = sum (xq + 128) q - 128 sum q.
+    """
     M, K = xq.shape
+    nblk = K // 64
     for n in range(lo, hi):
         row = q[n]
+        bias = np.int32(128) * row_sums[n]
         for m in range(M):
             xm = xq[m]
-            acc = np.int32(0)
-            for k in range(K):
-                acc += np.int32(xm[k]) * np.int32(row[k])
+            acc = np.int32(dot_u8s8(xu[m], row, nblk) - bias)
+            for k in range(64 * nblk, K):
+                acc = np.int32(acc + np.int32(xm[k]) * np.int32(row[k]))
             out[m, n] = np.float32(acc) * xs[m] * scale[n]
 
 
 @njit(cache=True, nogil=True)
 def gemm_ternary_a8(x4q, xsum, xs, packed, scale, per_row, out, lo, hi):
     """W1.58A8: out[m, n] = xs[m] * s_n * (sum_k code[n, k] * xq[m, k] - sum_k xq[m, k]) with
-    code = t + 1 in {0, 1, 2} (unsigned) and int8 activations xq (x4q deinterleaved)."""
+    code = t + 1 in {0, 1, 2} (unsigned) and int8 activations xq (x4q deinterleaved). The first
+    64 * (KB // 64) packed bytes run as byte dot products (`simd.dot_ternary_codes_s8`, VNNI
+    ``vpdpbusd`` where the CPU has it)."""
     M = x4q.shape[0]
     KB = packed.shape[1]
+    nblk = KB // 64
     for n in range(lo, hi):
         row = packed[n]
         s = scale[n] if per_row else scale[0]
         for m in range(M):
             a0, a1, a2, a3 = x4q[m, 0], x4q[m, 1], x4q[m, 2], x4q[m, 3]
-            acc = np.int32(0)
-            for j in range(KB):
-                b = np.int32(row[j])
-                acc += (np.int32(a0[j]) * (b & 3) + np.int32(a1[j]) * ((b >> 2) & 3)
-                        + np.int32(a2[j]) * ((b >> 4) & 3) + np.int32(a3[j]) * (b >> 6))
+            acc = dot_ternary_codes_s8(row, a0, a1, a2, a3, nblk)
+            for j in range(64 * nblk, KB):
+                b = row[j]
+                acc = np.int32(acc + np.int32(b & 3) * np.int32(a0[j]) + np.int32((b >> 2) & 3) * np.int32(a1[j])
+                               + np.int32((b >> 4) & 3) * np.int32(a2[j]) + np.int32(b >> 6) * np.int32(a3[j]))
             out[m, n] = np.float32(acc - xsum[m]) * xs[m] * s
 
 
@@ -170,14 +246,16 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
     M, K = x2.shape
     N = w.shape[0]
     x2 = np.ascontiguousarray(x2, np.float32)
-    work = M * N * K
+    work = M * N * K // _MACS_PER_WORK[w.scheme, activation_quant]
     if activation_quant == "int8":
-        xq, xs = quantize_activations(x2)
+        xs = np.empty(M, np.float32)
         if w.scheme == "int8":
-            T.parallel_range(gemm_int8_a8, N, xq, xs, w.data, w.scale, y, work=work)
+            xq, xu = np.empty((M, K), np.int8), np.empty((M, K), np.uint8)
+            quantize_rows(x2, xq, xu, xs)
+            T.parallel_range(gemm_int8_a8, N, xq, xu, xs, w.data, w.block_row_sums, w.scale, y, work=work)
         else:
-            x4q = deinterleave(xq, w.data.shape[1], np.int8)
-            xsum = xq.astype(np.int32).sum(axis=1).astype(np.int32)
+            x4q, xsum = np.empty((M, 4, w.data.shape[1]), np.int8), np.empty(M, np.int32)
+            quantize_rows_deinterleaved(x2, x4q, xs, xsum)
             T.parallel_range(gemm_ternary_a8, N, x4q, xsum, xs, w.data, w.scale, w.per_row, y, work=work)
         return
     if M <= SMALL_M:

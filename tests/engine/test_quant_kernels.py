@@ -32,7 +32,7 @@ def test_float_activations(scheme, per_row, m, k):
 
 
 @pytest.mark.parametrize("scheme", ["int8", "ternary"])
-@pytest.mark.parametrize("m, k", [(1, 64), (5, 131), (16, 7)])
+@pytest.mark.parametrize("m, k", [(1, 64), (5, 131), (16, 7), (3, 1000), (2, 4096)])
 def test_int8_activations_are_exact_integer_arithmetic(scheme, m, k):
     rng = np.random.default_rng(k)
     w, _ = qtensor(scheme, 29, k, True, rng)
@@ -62,3 +62,22 @@ def test_embedding_rows(scheme):
     out = np.empty((3, 4, 12), np.float32)
     Q.quant_embedding(w, idx, out)
     np.testing.assert_allclose(out, deq[idx], rtol=1e-6, atol=1e-6)
+
+
+def test_activation_quantisation_matches_the_numpy_formula():
+    """Per-token int8: scale max|x| / 127, round half to even, clip to +-127; a zero row gets scale 1."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 300)).astype(np.float32)
+    x[1] = 0.0
+    x[2, :4] = [127.0, 0.5, 1.5, -2.5]  # scale 1: ties round to even
+    amax = np.abs(x).max(axis=1)
+    s = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    want = np.clip(np.rint(x / s[:, None]), -127, 127).astype(np.int8)
+    xq, xs = Q.quantize_activations(x)
+    np.testing.assert_array_equal(xs, s)
+    np.testing.assert_array_equal(xq, want)
+    assert list(xq[2, :4]) == [127, 0, 2, -2]
+    x4q, xs4, xsum = np.empty((5, 4, 75), np.int8), np.empty(5, np.float32), np.empty(5, np.int32)
+    Q.quantize_rows_deinterleaved(x, x4q, xs4, xsum)
+    np.testing.assert_array_equal(x4q, Q.deinterleave(want, 75, np.int8))
+    np.testing.assert_array_equal(xsum, want.astype(np.int64).sum(axis=1))

@@ -1,0 +1,135 @@
+"""AVX-512 VNNI dot products for Numba kernels, written as LLVM IR (`numba.extending.intrinsic`).
+
+LLVM does not turn Numba's byte loops into ``vpdpbusd`` (Numba widens integer arithmetic to 64
+bits; even with the accumulator truncated to int32, LLVM 22 picks ``vpdpwssd`` on 32-bit lanes,
+16 multiply-adds per instruction). These intrinsics call ``llvm.x86.avx512.vpdpbusd.512``
+directly: 64 unsigned x signed byte products summed into 16 int32 lanes per instruction (Intel
+SDM, VPDPBUSD). They exist only where the CPU has AVX512-VNNI and Numba compiles for the host
+(`VNNI`); callers keep a plain-loop kernel for every other machine.
+
+`dot_u8s8` and `dot_ternary_codes_s8` are the intrinsics when `VNNI` holds, else plain Numba
+loops with the same result. Both read whole 64-byte blocks and assume the arrays hold ``nblk * 64`` bytes; the caller handles
+the remainder. Sums wrap modulo 2**32 like the instruction (no saturation).
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils, config
+from numba.extending import intrinsic
+
+_I8X64 = ir.VectorType(ir.IntType(8), 64)
+_I32X16 = ir.VectorType(ir.IntType(32), 16)
+
+
+def _has_vnni() -> bool:
+    if config.CPU_NAME not in (None, "host"):  # compiling for another CPU (e.g. a portable cache)
+        return False
+    import llvmlite.binding as ll
+
+    features = ll.get_host_cpu_features()
+    return all(features.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni"))
+
+
+VNNI: bool = _has_vnni()
+"""True when the VNNI intrinsics below can be compiled on this machine."""
+
+
+def _function(builder, name, ret, args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def _load_block(builder, base, offset):
+    """<64 x i8> at ``base + offset`` bytes (unaligned)."""
+    p = builder.gep(builder.bitcast(base, ir.IntType(8).as_pointer()), [offset])
+    return builder.load(builder.bitcast(p, _I8X64.as_pointer()), align=1)
+
+
+def _dot_loop(context, builder, sig, args, fields, unroll):
+    """sum over blocks b < args[-1] of vpdpbusd(fields(block b of args[0])[f], block b of args[1 + f]).
+
+    ``unroll`` blocks go through separate accumulators per loop trip, so that consecutive
+    ``vpdpbusd`` do not wait on each other's result (5 cycles of latency on Zen 4); the blocks left
+    over run one at a time.
+    """
+    ptrs = [context.make_array(sig.args[i])(context, builder, args[i]).data for i in range(len(args) - 1)]
+    dpbusd = _function(builder, "llvm.x86.avx512.vpdpbusd.512", _I32X16, [_I32X16] * 3)
+    nsigned = len(ptrs) - 1
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_I32X16, None)) for _ in range(nsigned * unroll)]
+    nblk = args[-1]
+    ity = nblk.type
+
+    def blocks(first_block, count):
+        for u in range(count):
+            offset = builder.mul(builder.add(first_block, ir.Constant(ity, u)), ir.Constant(ity, 64))
+            unsigned = fields(builder, _load_block(builder, ptrs[0], offset))
+            for f in range(nsigned):
+                acc = accs[u * nsigned + f]
+                signed = _load_block(builder, ptrs[1 + f], offset)
+                total = builder.call(dpbusd, [builder.load(acc), builder.bitcast(unsigned[f], _I32X16),
+                                              builder.bitcast(signed, _I32X16)])
+                builder.store(total, acc)
+
+    trips = builder.udiv(nblk, ir.Constant(ity, unroll))
+    with cgutils.for_range(builder, trips) as loop:
+        blocks(builder.mul(loop.index, ir.Constant(ity, unroll)), unroll)
+    done = builder.mul(trips, ir.Constant(ity, unroll))
+    with cgutils.for_range(builder, builder.sub(nblk, done)) as loop:
+        blocks(builder.add(done, loop.index), 1)
+    total = builder.load(accs[0])
+    for acc in accs[1:]:
+        total = builder.add(total, builder.load(acc))
+    reduce = _function(builder, "llvm.vector.reduce.add.v16i32", ir.IntType(32), [_I32X16])
+    return builder.call(reduce, [total])
+
+
+@intrinsic
+def _vnni_dot_u8s8(typingctx, u, s, nblk):
+    """int32 sum_{k < 64 nblk} uint8(u[k]) * int8(s[k]); u: uint8 [>= 64 nblk], s: int8 [>= 64 nblk]."""
+    sig = types.int32(u, s, nblk)
+
+    def codegen(context, builder, signature, args):
+        return _dot_loop(context, builder, signature, args, lambda b, v: [v], unroll=4)
+
+    return sig, codegen
+
+
+@intrinsic
+def _vnni_dot_ternary_codes_s8(typingctx, packed, a0, a1, a2, a3, nblk):
+    """int32 sum_{j < 64 nblk} sum_f code_f(packed[j]) * a_f[j], with code_f(b) = (b >> 2f) & 3
+    the four 2-bit fields of a packed ternary byte (`nac.format.quant`) and ``a_f`` int8."""
+    sig = types.int32(packed, a0, a1, a2, a3, nblk)
+    three = ir.Constant(_I8X64, [3] * 64)
+
+    def fields(builder, v):
+        return [builder.and_(v, three)] + [
+            builder.and_(builder.lshr(v, ir.Constant(_I8X64, [2 * f] * 64)), three) for f in (1, 2)
+        ] + [builder.lshr(v, ir.Constant(_I8X64, [6] * 64))]
+
+    def codegen(context, builder, signature, args):
+        return _dot_loop(context, builder, signature, args, fields, unroll=1)
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def _loop_dot_u8s8(u, s, nblk):
+    acc = np.int32(0)
+    for k in range(64 * nblk):
+        acc = np.int32(acc + np.int32(u[k]) * np.int32(s[k]))
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def _loop_dot_ternary_codes_s8(packed, a0, a1, a2, a3, nblk):
+    acc = np.int32(0)
+    for j in range(64 * nblk):
+        b = packed[j]
+        acc = np.int32(acc + np.int32(b & 3) * np.int32(a0[j]) + np.int32((b >> 2) & 3) * np.int32(a1[j])
+                       + np.int32((b >> 4) & 3) * np.int32(a2[j]) + np.int32(b >> 6) * np.int32(a3[j]))
+    return acc
+
+
+dot_u8s8 = _vnni_dot_u8s8 if VNNI else _loop_dot_u8s8
+dot_ternary_codes_s8 = _vnni_dot_ternary_codes_s8 if VNNI else _loop_dot_ternary_codes_s8

@@ -1,0 +1,65 @@
+"""The VNNI byte dot products (LLVM IR intrinsics) and their plain-loop twins against numpy's
+int64 arithmetic, including the extreme byte values."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from nac.engine.kernels import simd
+
+needs_vnni = pytest.mark.skipif(not simd.VNNI, reason="this CPU has no AVX512-VNNI (the loop twins are tested)")
+
+
+def _wrap(dot_u8s8, dot_ternary):
+    @njit
+    def u8s8(u, s, nblk):
+        return dot_u8s8(u, s, nblk)
+
+    @njit
+    def ternary(p, a, nblk):
+        return dot_ternary(p, a[0], a[1], a[2], a[3], nblk)
+
+    return u8s8, ternary
+
+
+IMPLEMENTATIONS = {
+    "loop": pytest.param(_wrap(simd._loop_dot_u8s8, simd._loop_dot_ternary_codes_s8), id="loop"),
+    "vnni": pytest.param(_wrap(simd._vnni_dot_u8s8, simd._vnni_dot_ternary_codes_s8), id="vnni", marks=needs_vnni),
+}
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS.values())
+@pytest.mark.parametrize("nblk", [0, 1, 3, 16])
+@pytest.mark.parametrize("extreme", [False, True])
+def test_dot_u8s8(impl, nblk, extreme):
+    u8s8, _ = impl
+    rng = np.random.default_rng(nblk)
+    n = 64 * nblk + 37  # bytes beyond the blocks must not be read into the sum
+    if extreme:
+        u, s = np.full(n, 255, np.uint8), np.full(n, -128, np.int8)
+    else:
+        u, s = rng.integers(0, 256, n).astype(np.uint8), rng.integers(-128, 128, n).astype(np.int8)
+    want = int(u[:64 * nblk].astype(np.int64) @ s[:64 * nblk].astype(np.int64))
+    assert u8s8(u, s, nblk) == want
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS.values())
+@pytest.mark.parametrize("nblk", [0, 1, 2, 12])
+def test_dot_ternary_codes(impl, nblk):
+    _, ternary = impl
+    rng = np.random.default_rng(100 + nblk)
+    kb = 64 * nblk + 5
+    codes = rng.integers(0, 3, (4, kb)).astype(np.uint8)
+    packed = (codes[0] | codes[1] << 2 | codes[2] << 4 | codes[3] << 6).astype(np.uint8)
+    a = rng.integers(-128, 128, (4, kb)).astype(np.int8)
+    a[:, :3] = -128  # the most negative activation beside the largest code
+    codes[:, :3] = 2
+    packed[:3] = 0b10101010
+    want = int((codes[:, :64 * nblk].astype(np.int64) * a[:, :64 * nblk]).sum())
+    assert ternary(packed, a, nblk) == want
+
+
+def test_kernels_use_vnni_when_the_cpu_has_it():
+    assert (simd.dot_u8s8 is simd._vnni_dot_u8s8) == simd.VNNI
+    assert (simd.dot_ternary_codes_s8 is simd._vnni_dot_ternary_codes_s8) == simd.VNNI
