@@ -6,8 +6,8 @@ Matrix-vector (decode, M=1) and matrix-matrix (M=64) products for a 4096x4096 we
 124M's shapes: numpy float32 (BLAS, its default threads) vs NAC int8 (W8A32), ternary (W1.58A32),
 int8 with int8 activations (W8A8) and ternary with int8 activations (W1.58A8), all through the
 engine's kernel entry point with the engine's thread policy. Reports median microseconds and the
-speed-up over numpy, plus the count of AVX-512 (zmm) and VNNI (vpdpbusd) instructions in each
-kernel's machine code.
+speed-up over numpy, plus the count of AVX-512 (zmm), VNNI (vpdpbusd, vpdpwssd) and permute
+(vpermd/vpermps, the table lookups) instructions in each kernel's machine code.
 """
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ def asm_report() -> dict:
     import numba
 
     out = {}
-    for name in ("gemv_int8", "gemv_ternary", "gemm_int8_a8", "gemm_ternary_a8"):
+    for name in ("gemv_int8", "gemv_ternary", "gemv_ternary_lut", "gemm_int8_a8", "gemm_ternary_a8"):
+        if not getattr(Q, name).signatures:  # not used on this machine (e.g. no AVX-512)
+            continue
         fn = getattr(Q, name)
         # kernels loaded from the on-disk cache carry no assembly: recompile, uncached, for the
         # signatures the benchmark used
@@ -56,7 +58,9 @@ def asm_report() -> dict:
         text = "\n".join(fresh.inspect_asm().values())
         out[name] = {"zmm": len(re.findall(r"%zmm", text)), "ymm": len(re.findall(r"%ymm", text)),
                      "vpdpbusd": len(re.findall(r"vpdpbusd", text)), "vpmaddubsw": len(re.findall(r"vpmaddubsw", text)),
-                     "vpmaddwd": len(re.findall(r"vpmaddwd", text)), "vfmadd": len(re.findall(r"vfmadd", text))}
+                     "vpmaddwd": len(re.findall(r"vpmaddwd", text)), "vpdpwssd": len(re.findall(r"vpdpwssd", text)),
+                     "vpermd/vpermps": len(re.findall(r"vperm[dp]s?\b", text)),
+                     "vfmadd": len(re.findall(r"vfmadd", text))}
     return out
 
 

@@ -4,8 +4,9 @@ A quantised parameter reaches kernels as a `QTensor` (stored data + scales + log
 `linear` and `embedding` dispatch here when their weight is one:
 
 - few rows (decode, GEMV): Numba kernels that read the compressed weight directly: int8 x float
-  (W8A32, dequantised in the inner loop), ternary x float (2-bit fields unpacked in registers),
-  and with per-token int8 activations (``activation_quant="int8"``): int8 x int8 (W8A8) and
+  (W8A32, dequantised in the inner loop), ternary x float (with AVX-512: table lookup over
+  sixteen rows at a time, T-MAC style, `gemv_ternary_lut`; else 2-bit fields unpacked in
+  registers, `gemv_ternary`), and with per-token int8 activations (``activation_quant="int8"``): int8 x int8 (W8A8) and
   ternary x int8, both accumulating in int32;
 - many rows (prefill, GEMM): dequantise the weight to float32 in row blocks and call BLAS.
 
@@ -23,18 +24,19 @@ import numpy as np
 from numba import njit
 
 from nac.engine import threads as T
-from nac.engine.kernels.simd import dot_ternary_codes_s8, dot_u8s8
+from nac.engine.kernels.simd import AVX512, dot_ternary_codes_s8, dot_u8s8, lut16_ternary_rows
 from nac.format.quant import unpack_ternary_rows
 
 SMALL_M = 8  # rows up to which the compressed-weight kernels beat dequantise + BLAS
 
 # Multiply-adds that cost one thread as much as one element-operation of the elementwise kernels
 # `threads.parallel_range`'s threshold was set on, per kernel (single-thread rates on 4096x4096 at
-# one row: int8 x float ~13 G/s, ternary x float ~20 G/s, int8 x int8 ~30 G/s, ternary x int8
+# one row: int8 x float ~13 G/s, ternary x float ~20 G/s (~45 G/s by table lookup), int8 x int8 ~30 G/s, ternary x int8
 # ~110 G/s against ~1.75 G element-ops/s). Handing half a product to the pool costs 50-130 us on
 # this VM, so GPT-2-sized decode products (768x2304: 133 us on one thread, 173 us on two) stay on
 # one thread and only ones like the 50257-row LM head are split.
-_MACS_PER_WORK = {("int8", "none"): 16, ("ternary", "none"): 16, ("int8", "int8"): 32, ("ternary", "int8"): 128}
+_MACS_PER_WORK = {("int8", "none"): 16, ("ternary", "none"): 16, ("ternary-lut", "none"): 32,
+                  ("int8", "int8"): 32, ("ternary", "int8"): 128}
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,17 @@ class QTensor:
         unsigned x signed byte products of `gemm_int8_a8` cover), computed once per weight."""
         head = 64 * (self.shape[1] // 64)
         return self.data[:, :head].sum(axis=1, dtype=np.int64).astype(np.int32)
+
+    @functools.cached_property
+    def row_blocks(self) -> np.ndarray:
+        """uint8 [ceil(N / 16), KB, 16]: the packed ternary rows regrouped sixteen at a time,
+        ``row_blocks[b, j, r] = data[16 b + r, j]`` (missing rows hold zeros, code 0b01), the layout
+        `gemv_ternary_lut` reads; made once per weight (N * KB bytes)."""
+        n, kb = self.data.shape
+        nb = -(-n // 16)
+        blocks = np.full((nb * 16, kb), 0x55, np.uint8)
+        blocks[:n] = self.data
+        return np.ascontiguousarray(blocks.reshape(nb, 16, kb).transpose(0, 2, 1))
 
     @property
     def per_row(self) -> bool:
@@ -114,6 +127,38 @@ def gemv_ternary(x4, xsum, packed, scale, per_row, out, lo, hi):
                 acc += (a0[j] * np.float32(np.int32(b & 3)) + a1[j] * np.float32(np.int32((b >> 2) & 3))
                         + a2[j] * np.float32(np.int32((b >> 4) & 3)) + a3[j] * np.float32(np.int32(b >> 6)))
             out[m, n] = (acc - xsum[m]) * s
+
+
+@njit(cache=True, nogil=True)
+def ternary_pair_tables(x, tables):
+    """tables[m, g, c0 + 4 c1] = (c0 - 1) x[m, 2g] + (c1 - 1) x[m, 2g + 1] (x zero beyond K):
+    the 16 sums one activation pair can take for the 2-bit codes c0, c1 of two ternary weights.
+
+    x: [M, K] float32; tables: [M, 2 KB, 16] float32 with KB = ceil(K / 4).
+    """
+    M, K = x.shape
+    for m in range(M):
+        for g in range(tables.shape[1]):
+            x0 = x[m, 2 * g] if 2 * g < K else np.float32(0.0)
+            x1 = x[m, 2 * g + 1] if 2 * g + 1 < K else np.float32(0.0)
+            for c1 in range(4):
+                for c0 in range(4):
+                    tables[m, g, c0 + 4 * c1] = np.float32(c0 - 1) * x0 + np.float32(c1 - 1) * x1
+
+
+@njit(cache=True, nogil=True)
+def gemv_ternary_lut(tables, blocks, scale, per_row, out, lo, hi):
+    """out[m, n] = s_n * sum_k t[n, k] x[m, k] for the row blocks lo..hi, by table lookup
+    (`simd.lut16_ternary_rows`, T-MAC): tables from `ternary_pair_tables`, blocks from
+    `QTensor.row_blocks`. Needs `simd.AVX512`."""
+    M, N = out.shape
+    acc = np.empty(16, np.float32)
+    for b in range(lo, hi):
+        for m in range(M):
+            lut16_ternary_rows(tables[m], blocks[b], acc)
+            for r in range(min(16, N - 16 * b)):
+                n = 16 * b + r
+                out[m, n] = acc[r] * (scale[n] if per_row else scale[0])
 
 
 # -- int8 activations (per-token dynamic scales) ----------------------------------------------------------
@@ -261,6 +306,12 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
     if M <= SMALL_M:
         if w.scheme == "int8":
             T.parallel_range(gemv_int8, N, x2, w.data, w.scale, y, work=work)
+        elif AVX512:
+            tables = np.empty((M, 2 * w.data.shape[1], 16), np.float32)
+            ternary_pair_tables(x2, tables)
+            blocks = w.row_blocks
+            T.parallel_range(gemv_ternary_lut, blocks.shape[0], tables, blocks, w.scale, w.per_row, y,
+                             work=M * N * K // _MACS_PER_WORK["ternary-lut", "none"])
         else:
             x4 = deinterleave(x2, w.data.shape[1])
             xsum = x2.sum(axis=1, dtype=np.float32)

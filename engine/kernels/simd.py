@@ -20,20 +20,24 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 _I8X64 = ir.VectorType(ir.IntType(8), 64)
+_I8X16 = ir.VectorType(ir.IntType(8), 16)
 _I32X16 = ir.VectorType(ir.IntType(32), 16)
+_F32X16 = ir.VectorType(ir.FloatType(), 16)
 
 
-def _has_vnni() -> bool:
+def _host_has(*features: str) -> bool:
     if config.CPU_NAME not in (None, "host"):  # compiling for another CPU (e.g. a portable cache)
         return False
     import llvmlite.binding as ll
 
-    features = ll.get_host_cpu_features()
-    return all(features.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni"))
+    host = ll.get_host_cpu_features()
+    return all(host.get(f, False) for f in features)
 
 
-VNNI: bool = _has_vnni()
+VNNI: bool = _host_has("avx512f", "avx512bw", "avx512vnni")
 """True when the VNNI intrinsics below can be compiled on this machine."""
+AVX512: bool = _host_has("avx512f")
+"""True when `lut16_ternary_rows` (``vpermps`` on 16 floats) can be compiled on this machine."""
 
 
 def _function(builder, name, ret, args):
@@ -109,6 +113,45 @@ def _vnni_dot_ternary_codes_s8(typingctx, packed, a0, a1, a2, a3, nblk):
 
     def codegen(context, builder, signature, args):
         return _dot_loop(context, builder, signature, args, fields, unroll=1)
+
+    return sig, codegen
+
+
+@intrinsic
+def lut16_ternary_rows(typingctx, tables, block, out):
+    """Sixteen ternary rows times one float vector by table lookup (T-MAC, Wei et al. 2024,
+    "T-MAC: CPU Renaissance via Table Lookup for Low-Bit LLM Deployment on Edge").
+
+    tables: float32 [2 KB, 16], tables[g, c0 + 4 c1] = (c0 - 1) x[2g] + (c1 - 1) x[2g + 1] for the
+    2-bit codes c of one activation pair; block: uint8 [KB, 16], block[j, r] = packed byte j of row
+    r; out: float32 [>= 16] receives the 16 dot products. The low nibble of a packed byte holds the
+    codes of pair 2j, the high nibble those of pair 2j + 1, so each byte column costs two
+    ``vpermps`` (16 lanes = 16 rows) and two adds. Needs `AVX512`.
+    """
+    sig = types.void(tables, block, out)
+
+    def codegen(context, builder, signature, args):
+        tab, blk, dst = (context.make_array(signature.args[i])(context, builder, args[i]).data for i in range(3))
+        kb = context.make_array(signature.args[1])(context, builder, args[1]).shape
+        kb = builder.extract_value(kb, 0)
+        ity = kb.type
+        permute = _function(builder, "llvm.x86.avx512.permvar.sf.512", _F32X16, [_F32X16, _I32X16])
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32X16, None)) for _ in range(2)]
+        tab8 = builder.bitcast(tab, ir.IntType(8).as_pointer())
+        blk8 = builder.bitcast(blk, ir.IntType(8).as_pointer())
+        low = ir.Constant(_I32X16, [15] * 16)
+        with cgutils.for_range(builder, kb) as loop:
+            j = loop.index
+            p = builder.bitcast(builder.gep(blk8, [builder.mul(j, ir.Constant(ity, 16))]), _I8X16.as_pointer())
+            codes = builder.zext(builder.load(p, align=1), _I32X16)
+            for half, idx in enumerate((builder.and_(codes, low), builder.lshr(codes, ir.Constant(_I32X16, [4] * 16)))):
+                row = builder.add(builder.mul(j, ir.Constant(ity, 2 * 64)), ir.Constant(ity, 64 * half))
+                t = builder.load(builder.bitcast(builder.gep(tab8, [row]), _F32X16.as_pointer()), align=4)
+                acc = accs[half]
+                builder.store(builder.fadd(builder.load(acc), builder.call(permute, [t, idx])), acc)
+        total = builder.fadd(builder.load(accs[0]), builder.load(accs[1]))
+        builder.store(total, builder.bitcast(dst, _F32X16.as_pointer()), align=4)
+        return context.get_dummy_value()
 
     return sig, codegen
 

@@ -81,3 +81,25 @@ def test_activation_quantisation_matches_the_numpy_formula():
     Q.quantize_rows_deinterleaved(x, x4q, xs4, xsum)
     np.testing.assert_array_equal(x4q, Q.deinterleave(want, 75, np.int8))
     np.testing.assert_array_equal(xsum, want.astype(np.int64).sum(axis=1))
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+@pytest.mark.parametrize("m, k", [(1, 5), (3, 131), (8, 1000)])
+def test_ternary_float_kernels_agree(per_row, m, k):
+    """The table-lookup kernel (AVX-512 machines) and the unpack-in-registers kernel (the others)
+    both give the float product."""
+    rng = np.random.default_rng(k)
+    w, deq = qtensor("ternary", 45, k, per_row, rng)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    want = x.astype(np.float64) @ deq.T
+    y = np.empty((m, 45), np.float32)
+    Q.gemv_ternary(Q.deinterleave(x, w.data.shape[1]), x.sum(axis=1, dtype=np.float32), w.data, w.scale, per_row,
+                   y, 0, 45)
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    if not Q.AVX512:
+        pytest.skip("no AVX-512 on this CPU: the table-lookup kernel is not used here")
+    tables = np.empty((m, 2 * w.data.shape[1], 16), np.float32)
+    Q.ternary_pair_tables(x, tables)
+    y[...] = np.nan
+    Q.gemv_ternary_lut(tables, w.row_blocks, w.scale, per_row, y, 0, w.row_blocks.shape[0])
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
