@@ -6,8 +6,8 @@ A quantised parameter reaches kernels as a `QTensor` (stored data + scales + log
 - few rows (decode, GEMV): Numba kernels that read the compressed weight directly: int8 x float
   (W8A32, dequantised in the inner loop), ternary x float (with AVX-512: table lookup over
   sixteen rows at a time, T-MAC style, `gemv_ternary_lut`; else 2-bit fields unpacked in
-  registers, `gemv_ternary`), and with per-token int8 activations (``activation_quant="int8"``): int8 x int8 (W8A8) and
-  ternary x int8, both accumulating in int32;
+  registers, `gemv_ternary`), and with per-token int8 activations (``activation_quant="int8"``):
+  int8 x int8 (W8A8) and ternary x int8, both accumulating in int32;
 - many rows (prefill, GEMM): dequantise the weight to float32 in row blocks and call BLAS.
 
 Ternary x int8 uses dot(t, a) = dot(t + 1, a) - sum(a): the codes t + 1 are unsigned {0, 1, 2},
@@ -30,11 +30,11 @@ from nac.format.quant import unpack_ternary_rows
 SMALL_M = 8  # rows up to which the compressed-weight kernels beat dequantise + BLAS
 
 # Multiply-adds that cost one thread as much as one element-operation of the elementwise kernels
-# `threads.parallel_range`'s threshold was set on, per kernel (single-thread rates on 4096x4096 at
-# one row: int8 x float ~13 G/s, ternary x float ~20 G/s (~45 G/s by table lookup), int8 x int8 ~30 G/s, ternary x int8
-# ~110 G/s against ~1.75 G element-ops/s). Handing half a product to the pool costs 50-130 us on
-# this VM, so GPT-2-sized decode products (768x2304: 133 us on one thread, 173 us on two) stay on
-# one thread and only ones like the 50257-row LM head are split.
+# `threads.parallel_range`'s threshold was set on, per kernel. Single-thread rates on 4096x4096 at
+# one row: int8 x float ~13 G/s, ternary x float ~20 G/s (~45 G/s by table lookup), int8 x int8
+# ~30 G/s, ternary x int8 ~110 G/s, against ~1.75 G element-ops/s. Handing half a product to the
+# pool costs 50-130 us on this VM, so GPT-2-sized decode products (768x2304: 133 us on one
+# thread, 173 us on two) stay on one thread and only ones like the 50257-row LM head are split.
 _MACS_PER_WORK = {("int8", "none"): 16, ("ternary", "none"): 16, ("ternary-lut", "none"): 32,
                   ("int8", "int8"): 32, ("ternary", "int8"): 128}
 
@@ -274,16 +274,18 @@ def dequant_int8(q, scale, r0, out, lo, hi):
 def dequant_ternary(packed, scale, per_row, r0, out, lo, hi):
     """out[i, 4j + f] = (code_f(packed[r0 + i, j]) - 1) * s for i in lo..hi (K = out.shape[1])."""
     K = out.shape[1]
-    KB = packed.shape[1]
+    full = K // 4  # whole bytes: four unrolled stores vectorise; the last partial byte after
     for i in range(lo, hi):
         s = scale[r0 + i] if per_row else scale[0]
         row, o = packed[r0 + i], out[i]
-        for j in range(KB):
+        for j in range(full):
             b = row[j]
-            for f in range(4):
-                k = 4 * j + f
-                if k < K:
-                    o[k] = np.float32(np.int32((b >> (2 * f)) & 3) - 1) * s
+            o[4 * j] = np.float32(np.int32(b & 3) - 1) * s
+            o[4 * j + 1] = np.float32(np.int32((b >> 2) & 3) - 1) * s
+            o[4 * j + 2] = np.float32(np.int32((b >> 4) & 3) - 1) * s
+            o[4 * j + 3] = np.float32(np.int32(b >> 6) - 1) * s
+        for k in range(4 * full, K):
+            o[k] = np.float32(np.int32((row[full] >> (2 * (k & 3))) & 3) - 1) * s
 
 
 def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: str = "none") -> None:
@@ -325,7 +327,7 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
         if w.scheme == "int8":
             T.parallel_range(dequant_int8, r1 - r0, w.data, w.scale, r0, wf, work=wf.size)
         else:
-            T.parallel_range(dequant_ternary, r1 - r0, w.data, w.scale, w.per_row, r0, wf, work=wf.size * 2)
+            T.parallel_range(dequant_ternary, r1 - r0, w.data, w.scale, w.per_row, r0, wf, work=wf.size)
         np.matmul(x2, wf.T, out=y[:, r0:r1])
 
 

@@ -1,15 +1,17 @@
-"""AVX-512 VNNI dot products for Numba kernels, written as LLVM IR (`numba.extending.intrinsic`).
+"""AVX-512 kernels for Numba written as LLVM IR (`numba.extending.intrinsic`): VNNI byte dot
+products and a 16-row ternary table lookup.
 
 LLVM does not turn Numba's byte loops into ``vpdpbusd`` (Numba widens integer arithmetic to 64
 bits; even with the accumulator truncated to int32, LLVM 22 picks ``vpdpwssd`` on 32-bit lanes,
-16 multiply-adds per instruction). These intrinsics call ``llvm.x86.avx512.vpdpbusd.512``
-directly: 64 unsigned x signed byte products summed into 16 int32 lanes per instruction (Intel
-SDM, VPDPBUSD). They exist only where the CPU has AVX512-VNNI and Numba compiles for the host
-(`VNNI`); callers keep a plain-loop kernel for every other machine.
+16 multiply-adds per instruction). `dot_u8s8` and `dot_ternary_codes_s8` call
+``llvm.x86.avx512.vpdpbusd.512`` directly: 64 unsigned x signed byte products summed into 16
+int32 lanes per instruction (Intel SDM, VPDPBUSD). They are the intrinsics where the CPU has
+AVX512-VNNI and Numba compiles for the host (`VNNI`), else plain Numba loops with the same
+result. Both read whole 64-byte blocks and assume the arrays hold ``nblk * 64`` bytes; the caller
+handles the remainder. Sums wrap modulo 2**32 like the instruction (no saturation).
 
-`dot_u8s8` and `dot_ternary_codes_s8` are the intrinsics when `VNNI` holds, else plain Numba
-loops with the same result. Both read whole 64-byte blocks and assume the arrays hold ``nblk * 64`` bytes; the caller handles
-the remainder. Sums wrap modulo 2**32 like the instruction (no saturation).
+`lut16_ternary_rows` (``vpermps``, `AVX512` only; callers keep a plain kernel for the rest) is
+the T-MAC table lookup for ternary weights times float activations.
 """
 from __future__ import annotations
 
