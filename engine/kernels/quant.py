@@ -18,6 +18,7 @@ activations by 128 into unsigned bytes for the same instruction.
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -288,6 +289,19 @@ def dequant_ternary(packed, scale, per_row, r0, out, lo, hi):
             o[k] = np.float32(np.int32((row[full] >> (2 * (k & 3))) & 3) - 1) * s
 
 
+_DEQUANT_FLOATS = 1 << 20  # dequantise ~4 MB of float32 rows at a time, then BLAS on them
+_local = threading.local()
+
+
+def _scratch(n: int) -> np.ndarray:
+    """A float32 buffer of n elements reused by this thread's calls: a fresh multi-megabyte array
+    per call costs a page fault per 4 KB (~1 ms for GPT-2's 768x2304 weight)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < n:
+        buf = _local.buf = np.empty(n, np.float32)
+    return buf[:n]
+
+
 def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: str = "none") -> None:
     """y [M, N] = x2 [M, K] @ dequant(w).T for a quantised weight (no bias/activation)."""
     M, K = x2.shape
@@ -319,8 +333,8 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
             xsum = x2.sum(axis=1, dtype=np.float32)
             T.parallel_range(gemv_ternary, N, x4, xsum, w.data, w.scale, w.per_row, y, work=work)
         return
-    block = min(N, max(1, (1 << 22) // max(K, 1)))  # dequantise ~16 MB of float32 at a time
-    buf = np.empty((block, K), np.float32)
+    block = min(N, max(1, _DEQUANT_FLOATS // max(K, 1)))
+    buf = _scratch(block * K).reshape(block, K)
     for r0 in range(0, N, block):
         r1 = min(N, r0 + block)
         wf = buf[:r1 - r0]
