@@ -33,11 +33,14 @@ class Net(nn.Module):
         return self.head(h)
 
 
-def test_bitlinear_export_is_ternary_and_exact(tmp_path):
+@pytest.mark.parametrize("shape", [(3, 7), (1, 5)], ids=["prefill-sized", "decode-sized"])
+def test_bitlinear_export_is_ternary_and_exact(tmp_path, shape):
+    """21 rows dequantise into BLAS; 5 rows run the compressed-weight kernel (table lookup on
+    AVX-512 machines)."""
     torch.manual_seed(0)
     model = ternarize(Net(), include=["up", "down"]).eval()
     assert isinstance(model.up, BitLinear) and type(model.head) is nn.Linear
-    ids = torch.randint(0, 40, (3, 7))
+    ids = torch.randint(0, 40, shape)
     path = nac.export(model, (ids,), tmp_path / "bit.nac")
     info = describe(path)
     q = {x["name"]: x for x in info["quantized"]}
