@@ -42,6 +42,11 @@ AVX512: bool = _host_has("avx512f")
 """True when `lut16_ternary_rows` (``vpermps`` on 16 floats) can be compiled on this machine."""
 
 
+def _is_array(ty, dtype, ndim: int) -> bool:
+    """A C-contiguous Numba array type of ``dtype`` and ``ndim`` (the intrinsics read raw memory)."""
+    return isinstance(ty, types.Array) and ty.dtype == dtype and ty.ndim == ndim and ty.layout == "C"
+
+
 def _function(builder, name, ret, args):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
@@ -93,6 +98,8 @@ def _dot_loop(context, builder, sig, args, fields, unroll):
 @intrinsic
 def _vnni_dot_u8s8(typingctx, u, s, nblk):
     """int32 sum_{k < 64 nblk} uint8(u[k]) * int8(s[k]); u: uint8 [>= 64 nblk], s: int8 [>= 64 nblk]."""
+    if not (_is_array(u, types.uint8, 1) and _is_array(s, types.int8, 1) and isinstance(nblk, types.Integer)):
+        return None  # a typing error names the argument types
     sig = types.int32(u, s, nblk)
 
     def codegen(context, builder, signature, args):
@@ -105,6 +112,9 @@ def _vnni_dot_u8s8(typingctx, u, s, nblk):
 def _vnni_dot_ternary_codes_s8(typingctx, packed, a0, a1, a2, a3, nblk):
     """int32 sum_{j < 64 nblk} sum_f code_f(packed[j]) * a_f[j], with code_f(b) = (b >> 2f) & 3
     the four 2-bit fields of a packed ternary byte (`nac.format.quant`) and ``a_f`` int8."""
+    if not (_is_array(packed, types.uint8, 1) and all(_is_array(a, types.int8, 1) for a in (a0, a1, a2, a3))
+            and isinstance(nblk, types.Integer)):
+        return None
     sig = types.int32(packed, a0, a1, a2, a3, nblk)
     three = ir.Constant(_I8X64, [3] * 64)
 
@@ -130,6 +140,9 @@ def lut16_ternary_rows(typingctx, tables, block, out):
     codes of pair 2j, the high nibble those of pair 2j + 1, so each byte column costs two
     ``vpermps`` (16 lanes = 16 rows) and two adds. Needs `AVX512`.
     """
+    if not (_is_array(tables, types.float32, 2) and _is_array(block, types.uint8, 2)
+            and _is_array(out, types.float32, 1)):
+        return None
     sig = types.void(tables, block, out)
 
     def codegen(context, builder, signature, args):
@@ -146,7 +159,8 @@ def lut16_ternary_rows(typingctx, tables, block, out):
             j = loop.index
             p = builder.bitcast(builder.gep(blk8, [builder.mul(j, ir.Constant(ity, 16))]), _I8X16.as_pointer())
             codes = builder.zext(builder.load(p, align=1), _I32X16)
-            for half, idx in enumerate((builder.and_(codes, low), builder.lshr(codes, ir.Constant(_I32X16, [4] * 16)))):
+            nibbles = (builder.and_(codes, low), builder.lshr(codes, ir.Constant(_I32X16, [4] * 16)))
+            for half, idx in enumerate(nibbles):
                 row = builder.add(builder.mul(j, ir.Constant(ity, 2 * 64)), ir.Constant(ity, 64 * half))
                 t = builder.load(builder.bitcast(builder.gep(tab8, [row]), _F32X16.as_pointer()), align=4)
                 acc = accs[half]

@@ -63,3 +63,16 @@ def test_dot_ternary_codes(impl, nblk):
 def test_kernels_use_vnni_when_the_cpu_has_it():
     assert (simd.dot_u8s8 is simd._vnni_dot_u8s8) == simd.VNNI
     assert (simd.dot_ternary_codes_s8 is simd._vnni_dot_ternary_codes_s8) == simd.VNNI
+
+
+@needs_vnni
+def test_intrinsics_refuse_arrays_they_cannot_read():
+    """They read raw memory: a strided or wrongly typed array is a typing error, not wrong sums."""
+    from numba.core.errors import TypingError
+
+    u8s8, _ = IMPLEMENTATIONS["vnni"].values[0]
+    u = np.zeros(256, np.uint8)
+    with pytest.raises(TypingError):
+        u8s8(u[::2], np.zeros(128, np.int8), 1)
+    with pytest.raises(TypingError):
+        u8s8(u, np.zeros(256, np.uint8), 1)
