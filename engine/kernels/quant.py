@@ -36,6 +36,9 @@ SMALL_M = 8  # rows up to which the compressed-weight kernels beat dequantise + 
 # ~30 G/s, ternary x int8 ~110 G/s, against ~1.75 G element-ops/s. Handing half a product to the
 # pool costs 50-130 us on this VM, so GPT-2-sized decode products (768x2304: 133 us on one
 # thread, 173 us on two) stay on one thread and only ones like the 50257-row LM head are split.
+# int8 x float products from here on (~12 us on one core) go to `nac.engine.helper`; ternary
+# table lookups, twice as fast per multiply-add, from twice that
+_HELPER_MIN_MACS = 1 << 18
 _MACS_PER_WORK = {("int8", "none"): 16, ("ternary", "none"): 16, ("ternary-lut", "none"): 32,
                   ("int8", "int8"): 32, ("ternary", "int8"): 128}
 
@@ -321,13 +324,19 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
         return
     if M <= SMALL_M:
         if w.scheme == "int8":
-            T.parallel_range(gemv_int8, N, x2, w.data, w.scale, y, work=work)
+            from nac.engine.helper import split_gemv_int8  # (the helper runs this module's kernel)
+
+            if not (M * N * K >= _HELPER_MIN_MACS and split_gemv_int8(x2, w.data, w.scale, y)):
+                T.parallel_range(gemv_int8, N, x2, w.data, w.scale, y, work=work)
         elif AVX512:
+            from nac.engine.helper import split_gemv_ternary_lut
+
             tables = np.empty((M, 2 * w.data.shape[1], 16), np.float32)
             ternary_pair_tables(x2, tables)
             blocks = w.row_blocks
-            T.parallel_range(gemv_ternary_lut, blocks.shape[0], tables, blocks, w.scale, w.per_row, y,
-                             work=M * N * K // _MACS_PER_WORK["ternary-lut", "none"])
+            if not (M * N * K >= _HELPER_MIN_MACS * 2 and split_gemv_ternary_lut(tables, blocks, w.scale, y)):
+                T.parallel_range(gemv_ternary_lut, blocks.shape[0], tables, blocks, w.scale, w.per_row, y,
+                                 work=M * N * K // _MACS_PER_WORK["ternary-lut", "none"])
         else:
             x4 = deinterleave(x2, w.data.shape[1])
             xsum = x2.sum(axis=1, dtype=np.float32)
