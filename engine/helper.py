@@ -1,6 +1,6 @@
 """A second core for decode-sized products: one helper thread that waits inside Numba.
 
-Serves the float-activation decode kernels `quant.gemv_int8` and `quant.gemv_ternary_lut`.
+Serves the quantised product kernels of `nac.engine.kernels.quant` (`split`).
 
 Splitting a ~100 us matrix-vector product over `threads.parallel_range` costs 50-130 us on this
 VM: the pool thread sleeps between tasks and must be woken, then take the GIL, and the caller
@@ -10,8 +10,9 @@ or the scheduler: while it polls, a hand-off costs a few hundred nanoseconds. Me
 int8 decode products (one row): 768x2304 133 -> 73 us, 768x3072 256 -> 165 us.
 
 It polls for `SPIN_SECONDS` after its last job (a decode step posts a product every few hundred
-microseconds), then sleeps on a condition variable; the first product after that pays the
-slow wake-up (~0.4 ms). The caller waits for its half the same way: polling briefly, then
+microseconds; a short window also keeps it off the core when BLAS threads want it), then sleeps
+on a condition variable; the first product after that pays the slow wake-up (~0.4 ms). The
+caller waits for its half the same way: polling briefly, then
 yielding the core with ``time.sleep(0)`` so that an oversubscribed machine still makes progress.
 
 Used only with two or more threads (`threads.num_threads`). One caller at a time: a call that
@@ -33,13 +34,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nac.engine import threads as T
-from nac.engine.kernels.quant import gemv_int8, gemv_ternary_lut
+from nac.engine.kernels.quant import gemm_int8_a8, gemm_ternary_a8, gemv_int8, gemv_ternary_lut
 
-SPIN_SECONDS = 0.01
+SPIN_SECONDS = 0.002
 """How long the helper polls for work after its last job before it sleeps."""
 
 _IDLE, _GO, _DONE, _QUIT = 0, 1, 2, 3  # flags[0]
-_INT8, _TERNARY_LUT = 1, 2  # job[0]
+_INT8, _TERNARY_LUT, _INT8_A8, _TERNARY_A8 = 1, 2, 3, 4  # job[0]
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
@@ -100,6 +101,7 @@ def _pointer_to(dtype):
 _f32_pointer = _pointer_to(types.float32)
 _i8_pointer = _pointer_to(types.int8)
 _u8_pointer = _pointer_to(types.uint8)
+_i32_pointer = _pointer_to(types.int32)
 
 
 @njit(cache=True, nogil=True)
@@ -117,27 +119,37 @@ def _poll(flags, spins):
 def _serve(flags, job, spins):
     """Run posted jobs until ``spins`` polls pass without one; returns 1 on QUIT, else 0.
 
-    job[0] is the kernel, then its shapes, the addresses of its arrays and the range lo, hi:
-    - `_INT8`: M, K, N, x [M, K] float32, q [N, K] int8, scale [N] float32, out [M, N] float32
-      (`gemv_int8`);
-    - `_TERNARY_LUT`: M, KB, N, tables [M, 2 KB, 16] float32, blocks [ceil(N / 16), KB, 16]
-      uint8, scale [S] float32 (S = N, or 1 for a per-tensor scale), out [M, N] float32
-      (`gemv_ternary_lut`, ranges in row blocks).
+    job: kernel, M, K (KB, packed bytes per row, for ternary), N, lo, hi, S (scale elements: N,
+    or 1 for a per-tensor ternary scale), then the addresses of the kernel's arrays:
+    - `_INT8` (`gemv_int8`): x [M, K] float32, q [N, K] int8, scale [N] float32, out [M, N];
+    - `_TERNARY_LUT` (`gemv_ternary_lut`, lo..hi in 16-row blocks): tables [M, 2 KB, 16]
+      float32, blocks [ceil(N / 16), KB, 16] uint8, scale [S] float32, out [M, N];
+    - `_INT8_A8` (`gemm_int8_a8`): xq [M, K] int8, xu [M, K] uint8, xs [M] float32, q [N, K]
+      int8, row_sums [N] int32, scale [N] float32, out [M, N];
+    - `_TERNARY_A8` (`gemm_ternary_a8`): x4q [M, 4, KB] int8, xsum [M] int32, xs [M] float32,
+      packed [N, KB] uint8, scale [S] float32, out [M, N].
     """
     while _poll(flags, spins):
         if _atomic_load(flags) == _QUIT:
             return 1
-        m, k, n = job[1], job[2], job[3]
-        out = carray(_f32_pointer(job[7]), (m, n))
-        if job[0] == _INT8:
-            x = carray(_f32_pointer(job[4]), (m, k))
-            q = carray(_i8_pointer(job[5]), (n, k))
-            gemv_int8(x, q, carray(_f32_pointer(job[6]), (n,)), out, job[8], job[9])
+        kind, m, k, n, lo, hi, ns = job[0], job[1], job[2], job[3], job[4], job[5], job[6]
+        a = job[7:]
+        if kind == _INT8:
+            gemv_int8(carray(_f32_pointer(a[0]), (m, k)), carray(_i8_pointer(a[1]), (n, k)),
+                      carray(_f32_pointer(a[2]), (n,)), carray(_f32_pointer(a[3]), (m, n)), lo, hi)
+        elif kind == _TERNARY_LUT:
+            gemv_ternary_lut(carray(_f32_pointer(a[0]), (m, 2 * k, 16)),
+                             carray(_u8_pointer(a[1]), ((n + 15) // 16, k, 16)),
+                             carray(_f32_pointer(a[2]), (ns,)), ns == n, carray(_f32_pointer(a[3]), (m, n)), lo, hi)
+        elif kind == _INT8_A8:
+            gemm_int8_a8(carray(_i8_pointer(a[0]), (m, k)), carray(_u8_pointer(a[1]), (m, k)),
+                         carray(_f32_pointer(a[2]), (m,)), carray(_i8_pointer(a[3]), (n, k)),
+                         carray(_i32_pointer(a[4]), (n,)), carray(_f32_pointer(a[5]), (n,)),
+                         carray(_f32_pointer(a[6]), (m, n)), lo, hi)
         else:
-            tables = carray(_f32_pointer(job[4]), (m, 2 * k, 16))
-            blocks = carray(_u8_pointer(job[5]), ((n + 15) // 16, k, 16))
-            scale = carray(_f32_pointer(job[6]), (job[10],))
-            gemv_ternary_lut(tables, blocks, scale, job[10] == n, out, job[8], job[9])
+            gemm_ternary_a8(carray(_i8_pointer(a[0]), (m, 4, k)), carray(_i32_pointer(a[1]), (m,)),
+                            carray(_f32_pointer(a[2]), (m,)), carray(_u8_pointer(a[3]), (n, k)),
+                            carray(_f32_pointer(a[4]), (ns,)), ns == n, carray(_f32_pointer(a[5]), (m, n)), lo, hi)
         _atomic_store(flags, _DONE)
     return 0
 
@@ -192,44 +204,30 @@ class Helper:
                     self.wake.wait()
                 self.asleep = False
 
-    def run(self, job: tuple, kernel, args: tuple, lo: int, mid: int, hi: int) -> bool:
-        """Post ``job`` (the `_serve` layout up to the range) for rows mid..hi, run
-        ``kernel(*args, lo, mid)`` here, and wait for the helper. The arrays behind the job must
-        stay alive until this returns (the caller holds them). False, having done nothing, when
-        another thread is using the helper."""
+    def run(self, kind: int, kernel, args: tuple, shape: tuple, total: int, scale_size: int = 0) -> bool:
+        """Run ``kernel(*args, lo, hi)`` over ``[0, total)``: the first half here, the second on
+        the helper, which rebuilds ``args`` from their addresses (the `_serve` layout for
+        ``kind``; ``shape`` is its M, K, N). Every array argument must be C-contiguous and stays
+        alive until this returns. False, having done nothing, when another thread is using the
+        helper."""
         if not self.busy.acquire(blocking=False):
             return False
         try:
-            self.job[:len(job) + 2] = (*job[:8], mid, hi, *job[8:])
+            mid = total // 2
+            addresses = [a.ctypes.data for a in args if isinstance(a, np.ndarray)]
+            self.job[:7 + len(addresses)] = (kind, *shape, mid, total, scale_size, *addresses)
             _set(self.flags, _GO)
             with self.wake:
                 if self.asleep:
                     self.wake.notify()
             try:
-                kernel(*args, lo, mid)
+                kernel(*args, 0, mid)
             finally:  # the helper reads these arrays until it is done
                 while not _wait_done(self.flags, self.wait_spins):
                     time.sleep(0)  # the helper is not running: let the scheduler give it a core
             return True
         finally:
             self.busy.release()
-
-    def gemv_int8(self, x: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> bool:
-        """out [M, N] = `gemv_int8` of x [M, K] float32 and q [N, K] int8 (scale [N] float32), the
-        rows split between the caller and the helper. All arrays C-contiguous."""
-        (m, k), n = x.shape, q.shape[0]
-        job = (_INT8, m, k, n, x.ctypes.data, q.ctypes.data, scale.ctypes.data, out.ctypes.data)
-        return self.run(job, gemv_int8, (x, q, scale, out), 0, n // 2, n)
-
-    def gemv_ternary_lut(self, tables: np.ndarray, blocks: np.ndarray, scale: np.ndarray,
-                         out: np.ndarray) -> bool:
-        """`gemv_ternary_lut` over all row blocks, split between the caller and the helper. All
-        arrays C-contiguous; a per-tensor scale has one element."""
-        m, n = out.shape
-        nb, kb = blocks.shape[:2]
-        job = (_TERNARY_LUT, m, kb, n, tables.ctypes.data, blocks.ctypes.data, scale.ctypes.data, out.ctypes.data,
-               scale.shape[0])
-        return self.run(job, gemv_ternary_lut, (tables, blocks, scale, scale.shape[0] == n, out), 0, nb // 2, nb)
 
     def close(self) -> None:
         """Stop the thread (at interpreter exit)."""
@@ -258,19 +256,16 @@ def helper() -> Helper | None:
     return h
 
 
-def split_gemv_int8(x: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> bool:
-    """`gemv_int8` over all rows on two cores through the helper; False (nothing done) when there
-    is no helper, it is busy, or an array is not C-contiguous."""
-    if not all(a.flags.c_contiguous for a in (x, q, scale, out)):
-        return False
-    h = helper()
-    return h is not None and h.gemv_int8(x, q, scale, out)
+_KINDS = {gemv_int8: _INT8, gemv_ternary_lut: _TERNARY_LUT, gemm_int8_a8: _INT8_A8, gemm_ternary_a8: _TERNARY_A8}
 
 
-def split_gemv_ternary_lut(tables: np.ndarray, blocks: np.ndarray, scale: np.ndarray, out: np.ndarray) -> bool:
-    """`gemv_ternary_lut` over all row blocks on two cores through the helper; False (nothing
-    done) as for `split_gemv_int8`."""
-    if not all(a.flags.c_contiguous for a in (tables, blocks, scale, out)):
+def split(kernel, total: int, *args, shape: tuple, scale_size: int = 0) -> bool:
+    """``kernel(*args, lo, hi)`` over ``[0, total)`` on two cores through the helper, for the
+    kernels `_serve` knows (`gemv_int8`, `gemv_ternary_lut`, `gemm_int8_a8`, `gemm_ternary_a8`,
+    with their arguments in order; ``shape`` = (M, K or KB, N), ``scale_size`` the elements of a
+    ternary scale). False, having done nothing, when there is no helper (one thread), it is busy,
+    or an array is not C-contiguous; the caller then runs the kernel its usual way."""
+    if not all(a.flags.c_contiguous for a in args if isinstance(a, np.ndarray)):
         return False
     h = helper()
-    return h is not None and h.gemv_ternary_lut(tables, blocks, scale, out)
+    return h is not None and h.run(_KINDS[kernel], kernel, args, shape, total, scale_size)

@@ -32,7 +32,7 @@ def test_split_equals_one_thread(own_helper, m, n, k):
     want = np.empty((m, n), np.float32)
     Q.gemv_int8(x, q, s, want, 0, n)
     got = np.full((m, n), np.nan, np.float32)
-    assert own_helper.gemv_int8(x, q, s, got)
+    assert own_helper.run(H._INT8, Q.gemv_int8, (x, q, s, got), (m, k, n), n)
     np.testing.assert_array_equal(got, want)  # the same kernel on each row: bitwise equal
 
 
@@ -46,7 +46,7 @@ def test_wakes_after_sleeping(own_helper):
             time.sleep(0.005)
         assert own_helper.asleep
         got = np.zeros((1, 300), np.float32)
-        assert own_helper.gemv_int8(x, q, s, got)
+        assert own_helper.run(H._INT8, Q.gemv_int8, (x, q, s, got), (1, 128, 300), 300)
         np.testing.assert_array_equal(got, want)
 
 
@@ -54,14 +54,14 @@ def test_busy_helper_steps_aside(own_helper):
     x, q, s = _operands(1, 64, 64)
     out = np.zeros((1, 64), np.float32)
     with own_helper.busy:
-        assert not own_helper.gemv_int8(x, q, s, out)
+        assert not own_helper.run(H._INT8, Q.gemv_int8, (x, q, s, out), (1, 64, 64), 64)
     assert not out.any()
 
 
 def test_strided_arrays_are_refused():
     x, q, s = _operands(1, 128, 64)
     out = np.zeros((1, 128), np.float32)
-    assert not H.split_gemv_int8(x, q[:, ::2], s, out)
+    assert not H.split(Q.gemv_int8, 128, x, q[:, ::2], s, out, shape=(1, 32, 128))
     assert not out.any()
 
 
@@ -92,5 +92,38 @@ def test_ternary_lut_split_equals_one_thread(own_helper, per_row, m, n, k):
     want = np.empty((m, n), np.float32)
     Q.gemv_ternary_lut(tables, w.row_blocks, w.scale, per_row, want, 0, w.row_blocks.shape[0])
     got = np.full((m, n), np.nan, np.float32)
-    assert own_helper.gemv_ternary_lut(tables, w.row_blocks, w.scale, got)
+    nb = w.row_blocks.shape[0]
+    assert own_helper.run(H._TERNARY_LUT, Q.gemv_ternary_lut, (tables, w.row_blocks, w.scale, per_row, got),
+                          (m, w.data.shape[1], n), nb, scale_size=w.scale.shape[0])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("scheme, per_row", [("int8", True), ("ternary", True), ("ternary", False)])
+@pytest.mark.parametrize("m, n, k", [(1, 2304, 768), (3, 517, 200)])
+def test_int8_activation_kernels_split_equal_one_thread(own_helper, scheme, per_row, m, n, k):
+    """W8A8 and W1.58A8 through the helper: the exact integer results of one thread."""
+    from nac.format.quant import pack_ternary_rows, quantize_ternary
+
+    rng = np.random.default_rng(k)
+    wf = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    xs = np.empty(m, np.float32)
+    want, got = np.empty((m, n), np.float32), np.full((m, n), np.nan, np.float32)
+    if scheme == "int8":
+        q, s = quantize_int8(wf)
+        w = Q.QTensor("int8", q, s, (n, k))
+        xq, xu = np.empty((m, k), np.int8), np.empty((m, k), np.uint8)
+        Q.quantize_rows(x, xq, xu, xs)
+        args = (xq, xu, xs, q, w.block_row_sums, s)
+        Q.gemm_int8_a8(*args, want, 0, n)
+        assert own_helper.run(H._INT8_A8, Q.gemm_int8_a8, (*args, got), (m, k, n), n)
+    else:
+        t, s = quantize_ternary(wf, per_channel=per_row)
+        packed = pack_ternary_rows(t)
+        kb = packed.shape[1]
+        x4q, xsum = np.empty((m, 4, kb), np.int8), np.empty(m, np.int32)
+        Q.quantize_rows_deinterleaved(x, x4q, xs, xsum)
+        args = (x4q, xsum, xs, packed, s, per_row)
+        Q.gemm_ternary_a8(*args, want, 0, n)
+        assert own_helper.run(H._TERNARY_A8, Q.gemm_ternary_a8, (*args, got), (m, kb, n), n, scale_size=s.shape[0])
     np.testing.assert_array_equal(got, want)
