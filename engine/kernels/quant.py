@@ -33,14 +33,14 @@ SMALL_M = 8  # rows up to which the compressed-weight kernels beat dequantise + 
 # Multiply-adds that cost one thread as much as one element-operation of the elementwise kernels
 # `threads.parallel_range`'s threshold was set on, per kernel. Single-thread rates on 4096x4096 at
 # one row: int8 x float ~13 G/s, ternary x float ~20 G/s (~45 G/s by table lookup), int8 x int8
-# ~30 G/s, ternary x int8 ~110 G/s, against ~1.75 G element-ops/s. Handing half a product to the
-# pool costs 50-130 us on this VM, so GPT-2-sized decode products (768x2304: 133 us on one
-# thread, 173 us on two) stay on one thread and only ones like the 50257-row LM head are split.
-# Products worth at least this much work (~10 us on one core) are split over two cores through
-# `nac.engine.helper`, whose hand-off costs well under a microsecond while it polls.
-_HELPER_MIN_WORK = 1 << 14
+# ~30 G/s, ternary x int8 ~110 G/s, against ~1.75 G element-ops/s.
 _MACS_PER_WORK = {("int8", "none"): 16, ("ternary", "none"): 16, ("ternary-lut", "none"): 32,
                   ("int8", "int8"): 32, ("ternary", "int8"): 128}
+# Products worth at least this much work (~10 us on one core) are split over two cores through
+# `nac.engine.helper`, whose hand-off costs well under a microsecond while it polls; the pool's
+# costs 50-130 us on this VM (GPT-2's 768x2304 int8 product: 133 us on one thread, 173 us split
+# through the pool, 73 us through the helper).
+_HELPER_MIN_WORK = 1 << 14
 
 
 @dataclass(frozen=True)
