@@ -8,9 +8,7 @@
   threads block instead of spinning. No Numba ``parallel=True``: its OpenMP workers spin after
   each region and, next to BLAS threads, made EfficientNet-Lite0 13x slower.
 - Handing a range to a pool thread costs ~55 us here (thread wake-up; measured with a no-op
-  nogil kernel; 50-130 us on a busier day), so only work worth ~150 us or more on one thread is
-  split. Decode-sized quantised products, too short for that, go to `nac.engine.helper`, a
-  thread that polls for work inside Numba.
+  nogil kernel), so only work worth ~150 us or more on one thread is split.
 """
 from __future__ import annotations
 

@@ -33,14 +33,11 @@ SMALL_M = 8  # rows up to which the compressed-weight kernels beat dequantise + 
 # Multiply-adds that cost one thread as much as one element-operation of the elementwise kernels
 # `threads.parallel_range`'s threshold was set on, per kernel. Single-thread rates on 4096x4096 at
 # one row: int8 x float ~13 G/s, ternary x float ~20 G/s (~45 G/s by table lookup), int8 x int8
-# ~30 G/s, ternary x int8 ~110 G/s, against ~1.75 G element-ops/s.
+# ~30 G/s, ternary x int8 ~110 G/s, against ~1.75 G element-ops/s. Handing half a product to the
+# pool costs 50-130 us on this VM, so GPT-2-sized decode products (768x2304: 133 us on one
+# thread, 173 us on two) stay on one thread and only ones like the 50257-row LM head are split.
 _MACS_PER_WORK = {("int8", "none"): 16, ("ternary", "none"): 16, ("ternary-lut", "none"): 32,
                   ("int8", "int8"): 32, ("ternary", "int8"): 128}
-# Products worth at least this much work (~10 us on one core) are split over two cores through
-# `nac.engine.helper`, whose hand-off costs well under a microsecond while it polls; the pool's
-# costs 50-130 us on this VM (GPT-2's 768x2304 int8 product: 133 us on one thread, 173 us split
-# through the pool, 73 us through the helper).
-_HELPER_MIN_WORK = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -154,7 +151,7 @@ def ternary_pair_tables(x, tables):
 def gemv_ternary_lut(tables, blocks, scale, per_row, out, lo, hi):
     """out[m, n] = s_n * sum_k t[n, k] x[m, k] for the row blocks lo..hi, by table lookup
     (`simd.lut16_ternary_rows`, T-MAC): tables from `ternary_pair_tables`, blocks from
-    `QTensor.row_blocks`. Fast with `simd.AVX512`; elsewhere `gemv_ternary` is the faster one."""
+    `QTensor.row_blocks`. Needs `simd.AVX512`."""
     M, N = out.shape
     acc = np.empty(16, np.float32)
     for b in range(lo, hi):
@@ -305,22 +302,10 @@ def _scratch(n: int) -> np.ndarray:
     return buf[:n]
 
 
-def _split(kernel, total: int, *args, work: int, shape: tuple, scale_size: int = 0) -> None:
-    """``kernel(*args, lo, hi)`` over ``[0, total)``: on two cores through `nac.engine.helper`
-    when the work is worth ~10 us or more, else (or when the helper is busy) as
-    `threads.parallel_range` decides."""
-    from nac.engine import helper  # (the helper runs this module's kernels)
-
-    if work >= _HELPER_MIN_WORK and helper.split(kernel, total, *args, shape=shape, scale_size=scale_size):
-        return
-    T.parallel_range(kernel, total, *args, work=work)
-
-
 def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: str = "none") -> None:
     """y [M, N] = x2 [M, K] @ dequant(w).T for a quantised weight (no bias/activation)."""
     M, K = x2.shape
     N = w.shape[0]
-    KB = w.data.shape[1]
     x2 = np.ascontiguousarray(x2, np.float32)
     work = M * N * K // _MACS_PER_WORK[w.scheme, activation_quant]
     if activation_quant == "int8":
@@ -328,25 +313,23 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
         if w.scheme == "int8":
             xq, xu = np.empty((M, K), np.int8), np.empty((M, K), np.uint8)
             quantize_rows(x2, xq, xu, xs)
-            _split(gemm_int8_a8, N, xq, xu, xs, w.data, w.block_row_sums, w.scale, y, work=work, shape=(M, K, N))
+            T.parallel_range(gemm_int8_a8, N, xq, xu, xs, w.data, w.block_row_sums, w.scale, y, work=work)
         else:
-            x4q, xsum = np.empty((M, 4, KB), np.int8), np.empty(M, np.int32)
+            x4q, xsum = np.empty((M, 4, w.data.shape[1]), np.int8), np.empty(M, np.int32)
             quantize_rows_deinterleaved(x2, x4q, xs, xsum)
-            _split(gemm_ternary_a8, N, x4q, xsum, xs, w.data, w.scale, w.per_row, y, work=work, shape=(M, KB, N),
-                   scale_size=w.scale.shape[0])
+            T.parallel_range(gemm_ternary_a8, N, x4q, xsum, xs, w.data, w.scale, w.per_row, y, work=work)
         return
     if M <= SMALL_M:
         if w.scheme == "int8":
-            _split(gemv_int8, N, x2, w.data, w.scale, y, work=work, shape=(M, K, N))
+            T.parallel_range(gemv_int8, N, x2, w.data, w.scale, y, work=work)
         elif AVX512:
-            tables = np.empty((M, 2 * KB, 16), np.float32)
+            tables = np.empty((M, 2 * w.data.shape[1], 16), np.float32)
             ternary_pair_tables(x2, tables)
             blocks = w.row_blocks
-            _split(gemv_ternary_lut, blocks.shape[0], tables, blocks, w.scale, w.per_row, y,
-                   work=M * N * K // _MACS_PER_WORK["ternary-lut", "none"], shape=(M, KB, N),
-                   scale_size=w.scale.shape[0])
+            T.parallel_range(gemv_ternary_lut, blocks.shape[0], tables, blocks, w.scale, w.per_row, y,
+                             work=M * N * K // _MACS_PER_WORK["ternary-lut", "none"])
         else:
-            x4 = deinterleave(x2, KB)
+            x4 = deinterleave(x2, w.data.shape[1])
             xsum = x2.sum(axis=1, dtype=np.float32)
             T.parallel_range(gemv_ternary, N, x4, xsum, w.data, w.scale, w.per_row, y, work=work)
         return

@@ -10,9 +10,8 @@ AVX512-VNNI and Numba compiles for the host (`VNNI`), else plain Numba loops wit
 result. Both read whole 64-byte blocks and assume the arrays hold ``nblk * 64`` bytes; the caller
 handles the remainder. Sums wrap modulo 2**32 like the instruction (no saturation).
 
-`lut16_ternary_rows` is the T-MAC table lookup for ternary weights times float activations:
-``vpermps`` where `AVX512` holds, else a plain loop (correct but slow: callers prefer another
-kernel there).
+`lut16_ternary_rows` (``vpermps``, `AVX512` only; callers keep a plain kernel for the rest) is
+the T-MAC table lookup for ternary weights times float activations.
 """
 from __future__ import annotations
 
@@ -40,7 +39,7 @@ def _host_has(*features: str) -> bool:
 VNNI: bool = _host_has("avx512f", "avx512bw", "avx512vnni")
 """True when the VNNI intrinsics below can be compiled on this machine."""
 AVX512: bool = _host_has("avx512f")
-"""True when `lut16_ternary_rows` is the ``vpermps`` intrinsic rather than its plain-loop twin."""
+"""True when `lut16_ternary_rows` (``vpermps`` on 16 floats) can be compiled on this machine."""
 
 
 def _is_array(ty, dtype, ndim: int) -> bool:
@@ -131,7 +130,7 @@ def _vnni_dot_ternary_codes_s8(typingctx, packed, a0, a1, a2, a3, nblk):
 
 
 @intrinsic
-def _avx512_lut16_ternary_rows(typingctx, tables, block, out):
+def lut16_ternary_rows(typingctx, tables, block, out):
     """Sixteen ternary rows times one float vector by table lookup (T-MAC, Wei et al. 2024,
     "T-MAC: CPU Renaissance via Table Lookup for Low-Bit LLM Deployment on Edge").
 
@@ -191,16 +190,5 @@ def _loop_dot_ternary_codes_s8(packed, a0, a1, a2, a3, nblk):
     return acc
 
 
-@njit(cache=True, nogil=True)
-def _loop_lut16_ternary_rows(tables, block, out):
-    for r in range(16):
-        acc = np.float32(0.0)
-        for j in range(block.shape[0]):
-            b = block[j, r]
-            acc += tables[2 * j, b & 15] + tables[2 * j + 1, b >> 4]
-        out[r] = acc
-
-
 dot_u8s8 = _vnni_dot_u8s8 if VNNI else _loop_dot_u8s8
 dot_ternary_codes_s8 = _vnni_dot_ternary_codes_s8 if VNNI else _loop_dot_ternary_codes_s8
-lut16_ternary_rows = _avx512_lut16_ternary_rows if AVX512 else _loop_lut16_ternary_rows

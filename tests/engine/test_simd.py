@@ -76,29 +76,3 @@ def test_intrinsics_refuse_arrays_they_cannot_read():
         u8s8(u[::2], np.zeros(128, np.int8), 1)
     with pytest.raises(TypingError):
         u8s8(u, np.zeros(256, np.uint8), 1)
-
-
-@pytest.mark.parametrize("impl", [
-    pytest.param("_loop_lut16_ternary_rows", id="loop"),
-    pytest.param("_avx512_lut16_ternary_rows", id="avx512",
-                 marks=pytest.mark.skipif(not simd.AVX512, reason="this CPU has no AVX-512 (the loop twin is tested)")),
-])
-@pytest.mark.parametrize("kb", [0, 1, 33])
-def test_lut16_ternary_rows(impl, kb):
-    """Sixteen rows of packed ternary bytes against float64 tables: out[r] = sum_j T[2j][lo nibble]
-    + T[2j + 1][hi nibble]."""
-    lut = getattr(simd, impl)
-
-    @njit
-    def call(tables, block, out):
-        lut(tables, block, out)
-
-    rng = np.random.default_rng(kb)
-    tables = rng.standard_normal((2 * kb, 16)).astype(np.float32)
-    block = rng.integers(0, 256, (kb, 16)).astype(np.uint8)
-    out = np.full(16, np.nan, np.float32)
-    call(tables, block, out)
-    want = np.zeros(16)
-    for j in range(kb):
-        want += tables[2 * j, block[j] & 15].astype(np.float64) + tables[2 * j + 1, block[j] >> 4]
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
