@@ -119,7 +119,6 @@ def bench_quantized(name, job, schemes, new_tokens, prompt_len, repeat) -> list[
                    "nac_tok_s": round(new_tokens / t, 1), "vs_float32": round(base / t, 2)}
             print(json.dumps(row), flush=True)
             rows.append(row)
-            del m
     return rows
 
 
