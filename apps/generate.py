@@ -129,9 +129,18 @@ def generate(model: Model, input_ids, *, max_new_tokens: int = 20, do_sample: bo
     # The KV cache lives in the decode plan's own input buffers: each step then writes one token
     # and one key/value column instead of copying the whole cache into the plan (measured: that
     # copy was a third of a GPT-2 int8 decode step).
-    plan = model.plan({"input_ids": (B, 1), "attention_mask": (B, 1), "past_mask": (B, cap),
-                       "past_keys": (L, B, H, cap, D), "past_values": (L, B, H, cap, D)})
+    with model.session({"input_ids": (B, 1), "attention_mask": (B, 1), "past_mask": (B, cap),
+                        "past_keys": (L, B, H, cap, D), "past_values": (L, B, H, cap, D)}) as plan:
+        return _decode(model, plan, ids, mask, max_new_tokens, eos, pad, on_token, seed, return_logits,
+                       dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                            repetition_penalty=repetition_penalty))
+
+
+def _decode(model, plan, ids, mask, max_new_tokens, eos, pad, on_token, seed, return_logits, sampling):
+    """The prefill and the decode loop of `generate`, over a decode plan this call owns."""
+    B, T = ids.shape
     keys, values, cache_mask = plan.inputs["past_keys"], plan.inputs["past_values"], plan.inputs["past_mask"]
+    L, _, H, _, D = keys.shape
     keys.fill(0)
     values.fill(0)
     cache_mask.fill(0)
@@ -147,9 +156,8 @@ def generate(model: Model, input_ids, *, max_new_tokens: int = 20, do_sample: bo
     for step in range(max_new_tokens):
         if return_logits:
             all_logits.append(step_logits.astype(np.float32))
-        scores = process_logits(step_logits, seqs, do_sample=do_sample, temperature=temperature, top_k=top_k,
-                                top_p=top_p, repetition_penalty=repetition_penalty)
-        if do_sample:
+        scores = process_logits(step_logits, seqs, **sampling)
+        if sampling["do_sample"]:
             p = np.exp(scores - scores.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
             nxt = np.array([rng.choice(p.shape[1], p=row) for row in p], np.int64)

@@ -102,12 +102,15 @@ class Session:
     def prompt_ids(self, text: str) -> list[int]:
         if not self.chat:
             return self.context + self.tok.encode(text if not self.context else " " + text).ids
-        import jinja2
+        from nac.apps.chat_template import render_chat_template
 
         self.messages.append({"role": "user", "content": text})
-        env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-        rendered = env.from_string(self.template).render(messages=self.messages, add_generation_prompt=True,
-                                                         bos_token="", eos_token="")
+        try:
+            rendered = render_chat_template(self.template, self.messages, where=str(self.model.path),
+                                            bos_token="", eos_token="")
+        except NacError:
+            self.messages.pop()
+            raise
         return self.tok.encode(rendered).ids
 
     def turn(self, text: str, out=sys.stdout) -> None:

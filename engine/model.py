@@ -1,6 +1,9 @@
 """`nac.load` and `Model`: run a `.nac` file with the Numba engine. Never imports torch."""
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -14,15 +17,38 @@ from nac.engine.plan import Plan
 from nac.format.container import NacFile, read_nac
 from nac.format.graph import numpy_dtype
 
-_MAX_PLANS = 8
+MAX_IDLE_PLANS = 8
+
+
+def default_max_memory() -> int:
+    """The memory one plan may need, in bytes: ``NAC_MAX_MEMORY`` (bytes, or with a K/M/G/T
+    suffix) if set, else the machine's physical memory (or its cgroup limit, if lower)."""
+    env = os.environ.get("NAC_MAX_MEMORY", "").strip().upper()
+    if env:
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(env[-1:], 1)
+        digits = env[:-1] if env[-1:] in "KMGT" else env
+        if not digits.isdigit():
+            raise NacError(f"NAC_MAX_MEMORY={os.environ['NAC_MAX_MEMORY']!r} is not a size (e.g. 8G)")
+        return int(digits) * mult
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total
 
 
 class Model:
     """A loaded `.nac` model.
 
     Parameters are zero-copy views into the mapped file. `run` plans once per distinct set of input
-    shapes (an LRU of 8 plans) and reuses that plan's activation arena. A `Model` is not safe to
-    run from several threads at once.
+    shapes and reuses that plan's activation arena. A `Model` may be called from many threads at
+    once: the graph, the parameters and the kernels are shared (read-only); each call checks out
+    a plan of its own (an idle one for its input shapes, else a new one), so concurrent calls
+    run in parallel and each gets the answer it would get alone. Up to `MAX_IDLE_PLANS` idle
+    plans are kept, least recently used first out.
 
     Attributes:
         path: the file it was loaded from.
@@ -31,8 +57,9 @@ class Model:
         input_names / output_names: in call order.
     """
 
-    def __init__(self, nacfile: NacFile):
+    def __init__(self, nacfile: NacFile, max_memory: int | None = None):
         self.file = nacfile
+        self.max_memory = default_max_memory() if max_memory is None else int(max_memory)
         self.path: Path = nacfile.path
         self.graph = nacfile.graph
         self.metadata: dict = nacfile.metadata
@@ -51,7 +78,8 @@ class Model:
             if v.const is not None:
                 self._constants[name] = np.asarray(v.const, numpy_dtype(v.dtype)).reshape(
                     tuple(int(d) for d in v.shape))
-        self._plans: OrderedDict[tuple, Plan] = OrderedDict()
+        self._plans: OrderedDict[tuple, list[Plan]] = OrderedDict()  # idle plans by input shapes
+        self._lock = threading.Lock()
         self._tokenizer = None
 
     @property
@@ -68,7 +96,10 @@ class Model:
             if self.file.tokenizer is None:
                 raise NacError(f"{self.path.name} has no tokenizer; export it with tokenizer=<tokenizer.json>")
             fmt = (self.metadata.get("tokenizer") or {}).get("format", "hf-tokenizer-json")
-            self._tokenizer = load_tokenizer(self.file.tokenizer, fmt, where=f"{self.path}: tokenizer section")
+            tok = load_tokenizer(self.file.tokenizer, fmt, where=f"{self.path}: tokenizer section")
+            with self._lock:
+                if self._tokenizer is None:
+                    self._tokenizer = tok
         return self._tokenizer
 
     @property
@@ -115,17 +146,38 @@ class Model:
         return out
 
     def plan(self, shapes: Mapping[str, tuple]) -> Plan:
-        """The (cached) plan for these input shapes."""
-        key = tuple(tuple(shapes[n]) for n in self.graph.inputs)
-        p = self._plans.get(key)
-        if p is None:
-            p = Plan(self.graph, dict(shapes), self._constants)
-            self._plans[key] = p
-            if len(self._plans) > _MAX_PLANS:
-                self._plans.popitem(last=False)
-        else:
-            self._plans.move_to_end(key)
-        return p
+        """A new plan for these input shapes, owned by the caller (see `session` for one that is
+        returned to the model's pool afterwards).
+
+        Raises:
+            NacInputError: shapes outside the exported ranges, or a plan above `max_memory`.
+            NacFormatError: the graph disagrees with shape inference for these shapes.
+        """
+        return Plan(self.graph, {n: tuple(shapes[n]) for n in self.graph.inputs}, self._constants,
+                    self.max_memory, where=str(self.path))
+
+    @contextlib.contextmanager
+    def session(self, shapes: Mapping[str, tuple]):
+        """``with model.session(shapes) as plan:`` -- a plan for these input shapes that no other
+        thread uses until the block ends; it then goes back to the pool for the next call.
+        Generation holds one for a whole decode loop (its inputs hold the KV cache)."""
+        key = tuple(tuple(int(d) for d in shapes[n]) for n in self.graph.inputs)
+        with self._lock:
+            idle = self._plans.get(key)
+            plan = idle.pop() if idle else None
+        if plan is None:
+            plan = self.plan(dict(zip(self.graph.inputs, key)))
+        try:
+            yield plan
+        finally:
+            with self._lock:
+                self._plans.setdefault(key, []).append(plan)
+                self._plans.move_to_end(key)
+                while sum(map(len, self._plans.values())) > MAX_IDLE_PLANS:
+                    oldest = next(iter(self._plans))
+                    self._plans[oldest].pop(0)
+                    if not self._plans[oldest]:
+                        del self._plans[oldest]
 
     def run(self, inputs) -> list[np.ndarray]:
         """Run the model.
@@ -142,11 +194,11 @@ class Model:
             NacRuntimeError: an internal kernel failure (names the node and its source module).
         """
         arrays = self._normalise(inputs)
-        plan = self.plan({n: a.shape for n, a in arrays.items()})
-        for name, a in arrays.items():
-            np.copyto(plan.inputs[name], a, casting="unsafe")
-        plan.run()
-        return [np.array(o, copy=True) for o in plan.outputs]
+        with self.session({n: a.shape for n, a in arrays.items()}) as plan:
+            for name, a in arrays.items():
+                np.copyto(plan.inputs[name], a, casting="unsafe")
+            plan.run()
+            return [np.array(o, copy=True) for o in plan.outputs]
 
     __call__ = run
 
@@ -163,14 +215,17 @@ def _compatible(got: np.dtype, want: np.dtype) -> bool:
     return got == want
 
 
-def load(path, *, verify: bool = True) -> Model:
+def load(path, *, verify: bool = True, max_memory: int | None = None) -> Model:
     """Load a `.nac` file for inference.
 
     Args:
         path: the `.nac` file.
         verify: check every section's CRC-32 (default; costs one read of the file).
+        max_memory: bytes one call may need (activations, inputs, outputs, kernel scratch); a call
+            whose inputs need more is refused with `NacInputError` before anything is allocated.
+            Default: `default_max_memory` (``NAC_MAX_MEMORY``, else the machine's memory).
     Raises:
         NacFormatError: the file or its external weights are missing, corrupt or unsupported.
         NacRuntimeError: the graph uses an op this engine has no kernel for.
     """
-    return Model(read_nac(path, verify=verify))
+    return Model(read_nac(path, verify=verify), max_memory=max_memory)

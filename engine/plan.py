@@ -1,16 +1,22 @@
 """Planning: everything that depends only on the input shapes, done once per shape signature.
 
 1. Bind the named dimensions from the input shapes and check them against the exported ranges.
-2. Evaluate every value's shape and every node's dimension-valued attributes.
-3. Decide which view ops are real views (simulated on zero-byte strided placeholders).
-4. Liveness: each buffer lives from the node defining it to the last node reading it or any view
+2. Evaluate every value's shape and every node's dimension-valued attributes, and check each
+   node's recorded output shapes against shape inference (`nac.format.validate.check_shapes`):
+   a kernel's output buffer is always exactly what its inputs produce.
+3. Decide which view ops are real views (simulated on zero-byte strided placeholders, with
+   operations that never read data).
+4. Estimate the memory the plan needs (arena, inputs, outputs and kernel scratch) and refuse it,
+   before allocating anything, if it exceeds the limit (`max_memory`).
+5. Liveness: each buffer lives from the node defining it to the last node reading it or any view
    of it. Buffers are packed into one arena (first-fit over a free list, 64-byte aligned), so the
    arena is usually far smaller than the sum of all intermediates.
-5. Pre-bind every kernel to its input/output arrays; running is then one loop over closures.
+6. Pre-bind every kernel to its input/output arrays; running is then one loop over closures.
 """
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,21 +24,11 @@ import numpy as np
 from nac.errors import NacInputError, NacRuntimeError
 from nac.engine.kernels import KERNELS, VIEW_OPS
 from nac.format.graph import Graph, numpy_dtype
+from nac.format.ops import DIM_ATTRS  # noqa: F401  (re-exported for the exporter's passes)
 from nac.format.symbolic import eval_dim, eval_shape, symbols_of
+from nac.format.validate import check_shapes, resolve_attrs  # noqa: F401
 
-DIM_ATTRS = frozenset({"shape", "start", "end", "step", "index", "pads", "repeats"})
 ALIGN = 64
-
-
-def resolve_attrs(op: str, attrs: dict, env: dict) -> dict:
-    """Evaluate the dimension-valued attributes of a node (``shape``, ``start``, ...) for ``env``."""
-    out = dict(attrs)
-    if op == "full" and isinstance(attrs.get("value"), str):  # a fill value that is a size expression
-        out["value"] = eval_dim(attrs["value"], env)
-    for k in DIM_ATTRS.intersection(attrs):
-        v = attrs[k]
-        out[k] = [eval_dim(d, env) for d in v] if isinstance(v, list) else eval_dim(v, env)
-    return out
 
 
 def bind_dims(graph: Graph, shapes: dict[str, tuple]) -> dict[str, int]:
@@ -106,7 +102,16 @@ class Plan:
         naive_bytes: the sum of all intermediate buffers (what no reuse would need).
     """
 
-    def __init__(self, graph: Graph, shapes: dict[str, tuple], constants: dict[str, np.ndarray]):
+    def __init__(self, graph: Graph, shapes: dict[str, tuple], constants: dict[str, np.ndarray],
+                 max_memory: int | None = None, where: str = "graph"):
+        """Plan ``graph`` for input ``shapes`` over its ``constants`` (parameters, QTensors, inline
+        constants by value name).
+
+        Raises:
+            NacInputError: the shapes break the exported constraints, or the plan would need more
+                than ``max_memory`` bytes (the message says how much it needs).
+            NacFormatError: a node's recorded output shape or dtype disagrees with its op.
+        """
         self.env = bind_dims(graph, shapes)
         env = self.env
         vshape = {}
@@ -115,8 +120,13 @@ class Plan:
             if any(s < 0 for s in vshape[name]):
                 raise NacInputError(f"value {name!r} would get negative shape {list(vshape[name])} for inputs "
                                     f"{dict(shapes)}")
-        attrs = [resolve_attrs(n.op, n.attrs, env) for n in graph.nodes]
+        attrs = check_shapes(graph, vshape, env, where)
         dtype = {name: numpy_dtype(v.dtype) for name, v in graph.values.items()}
+        self.needed_bytes = _memory_needed(graph, vshape, dtype)
+        if max_memory is not None and self.needed_bytes > max_memory:
+            raise NacInputError(f"inputs {dict(shapes)} need about {_gib(self.needed_bytes)} for this model's "
+                                f"activations, more than the limit of {_gib(max_memory)} (set with nac.load(..., "
+                                f"max_memory=...) or NAC_MAX_MEMORY); use smaller inputs")
 
         # 3. simulate views on placeholders to learn which view ops alias their input
         fake = dict(constants)
@@ -197,9 +207,41 @@ class Plan:
                 step.call()
         except NacInputError:
             raise
+        except MemoryError:
+            raise NacInputError(f"node {step.index} ({step.op}) ran out of memory; the plan was estimated at "
+                                f"{_gib(self.needed_bytes)}; use smaller inputs or lower max_memory") from None
         except Exception as exc:
             raise NacRuntimeError(f"node {step.index} ({step.op}, from {step.source or '?'}) failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
+
+
+def _nbytes(shape, dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def _memory_needed(graph: Graph, vshape: dict, dtype: dict) -> int:
+    """An upper bound of the bytes a plan allocates and its kernels use at once: every
+    intermediate buffer (as if none were reused), the inputs, the caller's copies of the
+    outputs, and the largest kernel scratch (attention's score matrix and its contiguous
+    q/k/v copies; a copy of the inputs and outputs for any other kernel)."""
+    total = sum(_nbytes(vshape[o], dtype[o]) for n in graph.nodes for o in n.outputs)
+    total += sum(_nbytes(vshape[i], dtype[i]) for i in graph.inputs)
+    total += sum(_nbytes(vshape[o], dtype[o]) for o in graph.outputs)
+    scratch = 0
+    for n in graph.nodes:
+        if n.op in VIEW_OPS:
+            continue
+        io = sum(_nbytes(vshape[i], dtype[i]) for i in n.inputs if i and i not in graph.params) + \
+            sum(_nbytes(vshape[o], dtype[o]) for o in n.outputs)
+        if n.op == "scaled_dot_product_attention":
+            q, k = vshape[n.inputs[0]], vshape[n.inputs[1]]
+            io += 4 * math.prod(q[:-1]) * k[-2] + 4 * math.prod(q) * 3  # scores, q/k/v float32 copies
+        scratch = max(scratch, io)
+    return total + scratch
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 26 else f"{n / (1 << 20):.1f} MiB"
 
 
 def _first_fit(free: list, size: int, top: int) -> tuple[int, int]:

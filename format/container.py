@@ -24,6 +24,7 @@ checks magic, version, sizes, every offset and every CRC before it hands out zer
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from nac.errors import NacFormatError
+from nac.format import schema
 from nac.format.graph import DTYPES, Graph
 
 MAGIC = b"\x89NAC\r\n\x1a\n"
@@ -113,10 +115,7 @@ def view_safetensors(buf, base: int, length: int, where: str,
     (hlen,) = struct.unpack_from("<Q", buf, base)
     if hlen > min(length - 8, 100 << 20):
         raise NacFormatError(f"{where}: safetensors header length {hlen} exceeds the blob ({length} bytes)")
-    try:
-        header = json.loads(bytes(buf[base + 8: base + 8 + hlen]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NacFormatError(f"{where}: safetensors header is not valid JSON ({exc})") from None
+    header = parse_json(bytes(buf[base + 8: base + 8 + hlen]), f"{where}: safetensors header")
     if not isinstance(header, dict):
         raise NacFormatError(f"{where}: safetensors header is not a JSON object")
     data0 = base + 8 + hlen
@@ -126,24 +125,31 @@ def view_safetensors(buf, base: int, length: int, where: str,
         if name == "__metadata__":
             continue
         try:
+            if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) \
+                    or not _int_list(info.get("shape"), 0, _MAX_TENSOR_RANK) or not _int_list(info.get("data_offsets"), 2, 2):
+                raise TypeError
             if extra_dtypes and info["dtype"] in extra_dtypes:
                 dt, dtype_name = np.dtype(extra_dtypes[info["dtype"]]), info["dtype"]
             else:
                 dtype_name = _ST_DTYPE[info["dtype"]]
                 dt = np.dtype(DTYPES[dtype_name][0])
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
+            shape = tuple(info["shape"])
+            begin, end = info["data_offsets"]
         except (KeyError, TypeError, ValueError):
-            raise NacFormatError(f"{where}: tensor {name!r} has a malformed or unsupported entry {info!r}") from None
-        if any(s < 0 for s in shape) or not (0 <= begin <= end <= data_len):
+            raise NacFormatError(f"{where}: tensor {name!r} has a malformed or unsupported entry "
+                                 f"{_clip(repr(info))}") from None
+        if any(s < 0 or s > _MAX_TENSOR_DIM for s in shape):
+            raise NacFormatError(f"{where}: tensor {name!r} has an impossible shape {_clip(str(list(shape)))}")
+        if not (0 <= begin <= end <= data_len):
             raise NacFormatError(f"{where}: tensor {name!r} points outside the data ({begin}..{end} of {data_len})")
-        if (end - begin) != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
+        count = math.prod(shape)  # Python integers: no wrap-around
+        if (end - begin) != count * dt.itemsize:
             raise NacFormatError(f"{where}: tensor {name!r} has {end - begin} bytes, shape {list(shape)} "
-                                 f"of {dtype_name} needs {int(np.prod(shape)) * dt.itemsize}")
+                                 f"of {dtype_name} needs {count * dt.itemsize}")
         spans.append((begin, end, name))
         offset = data0 + begin
         if offset % dt.itemsize == 0:
-            arr = np.frombuffer(buf, dtype=dt, count=int(np.prod(shape)), offset=offset).reshape(shape)
+            arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset).reshape(shape)
         else:  # unaligned (a foreign writer): copy rather than fault
             arr = np.frombuffer(bytes(buf[offset: data0 + end]), dtype=dt).reshape(shape)
         out[name] = arr
@@ -152,6 +158,19 @@ def view_safetensors(buf, base: int, length: int, where: str,
         if b1 < e0:
             raise NacFormatError(f"{where}: tensors {n0!r} and {n1!r} overlap")
     return out
+
+
+_MAX_TENSOR_RANK = 16
+_MAX_TENSOR_DIM = 1 << 48
+
+
+def _int_list(v, lo: int, hi: int) -> bool:
+    """``v`` is a list of lo..hi non-bool integers."""
+    return isinstance(v, list) and lo <= len(v) <= hi and all(type(x) is int for x in v)
+
+
+def _clip(text: str, n: int = 200) -> str:
+    return text if len(text) <= n else text[:n] + "…"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,10 +272,22 @@ def _map(path: Path):
 def _json_section(buf, s: Section, path: Path):
     if s.length > MAX_JSON_SECTION:
         raise NacFormatError(f"{path}: {s.name} section of {s.length} bytes is larger than allowed")
+    return parse_json(bytes(buf[s.offset:s.offset + s.length]), f"{path}: {s.name} section")
+
+
+def parse_json(data: bytes, where: str):
+    """Parse a JSON document read from a file.
+
+    Raises:
+        NacFormatError: invalid UTF-8 or JSON, nesting too deep for the parser, or a number that
+            Python will not convert (an integer of more than 4,300 digits).
+    """
     try:
-        return json.loads(bytes(buf[s.offset:s.offset + s.length]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NacFormatError(f"{path}: {s.name} section is not valid JSON ({exc})") from None
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise NacFormatError(f"{where} is not valid JSON ({_clip(str(exc))})") from None
+    except RecursionError:
+        raise NacFormatError(f"{where} is nested too deeply to be a NAC document") from None
 
 
 def read_header(path) -> tuple[tuple[int, int], list[Section], object, int]:
@@ -329,14 +360,16 @@ def read_nac(path, *, verify: bool = True) -> NacFile:
             raise NacFormatError(f"{path}: the {SECTION_NAMES[kind]} section is missing")
     graph_doc = _json_section(buf, by_kind[GRAPH], path)
     metadata = _json_section(buf, by_kind[METADATA], path)
+    schema.validate(graph_doc, "graph", str(path))
+    schema.validate(metadata, "metadata", str(path))
     weights_path = None
     if PARAMS in by_kind:
         s = by_kind[PARAMS]
         params = view_safetensors(buf, s.offset, s.length, f"{path}: parameters section")
     elif PARAMS_EXTERNAL in by_kind:
         ref = _json_section(buf, by_kind[PARAMS_EXTERNAL], path)
-        if not isinstance(ref, dict) or not isinstance(ref.get("path"), str) or "/" in ref["path"] \
-                or "\\" in ref["path"] or ref["path"] in ("", ".", ".."):
+        schema.validate(ref, "external-parameters", str(path))
+        if ref["path"] in (".", ".."):
             raise NacFormatError(f"{path}: external-parameters section names no valid sibling file")
         weights_path = path.parent / ref["path"]
         if not weights_path.is_file():
@@ -351,9 +384,9 @@ def read_nac(path, *, verify: bool = True) -> NacFile:
         params = view_safetensors(wbuf, 0, wsize, str(weights_path))
     else:
         raise NacFormatError(f"{path}: no parameters section")
-    if not isinstance(metadata, dict):
-        raise NacFormatError(f"{path}: metadata section is not a JSON object")
-    graph = Graph.from_json(graph_doc, params, where=f"{path}: graph section")
+    example = (metadata.get("compile") or {}).get("example_dims")
+    graph = Graph.from_json(graph_doc, params, where=f"{path}: graph section",
+                            example_dims=example if isinstance(example, dict) else None)
     tok = None
     if TOKENIZER in by_kind:
         s = by_kind[TOKENIZER]

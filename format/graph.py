@@ -235,15 +235,27 @@ class Graph:
         }
 
     @classmethod
-    def from_json(cls, doc: dict, params: dict[str, np.ndarray], where: str = "graph") -> "Graph":
-        """Rebuild a graph from its JSON document and its parameter arrays, checking it.
+    def from_json(cls, doc: dict, params: dict[str, np.ndarray], where: str = "graph",
+                  example_dims: dict | None = None) -> "Graph":
+        """Rebuild a graph from its JSON document and its parameter arrays, checking it
+        (`nac.format.validate.check_graph`: structure, dimension expressions, and every recorded
+        shape against shape inference at the corners of the dimension ranges and at
+        ``example_dims``).
 
         Raises:
             NacFormatError: a field is missing or ill-typed, a node names an unknown value or op,
-                a parameter is missing or its dtype/shape disagrees with its value.
+                a parameter is missing or its dtype/shape disagrees with its value, a recorded
+                shape disagrees with the op's shape rule.
         """
+        from nac.format import schema
         from nac.format.ops import OPS
+        from nac.format.validate import check_graph
 
+        schema.validate(doc, "graph", where)
+        names = [v["name"] for v in doc["values"]]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise NacFormatError(f"{where}: value {dup!r} is declared twice")
         try:
             g = cls(inputs=list(doc["inputs"]), outputs=list(doc["outputs"]), dims=dict(doc["dims"]),
                     param_aliases=dict(doc.get("param_aliases", {})))
@@ -293,10 +305,14 @@ class Graph:
         for name in g.inputs + g.outputs:
             if name not in g.values or name not in defined:
                 raise NacFormatError(f"{where}: graph input/output {name!r} is not defined")
+        for name in g.inputs:
+            if g.values[name].quant is not None or g.values[name].const is not None:
+                raise NacFormatError(f"{where}: graph input {name!r} cannot be a constant or quantised")
         quantised = {n for n, v in g.values.items() if v.quant is not None}
         for k, n in enumerate(g.nodes):
             for pos, i in enumerate(n.inputs):
                 if i in quantised and (n.op, pos) not in QUANTISED_INPUTS:
                     raise NacFormatError(f"{where}: node {k} ({n.op}) reads quantised tensor {i!r} as input {pos}; "
                                          f"only {sorted(QUANTISED_INPUTS)} take quantised weights")
+        check_graph(g, where, example_dims)
         return g

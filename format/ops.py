@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: Attributes whose values are dimensions: ints, or expressions over named dimensions (or lists
+#: of them), evaluated for the input shapes before a kernel sees them.
+DIM_ATTRS = frozenset({"shape", "start", "end", "step", "index", "pads", "repeats"})
+
 #: Activations a producing op (linear, conv2d) may apply to its result in the same kernel.
 ACTIVATIONS = ("none", "relu", "relu6", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "hardswish")
 
@@ -36,6 +40,12 @@ class OpSchema:
     summary: str = ""
     shape: str = ""
     aten: str = ""
+
+    def arity(self) -> tuple[int, int | None]:
+        """(fewest, most) inputs a node of this op may list (None: no upper bound)."""
+        if any(i.endswith("*") for i in self.inputs):
+            return sum(1 for i in self.inputs if not i.endswith(("?", "*"))), None
+        return sum(1 for i in self.inputs if not i.endswith("?")), len(self.inputs)
 
 
 _OPS: list[OpSchema] = []

@@ -26,24 +26,48 @@ _BINOPS = {
 _CALLS = {"max": max, "min": min}
 
 
+MAX_TEXT = 1024  # characters in one expression
+MAX_DEPTH = 64  # nesting of operators and calls
+
+
+def _depth(node: ast.AST, limit: int) -> int:
+    """Nesting depth of ``node``, walked without recursion; stops counting past ``limit``."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            break
+        stack.extend((c, d + 1) for c in ast.iter_child_nodes(n))
+    return deepest
+
+
 @lru_cache(maxsize=4096)
 def parse_dim(text: str) -> ast.expr:
     """Parse a dimension expression into an AST after checking every node is allowed.
 
     Raises:
-        NacFormatError: the text is not a valid dimension expression.
+        NacFormatError: the text is not a valid dimension expression: not a string, longer than
+            `MAX_TEXT` characters, nested deeper than `MAX_DEPTH`, or using anything but integers,
+            names, ``+ - * // %``, unary minus and ``max``/``min`` of two or more arguments.
     """
+    if not isinstance(text, str):
+        raise NacFormatError(f"invalid dimension {text!r}: not an integer or an expression")
+    if len(text) > MAX_TEXT:
+        raise NacFormatError(f"invalid dimension expression {text[:40]!r}…: longer than {MAX_TEXT} characters")
     try:
         tree = ast.parse(text, mode="eval").body
-    except SyntaxError as exc:
-        raise NacFormatError(f"invalid dimension expression {text!r}: {exc.msg}") from None
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
+        raise NacFormatError(f"invalid dimension expression {text!r}: {getattr(exc, 'msg', exc)}") from None
+    if _depth(tree, MAX_DEPTH) > MAX_DEPTH:
+        raise NacFormatError(f"invalid dimension expression {text[:40]!r}…: nested deeper than {MAX_DEPTH}")
     for node in ast.walk(tree):
         ok = isinstance(node, (ast.Constant, ast.Name, ast.BinOp, ast.UnaryOp, ast.Call, ast.Load,
                                ast.USub, *_BINOPS))
         if isinstance(node, ast.Constant) and not isinstance(node.value, int):
             ok = False
         if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _CALLS
-                                               and not node.keywords):
+                                               and not node.keywords and len(node.args) >= 2):
             ok = False
         if not ok:
             raise NacFormatError(f"invalid dimension expression {text!r}: {type(node).__name__} not allowed")
@@ -67,7 +91,7 @@ def eval_dim(dim: Dim, env: Mapping[str, int]) -> int:
         The size as a Python ``int``.
     Raises:
         NacInputError: the expression names a dimension that ``env`` does not bind.
-        NacFormatError: the expression is malformed.
+        NacFormatError: the expression is malformed, or divides by zero for ``env``.
     """
     if isinstance(dim, int):
         return dim
@@ -85,7 +109,10 @@ def _eval(node: ast.expr, env: Mapping[str, int], text: str) -> int:
     if isinstance(node, ast.UnaryOp):
         return -_eval(node.operand, env, text)
     if isinstance(node, ast.BinOp):
-        return _BINOPS[type(node.op)](_eval(node.left, env, text), _eval(node.right, env, text))
+        a, b = _eval(node.left, env, text), _eval(node.right, env, text)
+        if b == 0 and isinstance(node.op, (ast.FloorDiv, ast.Mod)):
+            raise NacFormatError(f"dimension expression {text!r} divides by zero for {dict(env)}")
+        return _BINOPS[type(node.op)](a, b)
     # ast.Call, checked by parse_dim
     return _CALLS[node.func.id](*(_eval(a, env, text) for a in node.args))
 

@@ -92,26 +92,26 @@ class Program:
         """
         from nac.format.container import view_safetensors
 
+        from nac.format.container import parse_json
+
         buf = memoryview(blob)
         try:
             (hlen,) = struct.unpack_from("<Q", buf, 0)
-            header = json.loads(bytes(buf[8:8 + hlen]).decode("utf-8"))
-            doc = json.loads(header["__metadata__"]["tisa"])
-        except (struct.error, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise NacFormatError(f"{where}: not a TISA tokenizer program ({type(exc).__name__}: {exc})") from None
+        except struct.error:
+            raise NacFormatError(f"{where}: not a TISA tokenizer program (too short)") from None
+        if hlen > len(buf) - 8:
+            raise NacFormatError(f"{where}: not a TISA tokenizer program (header of {hlen} bytes in {len(buf)})")
+        header = parse_json(bytes(buf[8:8 + hlen]), f"{where}: header")
+        meta = header.get("__metadata__") if isinstance(header, dict) else None
+        if not isinstance(meta, dict) or not isinstance(meta.get("tisa"), str):
+            raise NacFormatError(f"{where}: not a TISA tokenizer program (no __metadata__.tisa)")
+        doc = parse_json(meta["tisa"].encode("utf-8", "surrogatepass"), f"{where}: program")
         if not isinstance(doc, dict) or doc.get("version") != TISA_VERSION:
             raise NacFormatError(f"{where}: TISA version {doc.get('version') if isinstance(doc, dict) else '?'} "
                                  f"is not supported (this NAC reads version {TISA_VERSION})")
         tables = view_safetensors(buf, 0, len(buf), where, {"I16": np.int16, "F64": np.float64})
-        code = doc.get("code")
-        if not isinstance(code, list) or not all(isinstance(i, dict) and i.get("op") in OPCODES for i in code):
-            bad = [i.get("op") if isinstance(i, dict) else i for i in code or []]
-            raise NacFormatError(f"{where}: unknown TISA instruction in {bad}")
-        for ins in code:
-            for k, v in ins.items():
-                if k.endswith("_table") and v not in tables:
-                    raise NacFormatError(f"{where}: instruction {ins['op']} names missing table {v!r}")
-        return cls(code, tables, doc.get("added") or [], doc.get("truncation"), doc.get("padding"),
+        validate_program(doc, tables, where)
+        return cls(doc["code"], tables, doc.get("added") or [], doc.get("truncation"), doc.get("padding"),
                    doc.get("source", ""))
 
     def disassemble(self) -> str:
@@ -145,3 +145,229 @@ class Program:
 def _short(v) -> str:
     s = json.dumps(v, ensure_ascii=False)
     return s if len(s) <= 60 else s[:57] + "…"
+
+
+# ------------------------------------------------------------------------------------------------
+# validation of a program read from a file
+# ------------------------------------------------------------------------------------------------
+_BEHAVIOURS = ["removed", "isolated", "merged_with_previous", "merged_with_next", "contiguous"]
+_S = {"type": "string", "maxLength": 1 << 16}
+_B = {"type": "boolean"}
+_I = {"type": "integer", "minimum": -1, "maximum": (1 << 31) - 1}
+_CPS = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 0x10FFFF}, "maxItems": 256}
+_T = {"type": "string", "maxLength": 64}  # a table name
+_TEMPLATE = {"type": "array", "maxItems": 64, "items": {"anyOf": [
+    {"type": "array", "items": [{"const": "S"}, {"type": "array", "items": _I, "maxItems": 64}, _I],
+     "minItems": 3, "maxItems": 3},
+    {"type": "array", "items": [{"enum": ["A", "B"]}, _I], "minItems": 2, "maxItems": 2}]}}
+
+#: The operands of each opcode (JSON Schema), as the compiler writes them and the VM reads them.
+OPERANDS: dict[str, dict] = {
+    "ADDED.SPLIT": {"count": _I},
+    **{f"NORM.{f}": {"unicode": _S, "assigned_table": _T} for f in ("NFC", "NFD", "NFKC", "NFKD")},
+    "NORM.LOWER": {},
+    **{f"NORM.{f}": {"classes": _I, "chars": {"type": "array"}, "ranges_table": _T}
+       for f in ("DROP", "MAP_SPACE", "PAD")},
+    "NORM.REPLACE": {"kind": {"enum": ["string", "regex"]}, "pattern": _S, "content": _S},
+    "NORM.STRIP": {"left": _B, "right": _B},
+    "NORM.PREPEND": {"text": _S},
+    "PRE.REGEX": {"pattern": _S, "behaviour": {"enum": _BEHAVIOURS}, "invert": _B},
+    "PRE.SPLIT": {"kind": {"enum": ["class", "literal", "gpt2", "words"]}, "classes": _I, "literal": _S,
+                  "behaviour": {"enum": _BEHAVIOURS}, "invert": _B},
+    "PRE.PREFIX_SPACE": {},
+    "PRE.METASPACE": {"replacement": {"type": "string", "minLength": 1, "maxLength": 1},
+                      "prepend": {"enum": ["never", "always", "first"]}},
+    "PRE.UTF8": {},
+    "MODEL.WORDPIECE": {"keys_table": _T, "unk": _I, "prefix": _CPS,
+                        "max_chars": {"type": "integer", "minimum": 0, "maximum": 1 << 30}},
+    "MODEL.WORDLEVEL": {"keys_table": _T, "unk": _I},
+    "MODEL.BPE": {"keys_table": _T, "merges_table": _T, "unk": _I, "prefix": _CPS, "suffix": _CPS,
+                  "byte_fallback": _B, "fuse_unk": _B, "ignore_merges": _B, "merges": _I},
+    "MODEL.UNIGRAM": {"keys_table": _T, "scores_table": _T, "unk": _I, "unk_score": {"type": "number"},
+                      "byte_fallback": _B, "max_len": {"type": "integer", "minimum": 1, "maximum": 1 << 16}},
+    "POST.TEMPLATE": {"single": _TEMPLATE, "pair": _TEMPLATE},
+    "DEC.WORDPIECE": {"prefix": _S, "cleanup": _B},
+    "DEC.BYTELEVEL": {},
+    "DEC.METASPACE": {"replacement": _S, "prepend": {"enum": ["never", "always", "first"]}},
+    "DEC.BYTE_FALLBACK": {},
+    "DEC.FUSE": {},
+    "DEC.STRIP": {"content": {"type": "string", "minLength": 1, "maxLength": 1},
+                  "start": {"type": "integer", "minimum": 0, "maximum": 1 << 16},
+                  "stop": {"type": "integer", "minimum": 0, "maximum": 1 << 16}},
+    "DEC.REPLACE": {"kind": {"enum": ["string", "regex"]}, "pattern": _S, "content": _S},
+    "DEC.BPE": {"suffix": _S},
+    "DEC.CTC": {"pad_token": _S, "word_delimiter_token": _S, "cleanup": _B},
+}
+
+DOCUMENT_SCHEMA = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "TISA program header",
+    "type": "object",
+    "required": ["version", "code"],
+    "properties": {
+        "version": {"type": "integer"},
+        "code": {"type": "array", "maxItems": 1024, "items": {
+            "type": "object", "required": ["op"], "properties": {"op": {"enum": list(OPERANDS)}}}},
+        "added": {"type": "array", "maxItems": 1 << 20, "items": {
+            "type": "object", "required": ["id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"],
+            "properties": {"id": {"type": "integer", "minimum": 0, "maximum": (1 << 31) - 1},
+                           "content": {"type": "string", "minLength": 1, "maxLength": 1 << 12},
+                           "single_word": _B, "lstrip": _B, "rstrip": _B, "normalized": _B, "special": _B}}},
+        "truncation": {"anyOf": [{"type": "null"}, {
+            "type": "object", "required": ["max_length"],
+            "properties": {"max_length": {"type": "integer", "minimum": 0, "maximum": 1 << 24},
+                           "stride": {"type": "integer", "minimum": 0, "maximum": 1 << 24},
+                           "strategy": {"enum": ["LongestFirst", "OnlyFirst", "OnlySecond"]},
+                           "direction": {"enum": ["Left", "Right"]}}}]},
+        "padding": {"anyOf": [{"type": "null"}, {
+            "type": "object",
+            "properties": {"length": {"anyOf": [{"type": "null"},
+                                                {"type": "integer", "minimum": 0, "maximum": 1 << 24}]},
+                           "direction": {"enum": ["Left", "Right"]},
+                           "pad_id": {"type": "integer", "minimum": 0, "maximum": (1 << 31) - 1},
+                           "pad_type_id": {"type": "integer", "minimum": 0, "maximum": (1 << 31) - 1},
+                           "pad_token": _S,
+                           "pad_to_multiple_of": {"anyOf": [{"type": "null"},
+                                                            {"type": "integer", "minimum": 1, "maximum": 1 << 16}]}}}]},
+        "source": {"type": "string", "maxLength": 1 << 16},
+    },
+}
+
+_MODEL_TABLES = {"keys": np.int32, "keys_off": np.int64, "keys_id": np.int32, "keys_hash": np.int32}
+
+
+def _fail(where: str, what: str) -> NacFormatError:
+    return NacFormatError(f"{where}: {what}")
+
+
+def _table(tables: dict, name: str, dtype, where: str, ndim: int = 1) -> np.ndarray:
+    t = tables.get(name)
+    if t is None:
+        raise _fail(where, f"table {name!r} is missing")
+    if (dtype is not None and t.dtype != np.dtype(dtype)) or t.ndim != ndim:
+        raise _fail(where, f"table {name!r} must be a {ndim}-D {np.dtype(dtype) if dtype else 'integer'} array, "
+                           f"not {t.dtype}{list(t.shape)}")
+    return t
+
+
+def _offsets(off: np.ndarray, size: int, name: str, where: str) -> None:
+    """``off`` starts at 0, never decreases and ends at ``size``."""
+    if off.size < 1 or off[0] != 0 or off[-1] != size or (off.size > 1 and (np.diff(off) < 0).any()):
+        raise _fail(where, f"table {name!r} is not a list of offsets from 0 to {size} that never decrease")
+
+
+def _code_points(a: np.ndarray, name: str, where: str) -> None:
+    if a.size and ((a < 0).any() or (a > 0x10FFFF).any() or ((a >= 0xD800) & (a <= 0xDFFF)).any()):
+        raise _fail(where, f"table {name!r} holds values that are not Unicode scalar values")
+
+
+def _ids(a, n: int, what: str, where: str, allow_none: bool = False) -> None:
+    a = np.asarray(a, np.int64)
+    lo = -1 if allow_none else 0
+    if a.size and ((a < lo).any() or (a >= n).any()):
+        bad = a[(a < lo) | (a >= n)][0]
+        raise _fail(where, f"{what} holds id {int(bad)}, outside the vocabulary of {n} ids")
+
+
+def validate_program(doc: dict, tables: dict[str, np.ndarray], where: str) -> None:
+    """Check a TISA program read from a file before any of it is used: the header against
+    `DOCUMENT_SCHEMA` (opcodes and their operand types), then every table the instructions use
+    (dtype and rank, code points valid, offsets inside their tables and in order, ids below the
+    vocabulary size, hash tables consistent with their keys), so that the Numba kernels can
+    never index outside an array or loop forever.
+
+    Raises:
+        NacFormatError: naming the table, instruction or field that is wrong.
+    """
+    from nac.format import schema
+    from nac.tokenizer_vm import kernels as K
+
+    if isinstance(doc, dict) and isinstance(doc.get("code"), list):
+        for k, ins in enumerate(doc["code"]):
+            if isinstance(ins, dict) and isinstance(ins.get("op"), str) and ins["op"] not in OPERANDS:
+                raise _fail(where, f"instruction {k} has unknown opcode {ins['op'][:64]!r} (this NAC knows "
+                                   f"{len(OPERANDS)} opcodes; the program may be from a newer NAC)")
+    schema.register("tisa", DOCUMENT_SCHEMA)
+    schema.validate(doc, "tisa", where)
+    for k, ins in enumerate(doc["code"]):
+        name = f"tisa {ins['op']}"
+        if name not in schema.SCHEMAS:
+            ops = OPERANDS[ins["op"]]
+            schema.register(name, {"type": "object", "properties": {"op": {"const": ins["op"]}, **ops},
+                                   "required": ["op", *ops], "additionalProperties": False})
+        schema.validate(ins, name, f"{where}: instruction {k}")
+    idx = _table(tables, "class_index", None, where)
+    blocks = _table(tables, "class_blocks", None, where)
+    if blocks.dtype.kind not in "iu" or idx.dtype.kind not in "iu" or idx.size != 0x1100 or blocks.size % 256 or blocks.size == 0 \
+            or idx.min() < 0 or int(idx.max()) * 256 + 256 > blocks.size:
+        raise _fail(where, "tables 'class_index'/'class_blocks' do not form a character-class table "
+                           "(4352 block indices into 256-entry integer blocks)")
+    vocab = _table(tables, "vocab", np.int32, where)
+    off = _table(tables, "vocab_off", np.int64, where)
+    _code_points(vocab, "vocab", where)
+    _offsets(off, vocab.size, "vocab_off", where)
+    n = off.size - 1
+    _ids(_table(tables, "vocab_missing", np.int32, where), n, "table 'vocab_missing'", where)
+    for a in doc.get("added") or []:
+        _ids([a["id"]], n, "an added token", where)
+    if doc.get("padding") and doc["padding"].get("pad_id") is not None:
+        _ids([doc["padding"]["pad_id"]], max(n, 1), "the padding's pad_id", where)
+    for ins in doc["code"]:
+        op = ins["op"]
+        what = f"instruction {op}"
+        for k, v in ins.items():
+            if k.endswith("_table") and v not in tables:
+                raise _fail(where, f"{what} names missing table {v!r}")
+        if "ranges_table" in ins:
+            r = _table(tables, ins["ranges_table"], np.int32, where)
+            if r.size % 2 or (r.size and ((r < 0).any() or (r > 0x10FFFF).any() or (r[0::2] > r[1::2]).any())):
+                raise _fail(where, f"{what}: table {ins['ranges_table']!r} is not a list of code-point ranges")
+        if "assigned_table" in ins:
+            r = _table(tables, ins["assigned_table"], np.int32, where)
+            if r.size % 2 or (r.size and ((r < 0).any() or (r > 0x10FFFF).any() or (r[0::2] > r[1::2]).any())):
+                raise _fail(where, f"{what}: table {ins['assigned_table']!r} is not a list of code-point ranges")
+        if op == "NORM.LOWER":
+            src, loff, dst = (_table(tables, t, np.int32, where)
+                              for t in ("lower_src", "lower_off", "lower_dst"))
+            _code_points(src, "lower_src", where)
+            _code_points(dst, "lower_dst", where)
+            if loff.size != src.size + 1:
+                raise _fail(where, "table 'lower_off' must have one entry more than 'lower_src'")
+            _offsets(loff, dst.size, "lower_off", where)
+        if "keys_table" in ins:
+            keys, koff, kid, htab = (_table(tables, t, dt, where) for t, dt in _MODEL_TABLES.items())
+            if keys.size and ((keys < 0).any() or (keys > 0x10FFFF).any()):
+                raise _fail(where, "table 'keys' holds values outside 0..0x10FFFF")
+            _offsets(koff, keys.size, "keys_off", where)
+            if kid.size != koff.size - 1:
+                raise _fail(where, "table 'keys_id' must have one id per key")
+            _ids(kid, n, "table 'keys_id'", where)
+            if htab.size != K.build_hash(keys, koff).size or not np.array_equal(htab, K.build_hash(keys, koff)):
+                raise _fail(where, "table 'keys_hash' does not match the keys it indexes")
+            _ids([ins["unk"]], n, f"{what} operand 'unk'", where, allow_none=op in ("MODEL.BPE", "MODEL.UNIGRAM"))
+        if op == "MODEL.BPE":
+            mk = _table(tables, "merge_keys", np.int64, where)
+            mr, mn = _table(tables, "merge_rank", np.int32, where), _table(tables, "merge_new", np.int32, where)
+            if mk.size < 16 or mk.size & (mk.size - 1) or mr.size != mk.size or mn.size != mk.size \
+                    or not (mk == -1).any():
+                raise _fail(where, "tables 'merge_keys'/'merge_rank'/'merge_new' are not one open-addressing table")
+            used = mk != -1
+            _ids(mn[used], n, "table 'merge_new'", where)
+            _ids(np.concatenate([mk[used] >> 32, mk[used] & 0xFFFFFFFF]), n, "table 'merge_keys'", where)
+            if (mr[used] < 0).any():
+                raise _fail(where, "table 'merge_rank' holds a negative rank")
+        if op in ("MODEL.BPE", "MODEL.UNIGRAM"):
+            b = _table(tables, "byte_ids", np.int32, where)
+            if b.size != 256:
+                raise _fail(where, "table 'byte_ids' must have 256 entries")
+            _ids(b, n, "table 'byte_ids'", where, allow_none=True)
+        if op == "MODEL.UNIGRAM":
+            sc = _table(tables, ins["scores_table"], np.float64, where)
+            if sc.ndim != 1 or sc.size <= int(tables["keys_id"].max(initial=-1)):
+                raise _fail(where, "table 'scores' has fewer scores than the vocabulary has pieces")
+            if not np.isfinite(sc).all() or not np.isfinite(ins["unk_score"]):
+                raise _fail(where, "Unigram scores must be finite numbers")
+        if op == "POST.TEMPLATE":
+            for item in ins["single"] + ins["pair"]:
+                if item[0] == "S":
+                    _ids(item[1], n, "the special-token template", where)

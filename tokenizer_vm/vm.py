@@ -8,13 +8,14 @@ padding are list operations at the end. Decoding is string work on the token tex
 """
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from nac.errors import NacError, NacInputError
+from nac.errors import NacError, NacFormatError, NacInputError
 from nac.tokenizer_vm import kernels as K
 from nac.tokenizer_vm.unicode import bytes_to_unicode
 from nac.tokenizer_vm.program import Program
@@ -58,6 +59,7 @@ class Tokenizer:
 
     def __init__(self, program: Program):
         self.program = program
+        self._where = f"tokenizer {program.source or '(unnamed)'}"
         t = program.tables
         self._cls = (t["class_index"], t["class_blocks"])
         self._vocab, self._vocab_off = t["vocab"], t["vocab_off"]
@@ -81,8 +83,17 @@ class Tokenizer:
     def enable_truncation(self, max_length: int, stride: int = 0, strategy: str = "longest_first",
                           direction: str = "right") -> None:
         """Truncate every encoding to ``max_length`` tokens, template tokens included (Hugging Face
-        ``truncate_encodings``). ``stride`` is recorded but overflowing windows are not produced."""
-        self.truncation = {"max_length": int(max_length), "stride": stride, "direction": direction.capitalize(),
+        ``truncate_encodings``). ``stride`` is recorded but overflowing windows are not produced.
+
+        Raises:
+            NacInputError: ``max_length`` or ``stride`` not an integer in [0, `MAX_LENGTH`], an unknown
+                ``strategy`` (longest_first, only_first, only_second) or ``direction`` (left, right).
+        """
+        max_length = _count(max_length, "max_length", 0)
+        stride = _count(stride, "stride", 0)
+        strategy = _choice(strategy, "strategy", ("longest_first", "only_first", "only_second"))
+        direction = _choice(direction, "direction", ("left", "right"))
+        self.truncation = {"max_length": max_length, "stride": stride, "direction": direction.capitalize(),
                            "strategy": "".join(w.capitalize() for w in strategy.split("_"))}
 
     def no_truncation(self) -> None:
@@ -92,8 +103,23 @@ class Tokenizer:
                        pad_token: str | None = None, length: int | None = None,
                        pad_to_multiple_of: int | None = None) -> None:
         """Pad a batch to its longest encoding (or to ``length``); the pad token defaults to the
-        file's padding token, else ``[PAD]``/``<pad>`` if the vocabulary has one, else id 0."""
-        if pad_id is None:
+        file's padding token, else ``[PAD]``/``<pad>`` if the vocabulary has one, else id 0.
+
+        Raises:
+            NacInputError: ``pad_id`` not an id of this vocabulary, ``length`` not in [0, `MAX_LENGTH`],
+                ``pad_to_multiple_of`` below 1, a negative ``pad_type_id``, an unknown ``direction``.
+        """
+        direction = _choice(direction, "direction", ("left", "right"))
+        if length is not None:
+            length = _count(length, "length", 0)
+        if pad_to_multiple_of is not None:
+            pad_to_multiple_of = _count(pad_to_multiple_of, "pad_to_multiple_of", 1)
+        pad_type_id = _count(pad_type_id, "pad_type_id", 0)
+        if pad_token is not None and not isinstance(pad_token, str):
+            raise NacInputError(f"pad_token must be a string, not {type(pad_token).__name__}")
+        if pad_id is not None:
+            pad_id = _count(pad_id, "pad_id", 0, self.get_vocab_size() - 1)
+        else:
             base = self.program.padding or {}
             pad_token = pad_token or base.get("pad_token")
             for cand in ([pad_token] if pad_token else []) + ["[PAD]", "<pad>"]:
@@ -274,10 +300,15 @@ class Tokenizer:
 
     # -- decoding ------------------------------------------------------------------------------------
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        """Text of a sequence of ids (unknown ids are skipped, as the reference does)."""
+        """Text of a sequence of token ids (a list of ints or a 1-D integer array). Ids inside the
+        vocabulary that no token has (holes in a sparse vocabulary) are skipped, as the reference does.
+
+        Raises:
+            NacInputError: ``ids`` is not a sequence of integers, or holds an id outside
+                [0, vocabulary size).
+        """
         tokens = []
-        for i in ids:
-            i = int(i)
+        for i in self._checked_ids(ids):
             if skip_special_tokens and i in self._special_ids:
                 continue
             t = self._added_text.get(i)
@@ -292,8 +323,30 @@ class Tokenizer:
         return "".join(tokens)
 
     def decode_batch(self, batch, skip_special_tokens: bool = True) -> list[str]:
-        """:meth:`decode` for each sequence."""
+        """:meth:`decode` for each sequence. Raises NacInputError as `decode` does."""
+        if isinstance(batch, (str, bytes)) or not hasattr(batch, "__iter__"):
+            raise NacInputError(f"decode_batch needs a list of id sequences, not {type(batch).__name__}")
         return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+    def _checked_ids(self, ids) -> list[int]:
+        """``ids`` as a list of Python ints in [0, vocabulary size); NacInputError otherwise."""
+        if isinstance(ids, np.ndarray):
+            if ids.ndim != 1 or ids.dtype.kind not in "iu":
+                raise NacInputError(f"ids must be a 1-D integer array, not {ids.dtype}{list(ids.shape)}")
+            ids = ids.tolist()
+        elif isinstance(ids, (str, bytes)) or not isinstance(ids, (list, tuple, range)):
+            raise NacInputError(f"ids must be a list of integers, not {type(ids).__name__}")
+        n = self.get_vocab_size()
+        out = []
+        for k, i in enumerate(ids):
+            if isinstance(i, np.integer):
+                i = int(i)
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise NacInputError(f"ids[{k}] = {i!r} is not an integer token id")
+            if not 0 <= i < n:
+                raise NacInputError(f"ids[{k}] = {i} is outside the vocabulary [0, {n})")
+            out.append(i)
+        return out
 
     # -- instruction loading -------------------------------------------------------------------------
     def _load(self, ins: dict) -> None:
@@ -372,9 +425,9 @@ class Tokenizer:
             pattern = ins["pattern"]
             self._norm.append(lambda s: (s.replace(pattern, content) if pattern else s, False))
         else:
-            import regex
-            pat = regex.compile(ins["pattern"])
-            self._norm.append(lambda s: (pat.sub(lambda m: content, s), False))
+            pat = _compile_regex(ins["pattern"], self._where)
+            self._norm.append(lambda s: (_bounded(lambda t, timeout: pat.sub(lambda m: content, t, timeout=timeout),
+                                                  pat, s, self._where), False))
 
     def _op_norm_strip(self, ins):
         ws = "".join(_WS)
@@ -391,14 +444,16 @@ class Tokenizer:
         self._norm.append(lambda s: (text + s if s else s, False))
 
     def _op_pre_regex(self, ins):
-        import regex
-        pat = regex.compile(ins["pattern"])
+        pat = _compile_regex(ins["pattern"], self._where)
         behaviour, invert = K.BEHAVIOURS[ins["behaviour"]], ins["invert"]
+
+        def spans(t, timeout):
+            return [(m.start(), m.end()) for m in pat.finditer(t, timeout=timeout)]
 
         def run(words, wseg, wfirst):
             out_w, out_s, out_f = [], [], []
             for w, sg, f in zip(words, wseg, wfirst):
-                for a, b in _split_by_matches(w, [(m.start(), m.end()) for m in pat.finditer(w)], behaviour, invert):
+                for a, b in _split_by_matches(w, _bounded(spans, pat, w, self._where), behaviour, invert):
                     out_w.append(w[a:b])
                     out_s.append(sg)
                     out_f.append(f and a == 0)
@@ -558,9 +613,9 @@ class Tokenizer:
             p = ins["pattern"]
             self._dec.append(lambda tokens: [t.replace(p, content) for t in tokens])
         else:
-            import regex
-            pat = regex.compile(ins["pattern"])
-            self._dec.append(lambda tokens: [pat.sub(lambda m: content, t) for t in tokens])
+            pat = _compile_regex(ins["pattern"], self._where)
+            self._dec.append(lambda tokens: [_bounded(lambda x, timeout: pat.sub(lambda m: content, x, timeout=timeout),
+                                                      pat, t, self._where) for t in tokens])
 
     def _op_dec_bpe(self, ins):
         suffix = ins["suffix"]
@@ -594,6 +649,33 @@ class Tokenizer:
             return None
         order = sorted(forms, key=lambda f: -len(f))
         return re.compile("|".join(re.escape(f) for f in order)), forms
+
+
+#: Seconds one regular-expression call from a tokenizer program may take (``NAC_REGEX_TIMEOUT``).
+REGEX_TIMEOUT = float(os.environ.get("NAC_REGEX_TIMEOUT", "2.0"))
+#: Most tokens `enable_padding(length=...)` and `enable_truncation(max_length=...)` accept.
+MAX_LENGTH = 1 << 20
+
+
+def _compile_regex(pattern: str, where: str):
+    """Compile a pattern from a tokenizer program with the `regex` module (Unicode classes as
+    Hugging Face's Oniguruma has them). Raises NacFormatError for an invalid pattern."""
+    import regex
+
+    try:
+        return regex.compile(pattern)
+    except (regex.error, ValueError, OverflowError, RecursionError, MemoryError) as exc:
+        raise NacFormatError(f"{where}: regular expression {pattern[:80]!r} is invalid ({exc})") from None
+
+
+def _bounded(call, pattern, text: str, where: str):
+    """Run ``call(text, timeout=...)``: a pathological pattern (catastrophic backtracking) is
+    stopped after `REGEX_TIMEOUT` seconds and refused instead of hanging the caller."""
+    try:
+        return call(text, timeout=REGEX_TIMEOUT)
+    except TimeoutError:
+        raise NacFormatError(f"{where}: regular expression {pattern.pattern[:80]!r} took more than {REGEX_TIMEOUT:g} s "
+                             f"on a text of {len(text)} characters (catastrophic backtracking); refusing it") from None
 
 
 class _Lazy:
@@ -711,6 +793,21 @@ def _truncate(a: list[int], b: list[int] | None, t: dict, n_added: int):
                             f"too short to remove {to_remove} tokens")
     target = cut(target, len(target) - to_remove)
     return (target, b) if strategy == "OnlyFirst" else (a, target)
+
+
+def _count(v, name: str, lo: int, hi: int = MAX_LENGTH) -> int:
+    """``v`` as an int in [lo, hi]; NacInputError naming ``name`` otherwise."""
+    if isinstance(v, np.integer):
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise NacInputError(f"{name} must be an integer in [{lo}, {hi}], not {v!r}")
+    return v
+
+
+def _choice(v, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(v, str) or v.lower() not in choices:
+        raise NacInputError(f"{name} must be one of {', '.join(choices)}, not {v!r}")
+    return v.lower()
 
 
 def _text(x, i: int) -> str:

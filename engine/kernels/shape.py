@@ -20,12 +20,10 @@ def reshape(ins, outs, attrs):
     if outs is not None:
         np.copyto(outs[0], x.reshape(outs[0].shape))
         return None
-    v = x.view()
-    try:
-        v.shape = tuple(attrs["shape"])
-    except AttributeError:
+    try:  # never copies and never reads data (so it is safe on the planner's zero-byte placeholders)
+        return x.reshape(tuple(attrs["shape"]), copy=False)
+    except ValueError:
         return None
-    return v
 
 
 @kernel("permute")

@@ -114,9 +114,13 @@ def test_int32_ids_and_float64_accepted(two_input_model):
 
 def test_plans_are_cached_and_arena_reused(two_input_model):
     two_input_model.run(feeds(2, 5))
-    p1 = two_input_model.plan({"a": (2, 5, 4), "ids": (2, 5)})
+    with two_input_model.session({"a": (2, 5, 4), "ids": (2, 5)}) as p1:
+        pass
     two_input_model.run(feeds(2, 5))
-    assert two_input_model.plan({"a": (2, 5, 4), "ids": (2, 5)}) is p1
+    with two_input_model.session({"a": (2, 5, 4), "ids": (2, 5)}) as p2:
+        assert p2 is p1  # an idle plan for the same shapes is reused
+        with two_input_model.session({"a": (2, 5, 4), "ids": (2, 5)}) as p3:
+            assert p3 is not p1  # while one is checked out, another caller gets its own
     assert p1.arena_bytes < p1.naive_bytes  # buffers of dead values are reused
 
 

@@ -38,7 +38,7 @@ def arr(draw, shape, lo=-3.0, hi=3.0, dtype=np.float32):
 
 
 def T(a):
-    return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.from_numpy(np.array(a, order="C"))  # (np.ascontiguousarray would make a 0-d array 1-d)
 
 
 # -- elementwise -----------------------------------------------------------------------------------------

@@ -1,0 +1,166 @@
+"""The written schemas of the JSON documents a `.nac` file holds, and their validation.
+
+Every document read from a file (the graph section, the metadata section, the external-weights
+reference, a TISA program's header) is checked against one of these JSON Schemas (draft 7)
+before any field is used, so a wrong type, a missing field or an absurd size is a
+`NacFormatError` that names the field, never a ``KeyError`` or ``TypeError`` deeper down. Sizes
+are bounded here; ranges that depend on other fields (an id below the vocabulary size, a shape
+that matches its op) are checked by the code that reads them (`nac.format.graph`,
+`nac.format.shapes`, `nac.tokenizer_vm.program`).
+
+Validation uses `fastjsonschema` (the schemas are compiled once, on first use). The schemas
+allow unknown keys where SPEC.md lets a newer minor version add them.
+"""
+from __future__ import annotations
+
+import threading
+
+from nac.errors import NacFormatError
+
+_NAME = {"type": "string", "minLength": 1, "maxLength": 1024}
+_UINT = {"type": "integer", "minimum": 0, "maximum": 1 << 53}
+_DIM = {"anyOf": [_UINT, {"type": "string", "minLength": 1, "maxLength": 1024}]}
+
+GRAPH = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "NAC graph section",
+    "type": "object",
+    "required": ["inputs", "outputs", "dims", "values", "params", "nodes"],
+    "properties": {
+        "inputs": {"type": "array", "items": _NAME, "maxItems": 4096},
+        "outputs": {"type": "array", "items": _NAME, "minItems": 1, "maxItems": 4096},
+        "dims": {
+            "type": "object", "maxProperties": 256,
+            "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$"},
+            "additionalProperties": {
+                "type": "object",
+                "properties": {"min": _UINT, "max": {"anyOf": [_UINT, {"type": "null"}]}},
+            },
+        },
+        "values": {
+            "type": "array", "maxItems": 1 << 20,
+            "items": {
+                "type": "object",
+                "required": ["name", "dtype", "shape"],
+                "properties": {
+                    "name": _NAME,
+                    "dtype": {"enum": ["float32", "float16", "int64", "int32", "int8", "uint8", "bool"]},
+                    "shape": {"type": "array", "items": _DIM, "maxItems": 16},
+                    "quant": {
+                        "type": "object", "required": ["scheme", "scale", "shape"],
+                        "properties": {"scheme": {"type": "string", "maxLength": 64}, "scale": _NAME,
+                                       "shape": {"type": "array", "items": _UINT, "minItems": 2, "maxItems": 2}},
+                    },
+                },
+            },
+        },
+        "params": {"type": "array", "items": _NAME, "maxItems": 1 << 20},
+        "param_aliases": {"type": "object", "additionalProperties": _NAME},
+        "nodes": {
+            "type": "array", "maxItems": 1 << 20,
+            "items": {
+                "type": "object",
+                "required": ["op", "inputs", "outputs"],
+                "properties": {
+                    "op": {"type": "string", "maxLength": 64},
+                    "inputs": {"type": "array", "maxItems": 4096,
+                               "items": {"type": "string", "maxLength": 1024}},
+                    "outputs": {"type": "array", "items": _NAME, "minItems": 1, "maxItems": 64},
+                    "attrs": {"type": "object", "maxProperties": 64},
+                    "source": {"type": "string", "maxLength": 4096},
+                },
+            },
+        },
+    },
+}
+
+_STR = {"type": "string", "maxLength": 4096}
+_IDS = {"anyOf": [_UINT, {"type": "null"}, {"type": "array", "items": _UINT, "maxItems": 64}]}
+_NUM3 = {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 4}
+
+METADATA = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "NAC metadata section",
+    "type": "object",
+    "properties": {
+        "task": {"type": "string", "maxLength": 64},
+        "model": _STR,
+        "labels": {"type": "array", "items": _STR, "maxItems": 1 << 20},
+        "problem_type": {"enum": ["single_label_classification", "multi_label_classification", "regression"]},
+        "max_length": {"type": "integer", "minimum": 1, "maximum": 1 << 24},
+        "normalize": {"type": "boolean"},
+        "embedding_output": _NAME,
+        "mask_token": _STR, "cls_token": _STR, "sep_token": _STR, "pad_token": _STR,
+        "chat_template": {"type": "string", "maxLength": 1 << 20},
+        "eos_token_id": _IDS, "pad_token_id": _IDS, "bos_token_id": _IDS,
+        "vocab_size": {"type": "integer", "minimum": 1, "maximum": 1 << 31},
+        "cache": {
+            "type": "object", "required": ["layers", "kv_heads", "head_dim"],
+            "properties": {k: {"type": "integer", "minimum": 1, "maximum": 1 << 16}
+                           for k in ("layers", "kv_heads", "head_dim")},
+        },
+        "preprocess": {
+            "type": "object", "required": ["resize", "crop", "mean", "std"],
+            "properties": {
+                "resize": {"type": "integer", "minimum": 1, "maximum": 16384},
+                "crop": {"type": "integer", "minimum": 1, "maximum": 16384},
+                "interpolation": {"enum": ["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]},
+                "scale": {"type": "number"},
+                "mean": _NUM3,
+                "std": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 1,
+                        "maxItems": 4},
+                "layout": {"enum": ["NCHW", "NHWC"]},
+            },
+        },
+        "tokenizer": {
+            "type": "object",
+            "properties": {"format": {"type": "string", "maxLength": 64}, "model": {"type": "string", "maxLength": 64},
+                           "vocab_size": {"type": "integer", "minimum": 0, "maximum": 1 << 31}},
+        },
+        "compile": {"type": "object"},
+    },
+}
+
+EXTERNAL_WEIGHTS = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "NAC external-parameters section",
+    "type": "object",
+    "required": ["path", "size", "crc32"],
+    "properties": {"path": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^/\\\\\\x00]+$"},
+                   "size": _UINT, "crc32": {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF}},
+}
+
+SCHEMAS = {"graph": GRAPH, "metadata": METADATA, "external-parameters": EXTERNAL_WEIGHTS}
+_compiled: dict = {}
+_lock = threading.Lock()
+
+
+def register(name: str, schema: dict) -> None:
+    """Add a schema (e.g. the TISA program header's, from `nac.tokenizer_vm.program`)."""
+    SCHEMAS[name] = schema
+
+
+def validate(doc, name: str, where: str) -> None:
+    """Check ``doc`` against the schema ``name`` (a key of `SCHEMAS`).
+
+    Raises:
+        NacFormatError: ``doc`` does not conform; the message names ``where``, the field (as a
+            path such as ``nodes[3].attrs``) and the rule it breaks.
+    """
+    fn = _compiled.get(name)
+    if fn is None:
+        import fastjsonschema
+
+        with _lock:
+            fn = _compiled.get(name) or fastjsonschema.compile(SCHEMAS[name])
+            _compiled[name] = fn
+    import fastjsonschema
+
+    try:
+        fn(doc)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        field = (exc.name or "data").replace("data.", "", 1).replace("data", "(document)", 1)
+        raise NacFormatError(f"{where}: {name} field {field}: {exc.message.replace(exc.name or '', '').strip()}"
+                             ) from None
+    except RecursionError:
+        raise NacFormatError(f"{where}: {name} document is nested too deeply") from None
