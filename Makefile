@@ -6,7 +6,7 @@ NAC     = $(VENV)/bin/nac
 OUT    ?= out
 PHOTOS  = $(shell $(PY) -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))" 2>/dev/null)
 
-.PHONY: setup demo test bench clean toolchain
+.PHONY: setup demo test bench clean toolchain fuzz
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,18 @@ test: setup
 bench: setup
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_models.py
 	$(PY) bench/bench_tokenizer.py --json bench/results/tokenizer.json
+
+# Coverage-guided fuzzing (atheris) of the reader/validator/planner and of the TISA loader and VM, for
+# FUZZ_SECONDS per target (or FUZZ_RUNS executions). Findings are saved in out/fuzz/TARGET/ and stop the run.
+FUZZ_SECONDS ?= 600
+FUZZ_RUNS    ?= -1
+fuzz: setup
+	@for t in reader tisa; do \
+	    mkdir -p $(OUT)/fuzz/$$t && cd $(OUT)/fuzz/$$t && \
+	    NAC_NUM_THREADS=1 $(CURDIR)/$(PY) $(CURDIR)/tests/fuzz/run.py $$t -max_total_time=$(FUZZ_SECONDS) \
+	        -runs=$(FUZZ_RUNS) -timeout=60 -rss_limit_mb=4096 -print_final_stats=1 || exit 1; \
+	    cd $(CURDIR); \
+	done
 
 # `nac emit` targets: the RISC-V cross-compiler, picolibc and QEMU (Debian/Ubuntu packages; root or sudo).
 toolchain:

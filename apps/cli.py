@@ -233,10 +233,27 @@ def _run_generation(model, args) -> int:
 
 
 def describe(path: Path) -> dict:
-    """The facts `nac info` prints, as a dict (also its --json output)."""
-    import nac
+    """The facts `nac info` prints, as a dict (also its --json output).
 
-    model = nac.load(path)
+    A file that fails validation is still described as far as it can be: ``valid`` is False,
+    ``problem`` names what is wrong, and the sections, metadata and graph summary that did parse
+    are there.
+
+    Raises:
+        NacFormatError: the file is missing or its header and section table are unreadable.
+    """
+    import nac
+    from nac.format.container import read_header
+
+    path = Path(path)
+    version, sections, buf, size = read_header(path)
+    d = {"file": str(path), "format_version": ".".join(map(str, version)), "bytes": size, "valid": True,
+         "problem": None, "sections": [{"name": s.name, "offset": s.offset, "bytes": s.length} for s in sections]}
+    try:
+        model = nac.load(path)
+    except NacError as exc:
+        d.update(valid=False, problem=str(exc), **_partial_summary(buf, sections, path))
+        return d
     g, f = model.graph, model.file
     param_bytes = sum(a.nbytes for a in g.params.values())
     quantised = []
@@ -245,12 +262,10 @@ def describe(path: Path) -> dict:
             n, k = v.quant["shape"]
             stored = g.params[name].nbytes + g.params[v.quant["scale"]].nbytes
             quantised.append({"name": name, "scheme": v.quant["scheme"], "shape": [n, k], "bytes": stored,
-                              "float32_bytes": n * k * 4, "bits_per_weight": round(8 * stored / (n * k), 3)})
-    return {
-        "file": str(path), "format_version": ".".join(map(str, f.version)),
-        "bytes": path.stat().st_size, "weights": "external: " + f.weights_path.name if f.weights_path else "inline",
-        "sections": [{"name": s.name, "offset": s.offset, "bytes": s.length} for s in f.sections],
-        "inputs": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in model.input_spec()],
+                              "float32_bytes": n * k * 4, "bits_per_weight": round(8 * stored / max(n * k, 1), 3)})
+    d.update({
+        "weights": "external: " + f.weights_path.name if f.weights_path else "inline",
+        "inputs": [{"name": n, "dtype": dt, "shape": list(s)} for n, dt, s in model.input_spec()],
         "outputs": [{"name": n, "dtype": g.values[n].dtype, "shape": list(g.values[n].shape)} for n in g.outputs],
         "dims": g.dims,
         "ops": dict(Counter(n.op for n in g.nodes).most_common()),
@@ -259,7 +274,39 @@ def describe(path: Path) -> dict:
                        "shared": len(g.param_aliases)},
         "quantized": quantised,
         "metadata": {k: (v if k != "labels" else f"{len(v)} labels") for k, v in model.metadata.items()},
-    }
+    })
+    return d
+
+
+def _partial_summary(buf, sections, path: Path) -> dict:
+    """What can be said of a file that failed validation: its metadata and the outline of its
+    graph, each only if that document alone is valid JSON that passes its schema."""
+    import zlib
+
+    from nac.format import schema
+    from nac.format.container import GRAPH, METADATA, parse_json
+
+    out: dict = {}
+    for s in sections:
+        if s.kind not in (GRAPH, METADATA) or zlib.crc32(buf[s.offset:s.offset + s.length]) != s.crc32:
+            continue
+        try:
+            doc = parse_json(bytes(buf[s.offset:s.offset + s.length]), f"{path}: {s.name} section")
+            schema.validate(doc, s.name, str(path))
+        except NacError:
+            continue
+        if s.kind == METADATA:
+            out["metadata"] = {k: (v if k != "labels" else f"{len(v)} labels") for k, v in doc.items()}
+        else:
+            shapes = {v["name"]: v for v in doc["values"]}
+            out["inputs"] = [{"name": n, "dtype": shapes.get(n, {}).get("dtype", "?"),
+                              "shape": shapes.get(n, {}).get("shape", "?")} for n in doc["inputs"]]
+            out["outputs"] = [{"name": n, "dtype": shapes.get(n, {}).get("dtype", "?"),
+                               "shape": shapes.get(n, {}).get("shape", "?")} for n in doc["outputs"]]
+            out["dims"] = doc["dims"]
+            out["ops"] = dict(Counter(n["op"] for n in doc["nodes"]).most_common())
+            out["nodes"] = len(doc["nodes"])
+    return out
 
 
 def cmd_emit(args) -> int:
@@ -308,37 +355,49 @@ def cmd_info(args) -> int:
     d = describe(args.model)
     if args.json:
         print(json.dumps(d, indent=2))
-        return 0
-    print(f"{d['file']}: NAC format {d['format_version']}, {d['bytes']:,} bytes, weights {d['weights']}")
+        return 0 if d["valid"] else 2
+    print(f"{d['file']}: NAC format {d['format_version']}, {d['bytes']:,} bytes"
+          + (f", weights {d['weights']}" if "weights" in d else ""))
     print("sections:")
     for s in d["sections"]:
         print(f"  {s['name']:<20} {s['bytes']:>12,} bytes at {s['offset']}")
-    print("inputs:")
-    for x in d["inputs"]:
-        print(f"  {x['name']}: {x['dtype']}{x['shape']}")
-    print("outputs:")
-    for x in d["outputs"]:
-        print(f"  {x['name']}: {x['dtype']}{x['shape']}")
-    for name, r in d["dims"].items():
+    for key in ("inputs", "outputs"):
+        if key in d:
+            print(f"{key}:")
+            for x in d[key]:
+                print(f"  {x['name']}: {x['dtype']}{x['shape']}")
+    for name, r in d.get("dims", {}).items():
         print(f"dimension {name}: {r.get('min')} .. {r.get('max') if r.get('max') is not None else 'inf'}")
-    p = d["parameters"]
-    print(f"parameters: {p['count']:,} in {p['tensors']} tensors, {p['bytes']:,} bytes"
-          + (f" ({p['shared']} shared)" if p["shared"] else ""))
-    if d["quantized"]:
+    if "parameters" in d:
+        p = d["parameters"]
+        print(f"parameters: {p['count']:,} in {p['tensors']} tensors, {p['bytes']:,} bytes"
+              + (f" ({p['shared']} shared)" if p["shared"] else ""))
+    if d.get("quantized"):
         fb = sum(q["float32_bytes"] for q in d["quantized"])
         qb = sum(q["bytes"] for q in d["quantized"])
         print(f"quantized tensors: {len(d['quantized'])}, {qb:,} bytes instead of {fb:,} as float32 "
               f"(saves {fb - qb:,} bytes, {fb / max(qb, 1):.1f}x)")
         for q in d["quantized"]:
             print(f"  {q['name']}: {q['scheme']}{q['shape']}, {q['bytes']:,} bytes ({q['bits_per_weight']} bits/weight)")
-    print(f"ops ({d['nodes']} nodes): " + ", ".join(f"{k} {v}" for k, v in d["ops"].items()))
-    print("metadata: " + json.dumps(d["metadata"], ensure_ascii=False)[:2000])
+    if "ops" in d:
+        print(f"ops ({d['nodes']} nodes): " + ", ".join(f"{k} {v}" for k, v in d["ops"].items()))
+    if "metadata" in d:
+        print("metadata: " + json.dumps(d["metadata"], ensure_ascii=False)[:2000])
+    if not d["valid"]:
+        print(f"nac: error: {d['problem']}", file=sys.stderr)
+        return 2
     return 0
 
 
 def main(argv=None) -> int:
     """Entry point of the `nac` console command. Returns the exit status (2 on a NAC error)."""
     args = _parser().parse_args(argv)
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        # `kill` (SIGTERM) unwinds like Ctrl-C, so a half-written .nac's temporary is removed
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         return {"export": cmd_export, "run": cmd_run, "info": cmd_info, "emit": cmd_emit}[args.command](args)
     except NacError as exc:

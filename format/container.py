@@ -27,8 +27,8 @@ import json
 import math
 import mmap
 import os
+import secrets
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,9 +180,50 @@ def _pad(n: int) -> int:
     return (-n) % ALIGN
 
 
+def _temporary_name(path: Path) -> Path:
+    """``.NAME.<pid>.<random>.tmp`` beside ``path``: hidden, and naming the process that writes it."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporaries of ``path`` left by writers that died (``kill -9``, power loss): those
+    whose process no longer exists. A live writer's temporary is left alone."""
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        parts = name[len(prefix):].split(".") if name.startswith(prefix) and name.endswith(".tmp") else []
+        if len(parts) != 3 or not parts[0].isdigit():
+            continue
+        pid = int(parts[0])
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # still running
+            except ProcessLookupError:
+                pass
+            except (PermissionError, OverflowError):
+                continue
+        else:
+            continue  # this process's own writes clean up after themselves
+        try:
+            os.unlink(path.parent / name)
+        except OSError:
+            pass
+
+
 def _atomic_write(path: Path, chunks) -> None:
-    """Write byte chunks to ``path`` through a temporary file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write byte chunks to ``path`` through a temporary file in the same folder, then rename.
+
+    The temporary is created with mode 0666 less the caller's umask (the mode any new file gets),
+    fsync'ed before the rename, and removed on every exit Python sees (an exception,
+    KeyboardInterrupt, SystemExit); one left by a killed writer is removed by the next write to
+    the same destination."""
+    _remove_stale_temporaries(path)
+    tmp = _temporary_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             for c in chunks:
@@ -235,6 +276,15 @@ def write_nac(path, graph: Graph, metadata: dict | None = None, *, weights: str 
     if tokenizer is not None:
         sections.append((TOKENIZER, 0, tokenizer))
 
+    if weights == "external":
+        _atomic_write(weights_path, [blob])
+    _atomic_write(path, pack_sections(sections))
+    return path
+
+
+def pack_sections(sections: list[tuple[int, int, bytes]], version: tuple[int, int] = VERSION) -> list[bytes]:
+    """The bytes of a container holding ``sections`` (``(kind, flags, payload)`` in order): header,
+    section table with each payload's CRC-32, aligned payloads. Joined, they are a `.nac` file."""
     table_end = HEADER.size + ENTRY.size * len(sections)
     offset = table_end + _pad(table_end)
     entries, body = [], []
@@ -245,12 +295,9 @@ def write_nac(path, graph: Graph, metadata: dict | None = None, *, weights: str 
         offset += len(data) + _pad(len(data))
     total = offset
     table = b"".join(entries)
-    head40 = HEADER.pack(MAGIC, *VERSION, 0, len(sections), 0, HEADER.size, total, 0)[:40]
-    header = HEADER.pack(MAGIC, *VERSION, 0, len(sections), 0, HEADER.size, total, zlib.crc32(head40 + table))
-    if weights == "external":
-        _atomic_write(weights_path, [blob])
-    _atomic_write(path, [header, table, b"\0" * _pad(table_end), *body])
-    return path
+    head40 = HEADER.pack(MAGIC, *version, 0, len(sections), 0, HEADER.size, total, 0)[:40]
+    header = HEADER.pack(MAGIC, *version, 0, len(sections), 0, HEADER.size, total, zlib.crc32(head40 + table))
+    return [header, table, b"\0" * _pad(table_end), *body]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -301,6 +301,8 @@ class Graph:
             for o in n.outputs:
                 if o not in g.values:
                     raise NacFormatError(f"{where}: node {k} ({n.op}) defines undeclared value {o!r}")
+                if o in defined:
+                    raise NacFormatError(f"{where}: node {k} ({n.op}) redefines value {o!r}")
                 defined.add(o)
         for name in g.inputs + g.outputs:
             if name not in g.values or name not in defined:

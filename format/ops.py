@@ -2,9 +2,9 @@
 from it, and a test keeps them in sync), the engine's kernel registry (every op must have a
 kernel), the exporter's lowering rules and `nac info`.
 
-Output shapes are not computed from these schemas at run time: the exporter records every
-value's (possibly symbolic) shape in the graph, and the engine evaluates it. The ``shape`` text
-here documents the rule.
+The exporter records every value's (possibly symbolic) shape in the graph; each op's shape rule
+(`OpSchema.infer`, implemented in `nac.format.shapes`) checks those records when a file is loaded
+and whenever a plan is built. The ``shape`` text here documents the rule.
 
 Run ``python -m nac.format.ops`` to print the Markdown table, or ``python -m nac.format.ops
 --write-spec`` to replace the table in SPEC.md (between its op-table markers).
@@ -40,6 +40,16 @@ class OpSchema:
     summary: str = ""
     shape: str = ""
     aten: str = ""
+
+    def infer(self, ins, dtypes, attrs) -> list:
+        """Output ``[(shape, dtype or None)]`` for concrete input shapes; see `nac.format.shapes.infer`.
+
+        Raises:
+            nac.format.shapes.ShapeError: the inputs or attributes do not fit this op.
+        """
+        from nac.format.shapes import infer
+
+        return infer(self.name, ins, dtypes, attrs)
 
     def arity(self) -> tuple[int, int | None]:
         """(fewest, most) inputs a node of this op may list (None: no upper bound)."""

@@ -19,7 +19,7 @@ from nac.errors import NacFormatError
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 1024}
 _UINT = {"type": "integer", "minimum": 0, "maximum": 1 << 53}
-_DIM = {"anyOf": [_UINT, {"type": "string", "minLength": 1, "maxLength": 1024}]}
+_DIM = {"type": ["integer", "string"], "minimum": 0, "maximum": 1 << 53, "minLength": 1, "maxLength": 1024}
 
 GRAPH = {
     "$schema": "http://json-schema.org/draft-07/schema#",
@@ -34,7 +34,7 @@ GRAPH = {
             "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$"},
             "additionalProperties": {
                 "type": "object",
-                "properties": {"min": _UINT, "max": {"anyOf": [_UINT, {"type": "null"}]}},
+                "properties": {"min": _UINT, "max": {"type": ["integer", "null"], "minimum": 0, "maximum": 1 << 53}},
             },
         },
         "values": {

@@ -27,8 +27,15 @@ class ShapeError(ValueError):
 
 
 # -- attribute readers (each raises ShapeError naming the attribute) ---------------------------------
+def _get(attrs: dict, key: str, default):
+    """The attribute, or ``default`` written into ``attrs`` (so kernels see every attribute)."""
+    if key not in attrs and default is not None:
+        attrs[key] = default
+    return attrs.get(key, default)
+
+
 def _int(attrs: dict, key: str, default=None, lo: int | None = None, hi: int | None = None) -> int:
-    v = attrs.get(key, default)
+    v = _get(attrs, key, default)
     if isinstance(v, bool) or not isinstance(v, int):
         raise ShapeError(f"attribute {key!r} must be an integer, not {v!r}")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
@@ -37,7 +44,7 @@ def _int(attrs: dict, key: str, default=None, lo: int | None = None, hi: int | N
 
 
 def _ints(attrs: dict, key: str, n: int | None = None, lo: int | None = None, default=None) -> list[int]:
-    v = attrs.get(key, default)
+    v = _get(attrs, key, default)
     if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in v):
         raise ShapeError(f"attribute {key!r} must be a list of integers, not {v!r}")
     if n is not None and len(v) != n:
@@ -48,14 +55,14 @@ def _ints(attrs: dict, key: str, n: int | None = None, lo: int | None = None, de
 
 
 def _bool(attrs: dict, key: str, default=False) -> bool:
-    v = attrs.get(key, default)
+    v = _get(attrs, key, default)
     if not isinstance(v, bool):
         raise ShapeError(f"attribute {key!r} must be true or false, not {v!r}")
     return v
 
 
 def _float(attrs: dict, key: str, default=None, optional: bool = False):
-    v = attrs.get(key, default)
+    v = _get(attrs, key, default)
     if v is None and optional:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -64,7 +71,7 @@ def _float(attrs: dict, key: str, default=None, optional: bool = False):
 
 
 def _choice(attrs: dict, key: str, choices: Sequence[str], default: str) -> str:
-    v = attrs.get(key, default)
+    v = _get(attrs, key, default)
     if v not in choices:
         raise ShapeError(f"attribute {key!r} must be one of {list(choices)}, not {v!r}")
     return v
@@ -480,7 +487,7 @@ def _expand(op, ins, dts, attrs):
 def _slice(op, ins, dts, attrs):
     x = _need(ins, 0, op)
     d = _axis(_int(attrs, "dim"), len(x))
-    start, end = _int(attrs, "start", 0), _int(attrs, "end", x[d] if x else 0)
+    start, end = _int(attrs, "start", 0), _int(attrs, "end", x[d])
     step = _int(attrs, "step", 1, lo=1)
     return [(x[:d] + (len(range(*slice(start, end, step).indices(x[d]))),) + x[d + 1:], None)]
 

@@ -289,6 +289,15 @@ def validate_program(doc: dict, tables: dict[str, np.ndarray], where: str) -> No
                                    f"{len(OPERANDS)} opcodes; the program may be from a newer NAC)")
     schema.register("tisa", DOCUMENT_SCHEMA)
     schema.validate(doc, "tisa", where)
+    stages = [OPCODES[i["op"]][0] for i in doc["code"]]
+    order = ["added", "normalize", "pre_tokenize", "model", "post", "decode"]
+    if stages.count("model") != 1 or stages.count("post") > 1 or stages.count("added") > 1:
+        raise _fail(where, "a program needs exactly one MODEL instruction and at most one ADDED.SPLIT and POST.TEMPLATE")
+    if any(order.index(a) > order.index(b) for a, b in zip(stages, stages[1:])):
+        raise _fail(where, f"instructions are out of stage order ({' -> '.join(stages)}); expected {' -> '.join(order)}")
+    pre = [i["op"] for i in doc["code"] if OPCODES[i["op"]][0] == "pre_tokenize"]
+    if "PRE.REGEX" in pre and any(op != "PRE.REGEX" for op in pre[:max(k for k, op in enumerate(pre) if op == "PRE.REGEX")]):
+        raise _fail(where, "PRE.REGEX (a string-level step) must come before the array-level pre-tokenisers")
     for k, ins in enumerate(doc["code"]):
         name = f"tisa {ins['op']}"
         if name not in schema.SCHEMAS:
@@ -368,6 +377,8 @@ def validate_program(doc: dict, tables: dict[str, np.ndarray], where: str) -> No
             if not np.isfinite(sc).all() or not np.isfinite(ins["unk_score"]):
                 raise _fail(where, "Unigram scores must be finite numbers")
         if op == "POST.TEMPLATE":
+            if any(item[0] == "B" for item in ins["single"]):
+                raise _fail(where, f"{what}: the single-text template refers to a second text (B)")
             for item in ins["single"] + ins["pair"]:
                 if item[0] == "S":
                     _ids(item[1], n, "the special-token template", where)

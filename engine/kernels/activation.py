@@ -12,17 +12,22 @@ from numba import njit
 from nac.format.ops import ACTIVATIONS
 
 CODES = {name: i for i, name in enumerate(ACTIVATIONS)}
+#: Fast-math flags for the kernels: reassociation and contraction (what vectorises), but not
+#: ``nnan``/``ninf``, which would let LLVM assume no NaN or infinity and drop their semantics.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # extra element-wise functions that are not producer-fusable activations
 ERF, HARDSIGMOID, RSQRT, LEAKY_RELU, ELU = 100, 101, 102, 103, 104
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=FASTMATH)
 def erf32(x):
     """float32 erf as a rational function (max abs error 3.3e-7 against libm), clamped to
     [-4, 4] where erf is +-1 in float32. Only multiply, add and divide, so loops over it
     vectorise (this llvmlite has no SVML for ``math.erf``). Coefficients: Eigen's
-    ``generic_fast_erf_float`` / XLA's ErfImpl32."""
-    x = min(max(x, np.float32(-4.0)), np.float32(4.0))
+    ``generic_fast_erf_float`` / XLA's ErfImpl32. NaN stays NaN."""
+    if x != x:
+        return x
+    x = np.float32(-4.0) if x < np.float32(-4.0) else (np.float32(4.0) if x > np.float32(4.0) else x)
     x2 = x * x
     p = x2 * np.float32(-2.72614225801306e-10) + np.float32(2.77068142495902e-08)
     p = p * x2 + np.float32(-2.10102402082508e-06)
@@ -37,10 +42,19 @@ def erf32(x):
     return x * p / q
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=FASTMATH)
 def gelu32(v):
-    """GELU, erf form, in float32: 0.5 * v * (1 + erf(v / sqrt(2)))."""
+    """GELU, erf form, in float32: 0.5 * v * (1 + erf(v / sqrt(2))); NaN for a non-finite v, as
+    ATen's CPU kernel gives."""
+    if not abs(v) < np.float32(np.inf):
+        return v - v
     return np.float32(0.5) * v * (np.float32(1.0) + erf32(v * np.float32(0.7071067811865476)))
+
+
+@njit(inline="always")
+def relu6(x):
+    """min(max(x, 0), 6), NaN passing through (ATen hardtanh)."""
+    return 0.0 if x <= 0.0 else (6.0 if x >= 6.0 else x)
 
 
 @njit(inline="always")
@@ -49,28 +63,28 @@ def act(v, code, p):
     x = float(v)
     if code == 0:
         return x
-    if code == 1:
-        return x if x > 0.0 else 0.0
+    if code == 1:  # comparisons written so that NaN falls through unchanged (ATen: relu(nan) = nan)
+        return 0.0 if x <= 0.0 else x
     if code == 2:
-        return min(max(x, 0.0), 6.0)
+        return 0.0 if x <= 0.0 else (6.0 if x >= 6.0 else x)
     if code == 3:
         return gelu32(np.float32(v))
     if code == 4:
         return 0.5 * x * (1.0 + math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
     if code == 5:
-        return x / (1.0 + math.exp(-x)) if x > -700.0 else 0.0
+        return x / (1.0 + math.exp(-x))
     if code == 6:
-        return 1.0 / (1.0 + math.exp(-x)) if x > -700.0 else 0.0
+        return 1.0 / (1.0 + math.exp(-x))
     if code == 7:
         return math.tanh(x)
     if code == 8:
-        return x * min(max(x + 3.0, 0.0), 6.0) / 6.0
+        return x * relu6(x + 3.0) / 6.0
     if code == ERF:
         return erf32(np.float32(v))
     if code == HARDSIGMOID:
-        return min(max(x + 3.0, 0.0), 6.0) / 6.0
+        return relu6(x + 3.0) / 6.0
     if code == RSQRT:
-        return 1.0 / math.sqrt(x) if x > 0.0 else (math.inf if x == 0.0 else math.nan)
+        return 1.0 / math.sqrt(x) if x > 0.0 else (math.copysign(math.inf, x) if x == 0.0 else math.nan)
     if code == LEAKY_RELU:
         return x if x > 0.0 else p * x
     if code == ELU:
@@ -96,11 +110,11 @@ def bias_act_vector(y, bias, has_bias, code):
     elif code == 1:
         for i in range(n):
             v = y[i] + bias[i] if has_bias else y[i]
-            y[i] = v if v > 0 else np.float32(0.0)
+            y[i] = np.float32(0.0) if v <= 0 else v
     elif code == 2:
         for i in range(n):
             v = y[i] + bias[i] if has_bias else y[i]
-            y[i] = min(max(v, np.float32(0.0)), np.float32(6.0))
+            y[i] = np.float32(0.0) if v <= 0 else (np.float32(6.0) if v >= 6 else v)
     elif code == 3:
         for i in range(n):
             y[i] = gelu32(y[i] + bias[i] if has_bias else y[i])
@@ -119,10 +133,11 @@ def bias_act_scalar(y, b, code):
     elif code == 1:
         for i in range(n):
             v = y[i] + b
-            y[i] = v if v > 0 else np.float32(0.0)
+            y[i] = np.float32(0.0) if v <= 0 else v
     elif code == 2:
         for i in range(n):
-            y[i] = min(max(y[i] + b, np.float32(0.0)), np.float32(6.0))
+            v = y[i] + b
+            y[i] = np.float32(0.0) if v <= 0 else (np.float32(6.0) if v >= 6 else v)
     elif code == 3:
         for i in range(n):
             y[i] = gelu32(y[i] + b)

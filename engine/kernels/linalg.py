@@ -50,7 +50,7 @@ def linear(ins, outs, attrs):
                          work=y.size * (4 if code else 1))
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=A.FASTMATH)
 def depthwise_conv2d(x, w, b, has_bias, sh, sw, pt, pb, pl, pr, dh, dw, code, out, lo, hi):
     """Depthwise 2-D cross-correlation (groups == C_in == C_out), NCHW, fused bias + activation,
     for planes ``lo..hi`` of N*C.
@@ -101,7 +101,7 @@ def depthwise_conv2d(x, w, b, has_bias, sh, sw, pt, pb, pl, pr, dh, dw, code, ou
             A.bias_act_scalar(acc, bias, code)
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=A.FASTMATH)
 def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt, lo, hi):
     """Depthwise 2-D cross-correlation in channels-last layout, for small planes.
 

@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit
 
 from nac.engine import threads as T
+from nac.engine.kernels import activation as A
 from nac.engine.kernels.simd import AVX512, dot_ternary_codes_s8, dot_u8s8, lut16_ternary_rows
 from nac.format.quant import unpack_ternary_rows
 
@@ -82,7 +83,7 @@ class QTensor:
 
 
 # -- float activations ---------------------------------------------------------------------------------
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=A.FASTMATH)
 def gemv_int8(x, q, scale, out, lo, hi):
     """out[m, n] = scale[n] * sum_k x[m, k] * q[n, k] for n in lo..hi (W8A32).
 
@@ -108,7 +109,7 @@ def deinterleave(x: np.ndarray, kb: int, dtype=np.float32) -> np.ndarray:
     return np.ascontiguousarray(buf.reshape(M, kb, 4).transpose(0, 2, 1))
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=A.FASTMATH)
 def gemv_ternary(x4, xsum, packed, scale, per_row, out, lo, hi):
     """out[m, n] = s_n * sum_k t[n, k] x[m, k], ternary t packed 4 per byte (W1.58A32).
 
