@@ -40,9 +40,10 @@ def load_image(path, preprocess: dict) -> np.ndarray:
             im = im.convert("RGB")
     except FileNotFoundError:
         raise NacInputError(f"image {path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise NacInputError(f"image {path}: cannot decode ({exc})") from None
-    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+                "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}[
         preprocess.get("interpolation", "bilinear")]
     size, crop = int(preprocess["resize"]), int(preprocess["crop"])
     w, h = im.size

@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 _MIN_PARALLEL_WORK = 1 << 18  # element-operations (elements x taps) below which one thread is faster
 _pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
 def num_threads() -> int:
@@ -33,7 +35,9 @@ def num_threads() -> int:
 def _get_pool() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=max(1, num_threads() - 1), thread_name_prefix="nac")
+        with _pool_lock:  # several threads may run a Model at once: make one pool, not several
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=max(1, num_threads() - 1), thread_name_prefix="nac")
     return _pool
 
 

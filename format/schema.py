@@ -76,7 +76,7 @@ GRAPH = {
 
 _STR = {"type": "string", "maxLength": 4096}
 _IDS = {"anyOf": [_UINT, {"type": "null"}, {"type": "array", "items": _UINT, "maxItems": 64}]}
-_NUM3 = {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 4}
+_NUM3 = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}  # per RGB channel
 
 METADATA = {
     "$schema": "http://json-schema.org/draft-07/schema#",
@@ -107,8 +107,8 @@ METADATA = {
                 "interpolation": {"enum": ["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]},
                 "scale": {"type": "number"},
                 "mean": _NUM3,
-                "std": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 1,
-                        "maxItems": 4},
+                "std": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 3,
+                        "maxItems": 3},
                 "layout": {"enum": ["NCHW", "NHWC"]},
             },
         },

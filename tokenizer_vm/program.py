@@ -215,14 +215,14 @@ DOCUMENT_SCHEMA = {
                            "single_word": _B, "lstrip": _B, "rstrip": _B, "normalized": _B, "special": _B}}},
         "truncation": {"anyOf": [{"type": "null"}, {
             "type": "object", "required": ["max_length"],
-            "properties": {"max_length": {"type": "integer", "minimum": 0, "maximum": 1 << 24},
-                           "stride": {"type": "integer", "minimum": 0, "maximum": 1 << 24},
+            "properties": {"max_length": {"type": "integer", "minimum": 0, "maximum": 1 << 20},
+                           "stride": {"type": "integer", "minimum": 0, "maximum": 1 << 20},
                            "strategy": {"enum": ["LongestFirst", "OnlyFirst", "OnlySecond"]},
                            "direction": {"enum": ["Left", "Right"]}}}]},
         "padding": {"anyOf": [{"type": "null"}, {
             "type": "object",
             "properties": {"length": {"anyOf": [{"type": "null"},
-                                                {"type": "integer", "minimum": 0, "maximum": 1 << 24}]},
+                                                {"type": "integer", "minimum": 0, "maximum": 1 << 20}]},
                            "direction": {"enum": ["Left", "Right"]},
                            "pad_id": {"type": "integer", "minimum": 0, "maximum": (1 << 31) - 1},
                            "pad_type_id": {"type": "integer", "minimum": 0, "maximum": (1 << 31) - 1},

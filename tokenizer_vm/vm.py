@@ -140,8 +140,15 @@ class Tokenizer:
         return self._vocab_off.size - 1
 
     def id_to_token(self, i: int) -> str | None:
-        """The vocabulary string of id ``i``, or None if no token has that id."""
-        i = int(i)
+        """The vocabulary string of id ``i``, or None if no token has that id.
+
+        Raises:
+            NacInputError: ``i`` is not an integer.
+        """
+        if isinstance(i, np.integer):
+            i = int(i)
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise NacInputError(f"token id must be an integer, not {i!r}")
         if i < 0 or i >= self._vocab_off.size - 1 or i in self._missing:
             return None
         s = self._token_cache.get(i)
@@ -164,7 +171,13 @@ class Tokenizer:
         return self.encode_batch([text if pair is None else (text, pair)], add_special_tokens)[0]
 
     def encode_batch(self, inputs: list, add_special_tokens: bool = True) -> list[Encoding]:
-        """Encode a list of texts or ``(text, pair)`` tuples; pads them together if padding is on."""
+        """Encode a list of texts or ``(text, pair)`` tuples; pads them together if padding is on.
+
+        Raises:
+            NacInputError: ``inputs`` is not a list or tuple, an item is not text (see the class).
+        """
+        if not isinstance(inputs, (list, tuple)):
+            raise NacInputError(f"encode_batch needs a list of texts, not {type(inputs).__name__}")
         firsts, seconds = [], []
         for i, item in enumerate(inputs):
             if isinstance(item, (tuple, list)) and len(item) == 2:

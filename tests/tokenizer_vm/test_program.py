@@ -119,10 +119,12 @@ def test_bad_text_inputs(pairs):
         ours.encode_batch(["fine", None])
 
 
-def test_unknown_ids_are_skipped_in_decode(pairs):
+def test_ids_outside_the_vocabulary_are_refused_in_decode(pairs):
+    """The reference skips them silently; NAC names them (a '' from a bad id hides the bug)."""
     ref, ours = pairs["gpt2"]
-    ids = [31373, 10, 99999999, 995]
-    assert ours.decode(ids) == ref.decode(ids)
+    assert ours.decode([31373, 10, 995]) == ref.decode([31373, 10, 995])
+    with pytest.raises(nac.NacInputError, match=r"ids\[2\] = 99999999 is outside the vocabulary \[0, 50257\)"):
+        ours.decode([31373, 10, 99999999, 995])
 
 
 def test_vocabulary_lookups(pairs):
