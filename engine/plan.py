@@ -78,6 +78,8 @@ def _placeholder(shape, dtype) -> np.ndarray:
     for s in reversed(shape):
         strides.append(acc)
         acc *= max(int(s), 1)
+    if acc >= 1 << 62:  # numpy's strides are int64
+        raise NacInputError(f"a tensor of shape {list(shape)} is too large to address")
     return np.lib.stride_tricks.as_strided(np.zeros(1, dt), shape, tuple(reversed(strides)), writeable=False)
 
 

@@ -115,6 +115,8 @@ RULES: dict[str, Callable] = {}
 
 
 def rule(*ops: str):
+    """Register the decorated ``fn(op, input_shapes, input_dtypes, attrs) -> [(shape, dtype)]`` as
+    the shape rule of each op in ``ops``."""
     def deco(fn):
         for op in ops:
             RULES[op] = fn

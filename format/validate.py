@@ -56,6 +56,8 @@ def input_shape(g: Graph, name: str, vshape: Mapping[str, tuple]) -> tuple:
 
 
 def input_dtype(g: Graph, name: str) -> str:
+    """What a kernel sees of input ``name``'s dtype: float32 for a quantised weight (its kernels
+    compute in float32), else the recorded dtype."""
     return "float32" if g.values[name].quant is not None else g.values[name].dtype
 
 

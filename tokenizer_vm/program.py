@@ -305,9 +305,9 @@ def validate_program(doc: dict, tables: dict[str, np.ndarray], where: str) -> No
             schema.register(name, {"type": "object", "properties": {"op": {"const": ins["op"]}, **ops},
                                    "required": ["op", *ops], "additionalProperties": False})
         schema.validate(ins, name, f"{where}: instruction {k}")
-    idx = _table(tables, "class_index", None, where)
-    blocks = _table(tables, "class_blocks", None, where)
-    if blocks.dtype.kind not in "iu" or idx.dtype.kind not in "iu" or idx.size != 0x1100 or blocks.size % 256 or blocks.size == 0 \
+    idx = _table(tables, "class_index", np.int16, where)  # exact dtypes: the kernels are compiled for these
+    blocks = _table(tables, "class_blocks", np.int16, where)
+    if idx.size != 0x1100 or blocks.size % 256 or blocks.size == 0 \
             or idx.min() < 0 or int(idx.max()) * 256 + 256 > blocks.size:
         raise _fail(where, "tables 'class_index'/'class_blocks' do not form a character-class table "
                            "(4352 block indices into 256-entry integer blocks)")
