@@ -389,9 +389,28 @@ def cmd_info(args) -> int:
     return 0
 
 
+def parse(argv) -> argparse.Namespace:
+    """Parse a command line; a subcommand's options may come anywhere among its inputs
+    (``nac run f.nac "a" --json "b"``), as argparse's intermixed parsing allows.
+
+    Raises:
+        SystemExit: status 2 with argparse's message for a bad command line (0 for --help).
+    """
+    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if argv and argv[0] in sub.choices:
+        args = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)
+
+
 def main(argv=None) -> int:
-    """Entry point of the `nac` console command. Returns the exit status (2 on a NAC error)."""
-    args = _parser().parse_args(argv)
+    """Entry point of the `nac` console command. Returns the exit status: 2 on any error, which
+    is one line on stderr (``nac: error: ...``; set NAC_DEBUG=1 for the traceback of an error
+    that is not a NacError)."""
+    args = parse(argv)
     import signal
     import threading
 
@@ -411,6 +430,14 @@ def main(argv=None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # e.g. transformers refusing a folder: still one line, not a traceback
+        import os
+
+        if os.environ.get("NAC_DEBUG"):
+            raise
+        print(f"nac: error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+              f" (NAC_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

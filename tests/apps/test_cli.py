@@ -160,3 +160,23 @@ def test_export_a_hugging_face_folder(tmp_path):
         h = model.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
     want = ((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_options_anywhere_among_the_inputs(minilm_nac):
+    """Issue 12, item 7: `nac run f.nac --embeddings --json "a" "b"` and options after inputs alike."""
+    path = minilm_nac[0]
+    a = json.loads(nac_cli("run", path, "--json", "A man is eating food.", "--embeddings", "A man eats.").stdout)
+    b = json.loads(nac_cli("run", path, "A man is eating food.", "A man eats.", "--embeddings", "--json").stdout)
+    assert a == b and len(a["embeddings"]) == 2
+
+
+def test_an_unexpected_failure_is_one_line(tmp_path):
+    """A factory (or transformers) raising something that is not a NacError: one line, status 2."""
+    (tmp_path / "broken_factory.py").write_text("def build():\n    raise ValueError('no such architecture')\n")
+    out = subprocess.run([sys.executable, "-m", "nac.apps.cli", "export", "broken_factory:build", "-o", "x.nac"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip() and "loading model" not in line]
+    assert lines[-1].startswith("nac: error:") and "no such architecture" in lines[-1], out.stderr
+    assert "Traceback" not in out.stderr
