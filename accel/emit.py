@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nac.errors import NacError
+from nac.format.ops import VIEW_OPS
 
 RUNTIME = Path(__file__).parent / "runtime"
 TARGETS = ("host", "riscv32", "riscv64")
@@ -41,7 +42,7 @@ _BINARY = {"add": "NAC_ADD", "sub": "NAC_SUB", "mul": "NAC_MUL", "div": "NAC_DIV
            "logical_or": "NAC_OR", "bitwise_and": "NAC_AND", "bitwise_or": "NAC_OR"}
 _REDUCE = {"sum": "NAC_SUM", "mean": "NAC_MEAN", "prod": "NAC_PROD", "amax": "NAC_AMAX", "amin": "NAC_AMIN",
            "any": "NAC_ANY", "all": "NAC_ALL"}
-_VIEWS = ("reshape", "permute", "expand", "slice", "select", "copy")
+_VIEWS = tuple(sorted(VIEW_OPS | {"copy"}))  # the C program aliases these (copy too: its output is never written)
 #: ops with a C kernel (the rest of the op table is refused by name at emit time)
 SUPPORTED = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_REDUCE) | frozenset(_VIEWS) | {
     "logical_not", "where", "cast", "cat", "pad", "repeat", "full", "arange", "linear", "matmul", "conv2d",

@@ -11,9 +11,6 @@ import numpy as np
 
 from nac.format.graph import Graph, Node
 
-#: unary ops that a producing linear / conv2d can apply in its own kernel, with their attrs.
-_FUSABLE = {"relu": "relu", "gelu": None, "silu": "silu", "sigmoid": "sigmoid", "tanh": "tanh",
-            "hardswish": "hardswish", "clamp": None}
 _INLINE_CONST_MAX = 16  # folded results with at most this many elements live inline in the graph
 
 
@@ -173,16 +170,11 @@ def fold_batch_norm(g: Graph) -> int:
 
 
 def _activation_of(n: Node) -> str | None:
-    if n.op == "gelu":
-        return "gelu" if n.attrs.get("approximate", "none") == "none" else "gelu_tanh"
-    if n.op == "clamp":
-        lo, hi = n.attrs.get("min"), n.attrs.get("max")
-        if lo == 0.0 and hi is None:
-            return "relu"
-        if lo == 0.0 and hi == 6.0:
-            return "relu6"
-        return None
-    return _FUSABLE.get(n.op)
+    """The epilogue activation a producer can apply instead of node ``n`` (`OpSchema.fuses_as`)."""
+    from nac.format.ops import FUSABLE
+
+    fuse = FUSABLE.get(n.op)
+    return fuse(n.attrs) if fuse is not None else None
 
 
 def fuse_bias_add(g: Graph) -> int:

@@ -20,12 +20,12 @@ import numpy as np
 
 from nac.errors import NacExportError
 from nac.format.graph import Graph
+from nac.format.ops import QUANTISED_INPUTS, VIEW_OPS
 from nac.format.quant import exact_ternary, pack_ternary_rows, quantize_int8, quantize_ternary
 
-QUANTISABLE = {"linear": 1, "embedding": 0}  # op -> index of its weight input
 
-
-_SHAPE_OPS = {"reshape", "permute", "expand", "slice", "select", "copy", "cast"}
+QUANTISABLE = dict(QUANTISED_INPUTS)  # op -> index of its weight input (from the op table)
+_SHAPE_OPS = VIEW_OPS | {"copy", "cast"}  # ops a value passes through unchanged in content
 
 
 def _feeds_output(g: Graph, value: str, users: dict) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from nac.errors import NacFormatError
+from nac.format.ops import QUANTISED_INPUTS  # derived from the op table
 from nac.format.symbolic import Dim, parse_dim
 
 #: dtypes a graph value may have, with their numpy equivalents and safetensors names.
@@ -46,8 +47,6 @@ def dtype_name(dtype) -> str:
     raise NacFormatError(f"dtype {dt} is not supported by NAC (supported: {sorted(DTYPES)})")
 
 
-#: (op, input position) pairs whose kernels accept a quantised weight.
-QUANTISED_INPUTS = frozenset({("linear", 1), ("embedding", 0)})
 
 
 def _check_quant(g: "Graph", v: Value, where: str) -> None:

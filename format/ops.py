@@ -12,6 +12,7 @@ Run ``python -m nac.format.ops`` to print the Markdown table, or ``python -m nac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 #: Attributes whose values are dimensions: ints, or expressions over named dimensions (or lists
 #: of them), evaluated for the input shapes before a kernel sees them.
@@ -30,8 +31,17 @@ class OpSchema:
         inputs: input names in order; a trailing ``?`` marks optional (may be ""), ``*`` variadic.
         attrs: attribute name -> short type/default description.
         summary: reference semantics, in terms of the ATen op it mirrors.
-        shape: the output-shape rule.
+        shape: the output-shape rule (in words; `infer` computes it).
         aten: the ATen op(s) lowered to it.
+        family: elementwise, linalg, attention, pooling, reduction, normalisation, indexing,
+            shape or creation (`nac info`, the docs and the tests group ops by it).
+        view: the engine may give its output as a view of input 0 instead of writing a buffer
+            (the planner decides per shape); the C emitter aliases it too.
+        quantised: input positions that may hold a quantised weight (their kernels read int8 or
+            2-bit data directly).
+        fuses_as: for an activation that a producing linear/conv2d can apply in its own epilogue:
+            ``fuses_as(attrs)`` gives its name in `ACTIVATIONS`, or None when these attributes
+            cannot be fused.
     """
 
     name: str
@@ -40,6 +50,10 @@ class OpSchema:
     summary: str = ""
     shape: str = ""
     aten: str = ""
+    family: str = ""
+    view: bool = False
+    quantised: tuple[int, ...] = ()
+    fuses_as: Callable[[dict], str | None] | None = field(default=None, compare=False)
 
     def infer(self, ins, dtypes, attrs) -> list:
         """Output ``[(shape, dtype or None)]`` for concrete input shapes; see `nac.format.shapes.infer`.
@@ -59,16 +73,27 @@ class OpSchema:
 
 
 _OPS: list[OpSchema] = []
+_family = ""
 
 
-def _op(name, inputs, attrs=None, summary="", shape="", aten=""):
-    _OPS.append(OpSchema(name, tuple(inputs), dict(attrs or {}), summary, shape, aten))
+def _op(name, inputs, attrs=None, summary="", shape="", aten="", **extra):
+    _OPS.append(OpSchema(name, tuple(inputs), dict(attrs or {}), summary, shape, aten, _family, **extra))
+
+
+def _same(name: str):
+    return lambda attrs: name
+
+
+def _clamp_activation(attrs: dict) -> str | None:
+    lo, hi = attrs.get("min"), attrs.get("max")
+    return "relu" if (lo, hi) == (0.0, None) else "relu6" if (lo, hi) == (0.0, 6.0) else None
 
 
 BROADCAST = "numpy/ATen broadcasting of the inputs"
 SAME = "same as input"
 
 # -- elementwise, binary (broadcasting); result dtype is recorded on the output value ---------
+_family = "elementwise"
 for _n, _s in [("add", "a + b"), ("sub", "a - b"), ("mul", "a * b"), ("div", "a / b (true division)"),
                ("pow", "a ** b"), ("maximum", "max(a, b)"), ("minimum", "min(a, b)"),
                ("remainder", "a mod b, sign of b (Python/ATen remainder)"),
@@ -85,11 +110,13 @@ for _n, _s in [("neg", "-x"), ("abs", "|x|"), ("exp", "e**x"), ("log", "natural 
                ("hardswish", "x * relu6(x + 3) / 6"), ("hardsigmoid", "relu6(x + 3) / 6"),
                ("logical_not", "not x"), ("floor", "floor"), ("ceil", "ceil"),
                ("round", "round half to even")]:
-    _op(_n, ["x"], summary=_s, shape=SAME, aten=f"aten.{_n}")
+    _op(_n, ["x"], summary=_s, shape=SAME, aten=f"aten.{_n}",
+        fuses_as=_same(_n) if _n in ("relu", "silu", "sigmoid", "tanh", "hardswish") else None)
 _op("gelu", ["x"], {"approximate": "'none' | 'tanh'"}, "x * Phi(x); tanh approximation if asked",
-    SAME, "aten.gelu")
+    SAME, "aten.gelu", fuses_as=lambda a: "gelu_tanh" if a.get("approximate") == "tanh" else "gelu")
 _op("clamp", ["x"], {"min": "float or null", "max": "float or null"},
-    "min(max(x, min), max); relu6 and hardtanh lower here", SAME, "aten.clamp, aten.hardtanh")
+    "min(max(x, min), max); relu6 and hardtanh lower here", SAME, "aten.clamp, aten.hardtanh",
+    fuses_as=_clamp_activation)
 _op("leaky_relu", ["x"], {"negative_slope": "float"}, "x if x > 0 else slope * x", SAME, "aten.leaky_relu")
 _op("elu", ["x"], {"alpha": "float"}, "x if x > 0 else alpha * (e**x - 1)", SAME, "aten.elu")
 _op("cast", ["x"], {"dtype": "NAC dtype name"}, "convert to dtype (float->int truncates toward 0)", SAME,
@@ -97,18 +124,20 @@ _op("cast", ["x"], {"dtype": "NAC dtype name"}, "convert to dtype (float->int tr
 _op("where", ["cond", "a", "b"], {}, "a where cond else b", BROADCAST, "aten.where.self")
 
 # -- linear algebra --------------------------------------------------------------------------------
+_family = "linalg"
 _op("matmul", ["a", "b"], {}, "batched matrix product with broadcast batch dims", "[*batch, M, N]",
     "aten.mm, aten.bmm, aten.matmul")
 _op("linear", ["x", "weight", "bias?"], {"activation": "one of ACTIVATIONS, default none",
                                           "weight_layout": "'oi' (default): weight is [out, in]; 'io': [in, out]"},
     "act(x @ W.T + bias) with W = weight [out, in], or act(x @ weight + bias) for layout 'io'", "[*, out]",
-    "aten.addmm / aten.mm with a transposed weight")
+    "aten.addmm / aten.mm with a transposed weight", quantised=(1,))
 _op("conv2d", ["x", "weight", "bias?"],
     {"stride": "[sh, sw]", "padding": "[top, bottom, left, right]", "dilation": "[dh, dw]", "groups": "int",
      "activation": "one of ACTIVATIONS"},
     "act(cross-correlation + bias), NCHW; weight [Cout, Cin/groups, kh, kw]; zero padding may be asymmetric",
     "[N, Cout, (H + pt + pb - dh*(kh-1) - 1)//sh + 1, (W + ...)//sw + 1]", "aten.convolution (2-D)")
 
+_family = "attention"
 _op("scaled_dot_product_attention", ["q", "k", "v", "attn_mask?"],
     {"scale": "float", "is_causal": "bool", "enable_gqa": "bool"},
     "softmax(q @ k^T * scale + mask) @ v; a bool mask keeps True positions, a float mask is added; causal keeps "
@@ -116,6 +145,7 @@ _op("scaled_dot_product_attention", ["q", "k", "v", "attn_mask?"],
     "[*batch, L, Ev]", "aten.scaled_dot_product_attention (kept whole at export)")
 
 # -- pooling ---------------------------------------------------------------------------------------
+_family = "pooling"
 _op("max_pool2d", ["x"], {"kernel": "[kh, kw]", "stride": "[sh, sw]", "padding": "[ph, pw]",
                           "dilation": "[dh, dw]", "ceil_mode": "bool"},
     "max over windows (padding counts as -inf)", "as ATen", "aten.max_pool2d_with_indices")
@@ -126,6 +156,7 @@ _op("adaptive_avg_pool2d", ["x"], {"output_size": "[oh, ow]"},
     "mean over bins [floor(i*H/oh), ceil((i+1)*H/oh))", "[N, C, oh, ow]", "aten._adaptive_avg_pool2d")
 
 # -- reductions ------------------------------------------------------------------------------------
+_family = "reduction"
 for _n, _s in [("sum", "sum"), ("mean", "mean"), ("amax", "maximum"), ("amin", "minimum"), ("prod", "product"),
                ("any", "logical or"), ("all", "logical and")]:
     _op(_n, ["x"], {"dims": "list of axes (empty = all)", "keepdim": "bool"}, f"{_s} over dims",
@@ -139,6 +170,7 @@ _op("argmin", ["x"], {"dim": "int", "keepdim": "bool"}, "index of the first mini
 _op("cumsum", ["x"], {"dim": "int"}, "inclusive prefix sum along dim", SAME, "aten.cumsum")
 
 # -- normalisation -------------------------------------------------------------------------------
+_family = "normalisation"
 _op("softmax", ["x"], {"dim": "int"}, "exp(x - max) / sum, along dim", SAME, "aten._softmax")
 _op("log_softmax", ["x"], {"dim": "int"}, "x - max - log(sum(exp(x - max)))", SAME, "aten._log_softmax")
 _op("layer_norm", ["x", "weight?", "bias?"], {"axes": "int: number of trailing axes", "eps": "float"},
@@ -151,8 +183,9 @@ _op("rms_norm", ["x", "weight?"], {"axes": "int", "eps": "float"},
     "x / sqrt(mean(x**2) + eps) * weight over the trailing axes", SAME, "aten._fused_rms_norm / aten.rms_norm")
 
 # -- indexing ----------------------------------------------------------------------------------
+_family = "indexing"
 _op("embedding", ["weight", "indices"], {}, "weight[indices]; raises on an index out of range",
-    "[*indices.shape, dim]", "aten.embedding")
+    "[*indices.shape, dim]", "aten.embedding", quantised=(0,))
 _op("gather", ["x", "index"], {"dim": "int"}, "out[i][j] = x[i][index[i][j]] along dim", "index.shape",
     "aten.gather")
 _op("index_select", ["x", "index"], {"dim": "int"}, "x.take(index, axis=dim)", "dim replaced by len(index)",
@@ -161,14 +194,16 @@ _op("index", ["x", "indices*"], {}, "advanced indexing x[i0, i1, ...]; \"\" mean
     "aten.index.Tensor")
 
 # -- shape and data movement ---------------------------------------------------------------------
+_family = "shape"
 _op("reshape", ["x"], {"shape": "output dims (may be symbolic)"}, "same elements, new shape (row-major)",
-    "attr shape", "aten.view, aten._unsafe_view, aten.squeeze, aten.unsqueeze, aten.flatten")
-_op("permute", ["x"], {"perm": "list of axes"}, "transpose axes", "permuted", "aten.permute, aten.t, aten.transpose")
-_op("expand", ["x"], {"shape": "output dims"}, "broadcast to shape", "attr shape", "aten.expand")
+    "attr shape", "aten.view, aten._unsafe_view, aten.squeeze, aten.unsqueeze, aten.flatten", view=True)
+_op("permute", ["x"], {"perm": "list of axes"}, "transpose axes", "permuted", "aten.permute, aten.t, aten.transpose",
+    view=True)
+_op("expand", ["x"], {"shape": "output dims"}, "broadcast to shape", "attr shape", "aten.expand", view=True)
 _op("slice", ["x"], {"dim": "int", "start": "dim", "end": "dim", "step": "int"},
-    "x[start:end:step] along dim (bounds clamped as ATen)", "sliced", "aten.slice.Tensor")
+    "x[start:end:step] along dim (bounds clamped as ATen)", "sliced", "aten.slice.Tensor", view=True)
 _op("select", ["x"], {"dim": "int", "index": "dim"}, "x[index] along dim (negative from the end)",
-    "dim removed", "aten.select.int")
+    "dim removed", "aten.select.int", view=True)
 _op("cat", ["xs*"], {"dim": "int"}, "concatenate along dim", "sum along dim", "aten.cat")
 _op("pad", ["x"], {"pads": "ATen order: [last_lo, last_hi, prev_lo, prev_hi, ...]", "value": "float"},
     "constant padding (negative pads crop)", "padded", "aten.constant_pad_nd")
@@ -176,6 +211,7 @@ _op("repeat", ["x"], {"repeats": "list"}, "tile x (numpy.tile semantics)", "mult
 _op("copy", ["x"], {}, "identity (materialised copy)", SAME, "aten.clone where a copy is required")
 
 # -- creation --------------------------------------------------------------------------------------
+_family = "creation"
 _op("arange", [], {"start": "dim", "end": "dim", "step": "dim", "dtype": "dtype"}, "range(start, end, step)",
     "[ceil((end-start)/step)]", "aten.arange")
 _op("full", [], {"shape": "dims", "value": "number, or a dimension expression", "dtype": "dtype"},
@@ -183,6 +219,15 @@ _op("full", [], {"shape": "dims", "value": "number, or a dimension expression", 
     "aten.full, aten.full_like, aten.zeros, aten.ones, aten.scalar_tensor")
 
 OPS: dict[str, OpSchema] = {o.name: o for o in _OPS}
+
+# Everything below is derived from the table; nothing else keeps its own list.
+#: ops whose output may be a view of their first input (the planner decides per shape).
+VIEW_OPS = frozenset(o.name for o in _OPS if o.view)
+#: (op, input position) pairs whose kernels accept a quantised weight.
+QUANTISED_INPUTS = frozenset((o.name, p) for o in _OPS for p in o.quantised)
+#: ops a producing linear/conv2d may absorb as its epilogue activation (see `OpSchema.fuses_as`).
+FUSABLE = {o.name: o.fuses_as for o in _OPS if o.fuses_as is not None}
+FAMILIES = tuple(dict.fromkeys(o.family for o in _OPS))
 
 
 def markdown_table() -> str:

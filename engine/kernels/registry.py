@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from nac.format.ops import VIEW_OPS  # noqa: F401  (re-exported: the op table says which ops are views)
+
 KERNELS: dict[str, Callable] = {}
-VIEW_OPS = frozenset({"reshape", "permute", "expand", "slice", "select"})
 
 
 def kernel(*ops: str):
