@@ -58,12 +58,12 @@ def fold_constants(g: Graph) -> int:
         res = [np.empty(v.shape, numpy_dtype(v.dtype)) for v in outs]
         view = KERNELS[n.op](arrays, res, attrs)
         if view is not None:
-            res = [np.ascontiguousarray(view)]
+            res = [np.asarray(view, order="C")]
         for v, r in zip(outs, res):
             if r.size <= _INLINE_CONST_MAX:
                 v.const = r.tolist()
             else:
-                g.params[v.name] = np.ascontiguousarray(r)
+                g.params[v.name] = np.asarray(r, order="C")
         folded += 1
     g.nodes = kept
     return folded

@@ -94,7 +94,7 @@ def safetensors_bytes(params: dict[str, np.ndarray]) -> bytes:
     """Serialise parameters with the `safetensors` library (so any safetensors tool reads them)."""
     from safetensors.numpy import save
 
-    return save({k: np.ascontiguousarray(v) for k, v in params.items()})
+    return save({k: np.asarray(v, order="C") for k, v in params.items()})
 
 
 def view_safetensors(buf, base: int, length: int, where: str,

@@ -174,7 +174,7 @@ class Graph:
 
     def add_param(self, name: str, array: np.ndarray) -> str:
         """Declare a parameter value holding ``array`` and return its name."""
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
         name = self.add_value(name, dtype_name(array.dtype), array.shape)
         self.params[name] = array
         return name
