@@ -148,7 +148,8 @@ def _decompositions() -> dict:
     return table
 
 
-def _check_supported(ep: torch.export.ExportedProgram) -> None:
+def _unsupported_ops(ep: torch.export.ExportedProgram) -> dict[str, list[str]]:
+    """ATen op name -> module paths, for every call in ``ep`` that has no lowering rule."""
     missing: dict[str, list[str]] = {}
     for n in ep.graph.nodes:
         if n.op != "call_function":
@@ -158,10 +159,22 @@ def _check_supported(ep: torch.export.ExportedProgram) -> None:
         name = target_name(n.target)
         if name not in RULES:
             missing.setdefault(name, []).append(module_path(n))
+    return missing
+
+
+def _report_unsupported(missing: dict[str, list[str]], refused: list[str]) -> None:
+    """One NacExportError listing every unsupported ATen op and every construct a rule refused."""
+    if not missing and not refused:
+        return
+    parts = []
     if missing:
-        lines = [f"  {op}  at {', '.join(sorted(set(paths))[:5])}{' ...' if len(set(paths)) > 5 else ''}"
-                 for op, paths in sorted(missing.items())]
-        raise NacExportError(f"the model uses {len(missing)} ATen op(s) NAC does not support:\n" + "\n".join(lines))
+        parts.append(f"the model uses {len(missing)} ATen op(s) NAC does not support:\n" + "\n".join(
+            f"  {op}  at {', '.join(sorted(set(paths))[:5])}{' ...' if len(set(paths)) > 5 else ''}"
+            for op, paths in sorted(missing.items())))
+    if refused:
+        unique = list(dict.fromkeys(refused))
+        parts.append(f"{len(unique)} construct(s) NAC does not support:\n" + "\n".join(f"  {r}" for r in unique))
+    raise NacExportError("\n".join(parts))
 
 
 def _dim_names(ep, dynamic_shapes) -> dict:
@@ -227,7 +240,8 @@ def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=No
         NacExportError: as `export`.
     """
     ep = _export_program(module, args, kwargs, dynamic_shapes)
-    _check_supported(ep)
+    missing = _unsupported_ops(ep)
+    refused: list[str] = []  # every construct a rule refuses, reported together at the end
     sig = ep.graph_signature
     names = _dim_names(ep, dynamic_shapes)
     graph = Graph()
@@ -262,7 +276,21 @@ def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=No
             if isinstance(val, (torch.SymFloat, torch.SymBool, float, bool)):
                 L.env[node] = val
                 continue
-            L.env[node] = RULES[target_name(node.target)](L, node, *node.args, **node.kwargs)
+            rule = RULES.get(target_name(node.target))
+            try:
+                if rule is None:
+                    raise NacExportError("")  # listed with the unsupported ATen ops
+                L.env[node] = rule(L, node, *node.args, **node.kwargs)
+            except NacExportError as exc:
+                if str(exc):
+                    refused.append(str(exc))
+                L.env[node] = _stand_in(L, node)  # keep lowering so every problem is found
+            except Exception:
+                if not (missing or refused):
+                    raise
+                L.env[node] = _stand_in(L, node)  # a consequence of an earlier stand-in
+        elif missing or refused:
+            continue  # the graph is not built: report what is unsupported, all of it
         elif node.op == "output":
             outs = node.args[0]
             flat = list(outs) if isinstance(outs, (tuple, list)) else [outs]
@@ -274,8 +302,21 @@ def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=No
                     L.node = o
                     v = L.emit("copy", [v], name=label, shape=graph.values[v].shape, dtype=graph.values[v].dtype)
                 graph.outputs.append(v)
+    _report_unsupported(missing, refused)
     _rename_outputs(graph, labels)
     return graph
+
+
+def _stand_in(L: Lowerer, node):
+    """A value standing for a node that could not be lowered, so later rules can still run and
+    report their own problems. Tuple-valued nodes get one per element."""
+    val = node.meta.get("val")
+    if isinstance(val, (tuple, list)):
+        return tuple(L.graph.add_value(f"{node.name}_{k}", "float32", ()) for k in range(len(val)))
+    try:
+        return L.graph.add_value(node.name, L.dtype(node), L.shape(node))
+    except NacExportError:
+        return L.graph.add_value(node.name, "float32", ())
 
 
 def _rename_outputs(graph: Graph, labels: list[str]) -> None:

@@ -206,6 +206,25 @@ def test_unsupported_ops_listed_with_module_paths(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_unsupported_ops_and_constructs_listed_together(tmp_path):
+    """Issue 12: an unsupported op and a refused construct (a transposed convolution) in one model:
+    both in one error, not only the first found."""
+    class Both(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(3, 2, 2, stride=2)
+
+        def forward(self, x):
+            return torch.special.bessel_j0(self.up(x)).sum(dim=1) + 1
+
+    with pytest.raises(nac.NacExportError) as exc:
+        nac.export(Both(), (torch.randn(1, 3, 4, 4),), tmp_path / "bad.nac")
+    text = str(exc.value)
+    assert "aten.special_bessel_j0.default  at <top> (Both)" in text
+    assert "transposed convolution is not supported" in text and "up (ConvTranspose2d)" in text
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_non_tensor_input_rejected(tmp_path):
     class Scale(nn.Module):
         def forward(self, x, k: float):
