@@ -196,13 +196,19 @@ def _dim_names(ep, dynamic_shapes) -> dict:
             if not isinstance(size, torch.SymInt):
                 continue
             expr = size.node.expr
-            if not expr.is_Symbol or expr in names:
+            if not expr.is_Symbol:  # a derived dimension (32 * Dim("h"), Dim("n") + 1): name its root
+                free = list(expr.free_symbols)
+                if len(free) != 1:
+                    continue
+                expr = free[0]
+            if expr in names:
                 continue
             dim = None
             if isinstance(spec, dict):
                 dim = spec.get(axis)
             elif isinstance(spec, (list, tuple)) and axis < len(spec):
                 dim = spec[axis]
+            dim = getattr(dim, "root", dim)  # torch's derived Dim keeps the Dim it is derived from
             label = getattr(dim, "__name__", None) or f"{n.name}_dim{axis}"
             label = "".join(c if c.isalnum() or c == "_" else "_" for c in label)
             if not label[0].isalpha():

@@ -59,16 +59,41 @@ def bind_dims(graph: Graph, shapes: dict[str, tuple]) -> dict[str, int]:
             else:
                 deferred.append((name, axis, d, n))
     for d, n in env.items():
-        rng = graph.dims.get(d, {})
-        lo, hi = rng.get("min", 0), rng.get("max")
-        if n < (lo or 0) or (hi is not None and n > hi):
-            raise NacInputError(f"dimension {d} = {n} is outside the range the model was exported for "
-                                f"[{lo}, {hi if hi is not None else 'inf'}]")
+        _check_range(graph, d, n)
+    for name, axis, d, n in deferred:  # derived sizes (32 * h, n + 1): solve for their one dimension
+        unknown = symbols_of(d) - env.keys()
+        if len(unknown) == 1:
+            x = unknown.pop()
+            solved = _solve_linear(d, x, n, env)
+            if solved is None:
+                raise NacInputError(f"input {name!r} axis {axis} has size {n}; the model expects {d} for an "
+                                    f"integer {x}")
+            _check_range(graph, x, solved)
+            env[x] = solved
     for name, axis, d, n in deferred:
         if not symbols_of(d) <= env.keys() or eval_dim(d, env) != n:
             raise NacInputError(f"input {name!r} axis {axis} has size {n}; the model expects {d}"
                                 f" = {eval_dim(d, env) if symbols_of(d) <= env.keys() else '?'}")
     return env
+
+
+def _check_range(graph: Graph, d: str, n: int) -> None:
+    rng = graph.dims.get(d, {})
+    lo, hi = rng.get("min", 0), rng.get("max")
+    if n < (lo or 0) or (hi is not None and n > hi):
+        raise NacInputError(f"dimension {d} = {n} is outside the range the model was exported for "
+                            f"[{lo}, {hi if hi is not None else 'inf'}]")
+
+
+def _solve_linear(expr: str, x: str, n: int, env: dict) -> int | None:
+    """The integer ``x`` with ``expr(x) = n`` when ``expr`` is linear in ``x`` (a * x + b, a != 0),
+    else None."""
+    f0, f1, f2 = (eval_dim(expr, {**env, x: v}) for v in (0, 1, 2))
+    a, b = f1 - f0, f0
+    if a == 0 or f2 != 2 * a + b or (n - b) % a:
+        return None
+    v = (n - b) // a
+    return v if eval_dim(expr, {**env, x: v}) == n else None
 
 
 def _placeholder(shape, dtype) -> np.ndarray:

@@ -126,6 +126,8 @@ def check_graph(g: Graph, where: str, example: Mapping[str, int] | None = None) 
         for d in g.values[name].shape:
             if isinstance(d, str) and d.isidentifier():
                 bound.add(d)
+            elif isinstance(d, str) and len(symbols_of(d)) == 1:  # a derived size: the planner solves it
+                bound |= symbols_of(d)
     for d, rng in g.dims.items():
         lo, hi = rng.get("min") or 0, rng.get("max")
         if hi is not None and hi < lo:

@@ -248,6 +248,28 @@ def test_symbolic_dims_survive(tmp_path):
             np.testing.assert_allclose(model.run([x])[0], m(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_derived_dimensions(tmp_path):
+    """Issue 12: sizes derived from a Dim (32 * Dim("h"), as torch.export proposes for ResNet
+    heights; Dim("n") + 1) become expressions the planner solves for the Dim."""
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                        nn.AdaptiveAvgPool2d(1)).eval()
+    h = Dim("h", min=2, max=16)
+    model = export_and_compare(cnn, (torch.randn(1, 3, 64, 64),), tmp_path, dynamic_shapes=({2: 32 * h, 3: 32 * h},),
+                               variants=[((torch.randn(1, 3, s, s),), {}) for s in (96, 512)])
+    assert model.input_spec()[0][2][2:] == ("(32 * h)", "(32 * h)")
+    with pytest.raises(nac.NacInputError, match=r"expects \(32 \* h\) for an integer h"):
+        model.run([np.zeros((1, 3, 50, 50), np.float32)])
+
+    class Pair(nn.Module):
+        def forward(self, x, y):
+            return x.sum(-1, keepdim=True) + y[:, 1:] * 2
+
+    n = Dim("n", min=2, max=64)
+    export_and_compare(Pair(), (torch.randn(2, 5), torch.randn(2, 6)), tmp_path, name="pair.nac",
+                       dynamic_shapes=({1: n}, {1: n + 1}),
+                       variants=[((torch.randn(2, 9), torch.randn(2, 10)), {})])
+
+
 def test_export_restores_each_submodule_mode(tmp_path):
     inner = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)).eval()
     outer = nn.Sequential(inner)  # a new wrapper starts in training mode
