@@ -318,10 +318,8 @@ def image_classifier_folder(path: Path) -> ExportJob:
     size = int(getattr(cfg, "image_size", 224))
     pre = {"resize": int(size * 256 / 224), "crop": size, "interpolation": "bilinear", "scale": 1.0,
            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "layout": "NCHW"}
-    pp = Path(path) / "preprocessor_config.json"
-    if pp.is_file():
-        d = json.loads(pp.read_text())
-        pre["mean"], pre["std"] = d.get("image_mean", pre["mean"]), d.get("image_std", pre["std"])
+    if (Path(path) / "preprocessor_config.json").is_file():
+        pre = image_processor_recipe(path)
     labels = [cfg.id2label[i] for i in range(len(cfg.id2label))]
 
     class Logits(torch.nn.Module):
@@ -334,6 +332,47 @@ def image_classifier_folder(path: Path) -> ExportJob:
 
     meta = {"task": "image-classification", "model": Path(path).name, "labels": labels, "preprocess": pre}
     return ExportJob(Logits(model), (torch.zeros(2, 3, size, size),), {}, _image_shapes(), meta)
+
+
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def image_processor_recipe(folder) -> dict:
+    """The preprocessing a model folder's own image processor does (``preprocessor_config.json``,
+    read by transformers' ``AutoImageProcessor``), as data for `nac.apps.tasks.load_image`:
+    ``{"processor", "resize": {"height", "width"} | {"shortest_edge"} | None, "crop_pct",
+    "crop": {"height", "width"} | None, "resample", "rescale", "mean", "std"}``. Covers the
+    processors of ViT, DeiT, BEiT, CLIP, ConvNeXt and ResNet (ConvNeXt's ``crop_pct`` rule).
+
+    Raises:
+        NacExportError: the folder's processor resizes in a way NAC does not reproduce.
+    """
+    from transformers import AutoImageProcessor
+
+    p = AutoImageProcessor.from_pretrained(str(folder))
+    name = type(p).__name__.removesuffix("Pil").removesuffix("Fast")
+
+    def hw(size) -> dict | None:
+        if size is None:
+            return None
+        get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
+        if get("height") and get("width"):
+            return {"height": int(get("height")), "width": int(get("width"))}
+        if get("shortest_edge") and not get("longest_edge"):
+            return {"shortest_edge": int(get("shortest_edge"))}
+        raise NacExportError(f"{folder}: image processor {name} resizes to {size}, which NAC does not reproduce")
+
+    crop_pct = getattr(p, "crop_pct", None) if name.startswith("ConvNext") else None
+    resize = hw(p.size) if getattr(p, "do_resize", True) else None
+    if crop_pct is not None and (resize is None or "shortest_edge" not in resize):
+        raise NacExportError(f"{folder}: {name} with crop_pct needs size.shortest_edge")
+    return {"processor": name, "resize": resize, "crop_pct": None if crop_pct is None else float(crop_pct),
+            "crop": hw(p.crop_size) if getattr(p, "do_center_crop", False) else None,
+            "resample": _RESAMPLE.get(int(p.resample if p.resample is not None else 2), "bilinear"),
+            "rescale": float(p.rescale_factor) if getattr(p, "do_rescale", True) else None,
+            "mean": [float(v) for v in p.image_mean] if getattr(p, "do_normalize", True) else None,
+            "std": [float(v) for v in p.image_std] if getattr(p, "do_normalize", True) else None,
+            "layout": "NCHW"}
 
 
 def factory(spec: str) -> ExportJob:

@@ -26,9 +26,10 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 def load_image(path, preprocess: dict) -> np.ndarray:
     """Decode an image with Pillow and preprocess it as the metadata says.
 
-    Resize the shorter side to ``resize`` (``interpolation``), center-crop ``crop`` x ``crop``,
-    scale to [0, ``scale``], normalise per channel with ``mean``/``std``; returns [3, crop, crop]
-    float32 (CHW, RGB).
+    Files from a Hugging Face folder carry the recipe of the model's own image processor
+    (``preprocess["processor"]``, see `_hf_preprocess`). Otherwise (ImageNet models): resize the
+    shorter side to ``resize`` (``interpolation``), center-crop ``crop`` x ``crop``, scale to
+    [0, ``scale``], normalise per channel with ``mean``/``std``. Returns [3, H, W] float32 (CHW, RGB).
 
     Raises:
         NacInputError: the file is missing or is not an image Pillow can decode.
@@ -42,9 +43,9 @@ def load_image(path, preprocess: dict) -> np.ndarray:
         raise NacInputError(f"image {path}: no such file") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise NacInputError(f"image {path}: cannot decode ({exc})") from None
-    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
-                "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}[
-        preprocess.get("interpolation", "bilinear")]
+    if "processor" in preprocess:
+        return _hf_preprocess(im, preprocess)
+    resample = _pil_filter(preprocess.get("interpolation", "bilinear"))
     size, crop = int(preprocess["resize"]), int(preprocess["crop"])
     w, h = im.size
     s = size / min(w, h)
@@ -54,6 +55,65 @@ def load_image(path, preprocess: dict) -> np.ndarray:
     im = im.crop((left, top, left + crop, top + crop))
     a = np.asarray(im, np.float32) * (float(preprocess.get("scale", 255.0)) / 255.0)
     a = (a - np.asarray(preprocess["mean"], np.float32)) / np.asarray(preprocess["std"], np.float32)
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def _pil_filter(name: str):
+    """Pillow's resampling filter called ``name`` (the metadata schema allows only these)."""
+    from PIL import Image
+
+    return {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+            "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}[name]
+
+
+def _shortest_edge_size(w: int, h: int, short: int) -> tuple[int, int]:
+    """(width, height) with the shorter side ``short`` and the other ``int(short * long / short_side)``
+    (transformers' ``get_resize_output_image_size`` with ``default_to_square=False``)."""
+    if w <= h:
+        return short, int(short * h / w)
+    return int(short * w / h), short
+
+
+def _center_crop(a: np.ndarray, ch: int, cw: int) -> np.ndarray:
+    """transformers' ``center_crop`` of an [H, W, C] array: top/left = (size - crop) // 2, zero
+    padding around the image first when the crop is larger."""
+    h, w = a.shape[:2]
+    if ch > h or cw > w:
+        nh, nw = max(ch, h), max(cw, w)
+        padded = np.zeros((nh, nw) + a.shape[2:], a.dtype)
+        top, left = (nh - h) // 2, (nw - w) // 2
+        padded[top:top + h, left:left + w] = a
+        a, h, w = padded, nh, nw
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return a[top:top + ch, left:left + cw]
+
+
+def _hf_preprocess(im, p: dict) -> np.ndarray:
+    """What a transformers image processor (its PIL backend) does to one RGB image: resize (to a
+    size, or the shortest edge; ConvNeXt's ``crop_pct`` rule), center crop, rescale in float64,
+    normalise in float32; returns [3, H, W] float32. See `nac.apps.sources.image_processor_recipe`."""
+    resample = _pil_filter(p.get("resample") or "bilinear")
+    r = p.get("resize")
+    crop = p.get("crop")
+    if r is not None and "height" in r:
+        im = im.resize((int(r["width"]), int(r["height"])), resample)
+    elif r is not None:
+        short = int(r["shortest_edge"])
+        if p.get("crop_pct") is not None and short < 384:  # ConvNeXt: resize to short / crop_pct, crop short
+            im = im.resize(_shortest_edge_size(*im.size, int(short / p["crop_pct"])), resample)
+            im = np.asarray(im)
+            im = _center_crop(im, short, short)
+        elif p.get("crop_pct") is not None:  # ConvNeXt at 384 and above: warp to a square
+            im = im.resize((short, short), resample)
+        else:
+            im = im.resize(_shortest_edge_size(*im.size, short), resample)
+    a = np.asarray(im)
+    if crop is not None:
+        a = _center_crop(a, int(crop["height"]), int(crop["width"]))
+    a = a.astype(np.float64) * p["rescale"] if p.get("rescale") is not None else a.astype(np.float64)
+    a = a.astype(np.float32)
+    if p.get("mean") is not None:
+        a = (a - np.asarray(p["mean"], np.float32)) / np.asarray(p["std"], np.float32)
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 

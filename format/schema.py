@@ -77,6 +77,12 @@ GRAPH = {
 _STR = {"type": "string", "maxLength": 4096}
 _IDS = {"anyOf": [_UINT, {"type": "null"}, {"type": "array", "items": _UINT, "maxItems": 64}]}
 _NUM3 = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}  # per RGB channel
+_FILTER = {"enum": ["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]}
+_SIDE = {"type": "integer", "minimum": 1, "maximum": 16384}
+_SIZE = {"oneOf": [{"type": "object", "required": ["height", "width"], "additionalProperties": False,
+                    "properties": {"height": _SIDE, "width": _SIDE}},
+                   {"type": "object", "required": ["shortest_edge"], "additionalProperties": False,
+                    "properties": {"shortest_edge": _SIDE}}]}
 
 METADATA = {
     "$schema": "http://json-schema.org/draft-07/schema#",
@@ -99,18 +105,26 @@ METADATA = {
             "properties": {k: {"type": "integer", "minimum": 1, "maximum": 1 << 16}
                            for k in ("layers", "kv_heads", "head_dim")},
         },
-        "preprocess": {
-            "type": "object", "required": ["resize", "crop", "mean", "std"],
+        "preprocess": {  # an ImageNet-style recipe (resize/crop sizes) or an image processor's (objects)
+            "type": "object",
             "properties": {
-                "resize": {"type": "integer", "minimum": 1, "maximum": 16384},
-                "crop": {"type": "integer", "minimum": 1, "maximum": 16384},
-                "interpolation": {"enum": ["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]},
+                "processor": {"type": "string", "maxLength": 128},
+                "resize": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 16384}, {"type": "null"}, _SIZE]},
+                "crop": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 16384}, {"type": "null"}, _SIZE]},
+                "crop_pct": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+                "interpolation": _FILTER,
+                "resample": _FILTER,
                 "scale": {"type": "number"},
-                "mean": _NUM3,
-                "std": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 3,
-                        "maxItems": 3},
+                "rescale": {"type": ["number", "null"]},
+                "mean": {"anyOf": [_NUM3, {"type": "null"}]},
+                "std": {"anyOf": [{"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 3,
+                                   "maxItems": 3}, {"type": "null"}]},
                 "layout": {"enum": ["NCHW", "NHWC"]},
             },
+            "if": {"not": {"required": ["processor"]}},
+            "then": {"required": ["resize", "crop", "mean", "std"],
+                     "properties": {"resize": {"type": "integer"}, "crop": {"type": "integer"}}},
+            "else": {"required": ["resize", "crop", "resample", "rescale", "mean", "std"]},
         },
         "tokenizer": {
             "type": "object",
