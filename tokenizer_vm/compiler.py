@@ -8,6 +8,7 @@ naming its path and type, so a program that compiles never meets an unsupported 
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -117,16 +118,20 @@ class _Compiler:
             emit({"op": "NORM.STRIP", "left": bool(n.get("strip_left", True)), "right": bool(n.get("strip_right", True))})
         elif t == "Prepend":
             emit({"op": "NORM.PREPEND", "text": str(n.get("prepend", ""))})
+        elif t == "Nmt":  # SentencePiece's NMT rule, as tokenizers' `Nmt` applies it: drop, then map to space
+            self.char_op("NORM.DROP", 0, NMT_DROP)
+            self.char_op("NORM.MAP_SPACE", 0, NMT_SPACE)
         else:
             raise self.fail(where, f"normaliser type {t!r} is not supported by TISA (supported: BertNormalizer, "
-                                   f"NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, Replace, Strip, Prepend, Sequence)")
+                                   f"NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, Replace, Strip, Prepend, Nmt, "
+                                   f"Sequence)")
 
     def char_op(self, op: str, classes: int, chars=()) -> None:
         """A character-class normaliser step; its code-point ranges go in a table so the VM needs
         no class computation at load time."""
         ranges = sorted(U.ranges_of(self.tables["class_index"], self.tables["class_blocks"], classes)
                         + [(c, c) for c in chars])
-        name = f"ranges_{classes}" + ("_" + "_".join(map(str, chars)) if chars else "")
+        name = f"ranges_{classes}" + (f"_{zlib.crc32(np.array(chars, np.int32).tobytes()):08x}" if chars else "")
         self.tables[name] = np.array(ranges, np.int32).reshape(-1)
         self.code.append({"op": op, "classes": classes, "chars": list(chars), "ranges_table": name})
 
@@ -434,6 +439,12 @@ class _Compiler:
 
 
 _CHAR_BYTE = {c: b for b, c in bytes_to_unicode().items()}
+
+#: tokenizers' `Nmt` normaliser (SentencePiece's NMT rule): control characters it removes, and
+#: the characters it maps to U+0020 (read off tokenizers 0.23 over every code point).
+NMT_DROP = tuple(list(range(0x01, 0x09)) + [0x0B] + list(range(0x0E, 0x20)) + [0x7F, 0x8F, 0x9F])
+NMT_SPACE = (0x09, 0x0A, 0x0C, 0x0D, 0x1680, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x2028, 0x2029, 0x2581,
+             0xFEFF, 0xFFFD)
 
 
 def _type(node, where: str, c: _Compiler) -> str:
