@@ -162,9 +162,11 @@ class Model:
         thread uses until the block ends; it then goes back to the pool for the next call.
         Generation holds one for a whole decode loop (its inputs hold the KV cache)."""
         key = tuple(tuple(int(d) for d in shapes[n]) for n in self.graph.inputs)
-        with self._lock:
+        with self._lock:  # the pool holds no empty lists: a key is removed with its last idle plan
             idle = self._plans.get(key)
             plan = idle.pop() if idle else None
+            if idle is not None and not idle:
+                del self._plans[key]
         if plan is None:
             plan = self.plan(dict(zip(self.graph.inputs, key)))
         try:
@@ -173,9 +175,11 @@ class Model:
             with self._lock:
                 self._plans.setdefault(key, []).append(plan)
                 self._plans.move_to_end(key)
-                while sum(map(len, self._plans.values())) > MAX_IDLE_PLANS:
+                idle_count = sum(map(len, self._plans.values()))
+                while idle_count > MAX_IDLE_PLANS:  # least recently returned shapes go first
                     oldest = next(iter(self._plans))
                     self._plans[oldest].pop(0)
+                    idle_count -= 1
                     if not self._plans[oldest]:
                         del self._plans[oldest]
 

@@ -124,6 +124,25 @@ def test_plans_are_cached_and_arena_reused(two_input_model):
     assert p1.arena_bytes < p1.naive_bytes  # buffers of dead values are reused
 
 
+def test_idle_plan_pool_is_bounded_while_plans_are_checked_out(two_input_model):
+    """A plan checked out while other shapes are returned: the pool evicts the least recently
+    returned plans and stays at MAX_IDLE_PLANS (this raised IndexError when a checked-out shape
+    left an empty entry behind, seen with threads sharing a model in CI)."""
+    from nac.engine.model import MAX_IDLE_PLANS
+
+    m = two_input_model
+    shapes = [{"a": (b, s, 4), "ids": (b, s)} for b in (1, 2, 3, 4) for s in (2, 3, 5)]  # 12 > MAX_IDLE_PLANS
+    with m.session(shapes[0]):
+        pass
+    with m.session(shapes[0]):  # the only idle plan for this shape is checked out ...
+        for sh in shapes[1:]:  # ... while more shapes than the pool holds come back
+            with m.session(sh):
+                pass
+    assert sum(map(len, m._plans.values())) == MAX_IDLE_PLANS and all(m._plans.values())
+    f = feeds(2, 5)
+    np.testing.assert_array_equal(m.run(f)[0], m.run(f)[0])
+
+
 def test_run_never_imports_torch(two_input_model):
     code = ("import sys, numpy as np, nac\n"
             f"m = nac.load({str(two_input_model.path)!r})\n"
