@@ -143,6 +143,24 @@ def test_idle_plan_pool_is_bounded_while_plans_are_checked_out(two_input_model):
     np.testing.assert_array_equal(m.run(f)[0], m.run(f)[0])
 
 
+def test_threads_over_more_shapes_than_the_pool_holds(two_input_model):
+    """8 threads, 400 calls over 12 input shapes: plans are created, reused and evicted
+    concurrently, and every call gets its sequential answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = two_input_model
+    rng = np.random.default_rng(3)
+    cases = []
+    for k in range(400):
+        b, s = int(rng.integers(1, 5)), int(rng.choice([2, 3, 5]))
+        cases.append({"a": rng.random((b, s, 4), dtype=np.float32), "ids": rng.integers(0, 10, (b, s))})
+    want = [m.run(c)[0] for c in cases]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda c: m.run(c)[0], cases))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
 def test_run_never_imports_torch(two_input_model):
     code = ("import sys, numpy as np, nac\n"
             f"m = nac.load({str(two_input_model.path)!r})\n"
