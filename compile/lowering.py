@@ -567,6 +567,15 @@ def _transpose(L, node, x, d0, d1):
     return L.emit("permute", [L.value(x)], {"perm": perm})
 
 
+@rule("aten.flip.default")
+def _flip(L, node, x, dims):
+    rank = len(L.shape(x))
+    dims = sorted({_axis(d, rank) for d in dims})
+    if not dims or rank == 0:
+        return L.value(x)
+    return L.emit("flip", [L.value(x)], {"dims": dims})
+
+
 @rule("aten.expand.default", "aten.expand_copy.default")
 def _expand(L, node, x, size, *args, **kwargs):
     src = L.value(x)

@@ -204,6 +204,8 @@ _op("slice", ["x"], {"dim": "int", "start": "dim", "end": "dim", "step": "int"},
     "x[start:end:step] along dim (bounds clamped as ATen)", "sliced", "aten.slice.Tensor", view=True)
 _op("select", ["x"], {"dim": "int", "index": "dim"}, "x[index] along dim (negative from the end)",
     "dim removed", "aten.select.int", view=True)
+_op("flip", ["x"], {"dims": "list of axes"}, "reverse the order of elements along each of dims", SAME,
+    "aten.flip", view=True)
 _op("cat", ["xs*"], {"dim": "int"}, "concatenate along dim", "sum along dim", "aten.cat")
 _op("pad", ["x"], {"pads": "ATen order: [last_lo, last_hi, prev_lo, prev_hi, ...]", "value": "float"},
     "constant padding (negative pads crop)", "padded", "aten.constant_pad_nd")

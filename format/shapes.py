@@ -504,6 +504,16 @@ def _select(op, ins, dts, attrs):
     return [(x[:d] + x[d + 1:], None)]
 
 
+@rule("flip")
+def _flip(op, ins, dts, attrs):
+    x = _need(ins, 0, op)
+    dims = _ints(attrs, "dims")
+    axes = [_axis(d, len(x), "dims") for d in dims]
+    if len(set(axes)) != len(axes):
+        raise ShapeError(f"flip: attribute 'dims' = {dims} repeats an axis")
+    return [(x, None)]
+
+
 @rule("cat")
 def _cat(op, ins, dts, attrs):
     xs = [s for s in ins if s is not None]

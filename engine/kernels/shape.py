@@ -54,6 +54,12 @@ def select(ins, outs, attrs):
     return _copy_or_view(np.squeeze(x[key], axis=d), outs)
 
 
+@kernel("flip")
+def flip(ins, outs, attrs):
+    """ATen flip: a view with negative strides along ``dims`` (or its copy into ``outs``)."""
+    return _copy_or_view(np.flip(ins[0], axis=tuple(attrs["dims"])), outs)
+
+
 @kernel("cat")
 def cat(ins, outs, attrs):
     np.concatenate(ins, axis=attrs["dim"], out=outs[0], casting="unsafe")

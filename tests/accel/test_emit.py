@@ -105,6 +105,21 @@ def test_reductions_variance_and_argmax(tmp_path):
     assert max(result.max_rel_err) <= 1e-4
 
 
+def test_flip_views_with_negative_strides(tmp_path):
+    """flip is a view op: the engine reads it through negative strides, the C program copies it out."""
+    class Flip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.fc(torch.flip(x, [1, 2])), torch.flip(x.permute(0, 2, 1), [0]) * 2
+
+    p = nac.export(Flip().eval(), (torch.randn(2, 4, 5),), tmp_path / "f.nac")
+    _, result = verify(p, "host", out_dir=tmp_path / "f")
+    assert max(result.max_rel_err) <= 1e-4
+
+
 def test_unsupported_op_symbolic_dim_and_no_half_written_folder(zoo_files, tmp_path, monkeypatch):
     from conftest import model_from_graph, one_node_graph
 

@@ -419,6 +419,14 @@ def select(draw, op):
     return [x], {"dim": d, "index": i}, torch.select(T(x), d, i)
 
 
+@case("flip")
+def flip(draw, op):
+    shape = draw(array_shapes(min_dims=1, max_dims=4, max_side=4))
+    dims = draw(st.lists(st.integers(0, len(shape) - 1), min_size=1, max_size=len(shape), unique=True))
+    x = arr(draw, shape)
+    return [x], {"dims": dims}, torch.flip(T(x), dims)
+
+
 @case("cat")
 def cat(draw, op):
     shape = draw(array_shapes(min_dims=1, max_dims=3, max_side=4))
