@@ -287,6 +287,31 @@ def _clamp(L, node, x, lo=None, hi=None):
                                           "max": None if hi is None else float(hi)})
 
 
+@rule("aten.clamp.Tensor", "aten.clamp_min.Tensor", "aten.clamp_max.Tensor")
+def _clamp_tensor(L, node, x, lo=None, hi=None):
+    """clamp with tensor bounds (F.cosine_similarity's eps, learned limits): maximum, then
+    minimum, broadcasting as ATen does; NaN in x or a bound gives NaN, as ATen's clamp does."""
+    if node.target == torch.ops.aten.clamp_max.Tensor:
+        lo, hi = None, lo
+    y = L.value(x)
+    if lo is not None and hi is not None:  # the intermediate broadcasts x with the lower bound only
+        shape = _broadcast_shapes(L.shape(x), L.shape(lo) if isinstance(lo, torch.fx.Node) else ())
+        y = L.emit("maximum", [y, _operand(L, lo, x)], name=f"{node.name}_lo", shape=shape)
+    elif lo is not None:
+        y = L.emit("maximum", [y, _operand(L, lo, x)])
+    if hi is not None:
+        y = L.emit("minimum", [y, _operand(L, hi, x)])
+    return y
+
+
+def _broadcast_shapes(a: tuple, b: tuple) -> tuple:
+    """ATen broadcasting of two (possibly symbolic) shapes: per axis from the right, the side that
+    is not 1 (torch.export has already checked that the sizes agree)."""
+    rank = max(len(a), len(b))
+    a, b = (1,) * (rank - len(a)) + tuple(a), (1,) * (rank - len(b)) + tuple(b)
+    return tuple(y if x == 1 else x for x, y in zip(a, b))
+
+
 @rule("aten.leaky_relu.default")
 def _leaky(L, node, x, slope=0.01):
     return L.emit("leaky_relu", [L.value(x)], {"negative_slope": float(slope)})

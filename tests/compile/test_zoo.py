@@ -291,3 +291,19 @@ def test_export_restores_each_submodule_mode(tmp_path):
     outer = nn.Sequential(inner)  # a new wrapper starts in training mode
     nac.export(outer, (torch.randn(2, 3),), tmp_path / "m.nac")
     assert outer.training and not inner.training and not inner[1].training
+
+
+def test_clamp_with_tensor_bounds(tmp_path):
+    """Issue 12: aten.clamp.Tensor (F.cosine_similarity, learned limits), NaN and broadcasting."""
+    class Sim(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lo, self.hi = nn.Parameter(torch.full((1, 4), -0.5)), nn.Parameter(torch.full((3, 1), 0.7))
+
+        def forward(self, a, b):
+            return (torch.nn.functional.cosine_similarity(a, b, dim=-1), torch.clamp(a, self.lo, self.hi),
+                    torch.clamp(a, min=self.lo), torch.clamp(b, max=self.hi))
+
+    a, b = torch.randn(3, 4), torch.randn(3, 4)
+    a[0, 0] = float("nan")
+    export_and_compare(Sim().eval(), (a, b), tmp_path)
