@@ -517,6 +517,37 @@ def _layer_norm(L, node, x, normalized_shape, w, b, eps):
     return (v, None, None)
 
 
+@rule("aten.native_group_norm.default")
+def _group_norm(L, node, x, w, b, n, c, hw, groups, eps):
+    """GroupNorm (Wu & He 2018; ATen native_group_norm) as existing ops: reshape x [N, C, *] to
+    [N, G, C/G * prod(*)], layer-normalise the last axis (biased variance, eps), reshape back,
+    then the per-channel affine weight [C] and bias [C] broadcast over the spatial axes."""
+    shape = tuple(L.dim(s) for s in node.meta["val"][0].shape)
+    rank, name = len(shape), node.name
+    g = L.emit("reshape", [L.value(x)], {"shape": [shape[0], int(groups), -1]}, name=f"{name}_groups",
+               shape=(shape[0], int(groups), _numel_text((int(c) // int(groups),) + shape[2:])), dtype="float32")
+    g = L.emit("layer_norm", [g, "", ""], {"axes": 1, "eps": float(eps)}, name=f"{name}_norm",
+               shape=L.graph.values[g].shape, dtype="float32")
+    y = L.emit("reshape", [g], {"shape": list(shape)}, name=f"{name}_back", shape=shape, dtype="float32")
+    per_channel = [int(c)] + [1] * (rank - 2)
+    for op, p in (("mul", w), ("add", b)):
+        if p is not None:
+            pv = L.emit("reshape", [L.value(p)], {"shape": per_channel}, name=f"{name}_{op}_p",
+                        shape=tuple(per_channel), dtype="float32")
+            y = L.emit(op, [y, pv], name=f"{name}_{op}", shape=shape, dtype="float32")
+    return (y, None, None)
+
+
+def _numel_text(dims: tuple) -> int | str:
+    """The product of (possibly symbolic) dims, as a dimension."""
+    if all(isinstance(d, int) for d in dims):
+        out = 1
+        for d in dims:
+            out *= d
+        return out
+    return " * ".join(f"({d})" for d in dims)
+
+
 @rule("aten._native_batch_norm_legit_no_training.default")
 def _batch_norm(L, node, x, w, b, mean, var, momentum, eps):
     shape = tuple(L.dim(s) for s in node.meta["val"][0].shape)

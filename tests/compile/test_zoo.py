@@ -307,3 +307,19 @@ def test_clamp_with_tensor_bounds(tmp_path):
     a, b = torch.randn(3, 4), torch.randn(3, 4)
     a[0, 0] = float("nan")
     export_and_compare(Sim().eval(), (a, b), tmp_path)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm(tmp_path, affine):
+    """Issue 12: GroupNorm (Wav2Vec2's feature extractor, diffusion UNets), 1-D and 2-D, with a
+    dynamic length; lowered to reshape + layer_norm + per-channel affine."""
+    torch.manual_seed(0)
+    m2 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(4, 8, affine=affine), nn.SiLU()).eval()
+    if affine:
+        nn.init.normal_(m2[1].weight)
+        nn.init.normal_(m2[1].bias)
+    export_and_compare(m2, (torch.randn(2, 3, 6, 6),), tmp_path, name="g2.nac")
+    m1 = nn.Sequential(nn.Conv1d(1, 6, 5, stride=2), nn.GroupNorm(6, 6, affine=affine), nn.GELU()).eval()
+    export_and_compare(m1, (torch.randn(2, 1, 40),), tmp_path, name="g1.nac",
+                       dynamic_shapes=({2: Dim("t", min=8, max=400)},),
+                       variants=[((torch.randn(2, 1, 123),), {})])
