@@ -582,6 +582,74 @@ def _index_select(L, node, x, dim, index):
     return L.emit("index_select", [L.value(x), L.value(index)], {"dim": _axis(dim, len(L.shape(x)))})
 
 
+def _upsample_scale(in_size: int, out_size: int, factor, align_corners: bool = False) -> float:
+    """ATen's ``area_pixel_compute_scale``: the source step per output pixel. A given scale factor
+    is used as 1 / factor (not in / out), as ATen does."""
+    if align_corners:
+        return (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    return 1.0 / float(factor) if factor else in_size / out_size
+
+
+def _upsample(L, node, x, out_hw, factors, mode: str, align_corners: bool = False):
+    """Nearest / bilinear 2-D upsampling as index_select along H then W, plus (bilinear) the two
+    taps' weights: ATen's ``upsample_nearest2d`` (src = min(floor(dst * scale), in - 1), in
+    float32) and ``upsample_bilinear2d`` (src = scale * (dst + 0.5) - 0.5 clamped at 0, or
+    dst * scale with align_corners). The spatial sizes must be static."""
+    shape = L.shape(x)
+    out_shape = L.shape()
+    if len(shape) != 4 or not all(isinstance(d, int) for d in (*shape[2:], *out_shape[2:])):
+        raise NacExportError(f"{L.where()}: {mode} upsampling needs a 4-D input with static height and width "
+                             f"(got {list(shape)} -> {list(out_shape)})")
+    y = L.value(x)
+    for axis in (2, 3):
+        n_in, n_out = shape[axis], out_shape[axis]
+        factor = factors[axis - 2] if factors else None
+        scale = np.float32(_upsample_scale(n_in, n_out, factor, align_corners))
+        dst = np.arange(n_out, dtype=np.float32)
+        cur = tuple(out_shape[:axis + 1]) + tuple(shape[axis + 1:]) if axis == 2 else tuple(out_shape)
+        name = f"{node.name}_{'hw'[axis - 2]}"
+        if mode == "nearest":
+            idx = np.minimum(np.floor(dst * scale).astype(np.int64), n_in - 1)
+            y = L.emit("index_select", [y, L.graph.add_param(f"{name}_index", idx)], {"dim": axis}, name=name,
+                       shape=cur, dtype="float32")
+            continue
+        src = dst * scale if align_corners else np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), 0)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        w1 = (src - i0).astype(np.float32)
+        w0 = (np.float32(1) - w1).astype(np.float32)
+        wshape = (n_out, 1) if axis == 2 else (n_out,)
+        taps = []
+        for k, (i, w) in enumerate(((i0, w0), (i1, w1))):
+            t = L.emit("index_select", [y, L.graph.add_param(f"{name}_index{k}", i)], {"dim": axis},
+                       name=f"{name}_tap{k}", shape=cur, dtype="float32")
+            taps.append(L.emit("mul", [t, L.graph.add_param(f"{name}_weight{k}", w.reshape(wshape))],
+                               name=f"{name}_w{k}", shape=cur, dtype="float32"))
+        y = L.emit("add", taps, name=name, shape=cur, dtype="float32")
+    return y
+
+
+@rule("aten.upsample_nearest2d.vec")
+def _upsample_nearest_vec(L, node, x, output_size, scale_factors):
+    return _upsample(L, node, x, output_size, scale_factors, "nearest")
+
+
+@rule("aten.upsample_nearest2d.default")
+def _upsample_nearest(L, node, x, output_size, scales_h=None, scales_w=None):
+    return _upsample(L, node, x, output_size, [scales_h, scales_w] if scales_h or scales_w else None, "nearest")
+
+
+@rule("aten.upsample_bilinear2d.vec")
+def _upsample_bilinear_vec(L, node, x, output_size, align_corners, scale_factors):
+    return _upsample(L, node, x, output_size, scale_factors, "bilinear", bool(align_corners))
+
+
+@rule("aten.upsample_bilinear2d.default")
+def _upsample_bilinear(L, node, x, output_size, align_corners, scales_h=None, scales_w=None):
+    return _upsample(L, node, x, output_size, [scales_h, scales_w] if scales_h or scales_w else None, "bilinear",
+                     bool(align_corners))
+
+
 @rule("aten.index.Tensor")
 def _index(L, node, x, indices):
     return L.emit("index", [L.value(x)] + ["" if i is None else L.value(i) for i in indices])

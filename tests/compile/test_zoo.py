@@ -323,3 +323,31 @@ def test_group_norm(tmp_path, affine):
     export_and_compare(m1, (torch.randn(2, 1, 40),), tmp_path, name="g1.nac",
                        dynamic_shapes=({2: Dim("t", min=8, max=400)},),
                        variants=[((torch.randn(2, 1, 123),), {})])
+
+
+UPSAMPLES = [
+    ("nearest x2", dict(scale_factor=2, mode="nearest")),
+    ("nearest x1.5", dict(scale_factor=1.5, mode="nearest")),
+    ("nearest to size", dict(size=(7, 10), mode="nearest")),
+    ("bilinear x2", dict(scale_factor=2, mode="bilinear", align_corners=False)),
+    ("bilinear x1.7 aligned", dict(scale_factor=1.7, mode="bilinear", align_corners=True)),
+    ("bilinear to size", dict(size=(9, 4), mode="bilinear", align_corners=False)),
+    ("bilinear down", dict(size=(3, 2), mode="bilinear", align_corners=False)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", UPSAMPLES, ids=[u[0] for u in UPSAMPLES])
+def test_upsample(tmp_path, name, kwargs):
+    """Issue 12: nn.Upsample / F.interpolate, nearest and bilinear, scale or size, align_corners;
+    the batch stays dynamic."""
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 1)
+
+        def forward(self, x):
+            return torch.nn.functional.interpolate(self.conv(x), **kwargs)
+
+    torch.manual_seed(0)
+    export_and_compare(Up().eval(), (torch.randn(2, 2, 5, 6),), tmp_path, dynamic_shapes=({0: Dim("batch", max=8)},),
+                       variants=[((torch.randn(3, 2, 5, 6),), {})], rel=1e-5)
