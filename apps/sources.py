@@ -182,12 +182,38 @@ class CausalLMStep(torch.nn.Module):
         mask = torch.cat([past_mask, attention_mask], 1)
         past = past_keys.shape[3]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
-        out = self.model(input_ids=input_ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
+        window = getattr(self.model.config, "sliding_window", None)
+        if window:  # transformers derives the window from cache indices; here slots are not positions
+            attn = self.position_masks(mask, past, int(window))
+        else:
+            attn = mask
+        out = self.model(input_ids=input_ids, attention_mask=attn, past_key_values=cache, position_ids=positions,
                          use_cache=True)
         layers = out.past_key_values.layers
         keys = torch.stack([layers[i].keys[:, :, past:] for i in range(self.layers)])
         values = torch.stack([layers[i].values[:, :, past:] for i in range(self.layers)])
         return {"logits": out.logits, "keys": keys, "values": values}
+
+    def position_masks(self, mask, past: int, window: int):
+        """Additive attention masks [B, 1, T, P+T] built from token positions, not cache slots.
+
+        In a preallocated cache the slot of a key is not its position (unused slots sit between the
+        past and the new tokens), so transformers' sliding-window mask, which compares slot indices,
+        would drop the wrong keys. Here a key is visible when it is a real token (``mask``), not after
+        the query, and (sliding layers) fewer than ``window`` positions before it: transformers'
+        ``sliding_window_overlay`` (kv > q - window) on positions. Returns the sliding mask, or
+        ``{"full_attention": ..., "sliding_attention": ...}`` for models with per-layer types."""
+        pos = mask.cumsum(-1) - 1  # [B, K]
+        pq = pos[:, past:]  # [B, T]
+        keep = mask.bool()[:, None, None, :] & (pos[:, None, None, :] <= pq[:, None, :, None])
+        near = keep & (pq[:, None, :, None] - pos[:, None, None, :] < window)
+        lowest = torch.finfo(torch.float32).min
+
+        def additive(m):
+            return torch.zeros(m.shape, dtype=torch.float32).masked_fill(~m, lowest)
+        if getattr(self.model.config, "layer_types", None):
+            return {"full_attention": additive(keep), "sliding_attention": additive(near)}
+        return additive(near)
 
 
 def causal_lm(model: torch.nn.Module, name: str = "causal-lm", tokenizer=None,

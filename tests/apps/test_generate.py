@@ -28,6 +28,16 @@ def configs():
                                                 hidden_size=64, intermediate_size=128, vocab_size=256,
                                                 max_position_embeddings=160, bos_token_id=1, eos_token_id=2,
                                                 tie_word_embeddings=True)
+    # issue 12: a sliding window shorter than the prompts (the preallocated cache used to disagree)
+    yield "mistral-window4", transformers.MistralConfig(num_hidden_layers=2, num_attention_heads=4,
+                                                        num_key_value_heads=2, hidden_size=64, intermediate_size=128,
+                                                        vocab_size=256, max_position_embeddings=160, sliding_window=4,
+                                                        bos_token_id=1, eos_token_id=2)
+    yield "qwen2-window3", transformers.Qwen2Config(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                                    hidden_size=64, intermediate_size=128, vocab_size=256,
+                                                    max_position_embeddings=160, use_sliding_window=True,
+                                                    sliding_window=3, max_window_layers=1, bos_token_id=1,
+                                                    eos_token_id=2)
 
 
 @pytest.fixture(scope="module", params=list(configs()), ids=[n for n, _ in configs()])
