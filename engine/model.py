@@ -89,14 +89,22 @@ class Model:
 
         Raises:
             NacError: the file has no tokenizer section, or its format is unknown.
+            NacFormatError: the section is malformed, or it does not reproduce the fingerprint
+                (ids of `nac.tokenizer_vm.FINGERPRINT_TEXT`) recorded at export.
         """
         if self._tokenizer is None:
             from nac.tokenizer_vm import load_tokenizer
 
             if self.file.tokenizer is None:
                 raise NacError(f"{self.path.name} has no tokenizer; export it with tokenizer=<tokenizer.json>")
-            fmt = (self.metadata.get("tokenizer") or {}).get("format", "hf-tokenizer-json")
-            tok = load_tokenizer(self.file.tokenizer, fmt, where=f"{self.path}: tokenizer section")
+            info = self.metadata.get("tokenizer") or {}
+            fmt = info.get("format", "hf-tokenizer-json")
+            where = f"{self.path}: tokenizer section"
+            tok = load_tokenizer(self.file.tokenizer, fmt, where=where)
+            if "fingerprint" in info:
+                from nac.tokenizer_vm import check_fingerprint
+
+                check_fingerprint(tok, info["fingerprint"], where)
             with self._lock:
                 if self._tokenizer is None:
                     self._tokenizer = tok

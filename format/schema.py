@@ -129,7 +129,11 @@ METADATA = {
         "tokenizer": {
             "type": "object",
             "properties": {"format": {"type": "string", "maxLength": 64}, "model": {"type": "string", "maxLength": 64},
-                           "vocab_size": {"type": "integer", "minimum": 0, "maximum": 1 << 31}},
+                           "vocab_size": {"type": "integer", "minimum": 0, "maximum": 1 << 31},
+                           "fingerprint": {"type": "object", "properties": {
+                               "version": {"type": "integer"},
+                               "ids": {"type": "array", "maxItems": 4096,
+                                       "items": {"type": "integer", "minimum": 0, "maximum": 1 << 31}}}}},
         },
         "compile": {"type": "object"},
     },

@@ -113,6 +113,7 @@ def test_info_tokenizer_disassembly(minilm_nac):
     out = nac_cli("info", path, "--tokenizer")
     assert "MODEL.WORDPIECE" in out.stdout and "keys_hash" in out.stdout
     meta = json.loads(nac_cli("info", path, "--json").stdout)["metadata"]["tokenizer"]
+    assert len(meta.pop("fingerprint")["ids"]) > 20  # ids of the fingerprint text, checked on load
     assert meta == {"format": "tisa-1", "model": "wordpiece", "vocab_size": 30522}
 
 

@@ -36,7 +36,11 @@ def test_disassembly_lists_instructions_and_tables(pairs):
 
 def test_section_metadata(pairs):
     blob, meta = tokenizer_section(pairs["unigram"][1])
+    fp = meta.pop("fingerprint")
     assert meta == {"format": "tisa-1", "model": "unigram", "vocab_size": pairs["unigram"][0].get_vocab_size()}
+    from nac.tokenizer_vm import FINGERPRINT_TEXT
+
+    assert fp["ids"] == pairs["unigram"][0].encode(FINGERPRINT_TEXT).ids  # the reference's own ids
     assert load_tokenizer(blob, "tisa-1").encode("hello world").ids == pairs["unigram"][0].encode("hello world").ids
 
 
@@ -132,3 +136,38 @@ def test_vocabulary_lookups(pairs):
     for t in ("<mask>", "Ġthe", "hello", "not-a-token-at-all"):
         assert ours.token_to_id(t) == ref.token_to_id(t)
     assert ours.id_to_token(10**9) is None and ref.id_to_token(10**9) is None
+
+
+def test_fingerprint_is_checked_at_export_and_at_load(pairs, tmp_path, monkeypatch):
+    """Issue 12, item 5: as llama.cpp's converter does, the compiled tokenizer must give the
+    reference's ids on a fixed torture text at export, and a file's tokenizer must reproduce the
+    ids recorded there when it is loaded."""
+    import nac.tokenizer_vm as tv
+    from fuzz.nacfuzz import join_container, split_container
+    from nac.format.container import METADATA, write_nac
+    from nac.format.graph import Graph
+
+    source = pairs["gpt2"][0].to_str()
+    g = Graph()
+    x = g.add_value("x", "float32", (2,))
+    g.inputs.append(x)
+    g.outputs.append(x)
+    blob, info = tokenizer_section(source)
+    path = write_nac(tmp_path / "t.nac", g, {"tokenizer": info}, tokenizer=blob)
+    assert nac.load(path).tokenizer.encode("hello").ids == pairs["gpt2"][0].encode("hello").ids
+
+    sections = split_container(path.read_bytes())  # a file whose recorded fingerprint differs
+    for sec in sections:
+        if sec[0] == METADATA:
+            meta = json.loads(sec[2])
+            meta["tokenizer"]["fingerprint"]["ids"][3] += 1
+            sec[2] = json.dumps(meta).encode()
+    bad = tmp_path / "bad.nac"
+    bad.write_bytes(join_container(sections))
+    with pytest.raises(nac.NacFormatError, match="does not reproduce the fingerprint recorded at export"):
+        nac.load(bad).tokenizer
+
+    real = tv.fingerprint  # a VM that disagrees with the reference is refused at export
+    monkeypatch.setattr(tv, "fingerprint", lambda tok: {**real(tok), "ids": real(tok)["ids"][:-1] + [0]})
+    with pytest.raises(nac.NacError, match="disagrees with Hugging Face tokenizers on the fingerprint text"):
+        tokenizer_section(source)
