@@ -283,13 +283,13 @@ def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=No
                 L.env[node] = val
                 continue
             rule = RULES.get(target_name(node.target))
+            if rule is None:  # listed with the unsupported ATen ops; keep lowering to find every problem
+                L.env[node] = _stand_in(L, node)
+                continue
             try:
-                if rule is None:
-                    raise NacExportError("")  # listed with the unsupported ATen ops
                 L.env[node] = rule(L, node, *node.args, **node.kwargs)
             except NacExportError as exc:
-                if str(exc):
-                    refused.append(str(exc))
+                refused.append(str(exc))
                 L.env[node] = _stand_in(L, node)  # keep lowering so every problem is found
             except Exception:
                 if not (missing or refused):

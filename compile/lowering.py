@@ -294,11 +294,11 @@ def _clamp_tensor(L, node, x, lo=None, hi=None):
     if node.target == torch.ops.aten.clamp_max.Tensor:
         lo, hi = None, lo
     y = L.value(x)
-    if lo is not None and hi is not None:  # the intermediate broadcasts x with the lower bound only
-        shape = _broadcast_shapes(L.shape(x), L.shape(lo) if isinstance(lo, torch.fx.Node) else ())
-        y = L.emit("maximum", [y, _operand(L, lo, x)], name=f"{node.name}_lo", shape=shape)
-    elif lo is not None:
-        y = L.emit("maximum", [y, _operand(L, lo, x)])
+    if lo is not None:
+        mid = hi is not None  # then this is an intermediate: x broadcast with the lower bound only
+        y = L.emit("maximum", [y, _operand(L, lo, x)], name=f"{node.name}_lo" if mid else None,
+                   shape=_broadcast_shapes(L.shape(x), L.shape(lo) if isinstance(lo, torch.fx.Node) else ())
+                   if mid else None)
     if hi is not None:
         y = L.emit("minimum", [y, _operand(L, hi, x)])
     return y
@@ -465,10 +465,15 @@ def _arg(op):
 
 
 def _numel(L, x):
-    dims = L.shape(x)
+    return _product(L.shape(x))
+
+
+def _product(dims) -> int | str:
+    """The product of (possibly symbolic) dims, as a dimension: an int, or an expression with
+    each symbolic factor in parentheses."""
     if all(isinstance(d, int) for d in dims):
-        return int(np.prod(dims))
-    return "(" + " * ".join(str(d) for d in dims) + ")"
+        return int(np.prod(dims, dtype=np.int64))
+    return "(" + " * ".join(f"({d})" if isinstance(d, str) else str(d) for d in dims) + ")"
 
 
 RULES["aten.argmax.default"] = _arg("argmax")
@@ -525,7 +530,7 @@ def _group_norm(L, node, x, w, b, n, c, hw, groups, eps):
     shape = tuple(L.dim(s) for s in node.meta["val"][0].shape)
     rank, name = len(shape), node.name
     g = L.emit("reshape", [L.value(x)], {"shape": [shape[0], int(groups), -1]}, name=f"{name}_groups",
-               shape=(shape[0], int(groups), _numel_text((int(c) // int(groups),) + shape[2:])), dtype="float32")
+               shape=(shape[0], int(groups), _product((int(c) // int(groups),) + shape[2:])), dtype="float32")
     g = L.emit("layer_norm", [g, "", ""], {"axes": 1, "eps": float(eps)}, name=f"{name}_norm",
                shape=L.graph.values[g].shape, dtype="float32")
     y = L.emit("reshape", [g], {"shape": list(shape)}, name=f"{name}_back", shape=shape, dtype="float32")
@@ -536,16 +541,6 @@ def _group_norm(L, node, x, w, b, n, c, hw, groups, eps):
                         shape=tuple(per_channel), dtype="float32")
             y = L.emit(op, [y, pv], name=f"{name}_{op}", shape=shape, dtype="float32")
     return (y, None, None)
-
-
-def _numel_text(dims: tuple) -> int | str:
-    """The product of (possibly symbolic) dims, as a dimension."""
-    if all(isinstance(d, int) for d in dims):
-        out = 1
-        for d in dims:
-            out *= d
-        return out
-    return " * ".join(f"({d})" for d in dims)
 
 
 @rule("aten._native_batch_norm_legit_no_training.default")

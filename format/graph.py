@@ -47,8 +47,6 @@ def dtype_name(dtype) -> str:
     raise NacFormatError(f"dtype {dt} is not supported by NAC (supported: {sorted(DTYPES)})")
 
 
-
-
 def _check_quant(g: "Graph", v: Value, where: str) -> None:
     """Validate a quantised parameter: scheme, logical/stored shapes, scales, ternary codes."""
     from nac.format.quant import SCHEMES

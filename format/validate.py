@@ -1,7 +1,8 @@
 """Graph validation: everything about a graph that must hold before the engine may plan it.
 
-`check_graph` runs when a file is loaded (`Graph.from_json`), after the document passed its
-JSON schema: op arity, single definition of every value, dimension expressions that parse and
+`check_graph` runs when a file is loaded (`Graph.from_json`, which has already checked the
+document's schema and that every value is defined once, before it is read): op arity, required
+inputs, dimension expressions that parse and
 name only dimensions the inputs bind, inline constants that match their declared shape, and
 the recorded shapes against shape inference (`nac.format.shapes`) at sample points of the
 dimension ranges. `check_shapes` is the exact form of the last check, for one binding of the
@@ -10,7 +11,6 @@ sized, so kernels only ever see outputs of the size their inputs produce.
 """
 from __future__ import annotations
 
-import itertools
 from typing import Mapping
 
 import numpy as np
@@ -19,7 +19,7 @@ from nac.errors import NacFormatError, NacInputError
 from nac.format.graph import Graph, numpy_dtype
 from nac.format.ops import DIM_ATTRS, OPS
 from nac.format.shapes import ShapeError, infer
-from nac.format.symbolic import eval_dim, parse_dim, symbols_of
+from nac.format.symbolic import eval_dim, eval_shape, parse_dim, symbols_of
 
 MAX_CONST_ELEMENTS = 1 << 16  # inline constants are small by definition; tensors go in the parameters
 
@@ -61,13 +61,11 @@ def input_dtype(g: Graph, name: str) -> str:
     return "float32" if g.values[name].quant is not None else g.values[name].dtype
 
 
-def check_shapes(g: Graph, vshape: Mapping[str, tuple], env: Mapping[str, int], where: str,
-                 attrs: list[dict] | None = None) -> list[dict]:
+def check_shapes(g: Graph, vshape: Mapping[str, tuple], env: Mapping[str, int], where: str) -> list[dict]:
     """Check every node's recorded outputs against shape inference, for one binding ``env``.
 
     Args:
         vshape: every value's shape evaluated for ``env``.
-        attrs: the nodes' attributes already resolved for ``env`` (computed here if None).
     Returns:
         The resolved attributes, one dict per node.
     Raises:
@@ -78,7 +76,7 @@ def check_shapes(g: Graph, vshape: Mapping[str, tuple], env: Mapping[str, int], 
     resolved = []
     for k, n in enumerate(g.nodes):
         try:
-            at = attrs[k] if attrs is not None else resolve_attrs(n.op, n.attrs, env)
+            at = resolve_attrs(n.op, n.attrs, env)
             ins = [input_shape(g, i, vshape) if i else None for i in n.inputs]
             dts = [input_dtype(g, i) if i else None for i in n.inputs]
             outs = infer(n.op, ins, dts, at)
@@ -158,8 +156,6 @@ def check_graph(g: Graph, where: str, example: Mapping[str, int] | None = None) 
             if not ok:
                 raise NacFormatError(f"{where}: inline constant {v.name!r} does not hold {v.dtype}{list(v.shape)}")
 
-    defined = set(g.inputs) | set(g.params) | set(g.param_aliases) | {
-        n for n, v in g.values.items() if v.const is not None}
     if len(set(g.inputs)) != len(g.inputs):
         raise NacFormatError(f"{where}: an input is listed twice in {g.inputs}")
     if set(g.inputs) & (set(g.params) | set(g.param_aliases)):
@@ -173,10 +169,6 @@ def check_graph(g: Graph, where: str, example: Mapping[str, int] | None = None) 
         for pos, i in enumerate(n.inputs):
             if not i and (pos < fewest and not schema.inputs[min(pos, len(schema.inputs) - 1)].endswith("*")):
                 raise NacFormatError(f"{where}: {_node_name(g, k)} leaves required input {pos} empty")
-        for o in n.outputs:
-            if o in defined:
-                raise NacFormatError(f"{where}: {_node_name(g, k)} redefines value {o!r}")
-            defined.add(o)
         for key in DIM_ATTRS.intersection(n.attrs):
             v = n.attrs[key]
             for d in v if isinstance(v, list) else [v]:
@@ -188,7 +180,7 @@ def check_graph(g: Graph, where: str, example: Mapping[str, int] | None = None) 
 
     for env in sample_envs(g, example):
         try:
-            vshape = {name: tuple(eval_dim(d, env) for d in v.shape) for name, v in g.values.items()}
+            vshape = {name: eval_shape(v.shape, env) for name, v in g.values.items()}
         except NacInputError as exc:
             raise NacFormatError(f"{where}: {exc}") from None
         for name, s in vshape.items():

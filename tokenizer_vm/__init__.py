@@ -58,11 +58,16 @@ def check_fingerprint(tok: Tokenizer, recorded, where: str) -> None:
 
     if not isinstance(recorded, dict) or recorded.get("version") != FINGERPRINT_VERSION:
         return  # another fingerprint text version: nothing to compare against
-    got, want = fingerprint(tok)["ids"], recorded.get("ids")
+    got, want = fingerprint(tok)["ids"], recorded.get("ids") or []
     if got != want:
-        k = next((i for i, (a, b) in enumerate(zip(got, want or [])) if a != b), min(len(got), len(want or [])))
+        k = _first_difference(got, want)
         raise NacFormatError(f"{where}: the tokenizer does not reproduce the fingerprint recorded at export "
-                             f"(first difference at token {k}: {got[k:k + 3]} here, {(want or [])[k:k + 3]} recorded)")
+                             f"(first difference at token {k}: {got[k:k + 3]} here, {want[k:k + 3]} recorded)")
+
+
+def _first_difference(a: list, b: list) -> int:
+    """The first index where two id lists differ (the shorter length if one is a prefix)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def _reference_ids(source) -> list[int] | None:
@@ -117,7 +122,7 @@ def tokenizer_section(tokenizer) -> tuple[bytes, dict]:
     if ref is not None and ref != fp["ids"]:
         from nac.errors import NacError
 
-        k = next((i for i, (a, b) in enumerate(zip(fp["ids"], ref)) if a != b), min(len(ref), len(fp["ids"])))
+        k = _first_difference(fp["ids"], ref)
         raise NacError(f"the compiled tokenizer disagrees with Hugging Face tokenizers on the fingerprint text "
                        f"(token {k}: {fp['ids'][k:k + 3]} against {ref[k:k + 3]}); refusing to store it")
     return blob, {"format": FORMAT, "model": model.lower(), "vocab_size": size, "fingerprint": fp}

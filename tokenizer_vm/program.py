@@ -90,9 +90,7 @@ class Program:
         Raises:
             NacFormatError: not a TISA blob, a newer version, or a malformed table.
         """
-        from nac.format.container import view_safetensors
-
-        from nac.format.container import parse_json
+        from nac.format.container import parse_json, view_safetensors
 
         buf = memoryview(blob)
         try:
@@ -327,14 +325,11 @@ def validate_program(doc: dict, tables: dict[str, np.ndarray], where: str) -> No
         for k, v in ins.items():
             if k.endswith("_table") and v not in tables:
                 raise _fail(where, f"{what} names missing table {v!r}")
-        if "ranges_table" in ins:
-            r = _table(tables, ins["ranges_table"], np.int32, where)
-            if r.size % 2 or (r.size and ((r < 0).any() or (r > 0x10FFFF).any() or (r[0::2] > r[1::2]).any())):
-                raise _fail(where, f"{what}: table {ins['ranges_table']!r} is not a list of code-point ranges")
-        if "assigned_table" in ins:
-            r = _table(tables, ins["assigned_table"], np.int32, where)
-            if r.size % 2 or (r.size and ((r < 0).any() or (r > 0x10FFFF).any() or (r[0::2] > r[1::2]).any())):
-                raise _fail(where, f"{what}: table {ins['assigned_table']!r} is not a list of code-point ranges")
+        for key in ("ranges_table", "assigned_table"):
+            if key in ins:
+                r = _table(tables, ins[key], np.int32, where)
+                if r.size % 2 or (r.size and ((r < 0).any() or (r > 0x10FFFF).any() or (r[0::2] > r[1::2]).any())):
+                    raise _fail(where, f"{what}: table {ins[key]!r} is not a list of code-point ranges")
         if op == "NORM.LOWER":
             src, loff, dst = (_table(tables, t, np.int32, where)
                               for t in ("lower_src", "lower_off", "lower_dst"))
@@ -351,7 +346,7 @@ def validate_program(doc: dict, tables: dict[str, np.ndarray], where: str) -> No
             if kid.size != koff.size - 1:
                 raise _fail(where, "table 'keys_id' must have one id per key")
             _ids(kid, n, "table 'keys_id'", where)
-            if htab.size != K.build_hash(keys, koff).size or not np.array_equal(htab, K.build_hash(keys, koff)):
+            if not np.array_equal(htab, K.build_hash(keys, koff)):  # equal shapes and entries
                 raise _fail(where, "table 'keys_hash' does not match the keys it indexes")
             _ids([ins["unk"]], n, f"{what} operand 'unk'", where, allow_none=op in ("MODEL.BPE", "MODEL.UNIGRAM"))
         if op == "MODEL.BPE":

@@ -145,10 +145,9 @@ class Tokenizer:
         Raises:
             NacInputError: ``i`` is not an integer.
         """
-        if isinstance(i, np.integer):
-            i = int(i)
-        if isinstance(i, bool) or not isinstance(i, int):
+        if _integer(i) is None:
             raise NacInputError(f"token id must be an integer, not {i!r}")
+        i = _integer(i)
         if i < 0 or i >= self._vocab_off.size - 1 or i in self._missing:
             return None
         s = self._token_cache.get(i)
@@ -351,11 +350,10 @@ class Tokenizer:
             raise NacInputError(f"ids must be a list of integers, not {type(ids).__name__}")
         n = self.get_vocab_size()
         out = []
-        for k, i in enumerate(ids):
-            if isinstance(i, np.integer):
-                i = int(i)
-            if isinstance(i, bool) or not isinstance(i, int):
-                raise NacInputError(f"ids[{k}] = {i!r} is not an integer token id")
+        for k, v in enumerate(ids):
+            i = _integer(v)
+            if i is None:
+                raise NacInputError(f"ids[{k}] = {v!r} is not an integer token id")
             if not 0 <= i < n:
                 raise NacInputError(f"ids[{k}] = {i} is outside the vocabulary [0, {n})")
             out.append(i)
@@ -438,9 +436,8 @@ class Tokenizer:
             pattern = ins["pattern"]
             self._norm.append(lambda s: (s.replace(pattern, content) if pattern else s, False))
         else:
-            pat = _compile_regex(ins["pattern"], self._where)
-            self._norm.append(lambda s: (_bounded(lambda t, timeout: pat.sub(lambda m: content, t, timeout=timeout),
-                                                  pat, s, self._where), False))
+            pat = _Regex(ins["pattern"], self._where)
+            self._norm.append(lambda s: (pat.sub(content, s), False))
 
     def _op_norm_strip(self, ins):
         ws = "".join(_WS)
@@ -457,16 +454,13 @@ class Tokenizer:
         self._norm.append(lambda s: (text + s if s else s, False))
 
     def _op_pre_regex(self, ins):
-        pat = _compile_regex(ins["pattern"], self._where)
+        pat = _Regex(ins["pattern"], self._where)
         behaviour, invert = K.BEHAVIOURS[ins["behaviour"]], ins["invert"]
-
-        def spans(t, timeout):
-            return [(m.start(), m.end()) for m in pat.finditer(t, timeout=timeout)]
 
         def run(words, wseg, wfirst):
             out_w, out_s, out_f = [], [], []
             for w, sg, f in zip(words, wseg, wfirst):
-                for a, b in _split_by_matches(w, _bounded(spans, pat, w, self._where), behaviour, invert):
+                for a, b in _split_by_matches(w, pat.spans(w), behaviour, invert):
                     out_w.append(w[a:b])
                     out_s.append(sg)
                     out_f.append(f and a == 0)
@@ -626,9 +620,8 @@ class Tokenizer:
             p = ins["pattern"]
             self._dec.append(lambda tokens: [t.replace(p, content) for t in tokens])
         else:
-            pat = _compile_regex(ins["pattern"], self._where)
-            self._dec.append(lambda tokens: [_bounded(lambda x, timeout: pat.sub(lambda m: content, x, timeout=timeout),
-                                                      pat, t, self._where) for t in tokens])
+            pat = _Regex(ins["pattern"], self._where)
+            self._dec.append(lambda tokens: [pat.sub(content, t) for t in tokens])
 
     def _op_dec_bpe(self, ins):
         suffix = ins["suffix"]
@@ -670,25 +663,45 @@ REGEX_TIMEOUT = float(os.environ.get("NAC_REGEX_TIMEOUT", "2.0"))
 MAX_LENGTH = 1 << 20
 
 
-def _compile_regex(pattern: str, where: str):
-    """Compile a pattern from a tokenizer program with the `regex` module (Unicode classes as
-    Hugging Face's Oniguruma has them). Raises NacFormatError for an invalid pattern."""
-    import regex
+class _Regex:
+    """A regular expression from a tokenizer program, compiled with the `regex` module (Unicode
+    classes as Hugging Face's Oniguruma has them), every call bounded by `REGEX_TIMEOUT`: a
+    pathological pattern (catastrophic backtracking) is refused instead of hanging the caller.
 
-    try:
-        return regex.compile(pattern)
-    except (regex.error, ValueError, OverflowError, RecursionError, MemoryError) as exc:
-        raise NacFormatError(f"{where}: regular expression {pattern[:80]!r} is invalid ({exc})") from None
+    Raises (NacFormatError): an invalid pattern, at construction; a call over the time limit."""
+
+    def __init__(self, pattern: str, where: str):
+        import regex
+
+        self.where = where
+        try:
+            self.pat = regex.compile(pattern)
+        except (regex.error, ValueError, OverflowError, RecursionError, MemoryError) as exc:
+            raise NacFormatError(f"{where}: regular expression {pattern[:80]!r} is invalid ({exc})") from None
+
+    def sub(self, content: str, text: str) -> str:
+        """``text`` with every match replaced by ``content`` (literally)."""
+        return self._bounded(text, lambda: self.pat.sub(lambda m: content, text, timeout=REGEX_TIMEOUT))
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) of every match in ``text``."""
+        return self._bounded(text, lambda: [(m.start(), m.end()) for m in
+                                            self.pat.finditer(text, timeout=REGEX_TIMEOUT)])
+
+    def _bounded(self, text: str, call):
+        try:
+            return call()
+        except TimeoutError:
+            raise NacFormatError(f"{self.where}: regular expression {self.pat.pattern[:80]!r} took more than "
+                                 f"{REGEX_TIMEOUT:g} s on a text of {len(text)} characters (catastrophic "
+                                 f"backtracking); refusing it") from None
 
 
-def _bounded(call, pattern, text: str, where: str):
-    """Run ``call(text, timeout=...)``: a pathological pattern (catastrophic backtracking) is
-    stopped after `REGEX_TIMEOUT` seconds and refused instead of hanging the caller."""
-    try:
-        return call(text, timeout=REGEX_TIMEOUT)
-    except TimeoutError:
-        raise NacFormatError(f"{where}: regular expression {pattern.pattern[:80]!r} took more than {REGEX_TIMEOUT:g} s "
-                             f"on a text of {len(text)} characters (catastrophic backtracking); refusing it") from None
+def _integer(v) -> int | None:
+    """``v`` as a Python int if it is an integer (numpy's included, bool excluded), else None."""
+    if isinstance(v, np.integer):
+        return int(v)
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 class _Lazy:
@@ -810,11 +823,10 @@ def _truncate(a: list[int], b: list[int] | None, t: dict, n_added: int):
 
 def _count(v, name: str, lo: int, hi: int = MAX_LENGTH) -> int:
     """``v`` as an int in [lo, hi]; NacInputError naming ``name`` otherwise."""
-    if isinstance(v, np.integer):
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+    i = _integer(v)
+    if i is None or not lo <= i <= hi:
         raise NacInputError(f"{name} must be an integer in [{lo}, {hi}], not {v!r}")
-    return v
+    return i
 
 
 def _choice(v, name: str, choices: tuple[str, ...]) -> str:
