@@ -6,7 +6,7 @@ NAC     = $(VENV)/bin/nac
 OUT    ?= out
 PHOTOS  = $(shell $(PY) -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))" 2>/dev/null)
 
-.PHONY: setup demo test bench clean toolchain fuzz
+.PHONY: setup demo test bench clean toolchain fuzz zoo
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ test: setup
 bench: setup
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_models.py
 	$(PY) bench/bench_tokenizer.py --json bench/results/tokenizer.json
+
+# The architecture zoo (tests/arch_zoo.py): export every entry, compare with torch, rewrite README's table.
+zoo: setup
+	$(PY) tests/arch_zoo.py --report $(OUT)/zoo.json --readme README.md
 
 # Coverage-guided fuzzing (atheris) of the reader/validator/planner and of the TISA loader and VM, for
 # FUZZ_SECONDS per target (or FUZZ_RUNS executions). Findings are saved in out/fuzz/TARGET/ and stop the run.

@@ -31,7 +31,7 @@ _UNARY = {"relu": "NAC_RELU", "sigmoid": "NAC_SIGMOID", "tanh": "NAC_TANH", "sil
           "hardswish": "NAC_HARDSWISH", "hardsigmoid": "NAC_HARDSIGMOID", "leaky_relu": "NAC_LEAKY_RELU",
           "elu": "NAC_ELU", "clamp": "NAC_CLAMP", "exp": "NAC_EXP", "log": "NAC_LOG", "sqrt": "NAC_SQRT",
           "rsqrt": "NAC_RSQRT", "neg": "NAC_NEG", "abs": "NAC_ABS", "erf": "NAC_ERF", "reciprocal": "NAC_RECIPROCAL",
-          "cos": "NAC_COS", "sin": "NAC_SIN", "floor": "NAC_FLOOR", "ceil": "NAC_CEIL", "round": "NAC_ROUND",
+          "cos": "NAC_COS", "sin": "NAC_SIN", "floor": "NAC_FLOOR", "ceil": "NAC_CEIL", "round": "NAC_ROUND", "sign": "NAC_SIGN",
           "gelu": "NAC_GELU"}
 _ACT = {"none": "NAC_IDENTITY", "relu": "NAC_RELU", "relu6": "NAC_RELU6", "gelu": "NAC_GELU",
         "gelu_tanh": "NAC_GELU_TANH", "silu": "NAC_SILU", "sigmoid": "NAC_SIGMOID", "tanh": "NAC_TANH",
@@ -48,7 +48,7 @@ SUPPORTED = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_REDUCE) | frozen
     "logical_not", "where", "cast", "cat", "pad", "repeat", "full", "arange", "linear", "matmul", "conv2d",
     "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "layer_norm", "rms_norm", "softmax",
     "log_softmax", "argmax", "argmin", "cumsum", "embedding", "index_select", "gather", "index", "var",
-    "scaled_dot_product_attention"}
+    "scaled_dot_product_attention", "sort", "topk", "upsample2d"}
 
 
 @dataclass
@@ -278,7 +278,7 @@ class _Generator:
             elif op == "gelu" and at.get("approximate") == "tanh":
                 code = "NAC_GELU_TANH"
             self.emit(f"nac_unary_f32({code}, {n}, {self.contiguous(x)}, {self.ptr(out, False)}, {_flt(p0)}, {_flt(p1)});")
-        elif x.dtype == np.int64 and op in ("neg", "abs"):
+        elif x.dtype == np.int64 and op in ("neg", "abs", "sign"):
             self.emit(f"nac_unary_i64({_UNARY[op]}, {n}, {self.contiguous(x)}, {self.ptr(out, False)});")
         else:
             raise NacError(f"the C kernels lack {op} on {x.dtype}")
@@ -511,6 +511,26 @@ class _Generator:
             raise NacError(f"the C kernels lack cumsum on {ins[0].dtype}")
         o, n, i = self._axis(ins[0], at["dim"])
         self.emit(f"nac_cumsum_f32({o}, {n}, {i}, {self.contiguous(ins[0])}, {self.ptr(out, False)});")
+
+    def op_sort(self, ins, out, at, outs, k=None):
+        x = ins[0]
+        if x.dtype != np.float32:
+            raise NacError(f"the C kernels lack sort/topk on {x.dtype}")
+        o, n, i = self._axis(x, at["dim"])
+        desc = int(at["descending"] if "descending" in at else at["largest"])
+        self.emit(f"nac_sort_f32({o}, {n}, {i}, {self.contiguous(x)}, {desc}, {n if k is None else k}, "
+                  f"{self.ptr(outs[0], False)}, (int64_t *){self.base(outs[1])}, (int64_t *){self.scratch(16 * n)});")
+
+    def op_topk(self, ins, out, at, outs):
+        return self.op_sort(ins, out, at, outs, k=out.shape[at["dim"] % out.ndim])
+
+    def op_upsample2d(self, ins, out, at, outs):
+        x = ins[0]
+        n, c, h, w = x.shape
+        sh, sw = (1.0 / s for s in at["scales"]) if at.get("scales") else (0.0, 0.0)  # ATen: 1 / scale in double
+        self.emit(f"nac_upsample2d({n * c}, {h}, {w}, {self.contiguous(x)}, {out.shape[2]}, {out.shape[3]}, "
+                  f"{int(at['mode'] == 'bilinear')}, {int(bool(at.get('align_corners')))}, {_flt(sh)}, {_flt(sw)}, "
+                  f"{self.ptr(out, False)});")
 
     def op_embedding(self, ins, out, at, outs):
         from nac.engine.kernels.quant import QTensor

@@ -148,18 +148,53 @@ def _decompositions() -> dict:
     return table
 
 
-def _unsupported_ops(ep: torch.export.ExportedProgram) -> dict[str, list[str]]:
-    """ATen op name -> module paths, for every call in ``ep`` that has no lowering rule."""
-    missing: dict[str, list[str]] = {}
-    for n in ep.graph.nodes:
-        if n.op != "call_function":
-            continue
-        if isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)):
-            continue  # size arithmetic: becomes dimension expressions, not nodes
-        name = target_name(n.target)
-        if name not in RULES:
-            missing.setdefault(name, []).append(module_path(n))
-    return missing
+class _ConstantFolder:
+    """Evaluates, with torch at export time, an FX node whose value depends only on parameters,
+    buffers and literals (no model input, no symbolic size): such a subgraph becomes one stored
+    tensor, whatever ATen ops it uses (BEiT's relative-position index built with slice_scatter).
+
+    ``value(node)`` returns the tensor (a detached CPU tensor of at most MAX_ELEMENTS elements and a
+    dtype NAC stores) or None when the node is not constant, too large, or torch fails on it.
+    """
+
+    MAX_ELEMENTS = 1 << 24
+
+    def __init__(self, params: dict):
+        self.known: dict = {n: t.detach() for n, t in params.items()}
+        self.not_constant: set = set()
+
+    def value(self, node):
+        if node in self.known:
+            return self.known[node]
+        if node in self.not_constant or node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            return None
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor) or any(not isinstance(s, int) for s in val.shape) \
+                or val.numel() > self.MAX_ELEMENTS:
+            self.not_constant.add(node)
+            return None
+        leaves = []
+        torch.fx.node.map_arg((node.args, node.kwargs), leaves.append)
+        if any(self.value(a) is None for a in leaves):
+            self.not_constant.add(node)
+            return None
+
+        def real(a):
+            if isinstance(a, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+                raise TypeError("symbolic")
+            return a
+
+        try:
+            args, kwargs = torch.fx.node.map_aggregate((node.args, node.kwargs), real)
+            args, kwargs = torch.fx.node.map_arg((args, kwargs), lambda a: self.known[a])
+            with torch.no_grad():
+                out = node.target(*args, **kwargs)
+            nac_dtype(out.dtype)
+        except Exception:  # symbolic, unsupported dtype, or torch refuses: not foldable
+            self.not_constant.add(node)
+            return None
+        self.known[node] = out.detach().contiguous()
+        return self.known[node]
 
 
 def _report_unsupported(missing: dict[str, list[str]], refused: list[str]) -> None:
@@ -246,7 +281,7 @@ def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=No
         NacExportError: as `export`.
     """
     ep = _export_program(module, args, kwargs, dynamic_shapes)
-    missing = _unsupported_ops(ep)
+    missing: dict[str, list[str]] = {}  # unsupported ATen op -> module paths (not foldable at export)
     refused: list[str] = []  # every construct a rule refuses, reported together at the end
     sig = ep.graph_signature
     names = _dim_names(ep, dynamic_shapes)
@@ -259,6 +294,8 @@ def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=No
     L = Lowerer(graph, names)
     state = {**ep.state_dict, **ep.constants}
     fqn_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
+    folder = _ConstantFolder({n: state[fqn_of[n.name]] for n in ep.graph.nodes
+                              if n.op == "placeholder" and n.name in fqn_of})
 
     for node in ep.graph.nodes:
         L.node = node
@@ -283,12 +320,22 @@ def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=No
                 L.env[node] = val
                 continue
             rule = RULES.get(target_name(node.target))
-            if rule is None:  # listed with the unsupported ATen ops; keep lowering to find every problem
+            if rule is None:
+                folded = folder.value(node)
+                if folded is not None:  # a constant subgraph (e.g. a relative-position table): torch computes it
+                    L.env[node] = graph.add_param(f"folded.{node.name}", folded.numpy())
+                    continue
+                # listed with the unsupported ATen ops; keep lowering to find every problem
+                missing.setdefault(target_name(node.target), []).append(module_path(node))
                 L.env[node] = _stand_in(L, node)
                 continue
             try:
                 L.env[node] = rule(L, node, *node.args, **node.kwargs)
             except NacExportError as exc:
+                folded = folder.value(node)
+                if folded is not None:
+                    L.env[node] = graph.add_param(f"folded.{node.name}", folded.numpy())
+                    continue
                 refused.append(str(exc))
                 L.env[node] = _stand_in(L, node)  # keep lowering so every problem is found
             except Exception:

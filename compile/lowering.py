@@ -258,7 +258,7 @@ def _unary(op, **fixed):
 
 
 for _name in ["neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "sin", "cos", "erf", "relu",
-              "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid", "logical_not", "floor", "ceil", "round"]:
+              "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid", "logical_not", "floor", "ceil", "round", "sign"]:
     RULES[f"aten.{_name}.default"] = _unary(_name)
 
 
@@ -368,9 +368,12 @@ def _addmm(L, node, bias, a, b, beta=1, alpha=1):
 
 @rule("aten.convolution.default")
 def _conv(L, node, x, w, b, stride, padding, dilation, transposed, output_padding, groups):
+    nd = len(L.shape(w)) - 2
+    # ATen broadcasts a one-element stride/padding/dilation list over the spatial axes
+    stride, padding, dilation, output_padding = (list(v) * nd if len(v) == 1 else list(v)
+                                                 for v in (stride, padding, dilation, output_padding))
     if transposed:
-        raise NacExportError(f"{L.where()}: transposed convolution is not supported")
-    nd = len(stride)
+        return _conv_transpose(L, node, x, w, b, stride, padding, dilation, output_padding, groups)
     if nd == 2:
         attrs = {"stride": list(stride), "padding": [padding[0], padding[0], padding[1], padding[1]],
                  "dilation": list(dilation), "groups": int(groups), "activation": "none"}
@@ -388,6 +391,63 @@ def _conv(L, node, x, w, b, stride, padding, dilation, transposed, output_paddin
                     shape=(out[0], out[1], 1, out[2]), name=f"{node.name}_y4")
         return L.emit("reshape", [y4], {"shape": list(out)})
     raise NacExportError(f"{L.where()}: {nd}-D convolution is not supported (1-D and 2-D are)")
+
+
+def _scaled(d, k: int) -> int | str:
+    """The dimension d * k (d an int or a symbolic expression)."""
+    return d * k if isinstance(d, int) else (f"(({d}) * {k})" if k != 1 else d)
+
+
+def _plus(d, k: int) -> int | str:
+    """The dimension d + k (d an int or a symbolic expression)."""
+    return d + k if isinstance(d, int) else (f"(({d}) + {k})" if k else d)
+
+
+def _conv_transpose(L, node, x, w, b, stride, padding, dilation, output_padding, groups):
+    """Transposed convolution (ATen convolution with transposed=True; nn.ConvTranspose1d/2d) as a
+    direct convolution: insert stride - 1 zeros between input pixels (reshape, zero pad, reshape),
+    pad by dilation * (kernel - 1) - padding on each side (+ output_padding at the end; negative
+    amounts crop), and convolve with the weight flipped in space and with its input and output
+    channels swapped per group ([Cin, Cout/g, *k] -> [Cout, Cin/g, *k]). The weight must be a
+    parameter (it is rearranged at export). Costs stride**2 times a dedicated kernel's multiplies."""
+    nd = len(stride)
+    if nd not in (1, 2):
+        raise NacExportError(f"{L.where()}: {nd}-D transposed convolution is not supported (1-D and 2-D are)")
+    wname = L.env.get(w) if isinstance(w, torch.fx.Node) else None
+    if not (isinstance(wname, str) and wname in L.graph.params):
+        raise NacExportError(f"{L.where()}: transposed convolution needs its weight to be a parameter")
+    wt = L.graph.params[wname]
+    if nd == 1:
+        wt = wt[:, :, None, :]
+    s, p, d, op = ([unit] + list(v) if nd == 1 else list(v)
+                   for v, unit in ((stride, 1), (padding, 0), (dilation, 1), (output_padding, 0)))
+    cin, cout_g, kh, kw = wt.shape
+    g = int(groups)
+    wc = wt.reshape(g, cin // g, cout_g, kh, kw).transpose(0, 2, 1, 3, 4).reshape(g * cout_g, cin // g, kh, kw)
+    wc = np.ascontiguousarray(wc[:, :, ::-1, ::-1])
+    xs = L.shape(x)
+    n, c, h, wd = (xs[0], xs[1], 1, xs[2]) if nd == 1 else xs
+    y = L.emit("reshape", [L.value(x)], {"shape": [n, c, h, 1, wd, 1]}, shape=(n, c, h, 1, wd, 1),
+               name=f"{node.name}_x6")
+    if s != [1, 1]:  # zero insertion: pad the unit axes to the stride, then merge them back
+        y = L.emit("pad", [y], {"pads": [0, s[1] - 1, 0, 0, 0, s[0] - 1], "value": 0.0},
+                   shape=(n, c, h, s[0], wd, s[1]), name=f"{node.name}_zeros")
+    hz, wz = _scaled(h, s[0]), _scaled(wd, s[1])
+    y = L.emit("reshape", [y], {"shape": [n, c, hz, wz]}, shape=(n, c, hz, wz), name=f"{node.name}_x4")
+    lo = [d[k] * (kk - 1) - p[k] for k, kk in enumerate((kh, kw))]
+    hi = [lo[k] + op[k] - (s[k] - 1) for k in range(2)]
+    crop = [min(lo[1], 0), min(hi[1], 0), min(lo[0], 0), min(hi[0], 0)]  # ATen pad order: W first
+    if any(crop):  # padding larger than the kernel's reach: crop before convolving
+        y = L.emit("pad", [y], {"pads": crop, "value": 0.0},
+                   shape=(n, c, _plus(hz, crop[2] + crop[3]), _plus(wz, crop[0] + crop[1])), name=f"{node.name}_crop")
+    out = L.shape()
+    out4 = (out[0], out[1], 1, out[2]) if nd == 1 else out
+    attrs = {"stride": [1, 1], "padding": [max(lo[0], 0), max(hi[0], 0), max(lo[1], 0), max(hi[1], 0)],
+             "dilation": list(d), "groups": g, "activation": "none"}
+    wv = L.graph.add_param(f"{wname}.transposed", wc)
+    y = L.emit("conv2d", [y, wv, L.value(b) if b is not None else ""], attrs, shape=out4,
+               name=f"{node.name}_conv" if nd == 1 else None)
+    return L.emit("reshape", [y], {"shape": list(out)}) if nd == 1 else y
 
 
 # -- pooling ---------------------------------------------------------------------------------------------
@@ -577,51 +637,15 @@ def _index_select(L, node, x, dim, index):
     return L.emit("index_select", [L.value(x), L.value(index)], {"dim": _axis(dim, len(L.shape(x)))})
 
 
-def _upsample_scale(in_size: int, out_size: int, factor, align_corners: bool = False) -> float:
-    """ATen's ``area_pixel_compute_scale``: the source step per output pixel. A given scale factor
-    is used as 1 / factor (not in / out), as ATen does."""
-    if align_corners:
-        return (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-    return 1.0 / float(factor) if factor else in_size / out_size
-
-
 def _upsample(L, node, x, out_hw, factors, mode: str, align_corners: bool = False):
-    """Nearest / bilinear 2-D upsampling as index_select along H then W, plus (bilinear) the two
-    taps' weights: ATen's ``upsample_nearest2d`` (src = min(floor(dst * scale), in - 1), in
-    float32) and ``upsample_bilinear2d`` (src = scale * (dst + 0.5) - 0.5 clamped at 0, or
-    dst * scale with align_corners). The spatial sizes must be static."""
-    shape = L.shape(x)
-    out_shape = L.shape()
-    if len(shape) != 4 or not all(isinstance(d, int) for d in (*shape[2:], *out_shape[2:])):
-        raise NacExportError(f"{L.where()}: {mode} upsampling needs a 4-D input with static height and width "
-                             f"(got {list(shape)} -> {list(out_shape)})")
-    y = L.value(x)
-    for axis in (2, 3):
-        n_in, n_out = shape[axis], out_shape[axis]
-        factor = factors[axis - 2] if factors else None
-        scale = np.float32(_upsample_scale(n_in, n_out, factor, align_corners))
-        dst = np.arange(n_out, dtype=np.float32)
-        cur = tuple(out_shape[:axis + 1]) + tuple(shape[axis + 1:]) if axis == 2 else tuple(out_shape)
-        name = f"{node.name}_{'hw'[axis - 2]}"
-        if mode == "nearest":
-            idx = np.minimum(np.floor(dst * scale).astype(np.int64), n_in - 1)
-            y = L.emit("index_select", [y, L.graph.add_param(f"{name}_index", idx)], {"dim": axis}, name=name,
-                       shape=cur, dtype="float32")
-            continue
-        src = dst * scale if align_corners else np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), 0)
-        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        w1 = (src - i0).astype(np.float32)
-        w0 = (np.float32(1) - w1).astype(np.float32)
-        wshape = (n_out, 1) if axis == 2 else (n_out,)
-        taps = []
-        for k, (i, w) in enumerate(((i0, w0), (i1, w1))):
-            t = L.emit("index_select", [y, L.graph.add_param(f"{name}_index{k}", i)], {"dim": axis},
-                       name=f"{name}_tap{k}", shape=cur, dtype="float32")
-            taps.append(L.emit("mul", [t, L.graph.add_param(f"{name}_weight{k}", w.reshape(wshape))],
-                               name=f"{name}_w{k}", shape=cur, dtype="float32"))
-        y = L.emit("add", taps, name=name, shape=cur, dtype="float32")
-    return y
+    """2-D nearest / bilinear upsampling (F.interpolate, nn.Upsample) as one `upsample2d` node; the
+    output size may be symbolic (Segformer's decoder resizes to its input's size)."""
+    shape, out_shape = L.shape(x), L.shape()
+    if len(shape) != 4:
+        raise NacExportError(f"{L.where()}: {mode} upsampling needs a 4-D input (got {list(shape)})")
+    scales = None if not factors or all(f is None for f in factors) else [float(f) for f in factors]
+    return L.emit("upsample2d", [L.value(x)], {"mode": mode, "align_corners": bool(align_corners) and mode == "bilinear",
+                                               "size": list(out_shape[2:]), "scales": scales}, dtype="float32")
 
 
 @rule("aten.upsample_nearest2d.vec")
@@ -643,6 +667,37 @@ def _upsample_bilinear_vec(L, node, x, output_size, align_corners, scale_factors
 def _upsample_bilinear(L, node, x, output_size, align_corners, scales_h=None, scales_w=None):
     return _upsample(L, node, x, output_size, [scales_h, scales_w] if scales_h or scales_w else None, "bilinear",
                      bool(align_corners))
+
+
+@rule("aten.sort.default", "aten.sort.stable")
+def _sort(L, node, x, *args, stable=None, dim=-1, descending=False):
+    if node.target == torch.ops.aten.sort.default:  # sort(x, dim=-1, descending=False)
+        dim, descending = (list(args) + [dim, descending][len(args):])[:2]
+    rank = len(L.shape(x))
+    if rank == 0:
+        raise NacExportError(f"{L.where()}: sorting a 0-d tensor is not supported")
+    vs, _ = node.meta["val"]
+    out = tuple(L.dim(d) for d in vs.shape)
+    v = L.graph.add_value(f"{node.name}_values", L.dtype(x), out)
+    i = L.graph.add_value(f"{node.name}_indices", "int64", out)
+    L.graph.nodes.append(Node("sort", [L.value(x)], [v, i], {"dim": _axis(dim, rank), "descending": bool(descending)},
+                              module_path(node)))
+    return v, i
+
+
+@rule("aten.topk.default")
+def _topk(L, node, x, k, dim=-1, largest=True, sorted=True):
+    rank = len(L.shape(x))
+    if rank == 0:
+        raise NacExportError(f"{L.where()}: topk of a 0-d tensor is not supported")
+    vs, _ = node.meta["val"]
+    out = tuple(L.dim(d) for d in vs.shape)
+    v = L.graph.add_value(f"{node.name}_values", L.dtype(x), out)
+    i = L.graph.add_value(f"{node.name}_indices", "int64", out)
+    # sorted=False leaves the order to the implementation (ATen); NAC always returns it sorted
+    L.graph.nodes.append(Node("topk", [L.value(x)], [v, i], {"k": L.dim(k), "dim": _axis(dim, rank),
+                                                             "largest": bool(largest)}, module_path(node)))
+    return v, i
 
 
 @rule("aten.index.Tensor")

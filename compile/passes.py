@@ -272,6 +272,7 @@ def eliminate_dead_code(g: Graph) -> int:
         if any(o in live for o in n.outputs):
             kept.append(n)
             live.update(i for i in n.inputs if i)
+            live.update(n.outputs)  # a kept node writes all its outputs (sort's unused indices too)
     removed = len(g.nodes) - len(kept)
     g.nodes = kept[::-1]
     live.update(g.inputs)

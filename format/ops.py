@@ -16,7 +16,7 @@ from typing import Callable
 
 #: Attributes whose values are dimensions: ints, or expressions over named dimensions (or lists
 #: of them), evaluated for the input shapes before a kernel sees them.
-DIM_ATTRS = frozenset({"shape", "start", "end", "step", "index", "pads", "repeats"})
+DIM_ATTRS = frozenset({"shape", "start", "end", "step", "index", "pads", "repeats", "size", "k"})
 
 #: Activations a producing op (linear, conv2d) may apply to its result in the same kernel.
 ACTIVATIONS = ("none", "relu", "relu6", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "hardswish")
@@ -109,7 +109,8 @@ for _n, _s in [("neg", "-x"), ("abs", "|x|"), ("exp", "e**x"), ("log", "natural 
                ("tanh", "hyperbolic tangent"), ("silu", "x * sigmoid(x)"),
                ("hardswish", "x * relu6(x + 3) / 6"), ("hardsigmoid", "relu6(x + 3) / 6"),
                ("logical_not", "not x"), ("floor", "floor"), ("ceil", "ceil"),
-               ("round", "round half to even")]:
+               ("round", "round half to even"),
+               ("sign", "1, 0 or -1 (0 for NaN and -0, as ATen)")]:
     _op(_n, ["x"], summary=_s, shape=SAME, aten=f"aten.{_n}",
         fuses_as=_same(_n) if _n in ("relu", "silu", "sigmoid", "tanh", "hardswish") else None)
 _op("gelu", ["x"], {"approximate": "'none' | 'tanh'"}, "x * Phi(x); tanh approximation if asked",
@@ -154,6 +155,10 @@ _op("avg_pool2d", ["x"], {"kernel": "[kh, kw]", "stride": "[sh, sw]", "padding":
     "mean over windows", "as ATen", "aten.avg_pool2d")
 _op("adaptive_avg_pool2d", ["x"], {"output_size": "[oh, ow]"},
     "mean over bins [floor(i*H/oh), ceil((i+1)*H/oh))", "[N, C, oh, ow]", "aten._adaptive_avg_pool2d")
+_op("upsample2d", ["x"], {"mode": "'nearest' | 'bilinear'", "align_corners": "bool (bilinear)",
+                          "size": "[out_h, out_w] (dimensions)", "scales": "[sh, sw] or null: given scale factors"},
+    "resample NCHW with ATen's source-index rules (a given scale s steps the source by 1/s)",
+    "[N, C, out_h, out_w]", "aten.upsample_nearest2d, aten.upsample_bilinear2d")
 
 # -- reductions ------------------------------------------------------------------------------------
 _family = "reduction"
@@ -168,6 +173,12 @@ _op("argmax", ["x"], {"dim": "int", "keepdim": "bool"}, "index of the first maxi
 _op("argmin", ["x"], {"dim": "int", "keepdim": "bool"}, "index of the first minimum (int64)", "reduced",
     "aten.argmin")
 _op("cumsum", ["x"], {"dim": "int"}, "inclusive prefix sum along dim", SAME, "aten.cumsum")
+_op("sort", ["x"], {"dim": "int", "descending": "bool"},
+    "values and int64 indices sorted along dim; stable; NaN sorts above every number (ATen)", "x.shape (twice)",
+    "aten.sort")
+_op("topk", ["x"], {"k": "dim", "dim": "int", "largest": "bool"},
+    "the k largest (or smallest) along dim, in order, and their int64 indices; ties keep index order",
+    "x.shape with dim = k (twice)", "aten.topk")
 
 # -- normalisation -------------------------------------------------------------------------------
 _family = "normalisation"

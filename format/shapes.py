@@ -127,7 +127,7 @@ def rule(*ops: str):
 _COMPARE = ("eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or")
 _ARITH = ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "remainder", "bitwise_and", "bitwise_or")
 _UNARY = ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "sin", "cos", "erf", "relu", "sigmoid", "tanh",
-          "silu", "hardswish", "hardsigmoid", "floor", "ceil", "round", "copy")
+          "silu", "hardswish", "hardsigmoid", "floor", "ceil", "round", "sign", "copy")
 
 
 @rule(*_COMPARE, *_ARITH)
@@ -313,6 +313,23 @@ def _adaptive(op, ins, dts, attrs):
     return [((x[0], x[1], oh, ow), "float32")]
 
 
+@rule("upsample2d")
+def _upsample2d(op, ins, dts, attrs):
+    x = _need(ins, 0, op)
+    mode = _choice(attrs, "mode", ("nearest", "bilinear"), "nearest")
+    _bool(attrs, "align_corners", False)
+    if mode == "nearest" and attrs["align_corners"]:
+        raise ShapeError("upsample2d: align_corners applies to bilinear mode only")
+    oh, ow = _ints(attrs, "size", 2, lo=1)
+    scales = attrs.get("scales")
+    if scales is not None and (not isinstance(scales, list) or len(scales) != 2 or any(
+            isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 1e6 for s in scales)):
+        raise ShapeError(f"attribute 'scales' must be null or two positive numbers, not {scales!r}")
+    if len(x) != 4 or x[2] < 1 or x[3] < 1:
+        raise ShapeError(f"upsample2d needs a non-empty 4-D input, got {list(x)}")
+    return [((x[0], x[1], oh, ow), "float32")]
+
+
 def _reduced(x: Shape, dims: list[int], keepdim: bool) -> Shape:
     axes = {_axis(d, len(x), "dims") for d in dims} if dims else set(range(len(x)))
     if len(axes) != len(dims or axes):
@@ -340,6 +357,19 @@ def _arg(op, ins, dts, attrs):
     if x and x[d] == 0:
         raise ShapeError(f"{op} over an empty axis")
     return [(_reduced(x, [d], _bool(attrs, "keepdim")) if x else (), "int64")]
+
+
+@rule("sort", "topk")
+def _sort(op, ins, dts, attrs):
+    x = _need(ins, 0, op)
+    if not x:
+        raise ShapeError(f"{op} needs an input of rank 1 or more")
+    d = _axis(_int(attrs, "dim", -1), len(x))
+    _bool(attrs, "descending" if op == "sort" else "largest", op == "topk")
+    out = list(x)
+    if op == "topk":
+        out[d] = _int(attrs, "k", lo=0, hi=x[d])
+    return [(tuple(out), None), (tuple(out), "int64")]
 
 
 @rule("cumsum", "softmax", "log_softmax")

@@ -49,7 +49,8 @@ def model_from_graph(g: Graph) -> nac.Model:
 
 def one_node_graph(op: str, inputs: list, attrs: dict, out_shape, out_dtype: str, params=()) -> tuple[Graph, dict]:
     """A graph with one node: array inputs become graph inputs (or parameters if their index is in
-    ``params``); None stays an absent optional input. Returns (graph, feeds)."""
+    ``params``); None stays an absent optional input. ``out_shape``/``out_dtype`` may be lists
+    (one entry per output). Returns (graph, feeds)."""
     g = Graph()
     names, feeds = [], {}
     for k, a in enumerate(inputs):
@@ -62,9 +63,11 @@ def one_node_graph(op: str, inputs: list, attrs: dict, out_shape, out_dtype: str
             g.inputs.append(n)
             names.append(n)
             feeds[n] = a
-    out = g.add_value("out", out_dtype, tuple(out_shape))
-    g.nodes.append(Node(op, names, [out], attrs))
-    g.outputs.append(out)
+    many = isinstance(out_dtype, (list, tuple))  # several outputs: lists of shapes and dtypes
+    outs = [g.add_value(f"out{k}", d, tuple(s)) for k, (s, d) in enumerate(zip(out_shape, out_dtype))] if many \
+        else [g.add_value("out", out_dtype, tuple(out_shape))]
+    g.nodes.append(Node(op, names, outs, attrs))
+    g.outputs.extend(outs)
     return g, feeds
 
 
@@ -87,9 +90,10 @@ def assert_close(got: np.ndarray, want: np.ndarray, rel: float = 1e-4, what: str
     if want.dtype == np.bool_ or want.dtype.kind in "iu":
         np.testing.assert_array_equal(got, want, err_msg=what)
         return
-    scale = max(1.0, float(np.nanmax(np.abs(want))) if want.size else 1.0)
-    err = float(np.nanmax(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
     assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}: NaN positions differ"
+    finite = ~np.isnan(want)
+    scale = max(1.0, float(np.max(np.abs(want[finite]))) if finite.any() else 1.0)
+    err = float(np.max(np.abs(got[finite].astype(np.float64) - want[finite]))) if finite.any() else 0.0
     assert err <= rel * scale, f"{what}: max abs error {err:.3g} > {rel} x scale {scale:.3g}"
 
 

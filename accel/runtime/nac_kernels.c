@@ -61,6 +61,7 @@ float nac_act(int op, float x, float p0, float p1) {
     case NAC_FLOOR: return floorf(x);
     case NAC_CEIL: return ceilf(x);
     case NAC_ROUND: return nearbyintf(x); /* default rounding mode: half to even */
+    case NAC_SIGN: return (float)((x > 0.0f) - (x < 0.0f)); /* NaN and -0 give 0, as ATen */
     default: return x;
     }
 }
@@ -70,7 +71,8 @@ void nac_unary_f32(int op, int64_t n, const float *x, float *out, float p0, floa
 }
 
 void nac_unary_i64(int op, int64_t n, const int64_t *x, int64_t *out) {
-    for (int64_t i = 0; i < n; ++i) out[i] = op == NAC_NEG ? -x[i] : (op == NAC_ABS && x[i] < 0 ? -x[i] : x[i]);
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = op == NAC_NEG ? -x[i] : op == NAC_SIGN ? (x[i] > 0) - (x[i] < 0) : (op == NAC_ABS && x[i] < 0 ? -x[i] : x[i]);
 }
 
 void nac_not_u8(int64_t n, const uint8_t *x, uint8_t *out) {
@@ -529,6 +531,87 @@ void nac_cumsum_f32(int64_t outer, int64_t n, int64_t inner, const float *x, flo
                 out[(p * n + j) * inner + q] = acc;
             }
         }
+}
+
+/* Stable sort along an axis (ATen sort/topk): NaN above every number; ties keep index order.
+   A bottom-up merge sort of the line's indices; scratch holds 2 * n int64. */
+static int nac_before(float a, float b, int descending) {
+    if (descending) { float t = a; a = b; b = t; }
+    return !isnan(a) && (isnan(b) || a < b);
+}
+
+void nac_sort_f32(int64_t outer, int64_t n, int64_t inner, const float *x, int descending, int64_t k, float *values,
+                  int64_t *indices, int64_t *scratch) {
+    int64_t *a = scratch, *b = scratch + n;
+    for (int64_t p = 0; p < outer; ++p)
+        for (int64_t q = 0; q < inner; ++q) {
+            const float *line = x + p * n * inner + q;
+            int64_t *src = a, *dst = b;
+            for (int64_t j = 0; j < n; ++j) src[j] = j;
+            for (int64_t width = 1; width < n; width *= 2) {
+                for (int64_t lo = 0; lo < n; lo += 2 * width) {
+                    int64_t mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+                    int64_t i = lo, j = mid, o = lo;
+                    while (i < mid && j < hi)
+                        dst[o++] = nac_before(line[src[j] * inner], line[src[i] * inner], descending) ? src[j++] : src[i++];
+                    while (i < mid) dst[o++] = src[i++];
+                    while (j < hi) dst[o++] = src[j++];
+                }
+                int64_t *t = src; src = dst; dst = t;
+            }
+            for (int64_t j = 0; j < k; ++j) {
+                values[(p * k + j) * inner + q] = line[src[j] * inner];
+                indices[(p * k + j) * inner + q] = src[j];
+            }
+        }
+}
+
+/* -- resampling -------------------------------------------------------------------------------- */
+/* ATen's source index along one axis (UpSample.h); step is 1 / the user's scale factor (rounded
+   to float from double, as ATen), or 0 for none (then n_in / n_out). */
+static void nac_upsample_tap(int64_t n_in, int64_t n_out, int64_t dst, int bilinear, int align, float step,
+                             int64_t *i0, int64_t *i1, float *w1) {
+    if (!bilinear) {
+        float s = step > 0.0f ? step : (float)n_in / (float)n_out;
+        int64_t i = n_out == n_in ? dst : n_out == 2 * n_in ? dst >> 1 : (int64_t)floorf((float)dst * s);
+        *i0 = *i1 = i < n_in - 1 ? i : n_in - 1;
+        *w1 = 0.0f;
+        return;
+    }
+    float src;
+    if (align) {
+        src = n_out > 1 ? (float)dst * ((float)(n_in - 1) / (float)(n_out - 1)) : 0.0f;
+    } else {
+        float s = step > 0.0f ? step : (float)n_in / (float)n_out;
+        src = s * ((float)dst + 0.5f) - 0.5f;
+        if (src < 0.0f) src = 0.0f;
+    }
+    int64_t i = (int64_t)floorf(src);
+    if (i > n_in - 1) i = n_in - 1;
+    float l = src - (float)i;
+    *i0 = i;
+    *i1 = i < n_in - 1 ? i + 1 : n_in - 1;
+    *w1 = l < 0.0f ? 0.0f : (l > 1.0f ? 1.0f : l);
+}
+
+void nac_upsample2d(int64_t nc, int64_t h, int64_t w, const float *x, int64_t oh, int64_t ow, int bilinear,
+                    int align_corners, float step_h, float step_w, float *out) {
+    for (int64_t i = 0; i < oh; ++i) {
+        int64_t a, b;
+        float lh;
+        nac_upsample_tap(h, oh, i, bilinear, align_corners, step_h, &a, &b, &lh);
+        for (int64_t j = 0; j < ow; ++j) {
+            int64_t c0, c1;
+            float lw;
+            nac_upsample_tap(w, ow, j, bilinear, align_corners, step_w, &c0, &c1, &lw);
+            for (int64_t p = 0; p < nc; ++p) {
+                const float *xp = x + p * h * w;
+                float top = (1.0f - lw) * xp[a * w + c0] + lw * xp[a * w + c1];
+                float bottom = (1.0f - lw) * xp[b * w + c0] + lw * xp[b * w + c1];
+                out[(p * oh + i) * ow + j] = bilinear ? (1.0f - lh) * top + lh * bottom : xp[a * w + c0];
+            }
+        }
+    }
 }
 
 /* -- indexing ---------------------------------------------------------------------------------- */

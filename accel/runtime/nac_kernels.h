@@ -20,7 +20,7 @@ enum nac_unary {
     NAC_IDENTITY, NAC_RELU, NAC_RELU6, NAC_SIGMOID, NAC_TANH, NAC_GELU, NAC_GELU_TANH, NAC_SILU,
     NAC_HARDSWISH, NAC_HARDSIGMOID, NAC_LEAKY_RELU, NAC_ELU, NAC_CLAMP, NAC_EXP, NAC_LOG, NAC_SQRT,
     NAC_RSQRT, NAC_NEG, NAC_ABS, NAC_ERF, NAC_RECIPROCAL, NAC_COS, NAC_SIN, NAC_FLOOR, NAC_CEIL,
-    NAC_ROUND
+    NAC_ROUND, NAC_SIGN
 };
 enum nac_binary {
     NAC_ADD, NAC_SUB, NAC_MUL, NAC_DIV, NAC_MAXIMUM, NAC_MINIMUM, NAC_POW, NAC_REMAINDER,
@@ -98,6 +98,10 @@ void nac_var_f32(int rank, const int64_t *shape, const uint8_t *reduced, double 
                  float *mean, float *out);
 void nac_argreduce(int is_max, int64_t outer, int64_t n, int64_t inner, const float *x, int64_t *out);
 void nac_cumsum_f32(int64_t outer, int64_t n, int64_t inner, const float *x, float *out);
+void nac_sort_f32(int64_t outer, int64_t n, int64_t inner, const float *x, int descending, int64_t k, float *values,
+                  int64_t *indices, int64_t *scratch);
+void nac_upsample2d(int64_t nc, int64_t h, int64_t w, const float *x, int64_t oh, int64_t ow, int bilinear,
+                    int align_corners, float step_h, float step_w, float *out);
 
 /* indexing */
 void nac_take(size_t elem, int64_t outer, int64_t n, int64_t inner, const void *x, int64_t count,

@@ -94,6 +94,13 @@ for _op, _code in _UNARY_NUMBA.items():
     kernel(_op)(_unary_numba(_code))
 
 
+@kernel("sign")
+def sign(ins, outs, attrs):
+    """ATen sign: (x > 0) - (x < 0), so NaN and -0 give 0 (numpy's sign would give NaN)."""
+    x, out = ins[0], outs[0]
+    np.subtract(np.greater(x, 0), np.less(x, 0), out=out, dtype=np.int8, casting="unsafe")
+
+
 @kernel("gelu")
 def gelu(ins, outs, attrs):
     """ATen gelu: x * Phi(x) (erf form), or the tanh approximation when approximate='tanh'."""

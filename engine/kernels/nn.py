@@ -246,6 +246,96 @@ def adaptive_avg_pool2d(ins, outs, attrs):
     T.parallel_range(adaptive_avg_pool2d_nchw, x.shape[0] * x.shape[1], x, outs[0], work=x.size)
 
 
+@njit(cache=True, nogil=True)
+def upsample_planes(x, out, ih0, ih1, wh1, iw0, iw1, ww1, bilinear, lo, hi):
+    """Resample planes ``x`` [P, H, W] -> ``out`` [P, OH, OW] from precomputed source rows/columns
+    (i0, i1) and the weight of the second tap (ATen upsample_nearest2d / upsample_bilinear2d:
+    ``(1-wh)*((1-ww)*x00 + ww*x01) + wh*((1-ww)*x10 + ww*x11)``, in float32)."""
+    OH, OW = out.shape[1], out.shape[2]
+    one = np.float32(1.0)
+    for p in range(lo, hi):
+        for i in range(OH):
+            a, b, lh = ih0[i], ih1[i], wh1[i]
+            for j in range(OW):
+                if bilinear:
+                    lw = ww1[j]
+                    top = (one - lw) * x[p, a, iw0[j]] + lw * x[p, a, iw1[j]]
+                    bottom = (one - lw) * x[p, b, iw0[j]] + lw * x[p, b, iw1[j]]
+                    out[p, i, j] = (one - lh) * top + lh * bottom
+                else:
+                    out[p, i, j] = x[p, a, iw0[j]]
+
+
+def upsample_taps(n_in: int, n_out: int, mode: str, align_corners: bool, scale):
+    """Source indices (i0, i1: int64 [n_out]) and second-tap weights (float32 [n_out]) along one
+    axis, by ATen's rules (UpSample.h): nearest: ``min(floor(dst * s), n_in - 1)`` with
+    s = 1/scale if a scale was given else n_in/n_out (identity and exact 2x are special cases);
+    bilinear: src = s * dst (align_corners, s = (n_in-1)/(n_out-1)) or max(s * (dst + 0.5) - 0.5, 0),
+    i0 = min(floor(src), n_in - 1), i1 = i0 + 1 clamped, weight = src - i0 clamped to [0, 1]."""
+    dst = np.arange(n_out, dtype=np.float32)
+    given = scale is not None and scale > 0
+    if mode == "nearest":
+        if n_out == n_in:
+            i0 = np.arange(n_out, dtype=np.int64)
+        elif n_out == 2 * n_in:
+            i0 = np.arange(n_out, dtype=np.int64) >> 1
+        else:
+            s = np.float32(1.0 / scale) if given else np.float32(n_in) / np.float32(n_out)
+            i0 = np.minimum(np.floor(dst * s).astype(np.int64), n_in - 1)
+        return i0, i0, np.zeros(n_out, np.float32)
+    if align_corners:
+        s = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0)
+        src = dst * s
+    else:
+        s = np.float32(1.0 / scale) if given else np.float32(n_in) / np.float32(n_out)
+        src = np.maximum(s * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
+    return i0, i1, w1
+
+
+@kernel("upsample2d")
+def upsample2d(ins, outs, attrs):
+    x, out = _f32(ins[0]), outs[0]
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    scales = attrs.get("scales") or [None, None]
+    mode, ac = attrs["mode"], bool(attrs.get("align_corners", False))
+    ih0, ih1, wh1 = upsample_taps(h, oh, mode, ac, scales[0])
+    iw0, iw1, ww1 = upsample_taps(w, ow, mode, ac, scales[1])
+    T.parallel_range(upsample_planes, n * c, x.reshape(n * c, h, w), out.reshape(n * c, oh, ow), ih0, ih1, wh1,
+                     iw0, iw1, ww1, mode == "bilinear", work=out.size * 4)
+
+
+# -- sorting -------------------------------------------------------------------------------------------
+def _stable_order(x: np.ndarray, axis: int, descending: bool) -> np.ndarray:
+    """int64 indices that sort ``x`` along ``axis``, ties in index order, NaN above every number
+    (ATen sort with stable=True). Descending sorts the reversed axis ascending and reverses back,
+    which keeps ties in index order and puts NaN first."""
+    if not descending:
+        return np.argsort(x, axis=axis, kind="stable")
+    n = x.shape[axis]
+    rev = np.argsort(np.flip(x, axis), axis=axis, kind="stable")
+    return (n - 1 - np.flip(rev, axis)).astype(np.int64)
+
+
+@kernel("sort")
+def sort(ins, outs, attrs):
+    x, axis = ins[0], attrs["dim"] % ins[0].ndim
+    idx = _stable_order(x, axis, bool(attrs["descending"]))
+    outs[1][...] = idx
+    outs[0][...] = np.take_along_axis(x, idx, axis)
+
+
+@kernel("topk")
+def topk(ins, outs, attrs):
+    x, axis, k = ins[0], attrs["dim"] % ins[0].ndim, outs[0].shape[attrs["dim"] % ins[0].ndim]
+    idx = np.take(_stable_order(x, axis, bool(attrs["largest"])), np.arange(k), axis=axis)
+    outs[1][...] = idx
+    outs[0][...] = np.take_along_axis(x, idx, axis)
+
+
 # -- reductions ----------------------------------------------------------------------------------------
 def _reduce_kernel(fn):
     def run(ins, outs, attrs):

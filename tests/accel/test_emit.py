@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,6 +119,30 @@ def test_flip_views_with_negative_strides(tmp_path):
     p = nac.export(Flip().eval(), (torch.randn(2, 4, 5),), tmp_path / "f.nac")
     _, result = verify(p, "host", out_dir=tmp_path / "f")
     assert max(result.max_rel_err) <= 1e-4
+
+
+def test_issue12_ops_in_c(tmp_path):
+    """The ops added for issue 12 run in the emitted C as in the engine: sort/topk (stable, NaN
+    first when descending), sign, upsample2d (nearest and bilinear, sizes and scales) and transposed
+    convolutions (lowered to zero insertion + conv2d)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compile"))
+    from test_zoo import SortTopk, Transposed
+
+    class Up(nn.Module):
+        def forward(self, x):
+            return (nn.functional.interpolate(x, scale_factor=1.5, mode="nearest"),
+                    nn.functional.interpolate(x, size=(7, 3), mode="bilinear", align_corners=False),
+                    nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7)
+    x[1, 2, 3] = float("nan")
+    cases = {"sort": (SortTopk(), (x,)), "up": (Up(), (torch.randn(1, 2, 4, 5),)),
+             "transposed": (Transposed().eval(), (torch.randn(1, 4, 9), torch.randn(1, 4, 5, 6)))}
+    for name, (m, args) in cases.items():
+        p = nac.export(m, args, tmp_path / f"{name}.nac")
+        _, result = verify(p, "host", out_dir=tmp_path / name)
+        assert max(result.max_rel_err) <= 1e-5, (name, result.max_rel_err)
 
 
 def test_unsupported_op_symbolic_dim_and_no_half_written_folder(zoo_files, tmp_path, monkeypatch):

@@ -351,3 +351,77 @@ def test_upsample(tmp_path, name, kwargs):
     torch.manual_seed(0)
     export_and_compare(Up().eval(), (torch.randn(2, 2, 5, 6),), tmp_path, dynamic_shapes=({0: Dim("batch", max=8)},),
                        variants=[((torch.randn(3, 2, 5, 6),), {})], rel=1e-5)
+
+
+def test_upsample_with_dynamic_height_and_width(tmp_path):
+    """Issue 12: Segformer-style decoders resize to a symbolic size (another feature map's)."""
+    class Up(nn.Module):
+        def forward(self, x, y):
+            a = F.interpolate(x, size=y.shape[2:], mode="bilinear", align_corners=False)
+            b = F.interpolate(x, scale_factor=2, mode="nearest")
+            return a + y, b, F.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=True)
+
+    h, w = Dim("h", min=2, max=32), Dim("w", min=2, max=32)
+    export_and_compare(Up(), (torch.randn(2, 3, 4, 5), torch.randn(2, 3, 8, 10)), tmp_path,
+                       dynamic_shapes=({2: h, 3: w}, {2: 2 * h, 3: 2 * w}),
+                       variants=[((torch.randn(2, 3, 7, 3), torch.randn(2, 3, 14, 6)), {})], rel=1e-5)
+
+
+class Transposed(nn.Module):
+    """Decoder-style upsampling by transposed convolution: 1-D and 2-D, strides, padding larger
+    than the kernel reach (a crop), output_padding, dilation and groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1)
+        self.b = nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0), groups=2)
+        self.c = nn.ConvTranspose2d(4, 4, 4, stride=2, padding=3)
+        self.d = nn.ConvTranspose2d(4, 2, 3, stride=3, output_padding=2, dilation=2, bias=False)
+
+    def forward(self, x, y):
+        return self.a(x), self.b(y), self.c(y), F.relu(self.d(y))
+
+
+def test_transposed_convolution(tmp_path):
+    """Issue 12: ConvTranspose1d/2d lower to zero insertion + a direct convolution with the
+    flipped, channel-swapped weight; dynamic lengths, heights and batch."""
+    torch.manual_seed(0)
+    b, n, h = Dim("b", min=1, max=8), Dim("n", min=2, max=64), Dim("h", min=3, max=32)
+    export_and_compare(Transposed().eval(), (torch.randn(2, 4, 9), torch.randn(2, 4, 5, 6)), tmp_path,
+                       dynamic_shapes=({0: b, 2: n}, {0: b, 2: h}),
+                       variants=[((torch.randn(1, 4, 17), torch.randn(1, 4, 11, 6)), {})])
+
+
+class SortTopk(nn.Module):
+    """sort (both orders, stable), topk (largest/smallest, k symbolic) and sign (DeBERTa)."""
+
+    def forward(self, x):
+        v, i = torch.sort(x, dim=-1, descending=True, stable=True)
+        tv, ti = torch.topk(x, 3, dim=1)
+        sv, si = torch.topk(x, min(x.shape[-1], 4), dim=-1, largest=False)
+        return v, i, tv, ti, sv, si, torch.sort(x, dim=0).values, torch.sign(x) * x.abs().sqrt()
+
+
+def test_sort_topk_sign(tmp_path):
+    x = torch.randn(3, 5, 7)
+    x[0, 1, 2] = float("nan")
+    export_and_compare(SortTopk(), (x,), tmp_path, dynamic_shapes=({0: Dim("b", min=1, max=8),
+                                                                    2: Dim("n", min=4, max=64)},),
+                       variants=[((torch.randn(1, 5, 30),), {})])
+
+
+def test_constant_subgraphs_fold_at_export(tmp_path):
+    """Issue 12: ops NAC has no kernel for are fine when they only touch parameters and literals
+    (BEiT's relative-position index is built with slice_scatter): torch evaluates them at export."""
+    class Table(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.randn(9, 2))
+
+        def forward(self, x):
+            idx = torch.zeros(4, 4, dtype=torch.long)
+            idx[1:, 1:] = torch.arange(9).view(3, 3)  # slice_scatter + copy on a constant
+            return x + self.bias[idx.view(-1)].view(4, 4, 2).permute(2, 0, 1)
+
+    model = export_and_compare(Table(), (torch.randn(2, 2, 4, 4),), tmp_path)
+    assert any(p.startswith("folded.") for p in model.graph.params)

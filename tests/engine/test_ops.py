@@ -71,7 +71,7 @@ UNARY = {"neg": torch.neg, "abs": torch.abs, "exp": torch.exp, "log": torch.log,
          "rsqrt": torch.rsqrt, "reciprocal": torch.reciprocal, "sin": torch.sin, "cos": torch.cos,
          "erf": torch.erf, "relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu,
          "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "logical_not": torch.logical_not,
-         "floor": torch.floor, "ceil": torch.ceil, "round": torch.round}
+         "floor": torch.floor, "ceil": torch.ceil, "round": torch.round, "sign": torch.sign}
 
 
 @case(*UNARY)
@@ -240,6 +240,22 @@ def adaptive(draw, op):
     return [x], {"output_size": o}, F.adaptive_avg_pool2d(T(x), o)
 
 
+@case("upsample2d")
+def upsample2d(draw, op):
+    x = image(draw, lo=2)
+    mode = draw(st.sampled_from(["nearest", "bilinear"]))
+    ac = mode == "bilinear" and draw(st.booleans())
+    if draw(st.booleans()):  # a scale factor (the output size is floor(in * factor)), as nn.Upsample
+        f = [draw(st.sampled_from([0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 0.75])) for _ in range(2)]
+        ref = F.interpolate(T(x), scale_factor=f, mode=mode, align_corners=ac if mode == "bilinear" else None)
+        size, scales = list(ref.shape[2:]), f
+    else:
+        size = [draw(st.integers(1, 13)), draw(st.integers(1, 13))]
+        ref = F.interpolate(T(x), size=size, mode=mode, align_corners=ac if mode == "bilinear" else None)
+        scales = None
+    return [x], {"mode": mode, "align_corners": ac, "size": size, "scales": scales}, ref
+
+
 # -- reductions -----------------------------------------------------------------------------------------
 REDUCE = {"sum": torch.sum, "mean": torch.mean, "amax": torch.amax, "amin": torch.amin, "prod": None,
           "any": torch.any, "all": torch.all}
@@ -288,6 +304,35 @@ def cumsum(draw, op):
     d = draw(st.integers(0, len(shape) - 1))
     x = arr(draw, shape)
     return [x], {"dim": d}, torch.cumsum(T(x), d)
+
+
+def _sortable(draw):
+    """Floats with ties (small integers) and, sometimes, NaN: the order of ties and NaN is what
+    sort/topk implementations get wrong."""
+    shape = draw(array_shapes(min_dims=1, max_dims=3, max_side=7))
+    x = arr(draw, shape, -3, 3, np.int64).astype(np.float32)
+    if draw(st.booleans()):
+        x[arr(draw, shape, dtype=np.bool_) & arr(draw, shape, dtype=np.bool_)] = np.nan
+    return x, draw(st.integers(-len(shape), len(shape) - 1))
+
+
+@case("sort")
+def sort_(draw, op):
+    x, d = _sortable(draw)
+    desc = draw(st.booleans())
+    return [x], {"dim": d % x.ndim, "descending": desc}, tuple(torch.sort(T(x), dim=d, descending=desc, stable=True))
+
+
+@case("topk")
+def topk(draw, op):
+    x, d = _sortable(draw)
+    # ATen leaves the order of ties open (NaNs are ties too): distinct values, at most one NaN
+    x = np.nan_to_num(x, nan=0.0) + np.linspace(0, 0.5, x.size, dtype=np.float32).reshape(x.shape)
+    if draw(st.booleans()):
+        x.flat[draw(st.integers(0, x.size - 1))] = np.nan
+    k = draw(st.integers(0, x.shape[d]))
+    largest = draw(st.booleans())
+    return [x], {"k": k, "dim": d % x.ndim, "largest": largest}, tuple(torch.topk(T(x), k, dim=d, largest=largest))
 
 
 # -- normalisation --------------------------------------------------------------------------------------
@@ -508,11 +553,11 @@ def test_depthwise_conv_layouts(max_pixels, data):
 @given(data=st.data())
 def test_op_matches_torch(op, data):
     inputs, attrs, ref = CASES[op](data.draw, op)
-    ref = ref.numpy()
-    g, feeds = one_node_graph(op, inputs, attrs, ref.shape, dtype_name(ref.dtype))
-    got = model_from_graph(g).run(feeds)[0]
-    assert got.dtype == ref.dtype
-    assert_close(got, ref, 1e-5, op)
+    refs = [r.numpy() for r in ref] if isinstance(ref, tuple) else [ref.numpy()]
+    g, feeds = one_node_graph(op, inputs, attrs, [r.shape for r in refs], [dtype_name(r.dtype) for r in refs])
+    for k, (got, want) in enumerate(zip(model_from_graph(g).run(feeds), refs)):
+        assert got.dtype == want.dtype
+        assert_close(got, want, 1e-5, f"{op} output {k}")
 
 
 @pytest.mark.parametrize("e", [2.0, 3.0, 4.0, 0.5, 1.7, -1.0])
