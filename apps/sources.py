@@ -216,14 +216,28 @@ class CausalLMStep(torch.nn.Module):
         return additive(near)
 
 
+def _cache_geometry(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of a transformers causal LM's KV cache, read from the cache a
+    one-token forward pass returns: config fields differ per family (Falcon's multi-query
+    attention keeps 1 KV head whatever ``num_kv_heads`` says).
+
+    Raises:
+        NacExportError: the model returns no per-layer key/value cache.
+    """
+    with torch.no_grad():
+        out = model(input_ids=torch.ones(1, 1, dtype=torch.long), use_cache=True)
+    layers = getattr(out.past_key_values, "layers", None)
+    if not layers or getattr(layers[0], "keys", None) is None:
+        raise NacExportError(f"{type(model).__name__} returns no per-layer KV cache; text generation needs one")
+    _, kv_heads, _, head_dim = layers[0].keys.shape
+    return len(layers), int(kv_heads), int(head_dim)
+
+
 def causal_lm(model: torch.nn.Module, name: str = "causal-lm", tokenizer=None,
               extra_meta: dict | None = None) -> ExportJob:
     """A transformers causal LM object -> text-generation job (prefill + decode in one graph)."""
     cfg = model.config
-    layers = int(cfg.num_hidden_layers)
-    heads = int(cfg.num_attention_heads)
-    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    layers, kv_heads, head_dim = _cache_geometry(model)
     max_len = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 1024))
     gen = getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None) if gen is not None else None

@@ -889,6 +889,9 @@ def _sdpa(L, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, s
         raise NacExportError(f"{L.where()}: attention dropout must be 0 at inference (put the model in eval mode)")
     if scale is None:
         scale = 1.0 / float(node.args[0].meta["val"].shape[-1]) ** 0.5
+    qs, ks = L.shape(q), L.shape(k)
+    if len(qs) == 4 and len(ks) == 4 and ks[1] == 1 and qs[1] != 1:
+        enable_gqa = True  # one shared key/value head broadcast over the query heads (Falcon's multi-query) is GQA
     return L.emit("scaled_dot_product_attention",
                   [L.value(q), L.value(k), L.value(v), L.value(attn_mask) if attn_mask is not None else ""],
                   {"scale": float(scale), "is_causal": bool(is_causal), "enable_gqa": bool(enable_gqa)})

@@ -38,6 +38,23 @@ def configs():
                                                     max_position_embeddings=160, use_sliding_window=True,
                                                     sliding_window=3, max_window_layers=1, bos_token_id=1,
                                                     eos_token_id=2)
+    # the other attention variants of issue 12
+    common = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=64, vocab_size=256, bos_token_id=1,
+                  eos_token_id=2)
+    yield "phi-partial-rotary", transformers.PhiConfig(**common, intermediate_size=128, max_position_embeddings=160,
+                                                       partial_rotary_factor=0.5)
+    yield "gpt-neox-rotary-pct", transformers.GPTNeoXConfig(**common, intermediate_size=128,
+                                                            max_position_embeddings=160, rotary_pct=0.25)
+    # Gemma 2: sliding (window 4) and global layers alternate; attention and final logits soft-capped
+    yield "gemma2-local-global", transformers.Gemma2Config(**{**common, "num_hidden_layers": 3}, intermediate_size=128,
+                                                           max_position_embeddings=160, num_key_value_heads=2,
+                                                           head_dim=16, sliding_window=4, query_pre_attn_scalar=16,
+                                                           final_logit_softcapping=3.0, attn_logit_softcapping=5.0)
+    yield "bloom-alibi", transformers.BloomConfig(n_layer=2, n_head=4, hidden_size=64, vocab_size=256, bos_token_id=1,
+                                                  eos_token_id=2)
+    yield "falcon-multi-query", transformers.FalconConfig(**common, new_decoder_architecture=False, multi_query=True,
+                                                          alibi=False)
+    yield "opt", transformers.OPTConfig(**common, ffn_dim=128, max_position_embeddings=160, word_embed_proj_dim=64)
 
 
 @pytest.fixture(scope="module", params=list(configs()), ids=[n for n, _ in configs()])
@@ -70,7 +87,7 @@ def test_left_padded_batch_matches_transformers(lm):
     """A batch of prompts of different lengths, left-padded, gives each prompt's own continuation."""
     model, m = lm
     prompts = [[5, 17, 42, 8, 99], [11, 12], [7, 90, 91]]
-    pad = model.config.eos_token_id
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else model.config.eos_token_id
     got = generate(m, prompts, max_new_tokens=20)
     width = max(len(p) for p in prompts)
     for prompt, row in zip(prompts, got):
@@ -98,10 +115,12 @@ def test_sampling_is_reproducible(lm):
     ({"top_p": 0.0}, "top_p must be in"),
     ({"top_p": 1.5}, "top_p must be in"),
     ({"top_k": -3}, "top_k must be"),
-    ({"max_new_tokens": 1000}, "exceeds the model's context of 160"),
+    ({"max_new_tokens": "context"}, "exceeds the model's context of {context}"),
 ])
 def test_bad_settings(lm, kw, match):
     _, m = lm
+    if kw.get("max_new_tokens") == "context":  # 160, or 1024 for BLOOM (ALiBi has no position table)
+        kw, match = {"max_new_tokens": m.metadata["max_length"]}, match.format(context=m.metadata["max_length"])
     with pytest.raises(nac.NacInputError, match=match):
         generate(m, PROMPTS[0], **{"max_new_tokens": 5, **kw})
 
@@ -115,15 +134,29 @@ def test_empty_prompt_and_wrong_task(lm, tmp_path):
         generate(nac.load(enc), [1, 2], max_new_tokens=2)
 
 
-def test_text_in_text_out_from_a_folder(tmp_path):
+FOLDER_MODELS = {
+    "gpt2": lambda v: transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=v, n_positions=128,
+                                              bos_token_id=0, eos_token_id=0),
+    # issue 12: alternating sliding/global layers with soft-capping, and ALiBi, through `nac run`
+    "gemma2": lambda v: transformers.Gemma2Config(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                                  hidden_size=32, head_dim=16, intermediate_size=64, vocab_size=v,
+                                                  max_position_embeddings=128, sliding_window=3,
+                                                  final_logit_softcapping=3.0, attn_logit_softcapping=5.0,
+                                                  bos_token_id=0, eos_token_id=0, pad_token_id=0),
+    "bloom": lambda v: transformers.BloomConfig(n_layer=2, n_head=2, hidden_size=32, vocab_size=v, bos_token_id=0,
+                                                eos_token_id=0),
+}
+
+
+@pytest.mark.parametrize("family", list(FOLDER_MODELS))
+def test_text_in_text_out_from_a_folder(tmp_path, family):
     """A causal-LM checkpoint folder with a byte-level BPE tokenizer -> nac export -> nac run."""
     corpus = ["The quick brown fox jumps over the lazy dog.", "Grüße aus Zürich — naïve café ☕ 🙂"] * 50
     tok = byte_level_bpe(corpus, 300, ["<|endoftext|>"])
-    folder = tmp_path / "tiny-gpt2"
+    folder = tmp_path / f"tiny-{family}"
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=tok.get_vocab_size(), n_positions=128,
-                                  bos_token_id=0, eos_token_id=0)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
+    cfg = FOLDER_MODELS[family](tok.get_vocab_size())
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     model.save_pretrained(folder)
     tok.save(str(folder / "tokenizer.json"))
     out = subprocess.run([sys.executable, "-m", "nac.apps.cli", "export", str(folder), "-o", str(tmp_path / "g.nac")],
