@@ -332,6 +332,19 @@ class _Compiler:
         if templates:
             single, pair = templates[0]
             self.code.append({"op": "POST.TEMPLATE", "single": single, "pair": pair})
+        trim = self._trim_offsets(p)
+        if trim is not None:
+            self.code.append({"op": "POST.TRIM_OFFSETS", "prefix_space": trim})
+
+    def _trim_offsets(self, p) -> bool | None:
+        """add_prefix_space of the first ByteLevel/RoBERTa post-processor that trims offsets."""
+        if not isinstance(p, dict):
+            return None
+        if p.get("type") == "Sequence":
+            return next((t for t in map(self._trim_offsets, p.get("processors") or []) if t is not None), None)
+        if p.get("type") in ("ByteLevel", "RobertaProcessing") and p.get("trim_offsets", True):
+            return bool(p.get("add_prefix_space", True))
+        return None
 
     def _templates(self, p, where: str, out: list) -> None:
         if p is None:

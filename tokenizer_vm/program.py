@@ -41,6 +41,7 @@ OPCODES: dict[str, tuple[str, str]] = {
     "MODEL.UNIGRAM":   ("model", "Viterbi over piece log-probabilities"),
     "MODEL.WORDLEVEL": ("model", "whole-word lookup"),
     "POST.TEMPLATE":   ("post", "special-token template for single and pair inputs"),
+    "POST.TRIM_OFFSETS": ("post", "leave leading/trailing spaces out of token offsets (ByteLevel trim_offsets)"),
     "DEC.WORDPIECE":   ("decode", "join continuation pieces, optional cleanup"),
     "DEC.BYTELEVEL":   ("decode", "byte characters back to UTF-8"),
     "DEC.METASPACE":   ("decode", "replacement character back to spaces"),
@@ -184,6 +185,7 @@ OPERANDS: dict[str, dict] = {
     "MODEL.UNIGRAM": {"keys_table": _T, "scores_table": _T, "unk": _I, "unk_score": {"type": "number"},
                       "byte_fallback": _B, "max_len": {"type": "integer", "minimum": 1, "maximum": 1 << 16}},
     "POST.TEMPLATE": {"single": _TEMPLATE, "pair": _TEMPLATE},
+    "POST.TRIM_OFFSETS": {"prefix_space": _B},
     "DEC.WORDPIECE": {"prefix": _S, "cleanup": _B},
     "DEC.BYTELEVEL": {},
     "DEC.METASPACE": {"replacement": _S, "prepend": {"enum": ["never", "always", "first"]}},
@@ -289,8 +291,11 @@ def validate_program(doc: dict, tables: dict[str, np.ndarray], where: str) -> No
     schema.validate(doc, "tisa", where)
     stages = [OPCODES[i["op"]][0] for i in doc["code"]]
     order = ["added", "normalize", "pre_tokenize", "model", "post", "decode"]
-    if stages.count("model") != 1 or stages.count("post") > 1 or stages.count("added") > 1:
-        raise _fail(where, "a program needs exactly one MODEL instruction and at most one ADDED.SPLIT and POST.TEMPLATE")
+    ops = [i["op"] for i in doc["code"]]
+    if stages.count("model") != 1 or stages.count("added") > 1 or ops.count("POST.TEMPLATE") > 1 \
+            or ops.count("POST.TRIM_OFFSETS") > 1:
+        raise _fail(where, "a program needs exactly one MODEL instruction and at most one ADDED.SPLIT, "
+                           "POST.TEMPLATE and POST.TRIM_OFFSETS")
     if any(order.index(a) > order.index(b) for a, b in zip(stages, stages[1:])):
         raise _fail(where, f"instructions are out of stage order ({' -> '.join(stages)}); expected {' -> '.join(order)}")
     pre = [i["op"] for i in doc["code"] if OPCODES[i["op"]][0] == "pre_tokenize"]

@@ -31,6 +31,10 @@ class Encoding:
         attention_mask: 1 for real tokens, 0 for padding.
         special_tokens_mask: 1 for tokens the template or padding added, and for special added tokens.
         tokens: the token strings (vocabulary entries).
+        offsets: for each token, the ``(start, end)`` character span of its text (of the first
+            text, or of the second for tokens of a pair's second text) that it covers; ``(0, 0)``
+            for template and padding tokens. Computed on first use (a slower path that tracks
+            alignments through normalisation); raises NacError if it ever disagreed with the ids.
     """
 
     ids: list[int]
@@ -38,10 +42,20 @@ class Encoding:
     attention_mask: list[int]
     special_tokens_mask: list[int]
     tokenizer: "Tokenizer" = field(repr=False, default=None)
+    #: where each token came from: ("A" | "B", index before the template) or None (template, padding)
+    layout: list = field(repr=False, default_factory=list)
+    texts: tuple = field(repr=False, default=())
+    _offsets: list | None = field(repr=False, default=None)
 
     @property
     def tokens(self) -> list[str]:
         return [self.tokenizer.id_to_token(i) or "" for i in self.ids]
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        if self._offsets is None:
+            self._offsets = self.tokenizer._offsets(self)
+        return self._offsets
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -69,6 +83,7 @@ class Tokenizer:
         self._token_cache: dict[int, str] = {}
         self._vocab_map: dict[str, int] | None = None
         self._norm, self._pre_str, self._pre_arr, self._model, self._template, self._dec = [], [], [], None, None, []
+        self._trim: bool | None = None  # POST.TRIM_OFFSETS: None, or its add_prefix_space
         for ins in program.code:
             self._load(ins)
         # what decode shows for an added token: its normalised form if it is matched normalised
@@ -195,6 +210,7 @@ class Tokenizer:
                 b = ids[k]
                 k += 1
             out.append(self._post(a, b, add_special_tokens))
+            out[-1].texts = (firsts[i],) if seconds[i] is None else (firsts[i], seconds[i])
         if self.padding:
             self._pad(out)
         return out
@@ -272,23 +288,45 @@ class Tokenizer:
         """Truncation, then the template. As in the reference, only template (and padding) tokens
         are marked special, not added tokens matched in the text."""
         tpl = self._template if add_special else None
+        # truncation and the template move token positions; index lists record where each went
+        ia, ib = list(range(len(a))), None if b is None else list(range(len(b)))
         if self.truncation:
             n_added = 0
             if tpl:
                 n_added = sum(len(x[1]) for x in (tpl["pair"] if b is not None else tpl["single"]) if x[0] == "S")
-            a, b = _truncate(a, b, self.truncation, n_added)
+            ia, ib = _truncate(ia, ib, self.truncation, n_added)
+        a, b = [a[k] for k in ia], None if b is None else [b[k] for k in ib]
         if tpl is None:
             ids = a + (b or [])
             types = [0] * len(a) + [1] * len(b or [])
             smask = [0] * len(ids)
+            layout = [("A", k) for k in ia] + [("B", k) for k in ib or []]
         else:
-            ids, types, smask = [], [], []
+            ids, types, smask, layout = [], [], [], []
             for item in tpl["pair"] if b is not None else tpl["single"]:
                 seq = item[1] if item[0] == "S" else a if item[0] == "A" else b
                 ids += seq
                 types += [item[-1]] * len(seq)
                 smask += [int(item[0] == "S")] * len(seq)
-        return Encoding(ids, types, [1] * len(ids), smask, self)
+                layout += [None] * len(seq) if item[0] == "S" else [(item[0], k) for k in (ia if item[0] == "A" else ib)]
+        return Encoding(ids, types, [1] * len(ids), smask, self, layout)
+
+    def _offsets(self, enc: Encoding) -> list[tuple[int, int]]:
+        """Character spans for ``enc`` (see `Encoding.offsets`), from the aligned slow path."""
+        from nac.tokenizer_vm.offsets import text_offsets, trim_offsets
+
+        per_text = {}
+        for key, text in zip("AB", enc.texts):
+            ids, spans = text_offsets(self, text)
+            kept = [k for item in enc.layout if item and item[0] == key for k in [item[1]]]
+            fast = [i for i, item in zip(enc.ids, enc.layout) if item and item[0] == key]
+            if any(k >= len(ids) for k in kept) or [ids[k] for k in kept] != fast:
+                raise NacError(f"{self._where}: offsets: the aligned path gives other ids than encode for {text[:60]!r}")
+            if self._trim is not None:  # per text, after truncation, as the reference's post-processor
+                spans = dict(zip(kept, trim_offsets([self.id_to_token(ids[k]) or "" for k in kept],
+                                                    [spans[k] for k in kept], self._trim)))
+            per_text[key] = spans
+        return [(0, 0) if item is None else tuple(per_text[item[0]][item[1]]) for item in enc.layout]
 
     def _pad(self, encs: list[Encoding]) -> None:
         p = self.padding
@@ -300,15 +338,17 @@ class Tokenizer:
             n = target - len(e)
             if n <= 0:
                 continue
-            pad = ([p["pad_id"]] * n, [p["pad_type_id"]] * n, [0] * n, [1] * n)
+            pad = ([p["pad_id"]] * n, [p["pad_type_id"]] * n, [0] * n, [1] * n, [None] * n)
             if p["direction"] == "Left":
-                e.ids, e.type_ids, e.attention_mask, e.special_tokens_mask = (
-                    pad[0] + e.ids, pad[1] + e.type_ids, pad[2] + e.attention_mask, pad[3] + e.special_tokens_mask)
+                e.ids, e.type_ids, e.attention_mask, e.special_tokens_mask, e.layout = (
+                    pad[0] + e.ids, pad[1] + e.type_ids, pad[2] + e.attention_mask, pad[3] + e.special_tokens_mask,
+                    pad[4] + e.layout)
             else:
                 e.ids += pad[0]
                 e.type_ids += pad[1]
                 e.attention_mask += pad[2]
                 e.special_tokens_mask += pad[3]
+                e.layout += pad[4]
 
     # -- decoding ------------------------------------------------------------------------------------
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
@@ -328,6 +368,18 @@ class Tokenizer:
                 t = self.id_to_token(i)
             if t is not None:
                 tokens.append(t)
+        return self.decode_tokens(tokens)
+
+    def decode_tokens(self, tokens: list[str]) -> str:
+        """The decoder over token strings (``tokenizers``' ``decoder.decode``, which transformers'
+        ``convert_tokens_to_string`` calls): tokens joined by spaces when the program has no decoder.
+
+        Raises:
+            NacInputError: ``tokens`` is not a list of strings.
+        """
+        if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
+            raise NacInputError("decode_tokens needs a list of token strings")
+        tokens = list(tokens)
         if not self._dec:
             return " ".join(tokens)
         for fn in self._dec:
@@ -538,6 +590,9 @@ class Tokenizer:
             return ids, counts
         self._model = run
 
+    def _op_post_trim_offsets(self, ins):
+        self._trim = bool(ins["prefix_space"])
+
     def _op_post_template(self, ins):
         self._template = {"single": ins["single"], "pair": ins["pair"]}
 
@@ -557,13 +612,15 @@ class Tokenizer:
         table = {c: b for b, c in bytes_to_unicode().items()}
 
         def run(tokens):
+            """A token made only of byte characters gives those bytes; any other token (an added
+            token, or text decoded already) its own UTF-8, as the reference's ByteLevel decoder."""
             buf = bytearray()
-            for ch in "".join(tokens):
-                b = table.get(ch)
-                if b is None:
-                    buf += ch.encode("utf-8", "surrogatepass")
+            for t in tokens:
+                bs = [table.get(ch) for ch in t]
+                if None in bs:
+                    buf += t.encode("utf-8", "surrogatepass")
                 else:
-                    buf.append(b)
+                    buf += bytes(bs)
             return [buf.decode("utf-8", "replace")]
         self._dec.append(run)
 
