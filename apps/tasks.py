@@ -145,6 +145,24 @@ def classify_images(model: Model, paths, top_k: int = 5) -> list[list[Prediction
     return out
 
 
+def image_features(model: Model, paths, pool: bool = False) -> list[np.ndarray]:
+    """Features of each image (task ``image-feature-extraction``, transformers' pipeline of that
+    name): the model's first output (``last_hidden_state`` [tokens, hidden] for a ViT), or with
+    ``pool`` its ``pooler_output``.
+
+    Raises:
+        NacError: wrong task, or ``pool`` for a model without a pooler; NacInputError: bad image.
+    """
+    _require_task(model, "image-feature-extraction")
+    if not paths:
+        raise NacInputError("no image given")
+    if pool and "pooler_output" not in model.output_names:
+        raise NacError(f"{model.path.name} has no pooled output (pooler_output); call without pool")
+    batch = np.stack([load_image(p, model.metadata["preprocess"]) for p in paths])
+    outs = dict(zip(model.output_names, model.run([batch])))
+    return list(outs["pooler_output" if pool else model.output_names[0]])
+
+
 # -- text ------------------------------------------------------------------------------------------------
 def text_tokenizer(model: Model, pad: bool = True):
     """A copy of the file's TISA tokenizer (`Model.tokenizer`) for a text app: with ``pad``,
