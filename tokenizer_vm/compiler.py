@@ -8,6 +8,8 @@ naming its path and type, so a program that compiles never meets an unsupported 
 from __future__ import annotations
 
 import json
+import math
+import re
 import zlib
 from pathlib import Path
 
@@ -22,6 +24,69 @@ from nac.tokenizer_vm.unicode import bytes_to_unicode
 #: The GPT-2 split pattern (Hugging Face ByteLevel's built-in regex); a Split with exactly this
 #: pattern runs on the VM's Numba scanner instead of the string-level regex engine.
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
+_U64, _I32 = (1 << 64) - 1, (1 << 31) - 1
+_POW10 = [float(f"1e{k}") for k in range(309)]
+_JSON_NUMBER = re.compile(r"(-?)(0|[1-9][0-9]*)(?:\.([0-9]+))?(?:[eE]([+-]?)([0-9]+))?")
+
+
+def _overflows(a: int, digit: int, limit: int) -> bool:
+    return a > limit // 10 or (a == limit // 10 and digit > limit % 10)
+
+
+def serde_f64(text: str) -> float:
+    """A JSON number as ``serde_json`` (without its ``float_roundtrip`` feature) reads it, which is
+    how ``tokenizers`` loads a ``tokenizer.json``: the decimal digits as a u64 significand (digits
+    that would overflow it ignored), converted to f64, then multiplied or divided by a power of
+    ten (de.rs ``f64_from_parts``). This is not always the correctly rounded value Python's
+    ``float`` gives: 1 ulp off for about one Unigram score in five, which decides ties between
+    segmentations made of the same pieces. Raises ValueError for a malformed or too-large number."""
+    m = _JSON_NUMBER.fullmatch(text)
+    if m is None:
+        raise ValueError(f"not a JSON number: {text[:40]!r}")
+    negative, integer, fraction, exp_sign, exp_digits = m.groups()
+    sig = exp = 0
+    long_integer = False
+    for ch in integer:
+        d = ord(ch) - 48
+        if long_integer or _overflows(sig, d, _U64):  # parse_long_integer: further digits scale only
+            long_integer = True
+            exp += 1
+        else:
+            sig = sig * 10 + d
+    for ch in fraction or "":
+        d = ord(ch) - 48
+        if _overflows(sig, d, _U64):
+            break  # parse_decimal_overflow: the remaining digits are ignored
+        sig, exp = sig * 10 + d, exp - 1
+    if exp_digits is not None:
+        e = 0
+        for ch in exp_digits:
+            d = ord(ch) - 48
+            if _overflows(e, d, _I32):  # parse_exponent_overflow
+                if sig == 0 or exp_sign == "-":
+                    return -0.0 if negative else 0.0
+                raise ValueError(f"number out of range: {text[:40]!r}")
+            e = e * 10 + d
+        exp = exp - e if exp_sign == "-" else exp + e
+    f = float(sig)
+    while True:
+        if abs(exp) < len(_POW10):
+            if exp >= 0:
+                f *= _POW10[exp]
+                if f == math.inf:
+                    raise ValueError(f"number out of range: {text[:40]!r}")
+            else:
+                f /= _POW10[-exp]
+            break
+        if f == 0.0:
+            break
+        if exp >= 0:
+            raise ValueError(f"number out of range: {text[:40]!r}")
+        f /= 1e308
+        exp += 308
+    return -f if negative else f
 
 
 def compile_tokenizer(source: str | bytes | Path | dict, name: str = "") -> Program:
@@ -39,8 +104,8 @@ def compile_tokenizer(source: str | bytes | Path | dict, name: str = "") -> Prog
         source = path.read_bytes()
     if isinstance(source, (bytes, bytearray, str)):
         try:
-            doc = json.loads(source)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            doc = json.loads(source, parse_float=serde_f64)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number out of f64's range
             raise NacError(f"{name or 'tokenizer.json'}: not valid JSON ({exc})") from None
     else:
         doc = source

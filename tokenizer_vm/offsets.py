@@ -413,9 +413,10 @@ class _Placer:
         return token
 
 
-def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span]]:
-    """Token ids of ``text`` before the template (as the fast path gives them) and each token's
-    [start, end) character span in ``text``.
+def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span], list[str]]:
+    """Token ids of ``text`` before the template (as the fast path gives them), each token's
+    [start, end) character span in ``text``, and each token's text as the reference's
+    ``Encoding.tokens`` has it (an added token: the text it matched, spaces it strips included).
 
     Raises:
         NacError: the aligned path disagrees with the fast path (a bug; never silently wrong).
@@ -428,7 +429,7 @@ def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span]]:
     raw = _find_added(text, tok._added_re, tok._added) if tok._added_re else [(0, len(text), None)]
     for s, e, added in raw:
         if added is not None:
-            plan.append(("added", added, (s, e)))
+            plan.append(("added", added, (s, e), text[s:e]))
             continue
         if s == e:
             continue
@@ -444,7 +445,7 @@ def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span]]:
                 continue
             piece = a.slice(s2, e2)
             if added2 is not None:
-                plan.append(("added", added2, (piece.align[0][0], piece.align[-1][1])))
+                plan.append(("added", added2, (piece.align[0][0], piece.align[-1][1]), piece.text()))
             else:
                 plan.append(("segment", len(segments)))
                 segments.append((piece, first and s2 == 0))
@@ -460,16 +461,18 @@ def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span]]:
             got = per_segment.setdefault(seg, ([], []))
             got[0].extend(wid)
             got[1].extend((w.align[a][0], w.align[b - 1][1]) for a, b in placer.place(w, wid))
-    out_ids, out_offsets = [], []
+    out_ids, out_offsets, values = [], [], []
     for item in plan:
         if item[0] == "added":
             out_ids.append(item[1])
             out_offsets.append(item[2])
+            values.append(item[3])
         else:
             i, o = per_segment.get(item[1], ([], []))
             out_ids += i
             out_offsets += o
-    return out_ids, out_offsets
+            values += [tok.id_to_token(x) or "" for x in i]
+    return out_ids, out_offsets, values
 
 
 def trim_offsets(tokens: list[str], offsets: list[Span], add_prefix_space: bool) -> list[Span]:

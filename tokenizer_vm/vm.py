@@ -317,14 +317,13 @@ class Tokenizer:
 
         per_text = {}
         for key, text in zip("AB", enc.texts):
-            ids, spans = text_offsets(self, text)
+            ids, spans, values = text_offsets(self, text)
             kept = [k for item in enc.layout if item and item[0] == key for k in [item[1]]]
             fast = [i for i, item in zip(enc.ids, enc.layout) if item and item[0] == key]
             if any(k >= len(ids) for k in kept) or [ids[k] for k in kept] != fast:
                 raise NacError(f"{self._where}: offsets: the aligned path gives other ids than encode for {text[:60]!r}")
             if self._trim is not None:  # per text, after truncation, as the reference's post-processor
-                spans = dict(zip(kept, trim_offsets([self.id_to_token(ids[k]) or "" for k in kept],
-                                                    [spans[k] for k in kept], self._trim)))
+                spans = dict(zip(kept, trim_offsets([values[k] for k in kept], [spans[k] for k in kept], self._trim)))
             per_text[key] = spans
         return [(0, 0) if item is None else tuple(per_text[item[0]][item[1]]) for item in enc.layout]
 

@@ -34,10 +34,14 @@ def test_corpus_offsets(pair, corpus):
 def test_special_tokens_pairs_truncation_padding(pair, corpus):
     """Template tokens and padding are (0, 0); a pair's second text has its own spans; truncation
     (both directions) and padding keep each token's span."""
-    from test_parity import GLUED
+    import importlib.util
+    from pathlib import Path
 
+    spec = importlib.util.spec_from_file_location("parity_cases", Path(__file__).with_name("test_parity.py"))
+    parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parity)
     name, ref, ours = pair
-    texts = GLUED[name] + ["", "  ", "x"]
+    texts = parity.GLUED[name] + ["", "  ", "x"]
     assert _diff(ref.encode_batch(texts), ours.encode_batch(texts), texts) is None
     rng = random.Random(2)
     pairs = [(rng.choice(corpus), rng.choice(corpus)) for _ in range(100)]
