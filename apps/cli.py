@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     z.add_argument("--template", help="zero-shot: hypothesis template with {} for the label")
     z.add_argument("--multi-label", action="store_true", help="zero-shot-classification: score labels independently")
     z.add_argument("--pool", action="store_true", help="image-feature-extraction: the pooled output")
+    z.add_argument("--question", help="question-answering: the question; the INPUTs are contexts")
     r.add_argument("-k", "--top-k", type=int, default=None,
                    help="classes or fillers to show (default 5); with --sample, sample from the k most likely tokens")
     r.add_argument("-o", "--out", type=Path, default=Path("nac-out"), help="folder for .npy outputs")
@@ -148,7 +149,7 @@ def cmd_run(args) -> int:
     model = nac.load(args.model)
     task = model.metadata.get("task")
     if task in ("feature-extraction", "fill-mask", "text-classification", "token-classification",
-                "zero-shot-classification"):
+                "zero-shot-classification", "question-answering"):
         texts = list(args.inputs)
         if texts == ["-"]:
             texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -160,6 +161,7 @@ def cmd_run(args) -> int:
         args.inputs = texts
     if task == "text-generation":
         return _run_generation(model, args)
+    top_k_given = args.top_k
     args.top_k = 5 if args.top_k is None else args.top_k
     if not args.inputs:
         raise NacError("no input given (pass inputs, '-' for stdin, or --file)")
@@ -189,6 +191,19 @@ def cmd_run(args) -> int:
             print(text)
             for e in entities:
                 print(f"  {e.entity:<8} {e.score:7.2%}  {e.start:>4}-{e.end:<4} {e.word}")
+        return 0
+    if task == "question-answering":
+        from nac.apps.question_answering import answer_questions
+
+        if not args.question:
+            raise NacError("question-answering needs --question 'the question'; the inputs are contexts")
+        results = answer_questions(model, [args.question] * len(args.inputs), args.inputs, top_k=top_k_given or 1)
+        if args.json:
+            print(json.dumps([[vars(a) for a in r] for r in results], indent=1, ensure_ascii=False))
+            return 0
+        for answers in results:
+            for a in answers:
+                print(f"{a.score:7.2%}  {a.start}-{a.end}  {a.answer}")
         return 0
     if task == "image-feature-extraction":
         feats = tasks.image_features(model, args.inputs, pool=args.pool)

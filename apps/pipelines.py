@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nac.apps import tasks
+from nac.apps.question_answering import answer_questions
 from nac.apps.token_classification import classify_tokens
 from nac.apps.zero_shot import classify_images_zero_shot, classify_zero_shot
 from nac.engine import Model, load
@@ -19,7 +20,17 @@ _APPS = {
     "zero-shot-classification": lambda m, x, **kw: classify_zero_shot(m, x, **kw),
     "zero-shot-image-classification": lambda m, x, **kw: classify_images_zero_shot(m, x, **kw),
     "image-feature-extraction": lambda m, x, **kw: tasks.image_features(m, x, **kw),
+    "question-answering": lambda m, x, **kw: answer_questions(m, [_field(d, "question") for d in x],
+                                                              [_field(d, "context") for d in x], **kw),
 }
+
+
+def _field(item, key: str) -> str:
+    if not isinstance(item, dict) or not isinstance(item.get(key), str):
+        from nac.errors import NacInputError
+
+        raise NacInputError(f"question-answering takes {{'question': ..., 'context': ...}} items; {key!r} is missing")
+    return item[key]
 
 
 class Pipeline:
@@ -32,8 +43,10 @@ class Pipeline:
     def __init__(self, task: str, model: Model):
         self.task, self.model = task, model
 
-    def __call__(self, inputs, **kwargs):
-        single = isinstance(inputs, (str, Path))
+    def __call__(self, inputs=None, **kwargs):
+        if self.task == "question-answering" and inputs is None and "question" in kwargs:
+            inputs = {"question": kwargs.pop("question"), "context": kwargs.pop("context", None)}
+        single = isinstance(inputs, (str, Path, dict))
         out = _APPS[self.task](self.model, [inputs] if single else list(inputs), **kwargs)
         return out[0] if single else out
 
@@ -47,8 +60,11 @@ def pipeline(task: str, model) -> Pipeline:
     ``aggregation_strategy``, ``ignore_labels``); ``zero-shot-classification`` a `ZeroShot`
     (``candidate_labels``, ``hypothesis_template``, ``multi_label``);
     ``zero-shot-image-classification`` a list of `tasks.Label` (``candidate_labels``,
-    ``hypothesis_template``); ``image-feature-extraction`` an array (``pool``). Keywords and
-    results follow the transformers pipelines of the same names.
+    ``hypothesis_template``); ``image-feature-extraction`` an array (``pool``);
+    ``question-answering`` a list of `Answer` for ``question=..., context=...`` or for
+    ``{"question", "context"}`` items (``top_k``, ``doc_stride``, ``max_answer_len``,
+    ``max_seq_len``, ``handle_impossible_answer``, ``align_to_words``). Keywords and results follow
+    the transformers pipelines of the same names (transformers 4's for question-answering).
 
     Raises:
         NacError: unknown task, or a model exported for a different task.

@@ -129,7 +129,9 @@ _family = "linalg"
 _op("matmul", ["a", "b"], {}, "batched matrix product with broadcast batch dims", "[*batch, M, N]",
     "aten.mm, aten.bmm, aten.matmul")
 _op("linear", ["x", "weight", "bias?"], {"activation": "one of ACTIVATIONS, default none",
-                                          "weight_layout": "'oi' (default): weight is [out, in]; 'io': [in, out]"},
+                                          "weight_layout": "'oi' (default): weight is [out, in]; 'io': [in, out]",
+                                          "activation_quant": "'none' (default) or 'int8': x quantised per row "
+                                                              "(a quantised weight only)"},
     "act(x @ W.T + bias) with W = weight [out, in], or act(x @ weight + bias) for layout 'io'", "[*, out]",
     "aten.addmm / aten.mm with a transposed weight", quantised=(1,))
 _op("conv2d", ["x", "weight", "bias?"],

@@ -169,6 +169,10 @@ def check_graph(g: Graph, where: str, example: Mapping[str, int] | None = None) 
         for pos, i in enumerate(n.inputs):
             if not i and (pos < fewest and not schema.inputs[min(pos, len(schema.inputs) - 1)].endswith("*")):
                 raise NacFormatError(f"{where}: {_node_name(g, k)} leaves required input {pos} empty")
+        unknown = set(n.attrs) - set(schema.attrs)
+        if unknown:  # every attribute a kernel may read is declared (and checked by the shape rule)
+            raise NacFormatError(f"{where}: {_node_name(g, k)} has attribute(s) {sorted(unknown)[:5]} that {n.op} "
+                                 f"does not take (it takes {sorted(schema.attrs) or 'none'})")
         for key in DIM_ATTRS.intersection(n.attrs):
             v = n.attrs[key]
             for d in v if isinstance(v, list) else [v]:

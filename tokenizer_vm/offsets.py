@@ -413,10 +413,11 @@ class _Placer:
         return token
 
 
-def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span], list[str]]:
+def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span], list[str], list[int]]:
     """Token ids of ``text`` before the template (as the fast path gives them), each token's
-    [start, end) character span in ``text``, and each token's text as the reference's
-    ``Encoding.tokens`` has it (an added token: the text it matched, spaces it strips included).
+    [start, end) character span in ``text``, each token's text as the reference's
+    ``Encoding.tokens`` has it (an added token: the text it matched, spaces it strips included),
+    and each token's word: the index of the pre-tokeniser split (or added token) it came from.
 
     Raises:
         NacError: the aligned path disagrees with the fast path (a bug; never silently wrong).
@@ -450,29 +451,38 @@ def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span], li
                 plan.append(("segment", len(segments)))
                 segments.append((piece, first and s2 == 0))
     words = _pre_tokenise(tok, segments) if segments else []
-    per_segment: dict[int, tuple[list[int], list[Span]]] = {}
+    per_segment: dict[int, tuple[list[int], list[Span], list[int]]] = {}
     if words:
         cps, starts, ends = _code_points(words)
         ids, counts = tok._model(cps, starts, ends)
         placer, at = _Placer(tok), 0
-        for (w, seg, _), c in zip(words, counts.tolist()):
+        for k, ((w, seg, _), c) in enumerate(zip(words, counts.tolist())):
             wid = ids[at:at + int(c)].tolist()
             at += int(c)
-            got = per_segment.setdefault(seg, ([], []))
+            got = per_segment.setdefault(seg, ([], [], []))
             got[0].extend(wid)
             got[1].extend((w.align[a][0], w.align[b - 1][1]) for a, b in placer.place(w, wid))
-    out_ids, out_offsets, values = [], [], []
+            got[2].extend([k] * len(wid))
+    out_ids, out_offsets, values, word_of = [], [], [], []
+    word, last = -1, None
     for item in plan:
         if item[0] == "added":
             out_ids.append(item[1])
             out_offsets.append(item[2])
             values.append(item[3])
+            word += 1
+            word_of.append(word)
+            last = None
         else:
-            i, o = per_segment.get(item[1], ([], []))
+            i, o, w = per_segment.get(item[1], ([], [], []))
             out_ids += i
             out_offsets += o
             values += [tok.id_to_token(x) or "" for x in i]
-    return out_ids, out_offsets, values
+            for k in w:  # words numbered in order across segments and added tokens
+                if k != last:
+                    word, last = word + 1, k
+                word_of.append(word)
+    return out_ids, out_offsets, values, word_of
 
 
 def trim_offsets(tokens: list[str], offsets: list[Span], add_prefix_space: bool) -> list[Span]:

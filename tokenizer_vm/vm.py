@@ -284,13 +284,24 @@ class Tokenizer:
         flat = ids.tolist()
         return [flat[off[i]:off[i + 1]] for i in range(len(segments))]
 
-    def _post(self, a: list[int], b: list[int] | None, add_special: bool) -> Encoding:
+    def template(self, a: list[int], b: list[int] | None = None) -> Encoding:
+        """The special-token template around already tokenised ids ``a`` (and ``b``), without
+        truncation or padding (``tokenizers``' ``post_process``). Its ``layout`` says where each
+        token came from; it has no text, so no ``offsets``.
+
+        Raises:
+            NacInputError: an id outside the vocabulary.
+        """
+        a, b = self._checked_ids(a), None if b is None else self._checked_ids(b)
+        return self._post(a, b, True, truncate=False)
+
+    def _post(self, a: list[int], b: list[int] | None, add_special: bool, truncate: bool = True) -> Encoding:
         """Truncation, then the template. As in the reference, only template (and padding) tokens
         are marked special, not added tokens matched in the text."""
         tpl = self._template if add_special else None
         # truncation and the template move token positions; index lists record where each went
         ia, ib = list(range(len(a))), None if b is None else list(range(len(b)))
-        if self.truncation:
+        if self.truncation and truncate:
             n_added = 0
             if tpl:
                 n_added = sum(len(x[1]) for x in (tpl["pair"] if b is not None else tpl["single"]) if x[0] == "S")
@@ -317,7 +328,7 @@ class Tokenizer:
 
         per_text = {}
         for key, text in zip("AB", enc.texts):
-            ids, spans, values = text_offsets(self, text)
+            ids, spans, values, _ = text_offsets(self, text)
             kept = [k for item in enc.layout if item and item[0] == key for k in [item[1]]]
             fast = [i for i, item in zip(enc.ids, enc.layout) if item and item[0] == key]
             if any(k >= len(ids) for k in kept) or [ids[k] for k in kept] != fast:

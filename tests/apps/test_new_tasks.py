@@ -235,3 +235,100 @@ def test_pipelines_and_cli_accept_the_new_tasks(ner_wordpiece, nli, tmp_path):
     r = subprocess.run([sys.executable, "-m", "nac.apps.cli", "run", str(z.path), "text"], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("nac: error:") and "--labels" in r.stderr
+
+
+# -- question answering: transformers 4's rule, written out here on transformers' own tokenizer ------------
+def _reference_qa(folder, question, context, top_k=1, doc_stride=128, max_answer_len=15, max_seq_len=384,
+                  handle_impossible_answer=False, align_to_words=True):
+    """transformers 4.46 QuestionAnsweringPipeline (fast tokenizer, question first), on transformers'
+    tokenizer (overflowing windows, offsets, word ids) and the torch model."""
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model = transformers.AutoModelForQuestionAnswering.from_pretrained(str(folder)).eval()
+    doc_stride = min(doc_stride, max_seq_len // 2)
+    enc = tok(question, context, truncation="only_second", max_length=max_seq_len, stride=doc_stride,
+              return_overflowing_tokens=True, return_offsets_mapping=True, padding="longest", return_tensors="pt")
+    with torch.no_grad():
+        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    token_type_ids=enc["token_type_ids"])
+    answers, min_null = [], 1000000.0
+    for k in range(enc["input_ids"].shape[0]):
+        seq = enc.sequence_ids(k)
+        p_mask = np.array([s != 1 for s in seq], np.int64)
+        p_mask[(enc["input_ids"][k] == tok.cls_token_id).numpy()] = 0
+        wanted = np.abs(p_mask - 1) & enc["attention_mask"][k].numpy()
+        start = np.where(wanted == 0, -10000.0, out.start_logits[k].numpy())
+        end = np.where(wanted == 0, -10000.0, out.end_logits[k].numpy())
+        start = np.exp(start - start.max()) / np.exp(start - start.max()).sum()
+        end = np.exp(end - end.max()) / np.exp(end - end.max()).sum()
+        if handle_impossible_answer:
+            min_null = min(min_null, float(start[0] * end[0]))
+        start[0] = end[0] = 0.0
+        cand = np.tril(np.triu(np.outer(start, end)), max_answer_len - 1)
+        flat = cand.flatten()
+        order = [np.argmax(flat)] if top_k == 1 else np.argsort(-flat)[:top_k]
+        ss, ee = np.unravel_index(order, cand.shape)
+        for s, e in zip(ss, ee):
+            if not (wanted[s] and wanted[e]) or seq[s] != 1 or seq[e] != 1:
+                continue
+            if align_to_words:
+                w0, w1 = enc.token_to_word(k, s), enc.token_to_word(k, e)
+                lo, hi = enc.word_to_chars(k, w0, sequence_index=1)[0], enc.word_to_chars(k, w1, sequence_index=1)[1]
+            else:
+                lo, hi = int(enc["offset_mapping"][k][s][0]), int(enc["offset_mapping"][k][e][1])
+            answers.append({"score": float(cand[s, e]), "start": lo, "end": hi, "answer": context[lo:hi]})
+    if handle_impossible_answer:
+        answers.append({"score": min_null, "start": 0, "end": 0, "answer": ""})
+    return sorted(answers, key=lambda x: x["score"], reverse=True)[:top_k]
+
+
+@pytest.fixture(scope="module")
+def qa(tmp_path_factory):
+    d = tmp_path_factory.mktemp("qa")
+    folder = d / "bert-qa"
+    torch.manual_seed(4)
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=512)
+    model = transformers.BertForQuestionAnswering(config).eval()
+    with torch.no_grad():
+        model.qa_outputs.weight.mul_(30.0)
+    model.save_pretrained(folder)
+    _minilm_tokenizer(folder)
+    return folder, _export(folder, d / "qa.nac")
+
+
+QA_CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region "
+              "in France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, "
+              "under their leader Rollo, agreed to swear fealty to King Charles III of West Francia. ") * 3
+
+
+@pytest.mark.parametrize("kw", [{}, {"top_k": 3}, {"max_seq_len": 64, "doc_stride": 20, "top_k": 2},
+                                {"handle_impossible_answer": True, "top_k": 2}, {"align_to_words": False, "top_k": 2},
+                                {"max_answer_len": 3, "max_seq_len": 48, "doc_stride": 16}],
+                         ids=["best", "top3", "windows", "impossible", "token-spans", "short"])
+def test_question_answering_follows_transformers4(qa, kw):
+    from nac.apps.question_answering import answer_questions
+
+    folder, m = qa
+    assert m.metadata["task"] == "question-answering"
+    questions = ["Who led the Norse raiders?", "Where is Normandy?"]
+    got = answer_questions(m, questions, [QA_CONTEXT, QA_CONTEXT[:150]], **kw)
+    for q, c, ours in zip(questions, [QA_CONTEXT, QA_CONTEXT[:150]], got):
+        want = _reference_qa(folder, q, c, **kw)
+        assert [(a.start, a.end, a.answer) for a in ours] == [(w["start"], w["end"], w["answer"]) for w in want]
+        np.testing.assert_allclose([a.score for a in ours], [w["score"] for w in want], rtol=1e-4, atol=1e-7)
+
+
+def test_question_answering_pipeline_and_cli(qa):
+    from nac.apps.question_answering import answer_questions
+
+    _, m = qa
+    want = answer_questions(m, ["Who led the Norse raiders?"], [QA_CONTEXT])[0]
+    p = nac.pipeline("question-answering", m)
+    assert p(question="Who led the Norse raiders?", context=QA_CONTEXT) == want
+    assert p([{"question": "Who led the Norse raiders?", "context": QA_CONTEXT}]) == [want]
+    r = subprocess.run([sys.executable, "-m", "nac.apps.cli", "run", str(m.path), "--question",
+                        "Who led the Norse raiders?", QA_CONTEXT, "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [[vars(a) for a in want]]
+    with pytest.raises(nac.NacInputError, match="as many contexts"):
+        answer_questions(m, ["a", "b"], ["c"])

@@ -61,3 +61,21 @@ def test_derived_lists():
         assert fuse({}) in ACTIVATIONS + (None,), op
     assert FUSABLE["gelu"]({"approximate": "tanh"}) == "gelu_tanh"
     assert FUSABLE["clamp"]({"min": 0.0, "max": 6.0}) == "relu6" and FUSABLE["clamp"]({"min": -1.0}) is None
+
+
+def test_undeclared_attributes_are_refused():
+    """Every attribute a kernel may read is declared in the op table; any other is a format error
+    (a file cannot slip a switch past the validator), and linear's activation_quant is declared."""
+    import numpy as np
+
+    from conftest import one_node_graph
+    from nac.errors import NacFormatError
+    from nac.format.validate import check_graph
+
+    assert "activation_quant" in OPS["linear"].attrs
+    x, w = np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32)
+    g, _ = one_node_graph("linear", [x, w], {"activation": "relu"}, (2, 4), "float32", params=(1,))
+    check_graph(g, "ok")
+    g.nodes[0].attrs["fast_math"] = True
+    with pytest.raises(NacFormatError, match=r"attribute\(s\) \['fast_math'\] that linear does not take"):
+        check_graph(g, "bad")
