@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -428,3 +430,21 @@ def test_constant_subgraphs_fold_at_export(tmp_path):
 
     g = to_graph(Table(), (torch.randn(2, 2, 4, 4),))  # before the passes fold the rest
     assert any(p.startswith("folded.") for p in g.params)
+
+
+@settings(max_examples=25, deadline=None)
+@given(nd=st.sampled_from([1, 2]), cin_g=st.integers(1, 3), cout_g=st.integers(1, 3), groups=st.integers(1, 2),
+       k=st.integers(1, 4), s=st.integers(1, 3), p=st.integers(0, 3), d=st.integers(1, 2), op=st.integers(0, 2),
+       size=st.integers(1, 7), bias=st.booleans())
+def test_transposed_convolution_generated(tmp_path_factory, nd, cin_g, cout_g, groups, k, s, p, d, op, size, bias):
+    """Transposed convolutions over generated strides, paddings (also beyond the kernel's reach),
+    output paddings, dilations and groups, against torch."""
+    from hypothesis import assume
+
+    assume(op < max(s, d))  # ATen: output_padding must be smaller than stride or dilation
+    assume((size - 1) * s - 2 * p + d * (k - 1) + op + 1 >= 1)
+    conv = (nn.ConvTranspose1d if nd == 1 else nn.ConvTranspose2d)(cin_g * groups, cout_g * groups, k, stride=s,
+                                                                  padding=p, output_padding=op, dilation=d,
+                                                                  groups=groups, bias=bias).eval()
+    x = torch.randn(2, cin_g * groups, *([size] * nd))
+    export_and_compare(conv, (x,), tmp_path_factory.mktemp("ct"))
