@@ -566,10 +566,32 @@ class _Generator:
         self.emit(f"nac_index({x.itemsize}, {x.ndim}, {_ints(x.shape)}, {len(idx)}, (const int64_t *const[]){{{ptrs}}}, "
                   f"{_ints(strides)}, {max(len(bshape), 1)}, {_ints(bshape or [1])}, {self.contiguous(x)}, {self.base(out)});")
 
+    def joined(self, a: np.ndarray, b: np.ndarray) -> str:
+        """Pointer to a scratch copy of ``a`` then ``b`` along axis -2 (keys and their tail)."""
+        shape = a.shape[:-2] + (a.shape[-2] + b.shape[-2], a.shape[-1])
+        nbytes = int(np.prod(shape)) * a.itemsize
+        off = self.step_scratch
+        self.step_scratch += -(-nbytes // ALIGN) * ALIGN
+        self.scratch_top = max(self.scratch_top, self.step_scratch)
+        full = _c_strides(shape)
+        for part, start in ((a, 0), (b, a.shape[-2])):
+            if part.size:
+                dst = f"((uint8_t *)nac_scratch + {off + start * full[-2] * a.itemsize})"
+                self.emit(f"nac_copy({a.itemsize}, {part.ndim}, {_ints(part.shape)}, {self.base(part)}, "
+                          f"{_ints(self.strides(part))}, {dst}, {_ints(full)});")
+        return f"(const float *)(nac_scratch + {off})"
+
     def op_scaled_dot_product_attention(self, ins, out, at, outs):
         q, k, v, mask = (ins + [None])[:4]
+        tails = (ins + [None, None])[4:6]
         if q.ndim != 4:
             raise NacError("scaled_dot_product_attention is emitted for 4-D [batch, heads, L, E] inputs only")
+        if tails[0] is not None:  # keys/values in two segments: joined in scratch here
+            kp, vp = self.joined(k, tails[0]), self.joined(v, tails[1])
+            k = np.empty(k.shape[:-2] + (k.shape[-2] + tails[0].shape[-2], k.shape[-1]), np.float32)
+            v = np.empty(v.shape[:-2] + (v.shape[-2] + tails[1].shape[-2], v.shape[-1]), np.float32)
+        else:
+            kp = vp = None
         b, hq, l, e = q.shape
         hkv, s, ev = k.shape[1], k.shape[2], v.shape[3]
         scale = at.get("scale")
@@ -580,8 +602,8 @@ class _Generator:
             mb = np.broadcast_to(mask, (b, hq, l, s))
             ms, mptr = self.strides(mb), self.base(mask)
         sc = self.scratch(4 * s)
-        self.emit(f"nac_sdpa({b}, {hq}, {hkv}, {l}, {s}, {e}, {ev}, {self.contiguous(q)}, {self.contiguous(k)}, "
-                  f"{self.contiguous(v)}, {kind}, {mptr}, {_ints(ms)}, {_flt(scale)}, {int(bool(at.get('is_causal')))}, "
+        self.emit(f"nac_sdpa({b}, {hq}, {hkv}, {l}, {s}, {e}, {ev}, {self.contiguous(q)}, {kp or self.contiguous(k)}, "
+                  f"{vp or self.contiguous(v)}, {kind}, {mptr}, {_ints(ms)}, {_flt(scale)}, {int(bool(at.get('is_causal')))}, "
                   f"(float *){sc}, {self.ptr(out, False)});")
 
     # -- files --------------------------------------------------------------------------------------

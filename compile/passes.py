@@ -18,7 +18,7 @@ def optimize(g: Graph) -> dict:
     """Run every pass in order; returns ``{pass name: rewrites}`` plus node counts."""
     report = {"nodes_before": len(g.nodes)}
     for p in (fold_constants, matmul_to_linear, fuse_pad_into_conv, fold_batch_norm, fuse_bias_add, fuse_activation,
-              eliminate_dead_code, deduplicate_parameters, transpose_linear_weights):
+              attention_reads_cache_in_place, eliminate_dead_code, deduplicate_parameters, transpose_linear_weights):
         report[p.__name__] = p(g)
     report["nodes_after"] = len(g.nodes)
     return report
@@ -262,6 +262,83 @@ def transpose_linear_weights(g: Graph) -> int:
             u.attrs["weight_layout"] = "io"
         count += 1
     return count
+
+
+def _rewire(g: Graph, old: str, new: str) -> None:
+    """Every reader of value ``old`` reads ``new`` instead (graph outputs keep ``old``)."""
+    for n in g.nodes:
+        n.inputs = [new if i == old else i for i in n.inputs]
+
+
+def attention_reads_cache_in_place(g: Graph) -> int:
+    """Take the KV-cache copies out of a transformers decoder step (Vaswani et al. attention with
+    a cache, as transformers' DynamicCache builds it). Per layer and step the traced graph copies
+    the whole cache several times; this pass leaves attention reading it where it lies:
+
+    - ``cat`` of one input is that input;
+    - ``slice(cat([past, new], d), d, start=len(past), end=...)`` (the step's new keys, an output)
+      is ``new``;
+    - ``reshape(expand(reshape(k)))`` repeating each key/value head for the query heads
+      (transformers' ``repeat_kv``) feeding attention becomes grouped-query attention on ``k``;
+    - attention over ``cat([past, new])`` keys and values takes the two segments as separate
+      inputs (``k_tail``, ``v_tail``) and reads both without concatenating.
+
+    Returns the number of rewrites.
+    """
+    rewrites = 0
+    prod = g.producers()
+    for n in list(g.nodes):  # single-input cat: an identity
+        if n.op == "cat" and len(n.inputs) == 1 and n.outputs[0] not in g.outputs \
+                and g.values[n.inputs[0]].shape == g.values[n.outputs[0]].shape:
+            _rewire(g, n.outputs[0], n.inputs[0])
+            rewrites += 1
+    prod = g.producers()
+    for n in g.nodes:  # the new part of a cache concatenation
+        src = prod.get(n.inputs[0]) if n.op == "slice" else None
+        if src is None or src.op != "cat" or len(src.inputs) != 2 or n.attrs.get("step", 1) != 1:
+            continue
+        d = src.attrs["dim"] % len(g.values[src.outputs[0]].shape)
+        past, new = (g.values[i].shape for i in src.inputs)
+        end = n.attrs.get("end")
+        if n.attrs["dim"] % len(past) == d and n.attrs.get("start") == past[d] and isinstance(end, int) \
+                and end >= 1 << 60:
+            _rewire(g, n.outputs[0], src.inputs[1])
+            rewrites += 1
+    prod, users = g.producers(), g.consumers()
+    for n in g.nodes:
+        if n.op != "scaled_dot_product_attention" or len(n.inputs) > 4:
+            continue
+        q_heads = g.values[n.inputs[0]].shape[-3] if len(g.values[n.inputs[0]].shape) == 4 else None
+        kv = [_repeated_heads(g, prod, n.inputs[i], q_heads) for i in (1, 2)]
+        if all(kv) and kv[0][1] == kv[1][1]:
+            n.inputs[1], n.inputs[2] = kv[0][0], kv[1][0]
+            n.attrs["enable_gqa"] = True
+            rewrites += 1
+        cats = [prod.get(n.inputs[i]) for i in (1, 2)]
+        if all(c is not None and c.op == "cat" and len(c.inputs) == 2 and c.attrs["dim"] % 4 == 2
+               and len(g.values[c.outputs[0]].shape) == 4 for c in cats):
+            mask = n.inputs[3] if len(n.inputs) > 3 else ""
+            n.inputs = [n.inputs[0], cats[0].inputs[0], cats[1].inputs[0], mask, cats[0].inputs[1], cats[1].inputs[1]]
+            rewrites += 1
+    return rewrites
+
+
+def _repeated_heads(g: Graph, prod: dict, value: str, q_heads) -> tuple[str, int] | None:
+    """``(k, rep)`` when ``value`` is transformers' ``repeat_kv(k, rep)``: reshape([b, h*rep, s, d])
+    of expand([b, h, rep, s, d]) of reshape([b, h, 1, s, d]) of k [b, h, s, d]."""
+    r = prod.get(value)
+    e = prod.get(r.inputs[0]) if r is not None and r.op == "reshape" else None
+    u = prod.get(e.inputs[0]) if e is not None and e.op == "expand" else None
+    if u is None or u.op != "reshape":
+        return None
+    k = u.inputs[0]
+    ks, us, es, rs = (g.values[v].shape for v in (k, u.outputs[0], e.outputs[0], r.outputs[0]))
+    if len(ks) != 4 or us != (ks[0], ks[1], 1, ks[2], ks[3]) or len(es) != 5 or es[:2] != ks[:2] \
+            or es[3:] != ks[2:] or not isinstance(es[2], int) or not isinstance(ks[1], int):
+        return None
+    if rs != (ks[0], ks[1] * es[2], ks[2], ks[3]) or (q_heads is not None and q_heads != ks[1] * es[2]):
+        return None
+    return k, es[2]
 
 
 def eliminate_dead_code(g: Graph) -> int:

@@ -141,10 +141,11 @@ _op("conv2d", ["x", "weight", "bias?"],
     "[N, Cout, (H + pt + pb - dh*(kh-1) - 1)//sh + 1, (W + ...)//sw + 1]", "aten.convolution (2-D)")
 
 _family = "attention"
-_op("scaled_dot_product_attention", ["q", "k", "v", "attn_mask?"],
+_op("scaled_dot_product_attention", ["q", "k", "v", "attn_mask?", "k_tail?", "v_tail?"],
     {"scale": "float", "is_causal": "bool", "enable_gqa": "bool"},
     "softmax(q @ k^T * scale + mask) @ v; a bool mask keeps True positions, a float mask is added; causal keeps "
-    "j <= i; a row with every position masked gives 0; with enable_gqa, k/v heads are shared by groups of q heads",
+    "j <= i; a row with every position masked gives 0; with enable_gqa, k/v heads are shared by groups of q heads; "
+    "k_tail/v_tail (both or neither) are further keys/values after k/v (a KV cache read in place)",
     "[*batch, L, Ev]", "aten.scaled_dot_product_attention (kept whole at export)")
 
 # -- pooling ---------------------------------------------------------------------------------------

@@ -259,6 +259,15 @@ def _sdpa(op, ins, dts, attrs):
     lead = broadcast(q[:-3], k[:-3], v[:-3])
     if lead != q[:-3]:
         raise ShapeError(f"attention: key/value batch dims {list(k[:-3])} do not broadcast to {list(q[:-3])}")
+    tails = [ins[i] if len(ins) > i else None for i in (4, 5)]
+    if (tails[0] is None) != (tails[1] is None):
+        raise ShapeError("attention: k_tail and v_tail come together")
+    if tails[0] is not None:
+        kt, vt = tails
+        if len(kt) != len(k) or kt[:-2] != k[:-2] or kt[-1] != E or len(vt) != len(v) or vt[:-2] != v[:-2] \
+                or vt[-1] != v[-1] or vt[-2] != kt[-2]:
+            raise ShapeError(f"attention: k_tail {list(kt)} / v_tail {list(vt)} do not continue k {list(k)} / v {list(v)}")
+        S += kt[-2]
     if len(ins) > 3 and ins[3] is not None:
         if broadcast(ins[3], q[:-3] + (H, L, S)) != q[:-3] + (H, L, S):
             raise ShapeError(f"attention: mask {list(ins[3])} does not broadcast to {list(q[:-3] + (H, L, S))}")

@@ -221,3 +221,28 @@ def test_stop_strings_and_the_text_iterator(tmp_path):
         generate_text(m, "the cat", max_new_tokens=5, stop=[""])
     with pytest.raises(nac.NacInputError, match="top_p"):
         list(iter_text(m, "the cat", max_new_tokens=5, top_p=2.0))
+
+
+def test_attention_reads_the_cache_in_place(lm):
+    """The export pass leaves no copy of the KV cache in a decode step: attention takes the cache
+    and the new keys as two segments (and shared KV heads as grouped-query attention), and the
+    step's new keys/values are the new tensors themselves, not a slice of a concatenation."""
+    model, m = lm
+    g = m.graph
+    prod = g.producers()
+    attn = [n for n in g.nodes if n.op == "scaled_dot_product_attention"]
+    if model.config.model_type in ("gemma2", "bloom"):  # soft-capping / ALiBi: transformers' eager attention,
+        assert not attn  # matmuls on the concatenated cache (the pass does not cover it yet)
+        return
+    assert attn and all(len(n.inputs) == 6 for n in attn)
+    for n in attn:
+        for i, cache in ((1, "past_keys"), (2, "past_values")):  # the cache as it lies: a layer of the input
+            src = prod[n.inputs[i]]
+            assert src.op == "select" and src.inputs == [cache], (i, src.op, src.inputs)
+        for i in (4, 5):  # the new tokens' keys/values (a cat along features is rotary, not a cache copy)
+            src = prod.get(n.inputs[i])
+            assert src is None or src.op != "expand" and not (src.op == "cat" and src.attrs["dim"] % 4 == 2)
+    kv_heads = m.metadata["cache"]["kv_heads"]
+    q_heads = [g.values[n.inputs[0]].shape[1] for n in attn]
+    assert all(n.attrs["enable_gqa"] == (h != kv_heads) for n, h in zip(attn, q_heads))
+    assert not any(n.op == "cat" and len(n.inputs) == 1 for n in g.nodes)

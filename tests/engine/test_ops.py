@@ -199,6 +199,10 @@ def sdpa(draw, op):
     ref = F.scaled_dot_product_attention(T(q), T(k), T(v), attn_mask=None if mask is None else T(mask),
                                          is_causal=causal, scale=scale, enable_gqa=gqa)
     attrs = {"scale": scale if scale is not None else 1 / e ** 0.5, "is_causal": causal, "enable_gqa": gqa}
+    if draw(st.booleans()):  # keys and values in two segments (a KV cache read in place): split at cut
+        cut = draw(st.integers(0, s))
+        kk = np.ascontiguousarray(k[:, :, :cut]) if draw(st.booleans()) else k[:, :, :cut]  # a view, too
+        return [q, kk, v[:, :, :cut], mask, k[:, :, cut:], v[:, :, cut:]], attrs, ref
     return [q, k, v, mask], attrs, ref
 
 
