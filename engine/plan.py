@@ -221,6 +221,26 @@ class Plan:
             self.steps.append(Step(functools.partial(KERNELS[n.op], ins, outs, at), n.op, n.source, k))
         self.outputs = [arrays[o] for o in graph.outputs]
 
+    def profile(self, runs: int = 10) -> list[dict]:
+        """Time every step over ``runs`` runs (inputs must already be in `inputs`): one row per
+        node, ``{"index", "op", "source", "ms"}`` (median milliseconds per run), in plan order.
+        For finding where a model's time goes (`bench/profile_ops.py`).
+
+        Raises:
+            NacInputError, NacRuntimeError: as `run`.
+        """
+        import time
+
+        self.run()  # warm up (first-call compilation, page faults)
+        times = [[] for _ in self.steps]
+        for _ in range(max(1, runs)):
+            for k, step in enumerate(self.steps):
+                t0 = time.perf_counter()
+                step.call()
+                times[k].append(time.perf_counter() - t0)
+        return [{"index": s.index, "op": s.op, "source": s.source, "ms": 1e3 * sorted(t)[len(t) // 2]}
+                for s, t in zip(self.steps, times)]
+
     def run(self) -> None:
         """Run every step in order (inputs must already be in `inputs`).
 

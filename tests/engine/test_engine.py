@@ -171,3 +171,17 @@ def test_run_never_imports_torch(two_input_model):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_profile_times_every_step_and_computes_the_same(two_input_model):
+    """`Plan.profile` (bench/profile_ops.py): one row per step, in order, and the plan's outputs
+    afterwards are those of a plain run."""
+    f = feeds(2, 5)
+    want = two_input_model.run(f)[0]
+    plan = two_input_model.plan({"a": (2, 5, 4), "ids": (2, 5)})
+    for name, arr in f.items():
+        plan.inputs[name][...] = arr
+    rows = plan.profile(runs=3)
+    assert [r["op"] for r in rows] == [s.op for s in plan.steps]
+    assert all(r["ms"] >= 0 for r in rows)
+    np.testing.assert_array_equal(plan.outputs[0], want)
