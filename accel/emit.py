@@ -278,6 +278,11 @@ class _Generator:
             elif op == "gelu" and at.get("approximate") == "tanh":
                 code = "NAC_GELU_TANH"
             self.emit(f"nac_unary_f32({code}, {n}, {self.contiguous(x)}, {self.ptr(out, False)}, {_flt(p0)}, {_flt(p1)});")
+        elif x.dtype == np.int64 and op == "clamp":  # integer bounds as the engine: ceil(min), floor(max)
+            lo, hi = at.get("min"), at.get("max")
+            self.emit(f"nac_clamp_i64({n}, {self.contiguous(x)}, (int64_t *){self.base(out)}, {int(lo is not None)}, "
+                      f"{0 if lo is None else int(math.ceil(lo))}, {int(hi is not None)}, "
+                      f"{0 if hi is None else int(math.floor(hi))});")
         elif x.dtype == np.int64 and op in ("neg", "abs", "sign"):
             self.emit(f"nac_unary_i64({_UNARY[op]}, {n}, {self.contiguous(x)}, {self.ptr(out, False)});")
         else:
@@ -507,10 +512,11 @@ class _Generator:
         return self.op_argmax(ins, out, at, outs, is_max=0)
 
     def op_cumsum(self, ins, out, at, outs):
-        if ins[0].dtype != np.float32:
-            raise NacError(f"the C kernels lack cumsum on {ins[0].dtype}")
+        kind = {np.dtype(np.float32): "f32", np.dtype(np.int64): "i64"}.get(ins[0].dtype)
+        if kind is None or out.dtype != ins[0].dtype:
+            raise NacError(f"the C kernels lack cumsum on {ins[0].dtype} -> {out.dtype}")
         o, n, i = self._axis(ins[0], at["dim"])
-        self.emit(f"nac_cumsum_f32({o}, {n}, {i}, {self.contiguous(ins[0])}, {self.ptr(out, False)});")
+        self.emit(f"nac_cumsum_{kind}({o}, {n}, {i}, {self.contiguous(ins[0])}, {self.ptr(out, False)});")
 
     def op_sort(self, ins, out, at, outs, k=None):
         x = ins[0]

@@ -614,6 +614,26 @@ void nac_upsample2d(int64_t nc, int64_t h, int64_t w, const float *x, int64_t oh
     }
 }
 
+void nac_clamp_i64(int64_t n, const int64_t *x, int64_t *out, int has_lo, int64_t lo, int has_hi, int64_t hi) {
+    for (int64_t i = 0; i < n; ++i) {
+        int64_t v = x[i];
+        if (has_lo && v < lo) v = lo;
+        if (has_hi && v > hi) v = hi;
+        out[i] = v;
+    }
+}
+
+void nac_cumsum_i64(int64_t outer, int64_t n, int64_t inner, const int64_t *x, int64_t *out) {
+    for (int64_t p = 0; p < outer; ++p)
+        for (int64_t q = 0; q < inner; ++q) {
+            int64_t acc = 0;
+            for (int64_t j = 0; j < n; ++j) {
+                acc += x[(p * n + j) * inner + q];
+                out[(p * n + j) * inner + q] = acc;
+            }
+        }
+}
+
 /* -- indexing ---------------------------------------------------------------------------------- */
 void nac_take(size_t elem, int64_t outer, int64_t n, int64_t inner, const void *x, int64_t count,
               const int64_t *index, void *out) {

@@ -98,6 +98,8 @@ void nac_var_f32(int rank, const int64_t *shape, const uint8_t *reduced, double 
                  float *mean, float *out);
 void nac_argreduce(int is_max, int64_t outer, int64_t n, int64_t inner, const float *x, int64_t *out);
 void nac_cumsum_f32(int64_t outer, int64_t n, int64_t inner, const float *x, float *out);
+void nac_clamp_i64(int64_t n, const int64_t *x, int64_t *out, int has_lo, int64_t lo, int has_hi, int64_t hi);
+void nac_cumsum_i64(int64_t outer, int64_t n, int64_t inner, const int64_t *x, int64_t *out);
 void nac_sort_f32(int64_t outer, int64_t n, int64_t inner, const float *x, int descending, int64_t k, float *values,
                   int64_t *indices, int64_t *scratch);
 void nac_upsample2d(int64_t nc, int64_t h, int64_t w, const float *x, int64_t oh, int64_t ow, int bilinear,

@@ -145,6 +145,26 @@ def test_issue12_ops_in_c(tmp_path):
         assert max(result.max_rel_err) <= 1e-5, (name, result.max_rel_err)
 
 
+def test_decode_step_with_the_cache_read_in_place(tmp_path):
+    """A Llama decode step (GQA; attention over the cache and the new token as two segments, as
+    the export pass leaves it) runs in the emitted C as in the engine."""
+    transformers = pytest.importorskip("transformers", reason="the decoder is a transformers Llama")
+    from nac.apps.sources import causal_lm
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                                   intermediate_size=64, vocab_size=64, max_position_embeddings=32)
+    job = causal_lm(transformers.AutoModelForCausalLM.from_config(cfg).eval(), "llama")
+    p = nac.export(job.module, job.args, tmp_path / "l.nac", dynamic_shapes=job.dynamic_shapes, metadata=job.metadata)
+    m = nac.load(p)
+    assert any(len(n.inputs) == 6 for n in m.graph.nodes if n.op == "scaled_dot_product_attention")
+    rng = np.random.default_rng(0)
+    past = rng.standard_normal((2, 1, 2, 5, 8)).astype(np.float32)
+    inputs = [np.array([[7]]), np.ones((1, 1), np.int64), np.array([[0, 1, 1, 1, 1]]), past, past * 0.5]
+    _, result = verify(p, "host", shapes={"batch": 1, "seq": 1, "past": 5}, inputs=inputs, out_dir=tmp_path / "c")
+    assert max(result.max_rel_err) <= 1e-4
+
+
 def test_unsupported_op_symbolic_dim_and_no_half_written_folder(zoo_files, tmp_path, monkeypatch):
     from conftest import model_from_graph, one_node_graph
 
