@@ -669,35 +669,30 @@ def _upsample_bilinear(L, node, x, output_size, align_corners, scales_h=None, sc
                      bool(align_corners))
 
 
+def _values_and_indices(L, node, x, op: str, attrs: dict):
+    """A two-output node (values, int64 indices) shaped as the FX node's first output."""
+    if not L.shape(x):
+        raise NacExportError(f"{L.where()}: {op} of a 0-d tensor is not supported")
+    out = tuple(L.dim(d) for d in node.meta["val"][0].shape)
+    v = L.graph.add_value(f"{node.name}_values", L.dtype(x), out)
+    i = L.graph.add_value(f"{node.name}_indices", "int64", out)
+    L.graph.nodes.append(Node(op, [L.value(x)], [v, i], attrs, module_path(node)))
+    return v, i
+
+
 @rule("aten.sort.default", "aten.sort.stable")
 def _sort(L, node, x, *args, stable=None, dim=-1, descending=False):
     if node.target == torch.ops.aten.sort.default:  # sort(x, dim=-1, descending=False)
         dim, descending = (list(args) + [dim, descending][len(args):])[:2]
-    rank = len(L.shape(x))
-    if rank == 0:
-        raise NacExportError(f"{L.where()}: sorting a 0-d tensor is not supported")
-    vs, _ = node.meta["val"]
-    out = tuple(L.dim(d) for d in vs.shape)
-    v = L.graph.add_value(f"{node.name}_values", L.dtype(x), out)
-    i = L.graph.add_value(f"{node.name}_indices", "int64", out)
-    L.graph.nodes.append(Node("sort", [L.value(x)], [v, i], {"dim": _axis(dim, rank), "descending": bool(descending)},
-                              module_path(node)))
-    return v, i
+    rank = max(len(L.shape(x)), 1)
+    return _values_and_indices(L, node, x, "sort", {"dim": _axis(dim, rank), "descending": bool(descending)})
 
 
 @rule("aten.topk.default")
 def _topk(L, node, x, k, dim=-1, largest=True, sorted=True):
-    rank = len(L.shape(x))
-    if rank == 0:
-        raise NacExportError(f"{L.where()}: topk of a 0-d tensor is not supported")
-    vs, _ = node.meta["val"]
-    out = tuple(L.dim(d) for d in vs.shape)
-    v = L.graph.add_value(f"{node.name}_values", L.dtype(x), out)
-    i = L.graph.add_value(f"{node.name}_indices", "int64", out)
     # sorted=False leaves the order to the implementation (ATen); NAC always returns it sorted
-    L.graph.nodes.append(Node("topk", [L.value(x)], [v, i], {"k": L.dim(k), "dim": _axis(dim, rank),
-                                                             "largest": bool(largest)}, module_path(node)))
-    return v, i
+    rank = max(len(L.shape(x)), 1)
+    return _values_and_indices(L, node, x, "topk", {"k": L.dim(k), "dim": _axis(dim, rank), "largest": bool(largest)})
 
 
 @rule("aten.index.Tensor")
