@@ -184,14 +184,7 @@ def cmd_run(args) -> int:
         from nac.apps.token_classification import classify_tokens
 
         results = classify_tokens(model, args.inputs, aggregation_strategy=args.aggregation)
-        if args.json:
-            print(json.dumps([[vars(e) for e in r] for r in results], indent=1, ensure_ascii=False))
-            return 0
-        for text, entities in zip(args.inputs, results):
-            print(text)
-            for e in entities:
-                print(f"  {e.entity:<8} {e.score:7.2%}  {e.start:>4}-{e.end:<4} {e.word}")
-        return 0
+        return _report(args, results, lambda e: f"  {e.entity:<8} {e.score:7.2%}  {e.start:>4}-{e.end:<4} {e.word}")
     if task == "question-answering":
         from nac.apps.question_answering import answer_questions
 
@@ -267,13 +260,21 @@ def _run_zero_shot(model, task: str, args) -> int:
                 print(f"  {score:7.2%}  {label}")
         return 0
     results = classify_images_zero_shot(model, args.inputs, args.labels, **kw)
+    return _report(args, results, lambda x: f"  {x.score:7.2%}  {x.label}",
+                   as_json=lambda: {p: [vars(x) for x in r] for p, r in zip(args.inputs, results)})
+
+
+def _report(args, results: list, line, as_json=None) -> int:
+    """Print each input and one line per item of its result, or (--json) the results as JSON
+    (``as_json()``, default: a list of lists of the items' fields)."""
     if args.json:
-        print(json.dumps({p: [vars(x) for x in r] for p, r in zip(args.inputs, results)}, indent=1))
+        print(json.dumps(as_json() if as_json else [[vars(x) for x in r] for r in results], indent=1,
+                         ensure_ascii=False))
         return 0
-    for path, labels in zip(args.inputs, results):
-        print(path)
-        for x in labels:
-            print(f"  {x.score:7.2%}  {x.label}")
+    for head, items in zip(args.inputs, results):
+        print(head)
+        for x in items:
+            print(line(x))
     return 0
 
 

@@ -197,6 +197,10 @@ def test_zero_shot_image_classification_clip(tmp_path):
             want = ref(path, candidate_labels=labels, **kw)
             assert [x.label for x in ours] == [w["label"] for w in want]
             np.testing.assert_allclose([x.score for x in ours], [w["score"] for w in want], atol=1e-5)
+    r = subprocess.run([sys.executable, "-m", "nac.apps.cli", "run", str(m.path), photos[0], "--labels", ", ".join(labels),
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {photos[0]: [vars(x) for x in classify_images_zero_shot(m, photos[:1], labels)[0]]}
 
 
 def test_image_feature_extraction(tmp_path):
