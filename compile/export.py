@@ -175,7 +175,11 @@ class _ConstantFolder:
             return None
         leaves = []
         torch.fx.node.map_arg((node.args, node.kwargs), leaves.append)
-        if any(self.value(a) is None for a in leaves):
+        try:
+            if any(self.value(a) is None for a in leaves):
+                self.not_constant.add(node)
+                return None
+        except RecursionError:  # a constant chain deeper than Python's stack: left to the rules
             self.not_constant.add(node)
             return None
 
