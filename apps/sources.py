@@ -94,14 +94,15 @@ def sentence_encoder_folder(path: Path, name: str | None = None) -> ExportJob:
 
 
 class Logits(torch.nn.Module):
-    """``model(input_ids, attention_mask).logits`` as the single output ``logits``."""
+    """``model(input_ids, attention_mask)`` -> its outputs named in ``keys`` (default: ``logits``)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, keys=("logits",)):
         super().__init__()
-        self.model = model
+        self.model, self.keys = model, keys
 
     def forward(self, input_ids, attention_mask):
-        return {"logits": self.model(input_ids=input_ids, attention_mask=attention_mask).logits}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return {k: out[k] for k in self.keys}
 
 
 class TypedLogits(torch.nn.Module):
@@ -122,9 +123,10 @@ def _uses_segments(cfg) -> bool:
     return int(getattr(cfg, "type_vocab_size", 0) or 0) > 1
 
 
-def _text_model_job(path: Path, auto_cls: str, task: str, keys=("logits",)) -> tuple[ExportJob, object]:
-    """A transformers text-model folder -> (job, config): inputs input_ids, attention_mask (and
-    token_type_ids when the model uses segments), the outputs ``keys``."""
+def _text_model_job(path: Path, auto_cls: str, task: str, keys=("logits",),
+                    segments: bool = True) -> tuple[ExportJob, object]:
+    """A transformers text-model folder -> (job, config): inputs input_ids, attention_mask (and,
+    with ``segments``, token_type_ids when the model uses them), the outputs ``keys``."""
     import transformers
 
     path = Path(path)
@@ -135,23 +137,13 @@ def _text_model_job(path: Path, auto_cls: str, task: str, keys=("logits",)) -> t
         max_len -= int(getattr(cfg, "pad_token_id", 1) or 1) + 1  # positions start after padding_idx
     meta, tokenizer = _text_meta(path, task, max_len)
     examples, shapes = _text_examples(), _text_shapes(max_len)
-    if _uses_segments(cfg):
+    if segments and _uses_segments(cfg):
         examples["token_type_ids"] = torch.zeros_like(examples["input_ids"])
         shapes["token_type_ids"] = shapes["input_ids"]
         module = TypedLogits(model, keys)
     else:
-        module = Logits(model) if keys == ("logits",) else _Outputs(model, keys)
+        module = Logits(model, keys)
     return ExportJob(module, (), examples, shapes, meta, tokenizer), cfg
-
-
-class _Outputs(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, keys):
-        super().__init__()
-        self.model, self.keys = model, keys
-
-    def forward(self, input_ids, attention_mask):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        return {k: out[k] for k in self.keys}
 
 
 def _tokenizer_model(tokenizer: bytes | None) -> dict:
@@ -167,12 +159,12 @@ def token_classifier_folder(path: Path) -> ExportJob:
     tm = _tokenizer_model(job.tokenizer)
     job.metadata.update(labels=[cfg.id2label[i] for i in range(cfg.num_labels)],
                         word_aware=bool(tm.get("continuing_subword_prefix")),  # transformers' sub-word test
-                        unk_token_id=_unk_id(job.tokenizer))
+                        unk_token_id=_unk_id(tm))
     return job
 
 
-def _unk_id(tokenizer: bytes | None) -> int | None:
-    m = _tokenizer_model(tokenizer)
+def _unk_id(m: dict) -> int | None:
+    """The unknown token's id in a tokenizer.json ``model`` object, if it has one."""
     unk = m.get("unk_token") if isinstance(m.get("unk_token"), str) else None
     if m.get("type") == "Unigram":
         return m.get("unk_id")
@@ -287,35 +279,21 @@ def _text_meta(path: Path, task: str, max_len: int) -> tuple[dict, bytes | None]
 
 def masked_lm_folder(path: Path) -> ExportJob:
     """A transformers ``…ForMaskedLM`` folder -> fill-mask job (output: logits [B, S, vocab])."""
-    from transformers import AutoModelForMaskedLM
-
-    path = Path(path)
-    model = AutoModelForMaskedLM.from_pretrained(str(path)).eval()
-    max_len = int(getattr(model.config, "max_position_embeddings", 512))
-    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        max_len -= int(getattr(model.config, "pad_token_id", 1) or 1) + 1  # positions start after padding_idx
-    meta, tokenizer = _text_meta(path, "fill-mask", max_len)
-    if "mask_token" not in meta:
+    job, _ = _text_model_job(path, "AutoModelForMaskedLM", "fill-mask", segments=False)
+    if "mask_token" not in job.metadata:
         raise NacExportError(f"{path}: cannot find the mask token (no tokenizer_config.json mask_token, no [MASK] "
                              f"or <mask> in tokenizer.json)")
-    return ExportJob(Logits(model), (), _text_examples(), _text_shapes(max_len), meta, tokenizer)
+    return job
 
 
 def sequence_classifier_folder(path: Path) -> ExportJob:
     """A transformers ``…ForSequenceClassification`` folder -> text-classification job; the
     checkpoint's ``id2label`` become the labels (output: logits [B, num_labels])."""
-    from transformers import AutoModelForSequenceClassification
-
-    path = Path(path)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
-    cfg = model.config
-    max_len = int(getattr(cfg, "max_position_embeddings", 512))
-    if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        max_len -= int(getattr(cfg, "pad_token_id", 1) or 1) + 1
-    meta, tokenizer = _text_meta(path, "text-classification", max_len)
-    meta["labels"] = [cfg.id2label[i] for i in range(cfg.num_labels)]
-    meta["problem_type"] = cfg.problem_type or ("regression" if cfg.num_labels == 1 else "single_label_classification")
-    return ExportJob(Logits(model), (), _text_examples(), _text_shapes(max_len), meta, tokenizer)
+    job, cfg = _text_model_job(path, "AutoModelForSequenceClassification", "text-classification", segments=False)
+    job.metadata["labels"] = [cfg.id2label[i] for i in range(cfg.num_labels)]
+    job.metadata["problem_type"] = cfg.problem_type or ("regression" if cfg.num_labels == 1
+                                                        else "single_label_classification")
+    return job
 
 
 class CausalLMStep(torch.nn.Module):
