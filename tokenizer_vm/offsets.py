@@ -283,47 +283,53 @@ def _prepend(a: Aligned, text: str) -> Aligned:
 
 
 # -- pre-tokenisers ----------------------------------------------------------------------------------------
-def _pre_tokenise(tok: "Tokenizer", segments: list[tuple[Aligned, bool]]) -> list[tuple[Aligned, int, bool]]:
-    """Every PRE.* instruction over the segments: words as (Aligned, segment index, first)."""
-    from nac.tokenizer_vm.vm import _Regex, _split_by_matches
+Word = tuple  # (Aligned, segment index, first)
 
-    words = [(a, k, f) for k, (a, f) in enumerate(segments)]
-    idx, blocks = tok._cls
-    for ins in tok.program.code:
-        op = ins["op"]
-        if op.startswith("PRE.") and op != "PRE.REGEX":
-            words = [w for w in words if w[0].chars]  # the array-level steps see no empty words
-        if op == "PRE.REGEX":
-            pat, beh = _Regex(ins["pattern"], tok._where), K.BEHAVIOURS[ins["behaviour"]]
-            words = [(w.slice(a, b), k, f and a == 0) for w, k, f in words
-                     for a, b in _split_by_matches(w.text(), pat.spans(w.text()), beh, ins["invert"])]
-        elif op == "PRE.SPLIT":
-            kind = {"class": K.SPLIT_CLASS, "literal": K.SPLIT_LITERAL, "gpt2": K.SPLIT_GPT2,
-                    "words": K.SPLIT_WORDS}[ins["kind"]]
-            lit = np.array([ord(c) for c in ins.get("literal", "")], np.int32)
+
+def _pre_tokeniser(tok: "Tokenizer", ins: dict):
+    """An aligned twin of one PRE.* instruction: list of words -> list of words. The array-level
+    steps (all but PRE.REGEX) see no empty words, as in the fast path."""
+    from nac.tokenizer_vm.vm import SPLIT_KINDS, _Regex, _split_by_matches
+
+    op = ins["op"]
+    if op == "PRE.REGEX":
+        pat, beh = _Regex(ins["pattern"], tok._where), K.BEHAVIOURS[ins["behaviour"]]
+        return lambda words: [(w.slice(a, b), k, f and a == 0) for w, k, f in words
+                              for a, b in _split_by_matches(w.text(), pat.spans(w.text()), beh, ins["invert"])]
+    if op == "PRE.SPLIT":
+        idx, blocks = tok._cls
+        lit = np.array([ord(c) for c in ins.get("literal", "")], np.int32)
+
+        def split(words):
             cps, starts, ends = _code_points(words)
             first = np.array([f for _, _, f in words], np.bool_)
-            s, e, f, src = K.split_words(cps, starts, ends, first, kind, idx, blocks, int(ins.get("classes", 0)), lit,
-                                         K.BEHAVIOURS[ins["behaviour"]], bool(ins.get("invert", False)))
-            words = [(words[p][0].slice(a - starts[p], b - starts[p]), words[p][1], bool(ff))
-                     for a, b, ff, p in zip(s.tolist(), e.tolist(), f.tolist(), src.tolist())]
-        elif op == "PRE.PREFIX_SPACE":
-            words = [(w if w.chars[0] == " " else _prepend(w, " "), k, f) for w, k, f in words]
-        elif op == "PRE.METASPACE":
-            rep, scheme = ins["replacement"], ins["prepend"]
+            s, e, f, src = K.split_words(cps, starts, ends, first, SPLIT_KINDS[ins["kind"]], idx, blocks,
+                                         int(ins.get("classes", 0)), lit, K.BEHAVIOURS[ins["behaviour"]],
+                                         bool(ins.get("invert", False)))
+            return [(words[p][0].slice(a - starts[p], b - starts[p]), words[p][1], bool(ff))
+                    for a, b, ff, p in zip(s.tolist(), e.tolist(), f.tolist(), src.tolist())]
+        return split
+    if op == "PRE.PREFIX_SPACE":
+        return lambda words: [(w if w.chars[0] == " " else _prepend(w, " "), k, f) for w, k, f in words]
+    if op == "PRE.METASPACE":
+        rep, scheme = ins["replacement"], ins["prepend"]
+
+        def metaspace(words):
             out = []
             for w, k, f in words:
-                starts_with = bool(w.chars) and w.chars[0] in (" ", rep)
+                starts_with = w.chars[0] in (" ", rep)
                 w = Aligned([rep if c == " " else c for c in w.chars], w.align, w.base)
-                if w.chars and not starts_with and (scheme == "always" or (scheme == "first" and f)):
+                if not starts_with and (scheme == "always" or (scheme == "first" and f)):
                     w = _prepend(w, rep)
                 out.append((w, k, f))
-            words = out
-        elif op == "PRE.UTF8":  # one unit per UTF-8 byte, each aligned with its character
-            words = [(Aligned([b for c in w.chars for b in c.encode("utf-8", "surrogatepass")],
-                              [s for c, s in zip(w.chars, w.align) for _ in c.encode("utf-8", "surrogatepass")],
-                              w.base), k, f) for w, k, f in words]
-    return [w for w in words if w[0].chars]
+            return out
+        return metaspace
+    if op == "PRE.UTF8":  # one unit per UTF-8 byte, each aligned with its character
+        return lambda words: [(Aligned([b for c in w.chars for b in c.encode("utf-8", "surrogatepass")],
+                                       [s for c, s in zip(w.chars, w.align)
+                                        for _ in c.encode("utf-8", "surrogatepass")], w.base), k, f)
+                              for w, k, f in words]
+    raise NacError(f"offsets: no alignment rule for {op}")
 
 
 def _code_points(words) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -346,7 +352,7 @@ class _Placer:
         self.prefix = "".join(map(chr, model.get("prefix") or []))
         self.suffix = "".join(map(chr, model.get("suffix") or []))
         byte_ids = tok.program.tables.get("byte_ids")
-        self.byte_ids = {int(i): b for b, i in enumerate(byte_ids.tolist()) if i >= 0} if byte_ids is not None else {}
+        self.byte_ids = {i for i in byte_ids.tolist() if i >= 0} if byte_ids is not None else set()
         self.byte_level = any(i["op"] == "PRE.UTF8" for i in tok.program.code)
         self.inverse = {c: b for b, c in bytes_to_unicode().items()}
 
@@ -413,6 +419,34 @@ class _Placer:
         return token
 
 
+class _Aligner:
+    """The aligned twins of a tokenizer's normalisers and pre-tokenisers and its token placer,
+    built once per tokenizer (tables and regular expressions are compiled here, not per text)."""
+
+    def __init__(self, tok: "Tokenizer"):
+        code = tok.program.code
+        self.norm = [_normaliser(tok, i) for i in code if i["op"].startswith("NORM.")]
+        self.pre = [(i["op"] != "PRE.REGEX", _pre_tokeniser(tok, i)) for i in code if i["op"].startswith("PRE.")]
+        self.placer = _Placer(tok)
+
+    def pre_tokenise(self, segments: list[tuple[Aligned, bool]]) -> list[Word]:
+        """Segments -> words (Aligned, segment index, first), without empty words."""
+        words = [(a, k, f) for k, (a, f) in enumerate(segments)]
+        for array_level, step in self.pre:
+            if array_level:
+                words = [w for w in words if w[0].chars]
+            words = step(words)
+        return [w for w in words if w[0].chars]
+
+
+def _aligner(tok: "Tokenizer") -> _Aligner:
+    """The tokenizer's `_Aligner`, built on first use (two threads may both build one; either is right)."""
+    a = getattr(tok, "_aligner", None)
+    if a is None:
+        a = tok._aligner = _Aligner(tok)
+    return a
+
+
 def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span], list[str], list[int]]:
     """Token ids of ``text`` before the template (as the fast path gives them), each token's
     [start, end) character span in ``text``, each token's text as the reference's
@@ -424,7 +458,7 @@ def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span], li
     """
     from nac.tokenizer_vm.vm import _find_added
 
-    norm = [_normaliser(tok, i) for i in tok.program.code if i["op"].startswith("NORM.")]
+    aligner = _aligner(tok)
     plan: list = []  # ("added", id, span) or ("segment", index)
     segments: list[tuple[Aligned, bool]] = []
     raw = _find_added(text, tok._added_re, tok._added) if tok._added_re else [(0, len(text), None)]
@@ -435,7 +469,7 @@ def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span], li
         if s == e:
             continue
         a, lost_left = Aligned.of(text[s:e], s), False
-        for step in norm:
+        for step in aligner.norm:
             a, lost = step(a)
             lost_left |= lost
         first = s == 0 and not lost_left
@@ -450,12 +484,12 @@ def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span], li
             else:
                 plan.append(("segment", len(segments)))
                 segments.append((piece, first and s2 == 0))
-    words = _pre_tokenise(tok, segments) if segments else []
+    words = aligner.pre_tokenise(segments)
     per_segment: dict[int, tuple[list[int], list[Span], list[int]]] = {}
     if words:
         cps, starts, ends = _code_points(words)
         ids, counts = tok._model(cps, starts, ends)
-        placer, at = _Placer(tok), 0
+        placer, at = aligner.placer, 0
         for k, ((w, seg, _), c) in enumerate(zip(words, counts.tolist())):
             wid = ids[at:at + int(c)].tolist()
             at += int(c)

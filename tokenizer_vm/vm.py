@@ -61,6 +61,10 @@ class Encoding:
         return len(self.ids)
 
 
+#: PRE.SPLIT's ``kind`` operand -> the split kernel's mode
+SPLIT_KINDS = {"class": K.SPLIT_CLASS, "literal": K.SPLIT_LITERAL, "gpt2": K.SPLIT_GPT2, "words": K.SPLIT_WORDS}
+
+
 class Tokenizer:
     """A loaded TISA program, ready to encode and decode.
 
@@ -84,6 +88,7 @@ class Tokenizer:
         self._vocab_map: dict[str, int] | None = None
         self._norm, self._pre_str, self._pre_arr, self._model, self._template, self._dec = [], [], [], None, None, []
         self._trim: bool | None = None  # POST.TRIM_OFFSETS: None, or its add_prefix_space
+        self._aligner = None  # the offsets path's steps (nac.tokenizer_vm.offsets), built on first use
         for ins in program.code:
             self._load(ins)
         # what decode shows for an added token: its normalised form if it is matched normalised
@@ -160,9 +165,9 @@ class Tokenizer:
         Raises:
             NacInputError: ``i`` is not an integer.
         """
-        if _integer(i) is None:
-            raise NacInputError(f"token id must be an integer, not {i!r}")
-        i = _integer(i)
+        v, i = i, _integer(i)
+        if i is None:
+            raise NacInputError(f"token id must be an integer, not {v!r}")
         if i < 0 or i >= self._vocab_off.size - 1 or i in self._missing:
             return None
         s = self._token_cache.get(i)
@@ -329,7 +334,7 @@ class Tokenizer:
         per_text = {}
         for key, text in zip("AB", enc.texts):
             ids, spans, values, _ = text_offsets(self, text)
-            kept = [k for item in enc.layout if item and item[0] == key for k in [item[1]]]
+            kept = [item[1] for item in enc.layout if item and item[0] == key]
             fast = [i for i, item in zip(enc.ids, enc.layout) if item and item[0] == key]
             if any(k >= len(ids) for k in kept) or [ids[k] for k in kept] != fast:
                 raise NacError(f"{self._where}: offsets: the aligned path gives other ids than encode for {text[:60]!r}")
@@ -530,7 +535,7 @@ class Tokenizer:
         self._pre_str.append(run)
 
     def _op_pre_split(self, ins):
-        kind = {"class": K.SPLIT_CLASS, "literal": K.SPLIT_LITERAL, "gpt2": K.SPLIT_GPT2, "words": K.SPLIT_WORDS}[ins["kind"]]
+        kind = SPLIT_KINDS[ins["kind"]]
         lit = np.array([ord(c) for c in ins.get("literal", "")], np.int32)
         mask, beh, inv = int(ins.get("classes", 0)), K.BEHAVIOURS[ins["behaviour"]], bool(ins.get("invert", False))
         idx, blocks = self._cls
