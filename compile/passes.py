@@ -264,10 +264,10 @@ def transpose_linear_weights(g: Graph) -> int:
     return count
 
 
-def _rewire(g: Graph, old: str, new: str) -> None:
-    """Every reader of value ``old`` reads ``new`` instead (graph outputs keep ``old``)."""
+def _rewire(g: Graph, alias: dict[str, str]) -> None:
+    """Every reader of a value in ``alias`` reads its replacement instead (graph outputs keep theirs)."""
     for n in g.nodes:
-        n.inputs = [new if i == old else i for i in n.inputs]
+        n.inputs = [alias.get(i, i) for i in n.inputs]
 
 
 def attention_reads_cache_in_place(g: Graph) -> int:
@@ -285,14 +285,14 @@ def attention_reads_cache_in_place(g: Graph) -> int:
 
     Returns the number of rewrites.
     """
-    rewrites = 0
-    prod = g.producers()
-    for n in list(g.nodes):  # single-input cat: an identity
+    alias: dict[str, str] = {}
+    for n in g.nodes:  # single-input cat: an identity (nodes are in order, so chains resolve)
         if n.op == "cat" and len(n.inputs) == 1 and n.outputs[0] not in g.outputs \
                 and g.values[n.inputs[0]].shape == g.values[n.outputs[0]].shape:
-            _rewire(g, n.outputs[0], n.inputs[0])
-            rewrites += 1
-    prod = g.producers()
+            alias[n.outputs[0]] = alias.get(n.inputs[0], n.inputs[0])
+    _rewire(g, alias)
+    rewrites = len(alias)
+    prod, alias = g.producers(), {}
     for n in g.nodes:  # the new part of a cache concatenation
         src = prod.get(n.inputs[0]) if n.op == "slice" else None
         if src is None or src.op != "cat" or len(src.inputs) != 2 or n.attrs.get("step", 1) != 1:
@@ -302,9 +302,10 @@ def attention_reads_cache_in_place(g: Graph) -> int:
         end = n.attrs.get("end")
         if n.attrs["dim"] % len(past) == d and n.attrs.get("start") == past[d] and isinstance(end, int) \
                 and end >= 1 << 60:
-            _rewire(g, n.outputs[0], src.inputs[1])
-            rewrites += 1
-    prod, users = g.producers(), g.consumers()
+            alias[n.outputs[0]] = src.inputs[1]
+    _rewire(g, alias)
+    rewrites += len(alias)
+    prod = g.producers()
     for n in g.nodes:
         if n.op != "scaled_dot_product_attention" or len(n.inputs) > 4:
             continue
