@@ -522,16 +522,20 @@ void nac_argreduce(int is_max, int64_t outer, int64_t n, int64_t inner, const fl
         }
 }
 
-void nac_cumsum_f32(int64_t outer, int64_t n, int64_t inner, const float *x, float *out) {
-    for (int64_t p = 0; p < outer; ++p)
-        for (int64_t q = 0; q < inner; ++q) {
-            float acc = 0.0f;
-            for (int64_t j = 0; j < n; ++j) {
-                acc += x[(p * n + j) * inner + q];
-                out[(p * n + j) * inner + q] = acc;
-            }
-        }
-}
+/* Inclusive prefix sum along the middle axis of [outer, n, inner], one definition per dtype. */
+#define NAC_CUMSUM(name, T)                                                            \
+    void name(int64_t outer, int64_t n, int64_t inner, const T *x, T *out) {           \
+        for (int64_t p = 0; p < outer; ++p)                                            \
+            for (int64_t q = 0; q < inner; ++q) {                                      \
+                T acc = 0;                                                             \
+                for (int64_t j = 0; j < n; ++j) {                                      \
+                    acc += x[(p * n + j) * inner + q];                                 \
+                    out[(p * n + j) * inner + q] = acc;                                \
+                }                                                                      \
+            }                                                                          \
+    }
+NAC_CUMSUM(nac_cumsum_f32, float)
+NAC_CUMSUM(nac_cumsum_i64, int64_t)
 
 /* Stable sort along an axis (ATen sort/topk): NaN above every number; ties keep index order.
    A bottom-up merge sort of the line's indices; scratch holds 2 * n int64. */
@@ -621,17 +625,6 @@ void nac_clamp_i64(int64_t n, const int64_t *x, int64_t *out, int has_lo, int64_
         if (has_hi && v > hi) v = hi;
         out[i] = v;
     }
-}
-
-void nac_cumsum_i64(int64_t outer, int64_t n, int64_t inner, const int64_t *x, int64_t *out) {
-    for (int64_t p = 0; p < outer; ++p)
-        for (int64_t q = 0; q < inner; ++q) {
-            int64_t acc = 0;
-            for (int64_t j = 0; j < n; ++j) {
-                acc += x[(p * n + j) * inner + q];
-                out[(p * n + j) * inner + q] = acc;
-            }
-        }
 }
 
 /* -- indexing ---------------------------------------------------------------------------------- */
