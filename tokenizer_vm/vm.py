@@ -42,14 +42,26 @@ class Encoding:
     attention_mask: list[int]
     special_tokens_mask: list[int]
     tokenizer: "Tokenizer" = field(repr=False, default=None)
-    #: where each token came from: ("A" | "B", index before the template) or None (template, padding)
-    layout: list = field(repr=False, default_factory=list)
+    #: the template's pieces in order: ("S", count) for special tokens, ("A" | "B", range of
+    #: indices before the template) for a text's tokens (a contiguous range after truncation)
+    parts: tuple = field(repr=False, default=())
     texts: tuple = field(repr=False, default=())
+    pad_left: int = field(repr=False, default=0)
+    pad_right: int = field(repr=False, default=0)
     _offsets: list | None = field(repr=False, default=None)
 
     @property
     def tokens(self) -> list[str]:
         return [self.tokenizer.id_to_token(i) or "" for i in self.ids]
+
+    @property
+    def layout(self) -> list:
+        """Where each token came from: ``("A" | "B", index before the template)``, or None for a
+        template or padding token. Derived on use, so encoding pays nothing for it."""
+        out = [None] * self.pad_left
+        for kind, n in self.parts:
+            out += [None] * n if kind == "S" else [(kind, k) for k in n]
+        return out + [None] * self.pad_right
 
     @property
     def offsets(self) -> list[tuple[int, int]]:
@@ -304,44 +316,44 @@ class Tokenizer:
         """Truncation, then the template. As in the reference, only template (and padding) tokens
         are marked special, not added tokens matched in the text."""
         tpl = self._template if add_special else None
-        # truncation and the template move token positions; index lists record where each went
-        ia, ib = list(range(len(a))), None if b is None else list(range(len(b)))
+        # truncation keeps a contiguous range of each text's tokens; the ranges record which (offsets)
+        ia, ib = range(len(a)), None if b is None else range(len(b))
         if self.truncation and truncate:
             n_added = 0
             if tpl:
                 n_added = sum(len(x[1]) for x in (tpl["pair"] if b is not None else tpl["single"]) if x[0] == "S")
             ia, ib = _truncate(ia, ib, self.truncation, n_added)
-        a, b = [a[k] for k in ia], None if b is None else [b[k] for k in ib]
+            a, b = a[ia.start:ia.stop], None if b is None else b[ib.start:ib.stop]
         if tpl is None:
             ids = a + (b or [])
             types = [0] * len(a) + [1] * len(b or [])
             smask = [0] * len(ids)
-            layout = [("A", k) for k in ia] + [("B", k) for k in ib or []]
+            parts = (("A", ia),) if b is None else (("A", ia), ("B", ib))
         else:
-            ids, types, smask, layout = [], [], [], []
+            ids, types, smask, parts = [], [], [], []
             for item in tpl["pair"] if b is not None else tpl["single"]:
                 seq = item[1] if item[0] == "S" else a if item[0] == "A" else b
                 ids += seq
                 types += [item[-1]] * len(seq)
                 smask += [int(item[0] == "S")] * len(seq)
-                layout += [None] * len(seq) if item[0] == "S" else [(item[0], k) for k in (ia if item[0] == "A" else ib)]
-        return Encoding(ids, types, [1] * len(ids), smask, self, layout)
+                parts.append(("S", len(seq)) if item[0] == "S" else (item[0], ia if item[0] == "A" else ib))
+        return Encoding(ids, types, [1] * len(ids), smask, self, tuple(parts))
 
     def _offsets(self, enc: Encoding) -> list[tuple[int, int]]:
         """Character spans for ``enc`` (see `Encoding.offsets`), from the aligned slow path."""
         from nac.tokenizer_vm.offsets import text_offsets, trim_offsets
 
-        per_text = {}
+        per_text, layout = {}, enc.layout
         for key, text in zip("AB", enc.texts):
             ids, spans, values, _ = text_offsets(self, text)
-            kept = [item[1] for item in enc.layout if item and item[0] == key]
-            fast = [i for i, item in zip(enc.ids, enc.layout) if item and item[0] == key]
+            kept = [item[1] for item in layout if item and item[0] == key]
+            fast = [i for i, item in zip(enc.ids, layout) if item and item[0] == key]
             if any(k >= len(ids) for k in kept) or [ids[k] for k in kept] != fast:
                 raise NacError(f"{self._where}: offsets: the aligned path gives other ids than encode for {text[:60]!r}")
             if self._trim is not None:  # per text, after truncation, as the reference's post-processor
                 spans = dict(zip(kept, trim_offsets([values[k] for k in kept], [spans[k] for k in kept], self._trim)))
             per_text[key] = spans
-        return [(0, 0) if item is None else tuple(per_text[item[0]][item[1]]) for item in enc.layout]
+        return [(0, 0) if item is None else tuple(per_text[item[0]][item[1]]) for item in layout]
 
     def _pad(self, encs: list[Encoding]) -> None:
         p = self.padding
@@ -353,17 +365,17 @@ class Tokenizer:
             n = target - len(e)
             if n <= 0:
                 continue
-            pad = ([p["pad_id"]] * n, [p["pad_type_id"]] * n, [0] * n, [1] * n, [None] * n)
+            pad = ([p["pad_id"]] * n, [p["pad_type_id"]] * n, [0] * n, [1] * n)
             if p["direction"] == "Left":
-                e.ids, e.type_ids, e.attention_mask, e.special_tokens_mask, e.layout = (
-                    pad[0] + e.ids, pad[1] + e.type_ids, pad[2] + e.attention_mask, pad[3] + e.special_tokens_mask,
-                    pad[4] + e.layout)
+                e.ids, e.type_ids, e.attention_mask, e.special_tokens_mask = (
+                    pad[0] + e.ids, pad[1] + e.type_ids, pad[2] + e.attention_mask, pad[3] + e.special_tokens_mask)
+                e.pad_left += n
             else:
                 e.ids += pad[0]
                 e.type_ids += pad[1]
                 e.attention_mask += pad[2]
                 e.special_tokens_mask += pad[3]
-                e.layout += pad[4]
+                e.pad_right += n
 
     # -- decoding ------------------------------------------------------------------------------------
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
