@@ -7,12 +7,21 @@ the default truncation and padding. ``format/SPEC.md`` (section "tokenizer") is 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from nac.errors import NacFormatError
+
+
+def _finite(x) -> bool:
+    """A JSON number (int of any size, or float) that is a finite float64."""
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:  # an integer beyond float64's range
+        return False
 
 TISA_VERSION = 1
 FORMAT = "tisa-1"
@@ -374,7 +383,7 @@ def validate_program(doc: dict, tables: dict[str, np.ndarray], where: str) -> No
             sc = _table(tables, ins["scores_table"], np.float64, where)
             if sc.ndim != 1 or sc.size <= int(tables["keys_id"].max(initial=-1)):
                 raise _fail(where, "table 'scores' has fewer scores than the vocabulary has pieces")
-            if not np.isfinite(sc).all() or not np.isfinite(ins["unk_score"]):
+            if not np.isfinite(sc).all() or not _finite(ins["unk_score"]):
                 raise _fail(where, "Unigram scores must be finite numbers")
         if op == "POST.TEMPLATE":
             if any(item[0] == "B" for item in ins["single"]):
