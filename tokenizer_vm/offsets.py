@@ -379,8 +379,8 @@ class _Placer:
             length = self._match(word, self.tok.id_to_token(i) or "", cur, k)
             spans.append((cur, cur + length))
             cur += length
-        if cur != n:
-            raise NacError(f"offsets: the tokens of {''.join(map(str, word.chars))!r} do not cover it")
+        if cur != n or not all(0 <= a < b <= n for a, b in spans):  # a program whose model and text disagree
+            raise NacError(f"offsets: the tokens of {''.join(map(str, word.chars))[:60]!r} do not cover it")
         return spans
 
     def _match(self, word: Aligned, token: str, cur: int, k: int) -> int:

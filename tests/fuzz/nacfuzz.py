@@ -12,7 +12,8 @@ Targets (each takes the bytes of one input and must end in success or a `nac.Nac
 - ``reader``: a `.nac` file through `nac.load` (reader, schemas, graph validator, shape
   inference), `nac info`'s summary, then `Model.run` at shapes drawn inside the file's ranges
   (planner, kernels) and the tokenizer if it has one.
-- ``tisa``: a TISA program through `Program.from_bytes` (table validation), then `encode` and
+- ``tisa``: a TISA program through `Program.from_bytes` (table validation), then `encode` (with
+  its offsets) and
   `decode` of text and ids drawn from the input.
 
 ``python tests/fuzz/run.py TARGET`` fuzzes one target with atheris; ``make fuzz`` runs them all.
@@ -455,6 +456,7 @@ def run_tisa(data: bytes) -> None:
     for text in rng.sample(_TEXTS, 3):
         try:
             enc = tok.encode(text)
+            enc.offsets  # the aligned path: every normaliser and pre-tokeniser again, tracking spans
             tok.decode(enc.ids)
             tok.decode([rng.randrange(-2, tok.get_vocab_size() + 2) for _ in range(4)])
         except nac.NacError:
