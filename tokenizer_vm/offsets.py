@@ -324,10 +324,12 @@ def _pre_tokeniser(tok: "Tokenizer", ins: dict):
                 out.append((w, k, f))
             return out
         return metaspace
-    if op == "PRE.UTF8":  # one unit per UTF-8 byte, each aligned with its character
-        return lambda words: [(Aligned([b for c in w.chars for b in c.encode("utf-8", "surrogatepass")],
-                                       [s for c, s in zip(w.chars, w.align)
-                                        for _ in c.encode("utf-8", "surrogatepass")], w.base), k, f)
+    if op == "PRE.UTF8":  # one unit per UTF-8 byte, each aligned with its character (a unit that is
+        # already a byte value is a code point again, as the kernel sees a second PRE.UTF8)
+        def utf8(c) -> bytes:
+            return (chr(c) if isinstance(c, int) else c).encode("utf-8", "surrogatepass")
+        return lambda words: [(Aligned([b for c in w.chars for b in utf8(c)],
+                                       [s for c, s in zip(w.chars, w.align) for _ in utf8(c)], w.base), k, f)
                               for w, k, f in words]
     raise NacError(f"offsets: no alignment rule for {op}")
 
