@@ -5,6 +5,8 @@ tokenizer blob that `nac.export` needs. This module imports torch (it is the exp
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -23,6 +25,34 @@ TASKS = ("feature-extraction", "image-classification", "fill-mask", "text-classi
          "token-classification", "zero-shot-classification", "zero-shot-image-classification",
          "image-feature-extraction", "question-answering")
 MAX_BATCH = 1024
+
+
+#: False while `without_weights` is active: Hugging Face folders are built from their config alone.
+_LOAD_WEIGHTS = contextvars.ContextVar("nac_load_weights", default=True)
+
+
+@contextlib.contextmanager
+def without_weights():
+    """Within this block, `load_pretrained` builds models from their ``config.json`` with their
+    parameters on PyTorch's meta device (accelerate's ``init_empty_weights``: buffers computed in
+    ``__init__``, such as rotary frequencies, stay real), for a weight-free export."""
+    token = _LOAD_WEIGHTS.set(False)
+    try:
+        yield
+    finally:
+        _LOAD_WEIGHTS.reset(token)
+
+
+def load_pretrained(auto_cls, path: Path) -> torch.nn.Module:
+    """``auto_cls.from_pretrained(path)`` in eval mode, or, inside `without_weights`, the same
+    architecture with its parameters on the meta device (no weights read)."""
+    if _LOAD_WEIGHTS.get():
+        return auto_cls.from_pretrained(str(path)).eval()
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    with init_empty_weights():
+        return auto_cls.from_config(AutoConfig.from_pretrained(str(path))).eval()
 
 
 @dataclass
@@ -76,7 +106,7 @@ def sentence_encoder_folder(path: Path, name: str | None = None) -> ExportJob:
     from transformers import AutoModel
 
     path = Path(path)
-    encoder = AutoModel.from_pretrained(str(path)).eval()
+    encoder = load_pretrained(AutoModel, path)
     normalize = False
     modules = path / "modules.json"
     if modules.is_file():
@@ -130,7 +160,7 @@ def _text_model_job(path: Path, auto_cls: str, task: str, keys=("logits",),
     import transformers
 
     path = Path(path)
-    model = getattr(transformers, auto_cls).from_pretrained(str(path)).eval()
+    model = load_pretrained(getattr(transformers, auto_cls), path)
     cfg = model.config
     max_len = int(getattr(cfg, "max_position_embeddings", 512))
     if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
@@ -215,7 +245,7 @@ def clip_folder(path: Path) -> ExportJob:
     from transformers import AutoModel
 
     path = Path(path)
-    model = AutoModel.from_pretrained(str(path)).eval()
+    model = load_pretrained(AutoModel, path)
     cfg = model.config
     max_len = int(cfg.text_config.max_position_embeddings)
     meta, tokenizer = _text_meta(path, "zero-shot-image-classification", max_len)
@@ -236,7 +266,7 @@ def image_features_folder(path: Path) -> ExportJob:
     from transformers import AutoModel
 
     path = Path(path)
-    model = AutoModel.from_pretrained(str(path)).eval()
+    model = load_pretrained(AutoModel, path)
     size = int(getattr(model.config, "image_size", 224))
     with torch.no_grad():
         probe = model(pixel_values=torch.zeros(1, 3, size, size))
@@ -402,7 +432,7 @@ def causal_lm_folder(path: Path) -> ExportJob:
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    model = load_pretrained(AutoModelForCausalLM, path)
     tok = path / "tokenizer.json"
     return causal_lm(model, path.name, tok.read_bytes() if tok.is_file() else None)
 
@@ -493,7 +523,7 @@ def image_classifier_folder(path: Path) -> ExportJob:
     from transformers import AutoConfig, AutoModelForImageClassification
 
     cfg = AutoConfig.from_pretrained(str(path))
-    model = AutoModelForImageClassification.from_pretrained(str(path)).eval()
+    model = load_pretrained(AutoModelForImageClassification, path)
     size = int(getattr(cfg, "image_size", 224))
     pre = {"resize": int(size * 256 / 224), "crop": size, "interpolation": "bilinear", "scale": 1.0,
            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "layout": "NCHW"}
@@ -554,15 +584,16 @@ def image_processor_recipe(folder) -> dict:
             "layout": "NCHW"}
 
 
-def factory(spec: str) -> ExportJob:
-    """``module:function``: the function returns ``(module, example_args)`` or
-    ``(module, example_args, options)`` with options among kwargs, dynamic_shapes, metadata."""
+def factory(spec: str, arguments: dict | None = None) -> ExportJob:
+    """``module:function``: the function (called with ``arguments`` as keywords, if given) returns
+    ``(module, example_args)`` or ``(module, example_args, options)`` with options among kwargs,
+    dynamic_shapes, metadata, tokenizer."""
     mod_name, _, fn_name = spec.partition(":")
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as exc:
         raise NacExportError(f"cannot import factory {spec!r}: {exc}") from None
-    result = fn()
+    result = fn(**(arguments or {}))
     if not isinstance(result, tuple) or len(result) not in (2, 3):
         raise NacExportError(f"factory {spec!r} must return (module, example_args[, options]); got {type(result).__name__}")
     module, args = result[:2]

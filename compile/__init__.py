@@ -1,10 +1,17 @@
 """`nac.compile`: torch.export -> core ATen -> NAC ops (lowering table) -> passes -> `.nac` file.
 
-Importing this package imports torch; the runtime (`nac.engine`, `nac.load`) never does.
+`nac.compile.export` imports torch; the rest (`binding`, `passes`, `quantize`) needs numpy only, so
+`nac bind` runs where torch is not installed. The names below are imported on first use.
 """
-from nac.compile.bitlinear import BitLinear, ternarize
-from nac.compile.export import compile_graph, export, to_graph
-from nac.compile.passes import optimize
-from nac.compile.quantize import quantize_graph
+from importlib import import_module
 
-__all__ = ["export", "compile_graph", "to_graph", "optimize", "quantize_graph", "BitLinear", "ternarize"]
+_WHERE = {"export": "export", "compile_graph": "export", "compile_unbound": "export", "to_graph": "export",
+          "optimize": "passes", "quantize_graph": "quantize", "BitLinear": "bitlinear", "ternarize": "bitlinear",
+          "bind": "binding", "finish_graph": "binding"}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'nac.compile' has no attribute {name!r}")
+    return getattr(import_module(f"nac.compile.{_WHERE[name]}"), name)

@@ -4,21 +4,21 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from nac.compile.binding import finish_graph
 from nac.compile.lowering import RULES, Lowerer, module_path, nac_dtype, sym_text, target_name
-from nac.compile.passes import optimize
-from nac.compile.quantize import quantize_graph, summarize
 from nac.errors import NacError, NacExportError
 from nac.format.container import write_nac
-from nac.format.graph import Graph
+from nac.format.graph import DTYPES, Graph
 
-__all__ = ["export", "compile_graph", "to_graph", "attach_tokenizer"]
+__all__ = ["export", "compile_graph", "compile_unbound", "to_graph", "attach_tokenizer"]
 
 
 def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None = None, dynamic_shapes=None,
-           weights: str = "inline", metadata: dict | None = None, tokenizer=None,
-           optimize_graph: bool = True, quantize=None) -> Path:
+           weights: str | None = "inline", metadata: dict | None = None, tokenizer=None,
+           optimize_graph: bool = True, quantize=None, bundle_inputs: int = 0) -> Path:
     """Compile a PyTorch module into a `.nac` file.
 
     Args:
@@ -28,7 +28,10 @@ def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None =
         kwargs: example keyword inputs (tensors; ``None`` values are left out).
         dynamic_shapes: as for ``torch.export.export``; give each ``torch.export.Dim`` a name
             (``Dim("seq", max=512)``) and that name is what `nac info` and errors show.
-        weights: ``"inline"`` or ``"external"`` (a sibling ``.safetensors`` file).
+        weights: ``"inline"``, ``"external"`` (a sibling ``.safetensors`` file), or None: a
+            weight-free export of a model whose parameters are on the ``meta`` device (see
+            `compile_unbound`); the file records every weight's name, dtype and shape, and
+            `nac.bind` fills them later.
         metadata: JSON-serialisable task metadata stored in the file (task, labels, ...).
         tokenizer: a Hugging Face ``tokenizer.json`` (path, bytes, text or dict) or a TISA
             ``Program``: compiled to TISA bytecode and stored in the file's tokenizer section, so
@@ -38,6 +41,9 @@ def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None =
         quantize: None, ``"int8"``, ``"ternary"`` or ``{module glob: scheme}``; see
             `nac.compile.quantize`. Weights that are exactly ternary (BitLinear) are always stored
             in 2 bits.
+        bundle_inputs: store this many example inputs with the module's own outputs in the
+            file's test-vectors section (the export's example, then variations of it), for
+            `nac.verify` to replay on any machine; see `nac.apps.verify.bundle_vectors`.
     Returns:
         ``path`` as a `pathlib.Path`.
     Raises:
@@ -50,9 +56,21 @@ def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None =
         raise NacExportError("export needs a destination path")
     meta = dict(metadata or {})
     blob = attach_tokenizer(tokenizer, meta)  # before the slow part: a bad tokenizer fails fast
+    if weights is None:
+        if bundle_inputs:
+            raise NacExportError("bundle_inputs needs the weights (the reference outputs come from running "
+                                 "the model); bundle them when binding, or export with weights")
+        graph, meta = compile_unbound(module, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes, metadata=meta,
+                                      optimize_graph=optimize_graph, quantize=quantize)
+        return write_nac(path, graph, meta, tokenizer=blob)
     graph, meta = compile_graph(module, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes, metadata=meta,
                                 optimize_graph=optimize_graph, quantize=quantize)
-    return write_nac(path, graph, meta, weights=weights, tokenizer=blob)
+    vectors = None
+    if bundle_inputs:
+        from nac.apps.verify import bundle_vectors
+
+        vectors = bundle_vectors(module, args, kwargs, graph, meta, bundle_inputs)
+    return write_nac(path, graph, meta, weights=weights, tokenizer=blob, test_vectors=vectors)
 
 
 def attach_tokenizer(tokenizer, metadata: dict) -> bytes | None:
@@ -78,18 +96,79 @@ def compile_graph(module: torch.nn.Module, args=(), *, kwargs: dict | None = Non
     step("torch.export + lowering")
     graph = to_graph(module, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes)
     meta = dict(metadata or {})
-    step("optimising")
-    if optimize_graph:
-        meta.setdefault("compile", {})["passes"] = optimize(graph)
-    step("quantising")
-    report = quantize_graph(graph, quantize)
-    if report:
-        meta.setdefault("compile", {})["quantize"] = summarize(report, quantize)
     meta.setdefault("compile", {})["torch"] = torch.__version__
     examples = _example_dims(graph, args, kwargs)
     if examples:
         meta["compile"]["example_dims"] = examples  # what `nac emit` fixes symbolic sizes to by default
+    return finish_graph(graph, meta, optimize_graph=optimize_graph, quantize=quantize, progress=step), meta
+
+
+def compile_unbound(module: torch.nn.Module, args=(), *, kwargs: dict | None = None, dynamic_shapes=None,
+                    metadata: dict | None = None, optimize_graph: bool = True, quantize=None) -> tuple[Graph, dict]:
+    """The weight-free half of `compile_graph`, for a model whose parameters live on PyTorch's
+    ``meta`` device (``with torch.device("meta"): ...``, or accelerate's ``init_empty_weights``):
+    lowers the model without reading any weight and returns the unoptimised graph and metadata
+    whose ``compile.unbound`` records, for every weight without data, its dtype, shape and the
+    state_dict keys it may be found under (tied weights have several), and what `nac.bind` must
+    do afterwards (``optimize``, ``quantize``). Parameters and buffers that hold real data
+    (e.g. non-persistent buffers built in ``__init__``) are stored as usual.
+
+    Raises:
+        NacExportError: as `export`; also when no parameter is on the meta device.
+    """
+    real = _real_tensors(module)
+    names_of: dict[int, list[str]] = {}
+    for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+        names_of.setdefault(id(t), []).append(name)
+    keys = {n: names for names in names_of.values() for n in names}
+    with _all_on_meta(module, real):
+        meta_args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a
+                          for a in (args if isinstance(args, (tuple, list)) else (args,)))
+        meta_kwargs = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in (kwargs or {}).items()}
+        unbound: dict[str, dict] = {}
+        tied = {n: names[-1] for names in names_of.values() for n in names}  # the name torch.export gives a tied weight
+        graph = to_graph(module, meta_args, kwargs=meta_kwargs, dynamic_shapes=dynamic_shapes, real=real,
+                         unbound=unbound, tied=tied)
+    if not unbound:
+        raise NacExportError("weights=None exports a model whose parameters are on the meta device; "
+                             "this one has real weights (export it with weights='inline')")
+    for name, entry in unbound.items():
+        entry["keys"] = keys.get(name, [name])
+    meta = dict(metadata or {})
+    meta.setdefault("compile", {})["torch"] = torch.__version__
+    examples = _example_dims(graph, args, kwargs)
+    if examples:
+        meta["compile"]["example_dims"] = examples
+    meta["compile"]["unbound"] = {"tensors": unbound, "optimize": bool(optimize_graph),
+                                  "quantize": dict(quantize) if isinstance(quantize, dict) else quantize}
     return graph, meta
+
+
+def _real_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's parameters and buffers that hold data (not on the meta device), by name."""
+    return {n: t.detach() for n, t in [*module.named_parameters(remove_duplicate=False),
+                                       *module.named_buffers(remove_duplicate=False)]
+            if t is not None and t.device.type != "meta"}
+
+
+@contextlib.contextmanager
+def _all_on_meta(module: torch.nn.Module, real: dict):
+    """Temporarily put every real parameter and buffer of ``module`` on the meta device (so the
+    trace never mixes devices); the caller keeps their data in ``real``. Restored on exit."""
+    swapped = []
+    for mod in module.modules():
+        for store in (mod._parameters, mod._buffers):
+            for k, t in list(store.items()):
+                if t is not None and t.device.type != "meta":
+                    swapped.append((store, k, t))
+                    m = t.detach().to("meta")
+                    store[k] = torch.nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(
+                        t, torch.nn.Parameter) else m
+    try:
+        yield
+    finally:
+        for store, k, t in swapped:
+            store[k] = t
 
 
 def _example_dims(graph: Graph, args, kwargs) -> dict[str, int]:
@@ -194,6 +273,8 @@ class _ConstantFolder:
             with torch.no_grad():
                 out = node.target(*args, **kwargs)
             nac_dtype(out.dtype)
+            if out.device.type == "meta":  # depends on a weight a weight-free export does not have
+                raise TypeError("meta")
         except Exception:  # symbolic, unsupported dtype, or torch refuses: not foldable
             self.not_constant.add(node)
             return None
@@ -278,8 +359,15 @@ def _output_names(ep, count: int) -> list[str]:
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
-def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=None) -> Graph:
+def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=None, real: dict | None = None,
+             unbound: dict | None = None, tied: dict | None = None) -> Graph:
     """Export ``module`` and lower it to an (unoptimised) NAC `Graph`. See `export` for arguments.
+
+    For a weight-free export (`compile_unbound`): ``real`` gives the data of tensors the trace saw
+    on the meta device, by state_dict name; a weight with neither data nor an entry there becomes
+    a declared value with no data, recorded in ``unbound`` (name -> dtype and shape). ``tied``
+    maps each state_dict name to the name torch.export gives the tensor it shares storage with: the trace
+    of a meta model lifts tied weights separately, a real one once, and the graph must not differ.
 
     Raises:
         NacExportError: as `export`.
@@ -296,8 +384,11 @@ def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=No
         hi = int(vr.upper) if vr is not None and vr.upper.is_finite else None
         graph.dims[label] = {"min": lo, "max": hi}
     L = Lowerer(graph, names)
+    L.unbound = unbound or {}
     state = {**ep.state_dict, **ep.constants}
     fqn_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
+    if real:
+        state = {k: real.get(k, t) for k, t in state.items()}
     folder = _ConstantFolder({n: state[fqn_of[n.name]] for n in ep.graph.nodes
                               if n.op == "placeholder" and n.name in fqn_of})
 
@@ -305,9 +396,18 @@ def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=No
         L.node = node
         if node.op == "placeholder":
             if node.name in fqn_of:
-                t = state[fqn_of[node.name]].detach().cpu().contiguous()
-                nac_dtype(t.dtype, f"parameter {fqn_of[node.name]}")
-                L.env[node] = graph.add_param(fqn_of[node.name], t.numpy())
+                t = state[fqn_of[node.name]].detach()
+                dtype = nac_dtype(t.dtype, f"parameter {fqn_of[node.name]}")
+                if t.device.type == "meta" and unbound is not None:  # a weight-free export: bound later
+                    first = (tied or {}).get(fqn_of[node.name], fqn_of[node.name])
+                    if first not in graph.values:  # a data-free stand-in while lowering (rules look at params)
+                        shape = tuple(int(d) for d in t.shape)
+                        graph.add_value(first, dtype, shape)  # (add_param would copy the zero-stride array)
+                        graph.params[first] = np.broadcast_to(np.zeros((), np.dtype(DTYPES[dtype][0])), shape)
+                        unbound[first] = {"dtype": dtype, "shape": list(shape)}
+                    L.env[node] = first
+                    continue
+                L.env[node] = graph.add_param(fqn_of[node.name], t.cpu().contiguous().numpy())
             else:
                 val = node.meta.get("val")
                 if not isinstance(val, torch.Tensor):
@@ -361,6 +461,8 @@ def to_graph(module: torch.nn.Module, args=(), *, kwargs=None, dynamic_shapes=No
                 graph.outputs.append(v)
     _report_unsupported(missing, refused)
     _rename_outputs(graph, labels)
+    for name in unbound or ():
+        del graph.params[name]  # declared, without data: `nac.bind` provides it
     return graph
 
 

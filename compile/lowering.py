@@ -416,6 +416,9 @@ def _conv_transpose(L, node, x, w, b, stride, padding, dilation, output_padding,
     wname = L.env.get(w) if isinstance(w, torch.fx.Node) else None
     if not (isinstance(wname, str) and wname in L.graph.params):
         raise NacExportError(f"{L.where()}: transposed convolution needs its weight to be a parameter")
+    if wname in getattr(L, "unbound", ()):
+        raise NacExportError(f"{L.where()}: transposed convolution rearranges its weight at export, so it needs "
+                             f"the weight's data (export this model with its weights)")
     wt = L.graph.params[wname]
     if nd == 1:
         wt = wt[:, :, None, :]
