@@ -48,9 +48,9 @@ assert HEADER.size == 64 and ENTRY.size == 32
 
 # Section kinds. Bit 0x8000 in a section's flags marks it optional: a reader that does not know
 # its kind may skip it. Unknown kinds without that flag make the file unreadable.
-GRAPH, METADATA, PARAMS, PARAMS_EXTERNAL, TOKENIZER = 1, 2, 3, 4, 5
+GRAPH, METADATA, PARAMS, PARAMS_EXTERNAL, TOKENIZER, TEST_VECTORS = 1, 2, 3, 4, 5, 6
 SECTION_NAMES = {GRAPH: "graph", METADATA: "metadata", PARAMS: "parameters",
-                 PARAMS_EXTERNAL: "external-parameters", TOKENIZER: "tokenizer"}
+                 PARAMS_EXTERNAL: "external-parameters", TOKENIZER: "tokenizer", TEST_VECTORS: "test-vectors"}
 OPTIONAL = 0x8000
 MAX_JSON_SECTION = 256 << 20  # a graph or metadata document larger than this is refused
 
@@ -84,7 +84,16 @@ class NacFile:
     metadata: dict
     weights_path: Path | None = None
     tokenizer: bytes | None = None
+    test_vectors: Section | None = None
     _maps: list = field(default_factory=list, repr=False)
+
+    def read_test_vectors(self) -> dict[str, np.ndarray] | None:
+        """The test-vectors section's tensors (checked, zero-copy views), or None when the file
+        has none. Raises NacFormatError for a malformed section."""
+        s = self.test_vectors
+        if s is None:
+            return None
+        return view_safetensors(self._maps[0], s.offset, s.length, f"{self.path}: test-vectors section")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,7 +249,7 @@ def _atomic_write(path: Path, chunks) -> None:
 
 
 def write_nac(path, graph: Graph, metadata: dict | None = None, *, weights: str = "inline",
-              tokenizer: bytes | None = None) -> Path:
+              tokenizer: bytes | None = None, test_vectors: bytes | None = None) -> Path:
     """Write a graph, its parameters and metadata to a `.nac` file, atomically.
 
     Args:
@@ -250,6 +259,8 @@ def write_nac(path, graph: Graph, metadata: dict | None = None, *, weights: str 
         weights: ``"inline"`` (one file) or ``"external"`` (parameters in ``<stem>.safetensors``
             beside the `.nac`, which records its name, size and CRC-32).
         tokenizer: an optional tokenizer program blob (the TISA section).
+        test_vectors: an optional safetensors blob of inputs and expected outputs (an optional
+            section: readers that do not know it skip it; see `nac.apps.verify`).
     Returns:
         The path written.
     Raises:
@@ -275,6 +286,8 @@ def write_nac(path, graph: Graph, metadata: dict | None = None, *, weights: str 
         sections.append((PARAMS_EXTERNAL, 0, json.dumps(ref).encode()))
     if tokenizer is not None:
         sections.append((TOKENIZER, 0, tokenizer))
+    if test_vectors is not None:
+        sections.append((TEST_VECTORS, OPTIONAL, test_vectors))
 
     if weights == "external":
         _atomic_write(weights_path, [blob])
@@ -431,6 +444,11 @@ def read_nac(path, *, verify: bool = True) -> NacFile:
         params = view_safetensors(wbuf, 0, wsize, str(weights_path))
     else:
         raise NacFormatError(f"{path}: no parameters section")
+    unbound = (metadata.get("compile") or {}).get("unbound")
+    if isinstance(unbound, dict):
+        count = len(unbound.get("tensors") or {})
+        raise NacFormatError(f"{path}: {count} weight(s) have no data: this is a weight-free export "
+                             f"(weights=None); fill them with `nac bind {path.name} WEIGHTS -o OUT.nac`")
     example = (metadata.get("compile") or {}).get("example_dims")
     graph = Graph.from_json(graph_doc, params, where=f"{path}: graph section",
                             example_dims=example if isinstance(example, dict) else None)
@@ -438,4 +456,4 @@ def read_nac(path, *, verify: bool = True) -> NacFile:
     if TOKENIZER in by_kind:
         s = by_kind[TOKENIZER]
         tok = bytes(buf[s.offset:s.offset + s.length])
-    return NacFile(path, version, sections, graph, metadata, weights_path, tok, maps)
+    return NacFile(path, version, sections, graph, metadata, weights_path, tok, by_kind.get(TEST_VECTORS), maps)

@@ -160,7 +160,8 @@ def _tokenizer_docs() -> list[dict]:
 
 def seeds(target: str) -> list[bytes]:
     """Valid inputs of ``target`` to start fuzzing from."""
-    from nac.format.container import GRAPH, METADATA, PARAMS, TOKENIZER, pack_sections, safetensors_bytes
+    from nac.format.container import (GRAPH, METADATA, OPTIONAL, PARAMS, TEST_VECTORS, TOKENIZER, pack_sections,
+                                      safetensors_bytes)
     from nac.tokenizer_vm import compile_tokenizer, tokenizer_section
 
     progs = [compile_tokenizer(d, name=f"seed-{k}") for k, d in enumerate(_tokenizer_docs())]
@@ -176,8 +177,30 @@ def seeds(target: str) -> list[bytes]:
             meta["tokenizer"] = info
             sections.append((TOKENIZER, 0, blob))
         sections[1] = (METADATA, 0, json.dumps(meta).encode())
+        vectors = _test_vectors(g)
+        if vectors is not None:
+            sections.append((TEST_VECTORS, OPTIONAL, vectors))
         out.append(b"".join(pack_sections(sections)))
     return out
+
+
+def _test_vectors(g) -> bytes | None:
+    """A test-vectors section for graph ``g``: one case at every dimension's smallest size >= 1,
+    its outputs computed by the engine (None if the graph cannot run there)."""
+    import nac
+    from nac.format.container import NacFile
+    from safetensors.numpy import save
+
+    env = {d: max(1, int(r.get("min") or 0)) for d, r in g.dims.items()}
+    model = nac.Model(NacFile(Path("<seed>"), (1, 0), [], g, {}))
+    try:
+        feeds = {n: np.ones(tuple(nac.format.eval_dim(d, env) for d in s), dt) for n, dt, s in model.input_spec()}
+        outs = model.run(feeds)
+    except nac.NacError:
+        return None
+    tensors = {f"case0.input.{n}": a for n, a in feeds.items()}
+    tensors.update({f"case0.output.{n}": a for n, a in zip(g.outputs, outs)})
+    return save(tensors, metadata={"cases": "1", "tolerance": "1e-4", "reference": "seed"})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -427,6 +450,11 @@ def run_reader(data: bytes, scratch: Path | None = None) -> None:
                         feeds[name] = (rng.normal(size=dims) * 3).astype(dtype) if dtype.startswith("float") else \
                             rng.integers(-2, 12, size=dims).astype(dtype)
                 m.run(feeds)
+            except nac.NacError:
+                pass
+        if m.file.test_vectors is not None:
+            try:  # nac verify: replays the section's cases (its tensors are untrusted too)
+                nac.verify(m).to_dict()
             except nac.NacError:
                 pass
         if m.file.tokenizer is not None:
