@@ -251,6 +251,14 @@ def _archs():
 ARCHS = {a.name: a for a in _archs()}
 
 
+def job(name: str):
+    """A `nac export` / `nac zoo` factory (``arch_zoo:job`` with ``arguments = {name = "bert"}``):
+    the entry's model, its example at the first call shape, and its dynamic shapes."""
+    arch = ARCHS[name]
+    torch.manual_seed(0)
+    return arch.build(), (), {"kwargs": arch.inputs(*arch.calls[0]), "dynamic_shapes": arch.shapes()}
+
+
 def check(arch: Arch, tmp: Path) -> dict:
     """Export ``arch`` and compare with torch at its two calls. Returns a report row
     {name, family, dynamic, ok, error, max_rel_err, export_s, nodes, ops}; never raises for a NAC
