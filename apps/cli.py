@@ -29,6 +29,14 @@ EPILOG = """examples:
   nac export ./gpt2-dir -o gpt2.nac               # a causal LM folder: text generation with a KV cache
   nac run gpt2.nac "Once upon a time" -n 50 --stats
   nac emit minilm.nac --target riscv32 -o fw --shape seq=8 --verify   # C firmware, run under QEMU
+  nac reconstruct minilm.nac                      # the graph as pseudo-code (--torch: a PyTorch module)
+  nac visualize minilm.nac -o minilm.svg          # a picture (.mmd Mermaid, .svg, .png), collapsed by module
+  nac ir minilm.nac -o minilm.ir.json             # the graph and weight table as JSON (no weight data)
+  nac export ./llama-dir -o l.nac --weights none  # no weights read: every parameter's name, dtype, shape
+  nac bind l.nac ./llama-dir/model.safetensors -o bound.nac    # fill them (checked), then optimise
+  nac export minilm -o m.nac --bundle-inputs 3    # carry 3 inputs with torch's outputs in the file
+  nac verify m.nac                                # replay them here; exit status 1 if any output differs
+  nac zoo zoo.toml -o reports/                    # compile, verify and report a list of models
 """
 
 
@@ -49,8 +57,12 @@ def _parser() -> argparse.ArgumentParser:
                                   "zero-shot-classification, zero-shot-image-classification, "
                                   "image-feature-extraction or question-answering (default: from the model's "
                                   "architecture; zero-shot-classification must be asked for)")
-    e.add_argument("--weights", choices=["inline", "external"], default="inline",
-                   help="store parameters inside the file (default) or in OUT.safetensors beside it")
+    e.add_argument("--weights", choices=["inline", "external", "none"], default="inline",
+                   help="store parameters inside the file (default), in OUT.safetensors beside it, or not at all "
+                        "(none: a Hugging Face folder is built from its config without reading weights; "
+                        "`nac bind` fills them later)")
+    e.add_argument("--bundle-inputs", type=int, default=0, metavar="N",
+                   help="store N example inputs with the model's own outputs, for `nac verify` to replay")
     e.add_argument("--no-optimize", action="store_true", help="skip the graph optimisation passes")
     e.add_argument("--quantize", choices=["int8", "ternary", "int8+a8", "ternary+a8"],
                    help="store weights as int8 (per output channel) or 2-bit ternary (BitNet b1.58 absmean; "
@@ -105,6 +117,65 @@ def _parser() -> argparse.ArgumentParser:
     em.add_argument("--verify", action="store_true", help="build, run and compare with the engine")
     em.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    rc = sub.add_parser("reconstruct", help="print the graph as pseudo-code, or write it as a PyTorch module",
+                        description="One line per node with its output shape, grouped by the module it came from; "
+                                    "--torch writes a runnable torch.nn.Module source file that loads the file's "
+                                    "weights (quantised ones dequantised) and reproduces its outputs.")
+    rc.add_argument("model", type=Path, metavar="MODEL.nac")
+    rc.add_argument("--torch", action="store_true", help="write PyTorch module source instead of pseudo-code")
+    rc.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE (default: stdout)")
+
+    vz = sub.add_parser("visualize", help="draw the graph (Mermaid, SVG, PNG)",
+                        description="Nodes labelled with op and output shape, weights as dashed inputs; graphs "
+                                    "with more than --max-nodes nodes are collapsed by module.")
+    vz.add_argument("model", type=Path, metavar="MODEL.nac")
+    vz.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                    help="graph.mmd (Mermaid), graph.md, graph.svg, graph.png or graph.dot")
+    vz.add_argument("--max-nodes", type=int, default=60, metavar="N",
+                    help="collapse by module when the graph has more nodes than this (default 60)")
+    vz.add_argument("--collapse", type=int, metavar="DEPTH", help="collapse at this module depth (1 = top level)")
+    vz.add_argument("--no-weights", action="store_true", help="do not draw weights")
+
+    ir = sub.add_parser("ir", help="write the graph and weight table as JSON, or check such a document",
+                        description="The IR document: the graph section, the weight table (names, shapes, dtypes, "
+                                    "state_dict keys, byte offsets; no data) and the metadata. --check validates "
+                                    "an IR or graph JSON document and lists every problem.")
+    ir.add_argument("model", type=Path, metavar="MODEL.nac|DOC.json")
+    ir.add_argument("-o", "--output", type=Path, metavar="OUT.json", help="write to OUT.json (default: stdout)")
+    ir.add_argument("--check", action="store_true", help="validate a JSON document (exit status 1 if invalid)")
+
+    bd = sub.add_parser("bind", help="fill a weight-free export with weights",
+                        description="Read WEIGHTS (.safetensors, a sharded .safetensors.index.json, a folder, or a "
+                                    "state_dict .bin/.pt), check every name, shape and dtype against MODEL.nac "
+                                    "(exported with --weights none), then optimise and quantise as the export asked.")
+    bd.add_argument("model", type=Path, metavar="MODEL.nac")
+    bd.add_argument("weights", type=Path, metavar="WEIGHTS")
+    bd.add_argument("-o", "--output", type=Path, required=True, metavar="BOUND.nac")
+    bd.add_argument("--quantize", choices=["none", "int8", "ternary", "int8+a8", "ternary+a8"],
+                    help="quantise now (default: what the export asked for)")
+    bd.add_argument("--allow-unexpected", action="store_true", help="ignore weights the model does not use")
+    bd.add_argument("--weights-layout", choices=["inline", "external"], default="inline")
+
+    vf = sub.add_parser("verify", help="check the engine's outputs against bundled or live references",
+                        description="Replay the test vectors stored in the file (nac export --bundle-inputs N), or "
+                                    "compare with a live torch model (--reference), and print per output the shape, "
+                                    "max/mean absolute and max relative difference. Exit status 1 on a failure.")
+    vf.add_argument("model", type=Path, metavar="MODEL.nac")
+    vf.add_argument("--reference", metavar="SOURCE", help="a packaged model name, a Hugging Face folder or "
+                                                         "module:factory to run with torch on fresh inputs")
+    vf.add_argument("--task", help="the task to build --reference for (default: the file's)")
+    vf.add_argument("--tolerance", type=float, help="relative to each output's scale (default: bundled, or 1e-4)")
+    vf.add_argument("--cases", type=int, default=3, help="fresh inputs to try with --reference (default 3)")
+    vf.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    zo = sub.add_parser("zoo", help="compile, verify and report a list of models",
+                        description="Compile every entry of ZOO.toml (packaged names, Hugging Face folders, "
+                                    "module:function factories), verify each against its reference, keep going past "
+                                    "failures, and write OUT/registry.json, OUT/SUMMARY.md and one OUT/NAME.md each.")
+    zo.add_argument("zoo", type=Path, metavar="ZOO.toml")
+    zo.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="folder for files and reports")
+    zo.add_argument("--only", action="append", default=[], metavar="NAME", help="compile only these entries")
+
     i = sub.add_parser("info", help="describe a .nac file", description="Header, sections, inputs and outputs "
                        "with symbolic shapes, op histogram, parameters, metadata.")
     i.add_argument("model", type=Path, metavar="MODEL.nac")
@@ -120,7 +191,9 @@ def cmd_export(args) -> int:
     from nac.compile.export import attach_tokenizer, compile_graph
     from nac.format.container import write_nac
 
-    with tqdm(total=5, desc="loading model", unit="step", file=sys.stderr, disable=None,
+    if args.weights == "none":
+        return _export_without_weights(args)
+    with tqdm(total=5 + bool(args.bundle_inputs), desc="loading model", unit="step", file=sys.stderr, disable=None,
               bar_format="{desc:<28} {bar:20} {n_fmt}/{total_fmt} [{elapsed}]") as bar:
         job = resolve(args.source, args.task)
         blob = attach_tokenizer(job.tokenizer, job.metadata)
@@ -132,12 +205,115 @@ def cmd_export(args) -> int:
         graph, meta = compile_graph(job.module, job.args, kwargs=job.kwargs, dynamic_shapes=job.dynamic_shapes,
                                     metadata=job.metadata, optimize_graph=not args.no_optimize,
                                     quantize=args.quantize, progress=stage)
+        vectors = None
+        if args.bundle_inputs:
+            from nac.apps.verify import bundle_vectors
+
+            stage(f"bundling {args.bundle_inputs} test vectors")
+            vectors = bundle_vectors(job.module, job.args, job.kwargs, graph, meta, args.bundle_inputs)
         stage("writing")
-        path = write_nac(args.output, graph, meta, weights=args.weights, tokenizer=blob)
+        path = write_nac(args.output, graph, meta, weights=args.weights, tokenizer=blob, test_vectors=vectors)
         stage("done")
     size = path.stat().st_size + (path.with_suffix(".safetensors").stat().st_size if args.weights == "external" else 0)
     print(f"wrote {path} ({size / 1e6:.1f} MB, {len(graph.nodes)} nodes, {graph.param_count():,} parameters)")
     return 0
+
+
+def _export_without_weights(args) -> int:
+    from nac.apps.sources import resolve, without_weights
+    from nac.compile.export import attach_tokenizer, compile_unbound
+    from nac.format.container import write_nac
+
+    if args.bundle_inputs:
+        raise NacError("--bundle-inputs needs the weights; bundle when exporting with them")
+    with without_weights():
+        job = resolve(args.source, args.task)
+    blob = attach_tokenizer(job.tokenizer, job.metadata)
+    graph, meta = compile_unbound(job.module, job.args, kwargs=job.kwargs, dynamic_shapes=job.dynamic_shapes,
+                                  metadata=job.metadata, optimize_graph=not args.no_optimize, quantize=args.quantize)
+    path = write_nac(args.output, graph, meta, tokenizer=blob)
+    record = meta["compile"]["unbound"]["tensors"]
+    count = sum(int(__import__("math").prod(t["shape"])) for t in record.values())
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {len(graph.nodes)} nodes; {len(record)} weights, "
+          f"{count:,} parameters, to fill with `nac bind`)")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    from nac.apps.reconstruct import reconstruct
+
+    text = reconstruct(args.model, torch=args.torch)
+    return _write_or_print(text, args.output)
+
+
+def _write_or_print(text: str, output: Path | None) -> int:
+    if output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise NacError(f"cannot write {output}: {exc.strerror}") from None
+    print(f"wrote {output} ({len(text):,} characters)")
+    return 0
+
+
+def cmd_visualize(args) -> int:
+    from nac.apps.visualize import render
+
+    path, v = render(args.model, args.output, max_nodes=args.max_nodes, collapse=args.collapse,
+                     weights=not args.no_weights)
+    how = f"collapsed at module depth {v.depth}" if v.depth else "every node"
+    print(f"wrote {path} ({v.count() - v.count('weight')} boxes, {v.count('weight')} weight boxes; {how})")
+    return 0
+
+
+def cmd_ir(args) -> int:
+    from nac.format.ir import to_json, validate
+
+    if args.check:
+        try:
+            problems = validate(args.model.read_bytes())
+        except OSError as exc:
+            raise NacError(f"cannot read {args.model}: {exc.strerror}") from None
+        for p in problems:
+            print(p)
+        print(f"{args.model}: {'valid' if not problems else f'{len(problems)} problem(s)'}", file=sys.stderr)
+        return 1 if problems else 0
+    return _write_or_print(to_json(args.model) + "\n", args.output)
+
+
+def cmd_bind(args) -> int:
+    from nac.compile.binding import bind
+
+    quantize = "recorded" if args.quantize is None else (None if args.quantize == "none" else args.quantize)
+    path = bind(args.model, args.weights, args.output, quantize=quantize, strict=not args.allow_unexpected,
+                weights_layout=args.weights_layout)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from nac.apps.verify import verify
+
+    report = verify(args.model, reference=args.reference, task=args.task, tolerance=args.tolerance, cases=args.cases)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(f"{report.model} against {report.reference} (tolerance {report.tolerance:g} of each output's scale)")
+        print(report.table())
+        bad = sum(not c.passed for c in report.checks)
+        print(f"{'PASS' if report.passed else 'FAIL'}: {len(report.checks) - bad} of {len(report.checks)} outputs agree")
+    return 0 if report.passed else 1
+
+
+def cmd_zoo(args) -> int:
+    from nac.apps.zoo import run_zoo
+
+    result = run_zoo(args.zoo, args.output, only=args.only or None)
+    failed = [r for r in result if r["status"] != "ok"]
+    print(f"{len(result) - len(failed)} of {len(result)} models compiled and verified; reports in {args.output}")
+    return 1 if failed else 0
 
 
 def cmd_run(args) -> int:
@@ -320,6 +496,7 @@ def describe(path: Path) -> dict:
         NacFormatError: the file is missing or its header and section table are unreadable.
     """
     import nac
+    from nac.apps.verify import bundled_status
     from nac.format.container import read_header
 
     path = Path(path)
@@ -350,9 +527,20 @@ def describe(path: Path) -> dict:
         "parameters": {"count": g.param_count(), "bytes": param_bytes, "tensors": len(g.params),
                        "shared": len(g.param_aliases)},
         "quantized": quantised,
-        "metadata": {k: (v if k != "labels" else f"{len(v)} labels") for k, v in model.metadata.items()},
+        "passes": (model.metadata.get("compile") or {}).get("passes"),
+        "test_vectors": bundled_status(model),
+        "metadata": _shown_metadata(model.metadata),
     })
     return d
+
+
+def _shown_metadata(meta: dict) -> dict:
+    """The metadata as `nac info` shows it: labels counted, the compile report without the parts
+    shown on their own (passes) or too long to read (the state_dict key of every tensor)."""
+    shown = {k: (v if k != "labels" else f"{len(v)} labels") for k, v in meta.items()}
+    if isinstance(shown.get("compile"), dict):
+        shown["compile"] = {k: v for k, v in shown["compile"].items() if k not in ("passes", "state_dict_keys", "transposed")}
+    return shown
 
 
 def _partial_summary(buf, sections, path: Path) -> dict:
@@ -458,6 +646,12 @@ def cmd_info(args) -> int:
             print(f"  {q['name']}: {q['scheme']}{q['shape']}, {q['bytes']:,} bytes ({q['bits_per_weight']} bits/weight)")
     if "ops" in d:
         print(f"ops ({d['nodes']} nodes): " + ", ".join(f"{k} {v}" for k, v in d["ops"].items()))
+    if d.get("passes"):
+        print("passes: " + ", ".join(f"{k} {v}" for k, v in d["passes"].items()))
+    if d.get("test_vectors"):
+        tv = d["test_vectors"]
+        print(f"test vectors: {tv['cases']} case(s) from {tv.get('reference')}, tolerance {tv.get('tolerance')} "
+              f"(nac verify replays them)" if "problem" not in tv else f"test vectors: unreadable: {tv['problem']}")
     if "metadata" in d:
         print("metadata: " + json.dumps(d["metadata"], ensure_ascii=False)[:2000])
     if not d["valid"]:
@@ -495,7 +689,9 @@ def main(argv=None) -> int:
         # `kill` (SIGTERM) unwinds like Ctrl-C, so a half-written .nac's temporary is removed
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        return {"export": cmd_export, "run": cmd_run, "info": cmd_info, "emit": cmd_emit}[args.command](args)
+        return {"export": cmd_export, "run": cmd_run, "info": cmd_info, "emit": cmd_emit, "reconstruct": cmd_reconstruct,
+                "visualize": cmd_visualize, "ir": cmd_ir, "bind": cmd_bind, "verify": cmd_verify,
+                "zoo": cmd_zoo}[args.command](args)
     except NacError as exc:
         print(f"nac: error: {exc}", file=sys.stderr)
         return 2
