@@ -264,7 +264,9 @@ def bind(path, weights, out, *, quantize="recorded", strict: bool = True, weight
             else:
                 problems.append(f"dtype mismatch: {key} is {a.dtype} in the weights, the model needs {want_dtype}")
                 continue
-        params[name] = np.ascontiguousarray(a)
+        params[name] = np.asarray(a, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
+    kept = [k for k in record.get("kept", []) if isinstance(k, str)]  # computed by the module, not loaded
+    used.update(k[len(prefix):] if k.startswith(prefix) else k for k in kept)
     if strict:
         problems += [f"unexpected: {k} (not used by the model)" for k in sorted(set(given) - used)]
     if problems:

@@ -108,15 +108,21 @@ def compile_unbound(module: torch.nn.Module, args=(), *, kwargs: dict | None = N
     """The weight-free half of `compile_graph`, for a model whose parameters live on PyTorch's
     ``meta`` device (``with torch.device("meta"): ...``, or accelerate's ``init_empty_weights``):
     lowers the model without reading any weight and returns the unoptimised graph and metadata
-    whose ``compile.unbound`` records, for every weight without data, its dtype, shape and the
+    whose ``compile.unbound`` records, for every state_dict tensor, its dtype, shape and the
     state_dict keys it may be found under (tied weights have several), and what `nac.bind` must
-    do afterwards (``optimize``, ``quantize``). Parameters and buffers that hold real data
-    (e.g. non-persistent buffers built in ``__init__``) are stored as usual.
+    do afterwards (``optimize``, ``quantize``). Every state_dict entry is left for `bind`, even
+    one that holds data here (a persistent buffer's initial value is not the checkpoint's);
+    tensors outside the state_dict (non-persistent buffers built in ``__init__``, such as rotary
+    tables) keep their data and are listed as ``kept``.
 
     Raises:
         NacExportError: as `export`; also when no parameter is on the meta device.
     """
-    real = _real_tensors(module)
+    # Everything in the state_dict comes from the weights at bind time (a persistent buffer such as
+    # batch norm's running mean included: its value here is only the initial one); tensors outside
+    # it (non-persistent buffers: rotary tables, position ids) are computed by the module and kept.
+    in_state = set(module.state_dict().keys())
+    real = {n: t for n, t in _real_tensors(module).items() if n not in in_state}
     names_of: dict[int, list[str]] = {}
     for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
         names_of.setdefault(id(t), []).append(name)
@@ -130,8 +136,8 @@ def compile_unbound(module: torch.nn.Module, args=(), *, kwargs: dict | None = N
         graph = to_graph(module, meta_args, kwargs=meta_kwargs, dynamic_shapes=dynamic_shapes, real=real,
                          unbound=unbound, tied=tied)
     if not unbound:
-        raise NacExportError("weights=None exports a model whose parameters are on the meta device; "
-                             "this one has real weights (export it with weights='inline')")
+        raise NacExportError("weights=None exports a model without its state_dict, yet this graph reads none of it "
+                             "(export it with weights='inline')")
     for name, entry in unbound.items():
         entry["keys"] = keys.get(name, [name])
     meta = dict(metadata or {})
@@ -139,7 +145,8 @@ def compile_unbound(module: torch.nn.Module, args=(), *, kwargs: dict | None = N
     examples = _example_dims(graph, args, kwargs)
     if examples:
         meta["compile"]["example_dims"] = examples
-    meta["compile"]["unbound"] = {"tensors": unbound, "optimize": bool(optimize_graph),
+    meta["compile"]["unbound"] = {"tensors": unbound, "kept": sorted(n for n in real if n in graph.params),
+                                  "optimize": bool(optimize_graph),
                                   "quantize": dict(quantize) if isinstance(quantize, dict) else quantize}
     return graph, meta
 

