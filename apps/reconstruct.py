@@ -58,7 +58,7 @@ def pseudo_code(model_or_path) -> str:
         NacFormatError: the file is not a valid `.nac`.
     """
     g, name = _graph_of(model_or_path)
-    lines = [f"# {name}: {len(g.nodes)} nodes, {g.param_count():,} parameters"]
+    lines = [f"# {_text(name)}: {len(g.nodes)} nodes, {g.param_count():,} parameters"]
     for d, r in g.dims.items():
         lines.append(f"# dimension {d} in [{r.get('min')}, {r.get('max') if r.get('max') is not None else 'inf'}]")
     args = ", ".join(f"{i}: {g.values[i].dtype}{_shape_text(g.values[i].shape)}" for i in g.inputs)
@@ -78,7 +78,7 @@ def pseudo_code(model_or_path) -> str:
     for n in g.nodes:
         if n.source != source:
             source = n.source
-            lines.append(f"    # -- {source or '(top level)'}")
+            lines.append(f"    # -- {_text(source) or '(top level)'}")
         args = [ref(i) for i in n.inputs] + [f"{k}={v!r}" for k, v in n.attrs.items()]
         outs = ", ".join(n.outputs)
         shapes = "; ".join(f"{g.values[o].dtype}{_shape_text(g.values[o].shape)}" for o in n.outputs)
@@ -175,13 +175,39 @@ class _Names:
         return name
 
 
+def _text(value) -> str:
+    """File text (a module path, a file name) made safe for one line of a comment or docstring:
+    line breaks and other control characters escaped, so nothing in a file becomes code."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value)).replace('"""', '\\"\\"\\"')
+
+
+def _int(v) -> str:
+    """An integer attribute as code. Raises NacError for anything else (never pasted as text)."""
+    if type(v) is not int:
+        raise NacError(f"reconstruct --torch: expected an integer attribute, found {v!r:.60}")
+    return str(v)
+
+
 def _dim(d) -> str:
-    """A dimension as a Python expression (expressions use only + - * // % max min and names)."""
-    return str(d) if isinstance(d, int) else f"({d})"
+    """A dimension as a Python expression: an int, or an expression the file's validator parsed
+    (integers, dimension names, + - * // %, max, min; see `nac.format.symbolic`)."""
+    if isinstance(d, str):
+        from nac.format.symbolic import parse_dim
+
+        parse_dim(d)  # the whitelist, again: this text becomes code
+        return f"({d})"
+    return _int(d)
 
 
 def _dims(ds) -> str:
     return "[" + ", ".join(_dim(d) for d in ds) + "]"
+
+
+def _ints(v) -> str:
+    """A list of integers as code. Raises NacError for anything else."""
+    if not isinstance(v, (list, tuple)):
+        raise NacError(f"reconstruct --torch: expected a list of integers, found {v!r:.60}")
+    return "[" + ", ".join(_int(x) for x in v) + "]"
 
 
 def _index_expr(rank_before: int, item: str) -> str:
@@ -190,7 +216,7 @@ def _index_expr(rank_before: int, item: str) -> str:
 
 def _reduction(fn: str):
     def emit(x, a, rank):
-        dims = list(a.get("dims") or range(rank))
+        dims = [int(_int(d)) for d in a.get("dims") or range(rank)]
         kd = bool(a.get("keepdim"))
         if fn == "prod":  # torch.prod reduces one axis at a time
             expr = x
@@ -249,8 +275,8 @@ def _call(n, g: Graph, ins: list[str]) -> str:
         act = a.get("activation", "none")
         return y if act == "none" else f"_activation({y}, {act!r})"
     if op == "conv2d":
-        y = (f"_conv2d({x}, {ins[1]}, {ins[2] if len(ins) > 2 else 'None'}, {list(a.get('stride', [1, 1]))}, "
-             f"{list(a.get('padding', [0, 0, 0, 0]))}, {list(a.get('dilation', [1, 1]))}, {a.get('groups', 1)})")
+        y = (f"_conv2d({x}, {ins[1]}, {ins[2] if len(ins) > 2 else 'None'}, {_ints(a.get('stride', [1, 1]))}, "
+             f"{_ints(a.get('padding', [0, 0, 0, 0]))}, {_ints(a.get('dilation', [1, 1]))}, {_int(a.get('groups', 1))})")
         act = a.get("activation", "none")
         return y if act == "none" else f"_activation({y}, {act!r})"
     if op == "scaled_dot_product_attention":
@@ -258,14 +284,14 @@ def _call(n, g: Graph, ins: list[str]) -> str:
         return (f"_attention({q}, {k}, {v}, {m}, {kt}, {vt}, scale={a['scale']!r}, "
                 f"is_causal={bool(a.get('is_causal'))}, enable_gqa={bool(a.get('enable_gqa'))})")
     if op == "max_pool2d":
-        return (f"F.max_pool2d({x}, {list(a['kernel'])}, {list(a['stride'])}, {list(a['padding'])}, "
-                f"{list(a.get('dilation', [1, 1]))}, ceil_mode={bool(a.get('ceil_mode'))})")
+        return (f"F.max_pool2d({x}, {_ints(a['kernel'])}, {_ints(a['stride'])}, {_ints(a['padding'])}, "
+                f"{_ints(a.get('dilation', [1, 1]))}, ceil_mode={bool(a.get('ceil_mode'))})")
     if op == "avg_pool2d":
-        return (f"F.avg_pool2d({x}, {list(a['kernel'])}, {list(a['stride'])}, {list(a['padding'])}, "
+        return (f"F.avg_pool2d({x}, {_ints(a['kernel'])}, {_ints(a['stride'])}, {_ints(a['padding'])}, "
                 f"ceil_mode={bool(a.get('ceil_mode'))}, count_include_pad={bool(a.get('count_include_pad', True))}, "
                 f"divisor_override={a.get('divisor_override')!r})")
     if op == "adaptive_avg_pool2d":
-        return f"F.adaptive_avg_pool2d({x}, {list(a['output_size'])})"
+        return f"F.adaptive_avg_pool2d({x}, {_ints(a['output_size'])})"
     if op == "upsample2d":
         sh, sw = a.get("scales") or (None, None)
         if a.get("mode") == "bilinear":
@@ -275,50 +301,50 @@ def _call(n, g: Graph, ins: list[str]) -> str:
     if op in ("sum", "mean", "amax", "amin", "prod", "any", "all"):
         return _reduction(op)(x, a, rank(0))
     if op == "var":
-        dims = list(a.get("dims") or range(rank(0)))
+        dims = [int(_int(d)) for d in a.get("dims") or range(rank(0))]
         return (f"torch.var({x}, dim={tuple(dims)}, correction={a.get('correction', 1)!r}, "
                 f"keepdim={bool(a.get('keepdim'))})")
     if op in ("argmax", "argmin"):
-        return f"torch.{op}({x}, dim={a['dim']}, keepdim={bool(a.get('keepdim'))})"
+        return f"torch.{op}({x}, dim={_int(a['dim'])}, keepdim={bool(a.get('keepdim'))})"
     if op == "cumsum":
-        return f"torch.cumsum({x}, dim={a['dim']}).to({out_dtype})"
+        return f"torch.cumsum({x}, dim={_int(a['dim'])}).to({out_dtype})"
     if op == "sort":
-        return f"torch.sort({x}, dim={a['dim']}, descending={bool(a.get('descending'))}, stable=True)"
+        return f"torch.sort({x}, dim={_int(a['dim'])}, descending={bool(a.get('descending'))}, stable=True)"
     if op == "topk":
-        return f"_topk({x}, {_dim(a['k'])}, {a['dim']}, {bool(a.get('largest', True))})"
+        return f"_topk({x}, {_dim(a['k'])}, {_int(a['dim'])}, {bool(a.get('largest', True))})"
     if op in ("softmax", "log_softmax"):
-        return f"torch.{op}({x}, dim={a['dim']})"
+        return f"torch.{op}({x}, dim={_int(a['dim'])})"
     if op == "layer_norm":
-        axes = int(a.get("axes", 1))
+        axes = int(_int(a.get("axes", 1)))
         return f"F.layer_norm({x}, {x}.shape[-{axes}:], {ins[1]}, {ins[2]}, eps={a['eps']!r})"
     if op == "rms_norm":
-        axes = int(a.get("axes", 1))
+        axes = int(_int(a.get("axes", 1)))
         return f"F.rms_norm({x}, {x}.shape[-{axes}:], {ins[1]}, eps={a['eps']!r})"
     if op == "batch_norm":
         return f"F.batch_norm({x}, {ins[3]}, {ins[4]}, {ins[1]}, {ins[2]}, False, 0.0, {a['eps']!r})"
     if op == "embedding":
         return f"F.embedding({ins[1]}, {ins[0]})"
     if op == "gather":
-        return f"torch.gather({x}, {a['dim']}, {ins[1]})"
+        return f"torch.gather({x}, {_int(a['dim'])}, {ins[1]})"
     if op == "index_select":
-        return f"torch.index_select({x}, {a['dim']}, {ins[1]})"
+        return f"torch.index_select({x}, {_int(a['dim'])}, {ins[1]})"
     if op == "index":
         return f"{x}[{', '.join(':' if i == 'None' else i for i in ins[1:])}]"
     if op == "reshape":
         return f"{x}.reshape({_dims(a['shape'])})"
     if op == "permute":
-        return f"{x}.permute({list(a['perm'])})"
+        return f"{x}.permute({_ints(a['perm'])})"
     if op == "expand":
         return f"{x}.expand({_dims(a['shape'])})"
     if op == "slice":
-        d = a["dim"] % max(rank(0), 1)
-        return f"{x}" + _index_expr(d, f"{_dim(a['start'])}:{_dim(a['end'])}:{a.get('step', 1)}")
+        d = int(_int(a["dim"])) % max(rank(0), 1)
+        return f"{x}" + _index_expr(d, f"{_dim(a['start'])}:{_dim(a['end'])}:{_dim(a.get('step', 1))}")
     if op == "select":
-        return f"{x}" + _index_expr(a["dim"] % max(rank(0), 1), _dim(a["index"]))
+        return f"{x}" + _index_expr(int(_int(a["dim"])) % max(rank(0), 1), _dim(a["index"]))
     if op == "flip":
-        return f"torch.flip({x}, {list(a['dims'])})"
+        return f"torch.flip({x}, {_ints(a['dims'])})"
     if op == "cat":
-        return f"torch.cat([{', '.join(ins)}], dim={a['dim']})"
+        return f"torch.cat([{', '.join(ins)}], dim={_int(a['dim'])})"
     if op == "pad":
         return f"F.pad({x}, {_dims(a['pads'])}, value={a.get('value', 0.0)!r})"
     if op == "repeat":
@@ -377,6 +403,12 @@ def torch_source(model_or_path, class_name: str = "Reconstructed") -> str:
             consts.append((a, v))
             expr[v.name] = f"self.{a}"
 
+    if not class_name.isidentifier() or keyword.iskeyword(class_name):
+        raise NacError(f"reconstruct --torch: class name {class_name!r} is not a Python identifier")
+    reserved = sorted(d for d in g.dims if d in _Names.RESERVED or keyword.iskeyword(d))
+    if reserved:
+        raise NacError(f"reconstruct --torch: dimension name(s) {reserved} clash with names the module uses")
+    name = _text(name)
     lines = [f'"""{name} as a PyTorch module, written by `nac reconstruct --torch`.',
              "",
              f"    model = {class_name}.from_nac({name!r})",
@@ -428,7 +460,7 @@ def torch_source(model_or_path, class_name: str = "Reconstructed") -> str:
     for n in g.nodes:
         if n.source != source:
             source = n.source
-            lines.append(f"        # {source or '(top level)'}")
+            lines.append(f"        # {_text(source) or '(top level)'}")
         ins = [expr[i] if i else "None" for i in n.inputs]
         outs = [local(o) for o in n.outputs]
         shape = "; ".join(_shape_text(g.values[o].shape) for o in n.outputs)

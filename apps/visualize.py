@@ -169,6 +169,8 @@ def _weight_detail(g: Graph, name: str) -> str:
 # drawing
 # ------------------------------------------------------------------------------------------------
 def _mermaid_text(s: str) -> str:
+    """Label text for Mermaid: one line (control characters become spaces), markup escaped."""
+    s = "".join(c if c.isprintable() else " " for c in s)
     return s.replace("&", "&amp;").replace('"', "#quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 

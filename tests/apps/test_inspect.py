@@ -480,3 +480,26 @@ def test_export_a_hugging_face_folder_without_weights_then_bind(minilm_nac, tmp_
     got = nac.pipeline("feature-extraction", bound)(texts)
     want = nac.pipeline("feature-extraction", minilm_nac[0])(texts)
     assert_close(got, want, 1e-5, "MiniLM bound from its folder")
+
+
+def test_reconstruct_never_turns_file_text_into_code(tmp_path):
+    """A module path (free text in a file) with line breaks and code in it stays inside a comment;
+    a non-integer where an integer attribute belongs is refused, not pasted."""
+    from nac.apps.reconstruct import pseudo_code, torch_source
+    from nac.format.graph import Graph, Node
+
+    g = Graph()
+    x = g.add_value("x", "float32", (2, 3))
+    g.inputs.append(x)
+    y = g.add_value("y", "float32", (2, 3))
+    evil = 'm\nimport os; os.system("echo pwned")\r\n"""'
+    g.nodes.append(Node("softmax", [x], [y], {"dim": 1}, evil))
+    g.outputs.append(y)
+    for text in (torch_source(g), pseudo_code(g)):
+        for line in text.splitlines():
+            if "os.system" in line:
+                assert line.lstrip().startswith("#"), line
+    compile(torch_source(g), "<generated>", "exec")
+    g.nodes[0].attrs["dim"] = "__import__('os').getpid()"
+    with pytest.raises(NacError, match="integer"):
+        torch_source(g)
