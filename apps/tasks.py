@@ -135,7 +135,13 @@ def classify_images(model: Model, paths, top_k: int = 5) -> list[list[Prediction
     meta = model.metadata
     if meta.get("task") != "image-classification":
         raise NacError(f"{model.path.name} is a {meta.get('task', 'generic')} model, not image-classification")
-    batch = np.stack([load_image(p, meta["preprocess"]) for p in paths])
+    return classify_pixels(model, np.stack([load_image(p, meta["preprocess"]) for p in paths]), top_k)
+
+
+def classify_pixels(model: Model, batch: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
+    """Top-k classes for each preprocessed image of ``batch`` [N, 3, H, W] float32 (`load_image`'s
+    output, stacked). Raises NacInputError for a batch the model cannot take."""
+    meta = model.metadata
     probs = softmax(model.run([batch])[0])
     labels = meta.get("labels") or []
     out = []
