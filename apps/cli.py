@@ -37,6 +37,8 @@ EPILOG = """examples:
   nac export minilm -o m.nac --bundle-inputs 3    # carry 3 inputs with torch's outputs in the file
   nac verify m.nac                                # replay them here; exit status 1 if any output differs
   nac zoo zoo.toml -o reports/                    # compile, verify and report a list of models
+  nac serve minilm.nac smollm2.nac --port 8080    # OpenAI-compatible HTTP API and a web page
+  nac batch minilm.nac corpus.jsonl -o emb.parquet [--ray [ADDRESS]]   # a corpus through a model
 """
 
 
@@ -176,6 +178,34 @@ def _parser() -> argparse.ArgumentParser:
     zo.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="folder for files and reports")
     zo.add_argument("--only", action="append", default=[], metavar="NAME", help="compile only these entries")
 
+    sv = sub.add_parser("serve", help="serve models over HTTP (OpenAI-compatible API and a web page)",
+                        description="Serve .nac files (each named by its file's stem): /v1/chat/completions and "
+                                    "/v1/completions (text generation), /v1/embeddings, /v1/classify, /v1/fill-mask, "
+                                    "/v1/models, /health, /metrics, and a web page at /. Needs nac[serve].")
+    sv.add_argument("models", type=Path, nargs="+", metavar="MODEL.nac")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--api-key", help="require Authorization: Bearer KEY (default: the NAC_API_KEY variable, if set)")
+    sv.add_argument("--max-queue", type=int, default=64, metavar="N", help="requests admitted at once before 503")
+    sv.add_argument("--threads", type=int, default=4, metavar="N", help="engine worker threads")
+    sv.add_argument("--parallel", type=int, default=2, metavar="N", help="generations run at once (own KV caches)")
+    sv.add_argument("--timeout", type=float, default=300, metavar="SECONDS", help="per-request time limit")
+    sv.add_argument("--max-body-mb", type=float, default=16, metavar="MB", help="request body limit")
+
+    bt = sub.add_parser("batch", help="run a model over a corpus (local processes or a Ray cluster)",
+                        description="INPUT: a .jsonl file (objects with a text column, or JSON strings), a text file "
+                                    "(one text per line), a .parquet file, or a folder of images. Writes OUT.parquet "
+                                    "(with --ray: a folder of Parquet parts). Needs pyarrow; --ray needs nac[scale].")
+    bt.add_argument("model", type=Path, metavar="MODEL.nac")
+    bt.add_argument("input", type=Path, metavar="INPUT")
+    bt.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.parquet")
+    bt.add_argument("--batch-size", type=int, default=64, metavar="N")
+    bt.add_argument("--workers", type=int, metavar="N", help="processes (or Ray actors; default: the CPU count)")
+    bt.add_argument("--column", default="text", help="the input text column (default: text)")
+    bt.add_argument("--max-new-tokens", type=int, default=32, help="text generation: tokens per completion")
+    bt.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                    help="run on Ray: a local cluster, 'auto', or ray://HOST:PORT (RAY_ADDRESS is honoured)")
+
     i = sub.add_parser("info", help="describe a .nac file", description="Header, sections, inputs and outputs "
                        "with symbolic shapes, op histogram, parameters, metadata.")
     i.add_argument("model", type=Path, metavar="MODEL.nac")
@@ -314,6 +344,41 @@ def cmd_zoo(args) -> int:
     failed = [r for r in result if r["status"] != "ok"]
     print(f"{len(result) - len(failed)} of {len(result)} models compiled and verified; reports in {args.output}")
     return 1 if failed else 0
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    try:
+        from nac.apps.serve import ServeConfig, serve
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise NacError('nac serve needs the serve extra: pip install "nac[serve]"') from None
+    key = args.api_key or os.environ.get("NAC_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
+        print(f"nac: warning: listening on {args.host} without --api-key: anyone who can reach it may use it",
+              file=sys.stderr)
+    cfg = ServeConfig(host=args.host, port=args.port, api_key=key, max_queue=args.max_queue, threads=args.threads,
+                      parallel=args.parallel, timeout=args.timeout, max_body=int(args.max_body_mb * (1 << 20)))
+    serve(args.models, cfg)
+    return 0
+
+
+def cmd_batch(args) -> int:
+    import time
+
+    from nac.apps.batch import run_local, run_ray
+
+    t0 = time.perf_counter()
+    kw = dict(batch_size=args.batch_size, workers=args.workers, column=args.column, max_new_tokens=args.max_new_tokens)
+    if args.ray:
+        n = run_ray(args.model, args.input, args.output, address=args.ray, **kw)
+    else:
+        n = run_local(args.model, args.input, args.output, **kw)
+    dt = time.perf_counter() - t0
+    print(f"wrote {args.output} ({n:,} rows in {dt:.1f} s, {n / dt:,.0f} rows/s)")
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -691,7 +756,7 @@ def main(argv=None) -> int:
     try:
         return {"export": cmd_export, "run": cmd_run, "info": cmd_info, "emit": cmd_emit, "reconstruct": cmd_reconstruct,
                 "visualize": cmd_visualize, "ir": cmd_ir, "bind": cmd_bind, "verify": cmd_verify,
-                "zoo": cmd_zoo}[args.command](args)
+                "zoo": cmd_zoo, "serve": cmd_serve, "batch": cmd_batch}[args.command](args)
     except NacError as exc:
         print(f"nac: error: {exc}", file=sys.stderr)
         return 2

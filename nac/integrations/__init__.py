@@ -1,0 +1,1 @@
+"""Adapters that put NAC models into other frameworks' pipelines (`nac.integrations.ray`)."""
