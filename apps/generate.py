@@ -12,6 +12,8 @@ Sampling uses numpy's PCG64 generator: reproducible for a seed, but not torch's 
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Callable, Sequence
 
 import numpy as np
@@ -74,7 +76,8 @@ def process_logits(scores: np.ndarray, seqs: np.ndarray, *, do_sample: bool, tem
 def generate(model: Model, input_ids, *, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
              eos_token_id=None, pad_token_id: int | None = None,
-             on_token: Callable[[np.ndarray], bool | None] | None = None, return_logits: bool = False):
+             on_token: Callable[[np.ndarray], bool | None] | None = None, return_logits: bool = False,
+             step_lock=None):
     """Generate continuations of token-id prompts, returning full sequences like transformers.
 
     Args:
@@ -88,6 +91,9 @@ def generate(model: Model, input_ids, *, max_new_tokens: int = 20, do_sample: bo
             filled with ``pad_token_id`` (default: the file's, else the first EOS id).
         on_token: called with the [B] new token ids after each step; returning ``True`` stops early.
         return_logits: also return the [steps, B, V] float32 logits of each step.
+        step_lock: a context manager held around each engine step (the prefill, each decode
+            step): generations that share one (a server's, `FairLock`) take turns step by step
+            instead of all running at once on the same cores.
     Returns:
         int64 [B, T + n] sequences (n <= max_new_tokens), plus the logits if asked.
     Raises:
@@ -133,10 +139,10 @@ def generate(model: Model, input_ids, *, max_new_tokens: int = 20, do_sample: bo
                         "past_keys": (L, B, H, cap, D), "past_values": (L, B, H, cap, D)}) as plan:
         return _decode(model, plan, ids, mask, max_new_tokens, eos, pad, on_token, seed, return_logits,
                        dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                            repetition_penalty=repetition_penalty))
+                            repetition_penalty=repetition_penalty), step_lock or contextlib.nullcontext())
 
 
-def _decode(model, plan, ids, mask, max_new_tokens, eos, pad, on_token, seed, return_logits, sampling):
+def _decode(model, plan, ids, mask, max_new_tokens, eos, pad, on_token, seed, return_logits, sampling, step_lock):
     """The prefill and the decode loop of `generate`, over a decode plan this call owns."""
     B, T = ids.shape
     keys, values, cache_mask = plan.inputs["past_keys"], plan.inputs["past_values"], plan.inputs["past_mask"]
@@ -148,8 +154,10 @@ def _decode(model, plan, ids, mask, max_new_tokens, eos, pad, on_token, seed, re
     out_index = {name: k for k, name in enumerate(model.output_names)}
     rng = np.random.default_rng(seed)
     empty = np.zeros((L, B, H, 0, D), np.float32)
-    logits, k_new, v_new = model.run({"input_ids": ids, "attention_mask": mask, "past_mask": np.zeros((B, 0), np.int64),
-                                      "past_keys": empty, "past_values": empty})
+    with step_lock:
+        logits, k_new, v_new = model.run({"input_ids": ids, "attention_mask": mask,
+                                          "past_mask": np.zeros((B, 0), np.int64), "past_keys": empty,
+                                          "past_values": empty})
     keys[:, :, :, :T], values[:, :, :, :T], cache_mask[:, :T] = k_new, v_new, mask
     filled, seqs, done, all_logits = T, ids, np.zeros(B, bool), []
     step_logits = logits[:, -1]
@@ -170,13 +178,36 @@ def _decode(model, plan, ids, mask, max_new_tokens, eos, pad, on_token, seed, re
         if done.all() or stop or step == max_new_tokens - 1:
             break
         plan.inputs["input_ids"][:, 0] = nxt
-        plan.run()
+        with step_lock:
+            plan.run()
         keys[:, :, :, filled] = plan.outputs[out_index["keys"]][:, :, :, 0]
         values[:, :, :, filled] = plan.outputs[out_index["values"]][:, :, :, 0]
         cache_mask[:, filled] = 1
         filled += 1
         step_logits = plan.outputs[out_index["logits"]][:, -1].copy()
     return (seqs, np.stack(all_logits)) if return_logits else seqs
+
+
+class FairLock:
+    """A first-come, first-served lock (a ticket lock): threads that share it get it in the
+    order they asked, so generations taking turns step by step progress evenly."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._next = self._serving = 0
+
+    def __enter__(self):
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            while ticket != self._serving:
+                self._cond.wait()
+        return self
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
 
 
 class TextStream:

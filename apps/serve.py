@@ -12,10 +12,12 @@ Endpoints, by each file's task (a model is named by its file's stem):
   base64); fill-mask: ``POST /v1/fill-mask``;
 - ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text), ``GET /`` (the page).
 
-Concurrency: engine work runs in a thread pool, never on the event loop. Embedding and
+Concurrency: engine work runs in thread pools, never on the event loop. Embedding and
 classification requests are batched dynamically (`Batcher`: up to ``batch_size`` inputs or
-``batch_wait_ms`` of waiting). Generation runs in ``parallel`` slots at once, each with its own
-KV cache (`nac.Model` is thread-safe). At most ``max_queue`` requests are admitted (running or
+``batch_wait_ms`` of waiting). Up to ``parallel`` generations are in progress at once, each with
+its own KV cache (`nac.Model` is thread-safe); they take turns step by step (`FairLock`), so a
+new stream starts within a step of arriving instead of after the others finish. There is no
+batched decode across streams yet: their aggregate speed is one stream's. At most ``max_queue`` requests are admitted (running or
 waiting); beyond that the answer is 503 with ``Retry-After``. A client that disconnects stops its
 generation, and every request has a deadline (``timeout``).
 
@@ -45,6 +47,8 @@ from nac.errors import NacError, NacInputError
 __all__ = ["ServeConfig", "create_app", "serve", "chat_prompt", "StopFilter"]
 
 WEB = Path(__file__).with_name("web")
+ENDPOINTS = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+             "/v1/classify", "/v1/fill-mask"}
 MAX_PIXELS = 40_000_000  # a decoded upload may not exceed this (a small PNG can claim a huge canvas)
 
 
@@ -57,7 +61,8 @@ class ServeConfig:
         api_key: when set, every ``/v1`` and ``/metrics`` request needs ``Authorization: Bearer KEY``.
         max_queue: requests admitted at once (running + waiting) before 503.
         threads: engine worker threads.
-        parallel: generations that run at once (each with its own KV cache).
+        parallel: generations in progress at once, each with its own KV cache; they take turns on
+            the engine step by step (one engine call at a time per model).
         batch_size / batch_wait_ms: dynamic batching of embeddings and classification.
         max_body: request body limit in bytes (uploads included).
         max_inputs: texts or images in one request.
@@ -155,10 +160,11 @@ class Completion:
 
 
 def _complete(model, ids: list[int], *, max_tokens: int, temperature: float, top_p: float, seed: int | None,
-              stops: list[str], cancel: threading.Event, deadline: float, emit=None) -> Completion:
+              stops: list[str], cancel: threading.Event, deadline: float, emit=None, step_lock=None) -> Completion:
     """One completion of token ids (runs in a worker thread): greedy when temperature is 0,
     else sampled; stops at EOS, a stop sequence (not shown), ``max_tokens``, ``cancel`` or the
-    deadline. ``emit(text)`` receives the text as it settles."""
+    deadline. ``emit(text)`` receives the text as it settles; ``step_lock`` is held around each
+    engine step (see `nac.apps.generate.generate`)."""
     from nac.apps.generate import TextStream, generate
     from nac.apps.tasks import text_tokenizer
 
@@ -193,7 +199,7 @@ def _complete(model, ids: list[int], *, max_tokens: int, temperature: float, top
         return False
 
     generate(model, ids, max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
-             top_p=top_p, seed=seed, on_token=on_token)
+             top_p=top_p, seed=seed, on_token=on_token, step_lock=step_lock)
     if state["reason"] == "length" and not filt.stopped:
         stream.end()
     tail = filt.flush()
@@ -381,6 +387,7 @@ class Served:
     task: str
     batcher: Batcher | None = None
     slots: asyncio.Semaphore | None = None
+    steps: Any = None  # the FairLock its generations take turns on
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -406,9 +413,13 @@ def create_app(models, config: ServeConfig | None = None):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from nac.apps import tasks
+    from nac.apps.generate import FairLock
 
     cfg = config or ServeConfig()
     executor = ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="nac-serve")
+    # each running generation holds a thread for its whole length; they take turns on the engine
+    # step by step (a FairLock per model), so parallel streams share the cores instead of fighting
+    generation_pool = ThreadPoolExecutor(max_workers=cfg.parallel, thread_name_prefix="nac-generate")
     metrics = Metrics()
     admission = Admission(cfg.max_queue, cfg.retry_after, metrics)
     Chat, Completions, Embeddings, Classify, FillMask = _schemas()
@@ -428,7 +439,7 @@ def create_app(models, config: ServeConfig | None = None):
 
     # -- errors: every one in OpenAI's shape ----------------------------------------------------
     def error_response(exc: ApiError, endpoint: str) -> JSONResponse:
-        metrics.errors.labels(endpoint, exc.type).inc()
+        metrics.errors.labels(endpoint if endpoint in ENDPOINTS else "other", exc.type).inc()
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(ApiError)
@@ -488,8 +499,9 @@ def create_app(models, config: ServeConfig | None = None):
             response = await call_next(request)
         except ApiError as exc:
             response = error_response(exc, path)
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - t0)
+        endpoint = path if path in ENDPOINTS else "/static" if path.startswith("/static/") else "other"
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()  # bounded labels: no series per URL
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
         return response
 
     def pick(name: str | None, want: tuple[str, ...], endpoint: str) -> Served:
@@ -559,6 +571,7 @@ def create_app(models, config: ServeConfig | None = None):
     async def run_completion(s: Served, request: Request, ids, n_tokens, req, index: int, emit=None) -> Completion:
         if s.slots is None:
             s.slots = asyncio.Semaphore(cfg.parallel)
+            s.steps = FairLock()
         cancel = threading.Event()
         deadline = time.monotonic() + cfg.timeout
         seed = None if req.seed is None else req.seed + index
@@ -573,7 +586,7 @@ def create_app(models, config: ServeConfig | None = None):
         def work() -> Completion:  # in a worker thread; counted there, even if the request is gone
             t0 = time.perf_counter()
             out = _complete(s.model, ids, max_tokens=n_tokens, temperature=req.temperature, top_p=req.top_p, seed=seed,
-                            stops=stops_of(req), cancel=cancel, deadline=deadline, emit=emit)
+                            stops=stops_of(req), cancel=cancel, deadline=deadline, emit=emit, step_lock=s.steps)
             metrics.tokens.labels(s.name).inc(out.completion_tokens)
             elapsed = time.perf_counter() - t0
             if out.completion_tokens and elapsed > 0:
@@ -583,7 +596,7 @@ def create_app(models, config: ServeConfig | None = None):
         async with s.slots:
             watcher = asyncio.create_task(watch())
             try:
-                out = await in_pool(work)
+                out = await asyncio.get_running_loop().run_in_executor(generation_pool, work)
             finally:  # done, failed, or cancelled (the client went away): the thread stops at its next token
                 cancel.set()
                 watcher.cancel()

@@ -177,7 +177,9 @@ def text_tokenizer(model: Model, pad: bool = True):
     Raises:
         NacError: the file has no tokenizer.
     """
-    tok = copy.copy(model.tokenizer)
+    base = model.tokenizer
+    base.token_to_id("")  # builds the vocabulary map once, on the file's tokenizer: the copies share it
+    tok = copy.copy(base)
     if pad:
         tok.enable_truncation(int(model.metadata.get("max_length", 512)))
         tok.enable_padding()

