@@ -280,3 +280,44 @@ def test_fill_mask_endpoint_equals_in_process(tmp_path):
         e = httpx.post(f"{url}/v1/fill-mask", json={"input": "no mask here"}, timeout=60)
         assert e.status_code == 400 and "[MASK]" in e.json()["error"]["message"]
         assert httpx.get(f"{url}/no/such/path").json()["error"]["code"] == "not_found"
+
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False),
+                        st.text(max_size=40))
+    return st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=4),
+                                                       st.dictionaries(st.text(max_size=12), kids, max_size=4)),
+                        max_leaves=12)
+
+
+def test_nothing_a_client_sends_reaches_a_500(server):
+    """Property: any JSON body (well-typed fields mixed with random ones) on any endpoint gets a
+    2xx or a 4xx in OpenAI's error shape, never a 5xx; the server stays up."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    fields = {"model": st.sampled_from(["tiny-chat", "minilm", "effnet", "nope", 3, None]),
+              "messages": st.one_of(st.just(MESSAGES), _json_values()),
+              "prompt": st.one_of(st.text(max_size=30), _json_values()),
+              "input": st.one_of(st.text(max_size=30), st.lists(st.text(max_size=20), max_size=3), _json_values()),
+              "image": st.one_of(st.text(max_size=30), _json_values()),
+              "max_tokens": st.one_of(st.integers(-5, 3), _json_values()),
+              "temperature": st.one_of(st.floats(-1, 3), _json_values()),
+              "top_p": st.one_of(st.floats(-1, 2), _json_values()), "n": st.one_of(st.integers(-1, 3), _json_values()),
+              "stop": st.one_of(st.text(max_size=3), _json_values()), "stream": st.booleans(),
+              "encoding_format": st.one_of(st.sampled_from(["float", "base64"]), _json_values()),
+              "top_k": st.one_of(st.integers(-3, 5), _json_values()), "seed": _json_values()}
+    endpoints = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/classify", "/v1/fill-mask"]
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(endpoint=st.sampled_from(endpoints), body=st.one_of(st.fixed_dictionaries({}, optional=fields),
+                                                               _json_values()))
+    def probe(endpoint, body):
+        r = httpx.post(f"{server}{endpoint}", json=body, headers=_auth(), timeout=60)
+        assert r.status_code < 500, (endpoint, body, r.status_code, r.text[:300])
+        if r.status_code >= 400:
+            assert set(r.json()["error"]) >= {"message", "type", "param", "code"}
+
+    probe()
+    assert httpx.get(f"{server}/health").json() == {"status": "ok", "models": 3, "queue": 0}
