@@ -188,7 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--api-key", help="require Authorization: Bearer KEY (default: the NAC_API_KEY variable, if set)")
     sv.add_argument("--max-queue", type=int, default=64, metavar="N", help="requests admitted at once before 503")
     sv.add_argument("--threads", type=int, default=4, metavar="N", help="engine worker threads")
-    sv.add_argument("--parallel", type=int, default=2, metavar="N", help="generations run at once (own KV caches)")
+    sv.add_argument("--parallel", type=int, default=2, metavar="N",
+                    help="generations in progress at once, each with its own KV cache (they take turns per step)")
     sv.add_argument("--timeout", type=float, default=300, metavar="SECONDS", help="per-request time limit")
     sv.add_argument("--max-body-mb", type=float, default=16, metavar="MB", help="request body limit")
 

@@ -697,8 +697,8 @@ def create_app(models, config: ServeConfig | None = None):
         s = pick(req.model, ("text-generation",), "/v1/chat/completions")
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         with admission:
-            text = await in_pool(chat_prompt, s.model, messages)
-            ids = prompt_ids(s, text, "messages")
+            text = await within(in_pool(chat_prompt, s.model, messages))
+            ids = await within(in_pool(prompt_ids, s, text, "messages"))  # tokenising a long text: off the loop
             n_tokens = budget(s, req, ids, default=256)
             stops_of(req)
             if req.stream:
@@ -714,7 +714,7 @@ def create_app(models, config: ServeConfig | None = None):
         s = pick(req.model, ("text-generation",), "/v1/completions")
         prompts = _as_list(req.prompt, "prompt", 1)  # one prompt per request (as llama-server)
         with admission:
-            ids = prompt_ids(s, prompts[0], "prompt")
+            ids = await within(in_pool(prompt_ids, s, prompts[0], "prompt"))
             n_tokens = budget(s, req, ids, default=16)
             stops_of(req)
             if req.stream:
@@ -732,7 +732,7 @@ def create_app(models, config: ServeConfig | None = None):
         texts = _as_list(req.input, "input", cfg.max_inputs)
         with admission:
             tok = tasks.text_tokenizer(s.model)
-            counts = [len(tok.encode(t).ids) for t in texts]
+            counts = await within(in_pool(lambda: [int(sum(e.attention_mask)) for e in tok.encode_batch(texts)]))
             vectors = await within(batcher(s, lambda xs: list(tasks.embed_sentences(s.model, xs))).submit(texts))
         data = []
         for i, v in enumerate(vectors):
