@@ -452,6 +452,7 @@ def create_app(models, config: ServeConfig | None = None):
         loc = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
         if first.get("type") == "json_invalid":
             msg = f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
+            loc = None  # (its location is a character offset, not a field)
         else:
             msg = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
                             for e in exc.errors()[:5])
@@ -692,6 +693,23 @@ def create_app(models, config: ServeConfig | None = None):
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    async def answer(s: Served, request: Request, req, ids: list[int], *, chat: bool):
+        """The completion(s) of ``ids``: a stream, or the whole OpenAI response object."""
+        n_tokens = budget(s, req, ids, default=256 if chat else 16)  # OpenAI's completions default is 16
+        stops_of(req)
+        if req.stream:
+            return stream_response(s, request, ids, n_tokens, req, chat=chat)
+        outs = [await run_completion(s, request, ids, n_tokens, req, i) for i in range(req.n)]
+        if chat:
+            choices = [{"index": i, "message": {"role": "assistant", "content": o.text}, "finish_reason": finish(o),
+                        "logprobs": None} for i, o in enumerate(outs)]
+        else:
+            choices = [{"index": i, "text": o.text, "finish_reason": finish(o), "logprobs": None}
+                       for i, o in enumerate(outs)]
+        return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                "model": s.name, "usage": usage(outs), "choices": choices}
+
     @app.post("/v1/chat/completions")
     async def chat_completions(req: Chat, request: Request):
         s = pick(req.model, ("text-generation",), "/v1/chat/completions")
@@ -699,15 +717,7 @@ def create_app(models, config: ServeConfig | None = None):
         with admission:
             text = await within(in_pool(chat_prompt, s.model, messages))
             ids = await within(in_pool(prompt_ids, s, text, "messages"))  # tokenising a long text: off the loop
-            n_tokens = budget(s, req, ids, default=256)
-            stops_of(req)
-            if req.stream:
-                return stream_response(s, request, ids, n_tokens, req, chat=True)
-            outs = [await run_completion(s, request, ids, n_tokens, req, i) for i in range(req.n)]
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": s.name, "usage": usage(outs),
-                "choices": [{"index": i, "message": {"role": "assistant", "content": o.text},
-                             "finish_reason": finish(o), "logprobs": None} for i, o in enumerate(outs)]}
+            return await answer(s, request, req, ids, chat=True)
 
     @app.post("/v1/completions")
     async def completions(req: Completions, request: Request):
@@ -715,15 +725,7 @@ def create_app(models, config: ServeConfig | None = None):
         prompts = _as_list(req.prompt, "prompt", 1)  # one prompt per request (as llama-server)
         with admission:
             ids = await within(in_pool(prompt_ids, s, prompts[0], "prompt"))
-            n_tokens = budget(s, req, ids, default=16)
-            stops_of(req)
-            if req.stream:
-                return stream_response(s, request, ids, n_tokens, req, chat=False)
-            outs = [await run_completion(s, request, ids, n_tokens, req, i) for i in range(req.n)]
-        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-                "model": s.name, "usage": usage(outs),
-                "choices": [{"index": i, "text": o.text, "finish_reason": finish(o), "logprobs": None}
-                            for i, o in enumerate(outs)]}
+            return await answer(s, request, req, ids, chat=False)
 
     # -- encoders ---------------------------------------------------------------------------------
     @app.post("/v1/embeddings")
