@@ -206,7 +206,7 @@ def _section_cases(model) -> tuple[list[tuple[dict, list]], float, str]:
     try:
         count = int(meta.get("cases", ""))
         tolerance = float(meta.get("tolerance", DEFAULT_TOLERANCE))
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):  # text that is no number, or a list, or 1e999 as an int
         raise NacFormatError(f"{path}: test-vectors metadata is malformed ({meta!r:.200})") from None
     if not 1 <= count <= _MAX_CASES or not tolerance >= 0:
         raise NacFormatError(f"{path}: test-vectors section claims {count} cases at tolerance {tolerance}")

@@ -446,7 +446,8 @@ def read_nac(path, *, verify: bool = True) -> NacFile:
         raise NacFormatError(f"{path}: no parameters section")
     unbound = (metadata.get("compile") or {}).get("unbound")
     if isinstance(unbound, dict):
-        count = len(unbound.get("tensors") or {})
+        tensors = unbound.get("tensors")
+        count = len(tensors) if isinstance(tensors, (dict, list)) else "some"
         raise NacFormatError(f"{path}: {count} weight(s) have no data: this is a weight-free export "
                              f"(weights=None); fill them with `nac bind {path.name} WEIGHTS -o OUT.nac`")
     example = (metadata.get("compile") or {}).get("example_dims")

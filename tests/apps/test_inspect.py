@@ -503,3 +503,39 @@ def test_reconstruct_never_turns_file_text_into_code(tmp_path):
     g.nodes[0].attrs["dim"] = "__import__('os').getpid()"
     with pytest.raises(NacError, match="integer"):
         torch_source(g)
+
+
+def test_malformed_records_are_format_errors(gpt2_files, tmp_path):
+    """An untrusted file may put anything in the weight-free record or the test-vectors header:
+    a NacFormatError that names the problem, never a TypeError."""
+    import struct
+
+    from nac.format.container import TEST_VECTORS, pack_sections, read_nac
+    from nac.format.container import GRAPH, METADATA, OPTIONAL, PARAMS, safetensors_bytes
+
+    _, direct, _, _ = gpt2_files
+    f = read_nac(direct)
+    graph_doc = json.dumps(f.graph.to_json()).encode()
+    blob = safetensors_bytes(f.graph.params)
+
+    def write(meta: dict, vectors: bytes | None, name: str) -> Path:
+        sections = [(GRAPH, 0, graph_doc), (METADATA, 0, json.dumps(meta).encode()), (PARAMS, 0, blob)]
+        if vectors is not None:
+            sections.append((TEST_VECTORS, OPTIONAL, vectors))
+        path = tmp_path / name
+        path.write_bytes(b"".join(pack_sections(sections)))
+        return path
+
+    with pytest.raises(NacFormatError, match="weight-free"):
+        nac.load(write({**f.metadata, "compile": {"unbound": {"tensors": 5}}}, None, "u.nac"))
+    s = f.test_vectors
+    good = bytes(f._maps[0][s.offset:s.offset + s.length])
+    (hlen,) = struct.unpack_from("<Q", good, 0)
+    header = json.loads(good[8:8 + hlen])
+    for bad_meta in ({"cases": ["3"], "tolerance": "1e-4"}, {"cases": "3", "tolerance": ["x"]}, {"cases": "99"}):
+        header["__metadata__"] = bad_meta
+        text = json.dumps(header).encode()
+        text += b" " * ((8 - (8 + len(text)) % 8) % 8)
+        vectors = struct.pack("<Q", len(text)) + text + good[8 + hlen:]
+        with pytest.raises(NacFormatError):
+            nac.verify(write(f.metadata, vectors, "v.nac"))
