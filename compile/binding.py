@@ -168,32 +168,12 @@ def load_weights(source) -> dict[str, np.ndarray]:
 # binding
 # ------------------------------------------------------------------------------------------------
 def _unbound_file(path: Path):
-    """(graph document, metadata, bound parameters, tokenizer blob) of a weight-free `.nac`."""
-    from nac.format import schema
-    from nac.format.container import GRAPH, METADATA, PARAMS, TOKENIZER, parse_json, read_header, view_safetensors
-    import zlib
+    """(graph document, metadata, bound parameters, tokenizer blob) of a weight-free `.nac`, read
+    and checked by the file reader (`read_documents`), the graph not yet built."""
+    from nac.format.container import read_documents
 
-    _, sections, buf, _ = read_header(path)
-    by_kind = {}
-    for s in sections:
-        if zlib.crc32(buf[s.offset:s.offset + s.length]) != s.crc32:
-            raise NacFormatError(f"{path}: {s.name} section is corrupt (CRC-32 mismatch)")
-        by_kind[s.kind] = s
-    if GRAPH not in by_kind or METADATA not in by_kind or PARAMS not in by_kind:
-        raise NacFormatError(f"{path}: a weight-free export has graph, metadata and parameters sections")
-    docs = {}
-    for kind in (GRAPH, METADATA):
-        s = by_kind[kind]
-        docs[kind] = parse_json(bytes(buf[s.offset:s.offset + s.length]), f"{path}: {s.name} section")
-    schema.validate(docs[GRAPH], "graph", str(path))
-    schema.validate(docs[METADATA], "metadata", str(path))
-    s = by_kind[PARAMS]
-    params = {k: np.array(v) for k, v in view_safetensors(buf, s.offset, s.length, f"{path}: parameters").items()}
-    tok = None
-    if TOKENIZER in by_kind:
-        s = by_kind[TOKENIZER]
-        tok = bytes(buf[s.offset:s.offset + s.length])
-    return docs[GRAPH], docs[METADATA], params, tok
+    d = read_documents(path)
+    return d.graph_doc, d.metadata, {k: np.array(v) for k, v in d.params.items()}, d.tokenizer
 
 
 def _wrapper_prefix(keys: list[str], given) -> str:

@@ -95,12 +95,19 @@ def compile_graph(module: torch.nn.Module, args=(), *, kwargs: dict | None = Non
     step = progress or (lambda stage: None)
     step("torch.export + lowering")
     graph = to_graph(module, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes)
+    meta = _compile_metadata(graph, metadata, args, kwargs)
+    return finish_graph(graph, meta, optimize_graph=optimize_graph, quantize=quantize, progress=step), meta
+
+
+def _compile_metadata(graph: Graph, metadata: dict | None, args, kwargs) -> dict:
+    """The caller's metadata plus the start of the ``compile`` report: torch's version and the
+    export example's sizes (what `nac emit` fixes symbolic sizes to by default)."""
     meta = dict(metadata or {})
     meta.setdefault("compile", {})["torch"] = torch.__version__
     examples = _example_dims(graph, args, kwargs)
     if examples:
-        meta["compile"]["example_dims"] = examples  # what `nac emit` fixes symbolic sizes to by default
-    return finish_graph(graph, meta, optimize_graph=optimize_graph, quantize=quantize, progress=step), meta
+        meta["compile"]["example_dims"] = examples
+    return meta
 
 
 def compile_unbound(module: torch.nn.Module, args=(), *, kwargs: dict | None = None, dynamic_shapes=None,
@@ -140,11 +147,7 @@ def compile_unbound(module: torch.nn.Module, args=(), *, kwargs: dict | None = N
                              "(export it with weights='inline')")
     for name, entry in unbound.items():
         entry["keys"] = keys.get(name, [name])
-    meta = dict(metadata or {})
-    meta.setdefault("compile", {})["torch"] = torch.__version__
-    examples = _example_dims(graph, args, kwargs)
-    if examples:
-        meta["compile"]["example_dims"] = examples
+    meta = _compile_metadata(graph, metadata, args, kwargs)
     meta["compile"]["unbound"] = {"tensors": unbound, "kept": sorted(n for n in real if n in graph.params),
                                   "optimize": bool(optimize_graph),
                                   "quantize": dict(quantize) if isinstance(quantize, dict) else quantize}

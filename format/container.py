@@ -390,15 +390,31 @@ def read_header(path) -> tuple[tuple[int, int], list[Section], object, int]:
     return (major, minor), sections, buf, size
 
 
-def read_nac(path, *, verify: bool = True) -> NacFile:
-    """Open a `.nac` file: map it, check it, and rebuild its graph over zero-copy parameter views.
+@dataclass
+class Documents:
+    """A `.nac` file's checked sections before its graph is built: the graph and metadata
+    documents (schema-valid), the parameter views, the tokenizer blob and the test-vectors
+    section. Keeps the memory maps alive."""
 
-    Args:
-        path: the `.nac` file (an external weights file is found beside it).
-        verify: check each section's CRC-32 (reads every byte once; ~30 ms per 100 MB).
+    path: Path
+    version: tuple[int, int]
+    sections: list[Section]
+    graph_doc: dict
+    metadata: dict
+    params: dict
+    weights_path: Path | None
+    tokenizer: bytes | None
+    test_vectors: Section | None
+    maps: list
+
+
+def read_documents(path, *, verify: bool = True) -> Documents:
+    """Map a `.nac` file and check everything but the graph itself: header, sections, CRCs,
+    the graph and metadata documents against their schemas, the parameters (inline or external).
+    `read_nac` builds the graph from this; `nac bind` reads a weight-free file with it.
+
     Raises:
-        NacFormatError: see `read_header`; also a section CRC mismatch, a missing or different
-            external weights file, a malformed graph, unknown required sections.
+        NacFormatError: as `read_nac`, except for problems of the graph itself.
     """
     path = Path(path)
     version, sections, buf, _ = read_header(path)
@@ -444,17 +460,35 @@ def read_nac(path, *, verify: bool = True) -> NacFile:
         params = view_safetensors(wbuf, 0, wsize, str(weights_path))
     else:
         raise NacFormatError(f"{path}: no parameters section")
-    unbound = (metadata.get("compile") or {}).get("unbound")
+    tok = None
+    if TOKENIZER in by_kind:
+        s = by_kind[TOKENIZER]
+        tok = bytes(buf[s.offset:s.offset + s.length])
+    return Documents(path, version, sections, graph_doc, metadata, params, weights_path, tok,
+                     by_kind.get(TEST_VECTORS), maps)
+
+
+def read_nac(path, *, verify: bool = True) -> NacFile:
+    """Open a `.nac` file: map it, check it, and rebuild its graph over zero-copy parameter views.
+
+    Args:
+        path: the `.nac` file (an external weights file is found beside it).
+        verify: check each section's CRC-32 (reads every byte once; ~30 ms per 100 MB).
+    Raises:
+        NacFormatError: see `read_header`; also a section CRC mismatch, a missing or different
+            external weights file, a malformed graph, unknown required sections, a weight-free
+            export (weights=None: `nac bind` first).
+    """
+    d = read_documents(path, verify=verify)
+    path = d.path
+    unbound = (d.metadata.get("compile") or {}).get("unbound")
     if isinstance(unbound, dict):
         tensors = unbound.get("tensors")
         count = len(tensors) if isinstance(tensors, (dict, list)) else "some"
         raise NacFormatError(f"{path}: {count} weight(s) have no data: this is a weight-free export "
                              f"(weights=None); fill them with `nac bind {path.name} WEIGHTS -o OUT.nac`")
-    example = (metadata.get("compile") or {}).get("example_dims")
-    graph = Graph.from_json(graph_doc, params, where=f"{path}: graph section",
+    example = (d.metadata.get("compile") or {}).get("example_dims")
+    graph = Graph.from_json(d.graph_doc, d.params, where=f"{path}: graph section",
                             example_dims=example if isinstance(example, dict) else None)
-    tok = None
-    if TOKENIZER in by_kind:
-        s = by_kind[TOKENIZER]
-        tok = bytes(buf[s.offset:s.offset + s.length])
-    return NacFile(path, version, sections, graph, metadata, weights_path, tok, by_kind.get(TEST_VECTORS), maps)
+    return NacFile(path, d.version, d.sections, graph, d.metadata, d.weights_path, d.tokenizer, d.test_vectors,
+                   d.maps)
