@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--task", help="pipeline task: feature-extraction, image-classification, fill-mask, "
                                   "text-classification, text-generation, token-classification, "
                                   "zero-shot-classification, zero-shot-image-classification, "
-                                  "image-feature-extraction or question-answering (default: from the model's "
+                                  "image-feature-extraction, question-answering, or (T5, BART) translation, "
+                                  "summarization, text2text-generation (default: from the model's "
                                   "architecture; zero-shot-classification must be asked for)")
     e.add_argument("--weights", choices=["inline", "external", "none"], default="inline",
                    help="store parameters inside the file (default), in OUT.safetensors beside it, or not at all "
@@ -84,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1]")
     g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--num-beams", type=int, default=None, help="beam search with this many beams")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=None, help="forbid repeating n-grams of this size")
     g.add_argument("--seed", type=int, help="random seed for sampling")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop once the completion contains TEXT (repeatable)")
@@ -233,6 +236,23 @@ def cmd_export(args) -> int:
             bar.update()
             bar.set_description(name)
 
+        if job.methods:
+            from nac.compile.export import compile_methods
+
+            if args.bundle_inputs:
+                raise NacError("--bundle-inputs is for single-graph models; this one has methods "
+                               f"{list(job.methods)}")
+            bar.total += 2 * len(job.methods) - 1
+            graphs, meta = compile_methods(job.methods, metadata=job.metadata, optimize_graph=not args.no_optimize,
+                                           quantize=args.quantize, progress=stage)
+            stage("writing")
+            path = write_nac(args.output, graphs, meta, weights=args.weights, tokenizer=blob)
+            stage("done")
+            nodes = sum(len(g.nodes) for g in graphs.values())
+            params = {n: a for g in graphs.values() for n, a in g.params.items()}
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; methods {', '.join(graphs)}; {nodes} nodes; "
+                  f"{sum(a.size for a in params.values()):,} stored values)")
+            return 0
         graph, meta = compile_graph(job.module, job.args, kwargs=job.kwargs, dynamic_shapes=job.dynamic_shapes,
                                     metadata=job.metadata, optimize_graph=not args.no_optimize,
                                     quantize=args.quantize, progress=stage)
@@ -259,6 +279,8 @@ def _export_without_weights(args) -> int:
         raise NacError("--bundle-inputs needs the weights; bundle when exporting with them")
     with without_weights():
         job = resolve(args.source, args.task)
+    if job.methods:
+        raise NacError(f"--weights none is for single-graph models; this one has methods {list(job.methods)}")
     blob = attach_tokenizer(job.tokenizer, job.metadata)
     graph, meta = compile_unbound(job.module, job.args, kwargs=job.kwargs, dynamic_shapes=job.dynamic_shapes,
                                   metadata=job.metadata, optimize_graph=not args.no_optimize, quantize=args.quantize)
@@ -403,6 +425,8 @@ def cmd_run(args) -> int:
         args.inputs = texts
     if task == "text-generation":
         return _run_generation(model, args)
+    if task in ("translation", "summarization", "text2text-generation"):
+        return _run_text2text(model, args)
     top_k_given = args.top_k
     args.top_k = 5 if args.top_k is None else args.top_k
     if not args.inputs:
@@ -539,15 +563,38 @@ def _run_generation(model, args) -> int:
             sys.stdout.flush()
             steps.append(time.perf_counter())
 
-        text = generate_text(model, prompt, stream=emit,
+        text = generate_text(model, prompt, stream=emit if not (args.num_beams or 1) > 1 else None,
                              max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                              stop=args.stop, top_k=args.top_k or 0, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                             seed=args.seed)
+                             seed=args.seed, num_beams=args.num_beams, no_repeat_ngram_size=args.no_repeat_ngram_size)
+        if (args.num_beams or 1) > 1:
+            emit(text)
         sys.stdout.write("\n")
         if args.stats and steps:
             decode = (steps[-1] - steps[0]) / max(len(steps) - 1, 1)
             print(f"[first token after {(steps[0] - t0) * 1e3:.0f} ms; decode {1 / decode if decode else 0:.1f} "
                   f"tokens/s over {len(steps)} text chunks; {len(text)} characters]", file=sys.stderr)
+    return 0
+
+
+def _run_text2text(model, args) -> int:
+    from nac.apps.generate import text2text
+
+    texts = list(args.inputs)
+    if texts == ["-"]:
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise NacError("no input given (pass texts, or '-' for one text per line on stdin)")
+    kw = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.sample or None,
+              temperature=args.temperature if args.sample else None, top_p=args.top_p if args.sample else None,
+              top_k=args.top_k if args.sample else None, repetition_penalty=args.repetition_penalty,
+              no_repeat_ngram_size=args.no_repeat_ngram_size, seed=args.seed)
+    outs = text2text(model, texts, **{k: v for k, v in kw.items() if v is not None})
+    if args.json:
+        print(json.dumps([o[0] for o in outs], indent=1, ensure_ascii=False))
+        return 0
+    for o in outs:
+        print(o[0])
     return 0
 
 
@@ -575,7 +622,8 @@ def describe(path: Path) -> dict:
         d.update(valid=False, problem=str(exc), **_partial_summary(buf, sections, path))
         return d
     g, f = model.graph, model.file
-    param_bytes = sum(a.nbytes for a in g.params.values())
+    stored = {n: a for m in model.methods.values() for n, a in m.graph.params.items()}  # shared by the methods
+    param_bytes = sum(a.nbytes for a in stored.values())
     quantised = []
     for name, v in g.values.items():
         if v.quant is not None and name not in g.param_aliases:
@@ -590,10 +638,15 @@ def describe(path: Path) -> dict:
         "dims": g.dims,
         "ops": dict(Counter(n.op for n in g.nodes).most_common()),
         "nodes": len(g.nodes),
-        "parameters": {"count": g.param_count(), "bytes": param_bytes, "tensors": len(g.params),
-                       "shared": len(g.param_aliases)},
+        "parameters": {"count": g.param_count() if len(model.methods) == 1 else int(sum(a.size for a in stored.values())),
+                       "bytes": param_bytes, "tensors": len(stored), "shared": len(g.param_aliases)},
         "quantized": quantised,
         "passes": (model.metadata.get("compile") or {}).get("passes"),
+        "methods": [{"name": name, "inputs": [{"name": n, "dtype": dt, "shape": list(s)} for n, dt, s in m.input_spec()],
+                     "outputs": [{"name": n, "dtype": m.graph.values[n].dtype, "shape": list(m.graph.values[n].shape)}
+                                 for n in m.graph.outputs],
+                     "nodes": len(m.graph.nodes), "ops": dict(Counter(n.op for n in m.graph.nodes).most_common())}
+                    for name, m in model.methods.items()],
         "test_vectors": bundled_status(model),
         "metadata": _shown_metadata(model.metadata),
     })
@@ -605,7 +658,8 @@ def _shown_metadata(meta: dict) -> dict:
     shown on their own (passes) or too long to read (the state_dict key of every tensor)."""
     shown = {k: (v if k != "labels" else f"{len(v)} labels") for k, v in meta.items()}
     if isinstance(shown.get("compile"), dict):
-        shown["compile"] = {k: v for k, v in shown["compile"].items() if k not in ("passes", "state_dict_keys", "transposed")}
+        shown["compile"] = {k: v for k, v in shown["compile"].items()
+                            if k not in ("passes", "state_dict_keys", "transposed", "methods", "method_example_dims")}
     return shown
 
 
@@ -692,7 +746,14 @@ def cmd_info(args) -> int:
     print("sections:")
     for s in d["sections"]:
         print(f"  {s['name']:<20} {s['bytes']:>12,} bytes at {s['offset']}")
-    for key in ("inputs", "outputs"):
+    methods = d.get("methods") or []
+    if len(methods) > 1:  # each method with its inputs, outputs and op histogram
+        for m in methods:
+            print(f"method {m['name']}{' (default)' if m is methods[0] else ''}:")
+            for key in ("inputs", "outputs"):
+                print(f"  {key}: " + ", ".join(f"{x['name']}: {x['dtype']}{x['shape']}" for x in m[key]))
+            print(f"  ops ({m['nodes']} nodes): " + ", ".join(f"{k} {v}" for k, v in m["ops"].items()))
+    for key in ("inputs", "outputs") if len(methods) <= 1 else ():
         if key in d:
             print(f"{key}:")
             for x in d[key]:
@@ -710,7 +771,7 @@ def cmd_info(args) -> int:
               f"(saves {fb - qb:,} bytes, {fb / max(qb, 1):.1f}x)")
         for q in d["quantized"]:
             print(f"  {q['name']}: {q['scheme']}{q['shape']}, {q['bytes']:,} bytes ({q['bits_per_weight']} bits/weight)")
-    if "ops" in d:
+    if "ops" in d and len(methods) <= 1:
         print(f"ops ({d['nodes']} nodes): " + ", ".join(f"{k} {v}" for k, v in d["ops"].items()))
     if d.get("passes"):
         print("passes: " + ", ".join(f"{k} {v}" for k, v in d["passes"].items()))

@@ -22,7 +22,17 @@ _APPS = {
     "image-feature-extraction": lambda m, x, **kw: tasks.image_features(m, x, **kw),
     "question-answering": lambda m, x, **kw: answer_questions(m, [_field(d, "question") for d in x],
                                                               [_field(d, "context") for d in x], **kw),
+    "translation": lambda m, x, **kw: _text2text(m, x, "translation_text", **kw),
+    "summarization": lambda m, x, **kw: _text2text(m, x, "summary_text", **kw),
+    "text2text-generation": lambda m, x, **kw: _text2text(m, x, "generated_text", **kw),
 }
+
+
+def _text2text(model: Model, texts: list, key: str, **kwargs) -> list[list[dict]]:
+    """transformers' shape: per input, a list of ``{key: text}`` (one per returned sequence)."""
+    from nac.apps.generate import text2text
+
+    return [[{key: t} for t in outs] for outs in text2text(model, texts, **kwargs)]
 
 
 def _field(item, key: str) -> str:
@@ -63,7 +73,10 @@ def pipeline(task: str, model) -> Pipeline:
     ``hypothesis_template``); ``image-feature-extraction`` an array (``pool``);
     ``question-answering`` a list of `Answer` for ``question=..., context=...`` or for
     ``{"question", "context"}`` items (``top_k``, ``doc_stride``, ``max_answer_len``,
-    ``max_seq_len``, ``handle_impossible_answer``, ``align_to_words``). Keywords and results follow
+    ``max_seq_len``, ``handle_impossible_answer``, ``align_to_words``); ``translation``,
+    ``summarization`` and ``text2text-generation`` a list of ``{"translation_text" /
+    "summary_text" / "generated_text": str}`` per input (keywords as `nac.apps.generate.generate`:
+    ``num_beams``, ``max_new_tokens``, ``num_return_sequences``, ...). Keywords and results follow
     the transformers pipelines of the same names (transformers 4's for question-answering).
 
     Raises:
@@ -72,6 +85,9 @@ def pipeline(task: str, model) -> Pipeline:
     if task not in _APPS:
         raise NacError(f"unknown pipeline task {task!r}; choose from {sorted(_APPS)}")
     m = model if isinstance(model, Model) else load(model)
+    seq2seq = ("translation", "summarization", "text2text-generation")
+    if task in seq2seq and m.metadata.get("task") in seq2seq:
+        return Pipeline(task, m)  # one text-to-text model serves all three, as in transformers
     if m.metadata.get("task") != task:
         raise NacError(f"{m.path.name} was exported for {m.metadata.get('task', 'no particular task')}, not {task}")
     return Pipeline(task, m)

@@ -178,8 +178,7 @@ def _complete(model, ids: list[int], *, max_tokens: int, temperature: float, top
             emit(out)
 
     stream = TextStream(tok, show)
-    eos = model.metadata.get("eos_token_id")
-    eos = set([eos] if isinstance(eos, int) else (eos or []))
+    eos = set(model.generation_config.eos_token_id)
 
     def on_token(t) -> bool:
         state["n"] += 1

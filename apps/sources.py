@@ -23,7 +23,7 @@ PACKAGED = {
 }
 TASKS = ("feature-extraction", "image-classification", "fill-mask", "text-classification", "text-generation",
          "token-classification", "zero-shot-classification", "zero-shot-image-classification",
-         "image-feature-extraction", "question-answering")
+         "image-feature-extraction", "question-answering", "translation", "summarization", "text2text-generation")
 MAX_BATCH = 1024
 
 
@@ -65,6 +65,9 @@ class ExportJob:
     dynamic_shapes: object = None
     metadata: dict = field(default_factory=dict)
     tokenizer: object = None  # a tokenizer.json (path or bytes) for `nac.export`'s tokenizer argument
+    #: a multi-method model: method name -> the job of each graph (their module, args, kwargs and
+    #: dynamic_shapes; this job's own module is then None), compiled by `nac.compile.compile_methods`
+    methods: dict | None = None
 
 
 class SentenceEncoder(torch.nn.Module):
@@ -385,6 +388,49 @@ class CausalLMStep(torch.nn.Module):
         return additive(near)
 
 
+#: generation_config fields that become the file's generation defaults (when the checkpoint sets them)
+_GENERATION_DEFAULTS = ("max_new_tokens", "min_new_tokens", "num_beams", "length_penalty", "no_repeat_ngram_size",
+                        "early_stopping", "repetition_penalty", "do_sample", "temperature", "top_k", "top_p")
+
+
+def generation_contract(model: torch.nn.Module, architecture: str, methods: dict, cache: tuple[int, int, int],
+                        max_length: int) -> dict:
+    """The file's ``metadata["generation"]`` (`nac.format.generation.GenerationConfig`) from a
+    transformers model: its config's special tokens and vocabulary, and, from its
+    ``generation_config``, the special tokens it overrides and the settings it changes from
+    transformers' defaults (``num_beams``, ``no_repeat_ngram_size``, ...)."""
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    cfg = model.config
+    gen = getattr(model, "generation_config", None) or HFGenerationConfig()
+
+    def token(name):
+        v = getattr(gen, name, None)
+        v = getattr(cfg, name, None) if v is None else v
+        return v
+
+    def ids(v):
+        return [int(v)] if isinstance(v, int) else [int(x) for x in (v or [])]
+
+    base = HFGenerationConfig()
+    defaults = {}
+    for key in _GENERATION_DEFAULTS:
+        v = getattr(gen, key, None)
+        if v is not None and v != getattr(base, key, None):
+            defaults[key] = v
+    if "top_k" in defaults or getattr(gen, "do_sample", False):
+        defaults.setdefault("top_k", int(getattr(gen, "top_k", 50) or 0))  # transformers samples with top_k=50
+    layers, kv_heads, head_dim = cache
+    vocab = getattr(cfg, "vocab_size", None) or cfg.get_text_config().vocab_size
+    return {"architecture": architecture, "methods": methods,
+            "cache": {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim},
+            "vocab_size": int(vocab), "max_length": int(max_length), "eos_token_id": ids(token("eos_token_id")),
+            "pad_token_id": token("pad_token_id"), "bos_token_id": token("bos_token_id"),
+            "decoder_start_token_id": token("decoder_start_token_id") if architecture == "encoder-decoder" else None,
+            "forced_bos_token_id": token("forced_bos_token_id"), "forced_eos_token_id": ids(token("forced_eos_token_id")),
+            "defaults": defaults}
+
+
 def _cache_geometry(model: torch.nn.Module) -> tuple[int, int, int]:
     """(layers, kv_heads, head_dim) of a transformers causal LM's KV cache, read from the cache a
     one-token forward pass returns: config fields differ per family (Falcon's multi-query
@@ -408,14 +454,8 @@ def causal_lm(model: torch.nn.Module, name: str = "causal-lm", tokenizer=None,
     cfg = model.config
     layers, kv_heads, head_dim = _cache_geometry(model)
     max_len = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 1024))
-    gen = getattr(model, "generation_config", None)
-    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-    eos = cfg.eos_token_id if eos is None else eos
-    meta = {"task": "text-generation", "model": name, "max_length": max_len,
-            "cache": {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim},
-            "eos_token_id": [eos] if isinstance(eos, int) else list(eos or []),
-            "pad_token_id": getattr(cfg, "pad_token_id", None), "bos_token_id": getattr(cfg, "bos_token_id", None),
-            "vocab_size": int(cfg.vocab_size), **(extra_meta or {})}
+    gen = generation_contract(model, "decoder-only", {"step": "forward"}, (layers, kv_heads, head_dim), max_len)
+    meta = {"task": "text-generation", "model": name, "max_length": max_len, "generation": gen, **(extra_meta or {})}
     b, p = 2, 3
     example = (torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]) % cfg.vocab_size, torch.ones(b, 5, dtype=torch.long),
                torch.ones(b, p, dtype=torch.long), torch.zeros(layers, b, kv_heads, p, head_dim),
@@ -606,6 +646,16 @@ def factory(spec: str, arguments: dict | None = None) -> ExportJob:
                      opts.get("tokenizer"))
 
 
+def seq2seq_folder(path: Path, task: str) -> ExportJob:
+    """A T5 / BART folder -> encoder-decoder job (`nac.apps.seq2seq`)."""
+    from nac.apps.seq2seq import seq2seq_folder as job
+
+    return job(path, task)
+
+
+SEQ2SEQ_TASKS = ("translation", "summarization", "text2text-generation")
+
+
 def resolve(source: str, task: str | None = None) -> ExportJob:
     """Turn a `nac export` SOURCE (+ optional TASK) into an `ExportJob`.
 
@@ -633,13 +683,15 @@ def resolve(source: str, task: str | None = None) -> ExportJob:
                     else "token-classification" if "TokenClassification" in arch
                     else "question-answering" if "QuestionAnswering" in arch
                     else "zero-shot-image-classification" if cfg.get("model_type") == "clip"
+                    else "text2text-generation" if "ConditionalGeneration" in arch and cfg.get("is_encoder_decoder")
                     else "text-generation" if ("CausalLM" in arch or "LMHeadModel" in arch) else "feature-extraction")
         return {"feature-extraction": sentence_encoder_folder, "image-classification": image_classifier_folder,
                 "fill-mask": masked_lm_folder, "text-classification": sequence_classifier_folder,
                 "text-generation": causal_lm_folder, "token-classification": token_classifier_folder,
                 "zero-shot-classification": zero_shot_folder, "zero-shot-image-classification": clip_folder,
                 "image-feature-extraction": image_features_folder,
-                "question-answering": question_answering_folder}[task](path)
+                "question-answering": question_answering_folder,
+                **{t: (lambda p, t=t: seq2seq_folder(p, t)) for t in SEQ2SEQ_TASKS}}[task](path)
     if ":" in source and not path.exists():
         return factory(source)
     raise NacExportError(f"unknown source {source!r}: give a packaged model ({', '.join(PACKAGED)}), "

@@ -74,8 +74,8 @@ def bench(name, hf_model, job, new_tokens, prompt_len, prefill_len, repeat):
         t_nac = statistics.median(_time(run_nac) for _ in range(repeat))
         t_hf = statistics.median(_time(run_hf) for _ in range(repeat))
         long = rng.integers(100, vocab - 100, (1, prefill_len))
-        c = m.metadata["cache"]
-        empty = np.zeros((c["layers"], 1, c["kv_heads"], 0, c["head_dim"]), np.float32)
+        c = m.generation_config.cache
+        empty = np.zeros((c.layers, 1, c.kv_heads, 0, c.head_dim), np.float32)
         feeds = {"input_ids": long, "attention_mask": np.ones_like(long), "past_mask": np.zeros((1, 0), np.int64),
                  "past_keys": empty, "past_values": empty}
         m.run(feeds)

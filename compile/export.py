@@ -13,7 +13,7 @@ from nac.errors import NacError, NacExportError
 from nac.format.container import write_nac
 from nac.format.graph import DTYPES, Graph
 
-__all__ = ["export", "compile_graph", "compile_unbound", "to_graph", "attach_tokenizer"]
+__all__ = ["export", "compile_graph", "compile_methods", "compile_unbound", "to_graph", "attach_tokenizer"]
 
 
 def export(module: torch.nn.Module, args=(), path=None, *, kwargs: dict | None = None, dynamic_shapes=None,
@@ -97,6 +97,66 @@ def compile_graph(module: torch.nn.Module, args=(), *, kwargs: dict | None = Non
     graph = to_graph(module, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes)
     meta = _compile_metadata(graph, metadata, args, kwargs)
     return finish_graph(graph, meta, optimize_graph=optimize_graph, quantize=quantize, progress=step), meta
+
+
+def compile_methods(methods: dict, *, metadata: dict | None = None, optimize_graph: bool = True, quantize=None,
+                    progress=None) -> tuple[dict[str, Graph], dict]:
+    """`compile_graph` for a model of several methods (graphs) sharing one parameter section.
+
+    Args:
+        methods: method name -> an object with ``module``, ``args``, ``kwargs`` and
+            ``dynamic_shapes`` (an `nac.apps.sources.ExportJob`), or a tuple ``(module, args)``
+            or ``(module, args, dynamic_shapes)``; the first is the file's default method.
+    Returns:
+        ``({name: Graph}, metadata)`` for `nac.format.container.write_nac`: the metadata's
+        ``compile`` report is the first method's, plus ``methods`` (each method's report) and
+        ``method_example_dims`` (each other method's export example sizes). A parameter name
+        that two methods use for different data (a folded or quantised tensor) is renamed
+        ``<method>.<name>`` in the later method.
+    Raises:
+        NacExportError: as `export`, naming the method.
+    """
+    step = progress or (lambda stage: None)
+    graphs: dict[str, Graph] = {}
+    reports: dict[str, dict] = {}
+    stored: dict[str, np.ndarray] = {}
+    for name, job in methods.items():
+        module, args, kwargs, shapes = _method_parts(job)
+        step(f"{name}: torch.export + lowering")
+        try:
+            graph, meta = compile_graph(module, args, kwargs=kwargs, dynamic_shapes=shapes, metadata={},
+                                        optimize_graph=optimize_graph, quantize=quantize, progress=step)
+        except NacExportError as exc:
+            raise NacExportError(f"method {name!r}: {exc}") from exc.__cause__
+        _rename_clashes(graph, stored, name)
+        stored.update(graph.params)
+        graphs[name] = graph
+        reports[name] = meta["compile"]
+    first, *others = graphs
+    out = dict(metadata or {})
+    out["compile"] = {**reports[first], "methods": reports,
+                      "method_example_dims": {n: reports[n].get("example_dims", {}) for n in others}}
+    return graphs, out
+
+
+def _method_parts(job):
+    if isinstance(job, tuple):
+        module, args, *rest = job
+        return module, args, None, rest[0] if rest else None
+    return job.module, job.args, job.kwargs or None, job.dynamic_shapes
+
+
+def _rename_clashes(graph: Graph, stored: dict, method: str) -> None:
+    """Rename ``graph``'s parameters whose name is taken in ``stored`` by different data."""
+    for name in list(graph.params):
+        seen = stored.get(name)
+        a = graph.params[name]
+        if seen is None or (seen.dtype == a.dtype and seen.shape == a.shape and np.array_equal(seen, a)):
+            continue
+        new = f"{method}.{name}"
+        while new in graph.values or new in stored:
+            new += "_"
+        graph.rename_value(name, new)
 
 
 def _compile_metadata(graph: Graph, metadata: dict | None, args, kwargs) -> dict:

@@ -40,29 +40,25 @@ def default_max_memory() -> int:
     return total
 
 
-class Model:
-    """A loaded `.nac` model.
+class Method:
+    """One graph of a `.nac` file, ready to run: what `Model.methods` maps each name to.
 
-    Parameters are zero-copy views into the mapped file. `run` plans once per distinct set of input
-    shapes and reuses that plan's activation arena. A `Model` may be called from many threads at
-    once: the graph, the parameters and the kernels are shared (read-only); each call checks out
-    a plan of its own (an idle one for its input shapes, else a new one), so concurrent calls
-    run in parallel and each gets the answer it would get alone. Up to `MAX_IDLE_PLANS` idle
-    plans are kept, least recently used first out.
+    Parameters are zero-copy views into the mapped file, shared with the file's other methods.
+    `run` plans once per distinct set of input shapes and reuses that plan's activation arena.
+    A method may be called from many threads at once: the graph, the parameters and the kernels
+    are shared (read-only); each call checks out a plan of its own (an idle one for its input
+    shapes, else a new one), so concurrent calls run in parallel and each gets the answer it
+    would get alone. Up to `MAX_IDLE_PLANS` idle plans are kept, least recently used first out.
 
     Attributes:
+        name: the method's name (``"forward"`` for a single-graph file).
         path: the file it was loaded from.
-        graph: the `nac.format.Graph`.
-        metadata: the file's metadata (task, labels, preprocessing, ...).
+        graph: its `nac.format.Graph`.
         input_names / output_names: in call order.
     """
 
-    def __init__(self, nacfile: NacFile, max_memory: int | None = None):
-        self.file = nacfile
-        self.max_memory = default_max_memory() if max_memory is None else int(max_memory)
-        self.path: Path = nacfile.path
-        self.graph = nacfile.graph
-        self.metadata: dict = nacfile.metadata
+    def __init__(self, name: str, graph, path: Path, max_memory: int):
+        self.name, self.graph, self.path, self.max_memory = name, graph, path, max_memory
         g = self.graph
         missing = sorted({n.op for n in g.nodes} - KERNELS.keys())
         if missing:
@@ -80,35 +76,6 @@ class Model:
                     tuple(int(d) for d in v.shape))
         self._plans: OrderedDict[tuple, list[Plan]] = OrderedDict()  # idle plans by input shapes
         self._lock = threading.Lock()
-        self._tokenizer = None
-
-    @property
-    def tokenizer(self):
-        """The file's tokenizer as a TISA VM (:class:`nac.tokenizer_vm.Tokenizer`): ``encode``,
-        ``encode_batch``, ``decode``. Loaded on first use.
-
-        Raises:
-            NacError: the file has no tokenizer section, or its format is unknown.
-            NacFormatError: the section is malformed, or it does not reproduce the fingerprint
-                (ids of `nac.tokenizer_vm.FINGERPRINT_TEXT`) recorded at export.
-        """
-        if self._tokenizer is None:
-            from nac.tokenizer_vm import load_tokenizer
-
-            if self.file.tokenizer is None:
-                raise NacError(f"{self.path.name} has no tokenizer; export it with tokenizer=<tokenizer.json>")
-            info = self.metadata.get("tokenizer") or {}
-            fmt = info.get("format", "hf-tokenizer-json")
-            where = f"{self.path}: tokenizer section"
-            tok = load_tokenizer(self.file.tokenizer, fmt, where=where)
-            if "fingerprint" in info:
-                from nac.tokenizer_vm import check_fingerprint
-
-                check_fingerprint(tok, info["fingerprint"], where)
-            with self._lock:
-                if self._tokenizer is None:
-                    self._tokenizer = tok
-        return self._tokenizer
 
     @property
     def input_names(self) -> list[str]:
@@ -192,7 +159,7 @@ class Model:
                         del self._plans[oldest]
 
     def run(self, inputs) -> list[np.ndarray]:
-        """Run the model.
+        """Run the graph.
 
         Args:
             inputs: a dict by input name, a sequence in `input_names` order, or (single-input
@@ -214,9 +181,83 @@ class Model:
 
     __call__ = run
 
+
+class Model(Method):
+    """A loaded `.nac` model: its default method (the first; the only one of a single-graph
+    file) runs with `run`, every method is in `methods`, and the file's tokenizer, metadata and
+    generation settings come with it. Thread-safe as `Method`.
+
+    Attributes:
+        path: the file it was loaded from.
+        graph: the default method's `nac.format.Graph`.
+        metadata: the file's metadata (task, labels, preprocessing, generation settings, ...).
+        methods: method name -> `Method`, in file order (``{"forward": self}`` for one graph).
+        input_names / output_names: the default method's, in call order.
+    """
+
+    def __init__(self, nacfile: NacFile, max_memory: int | None = None):
+        self.file = nacfile
+        self.metadata: dict = nacfile.metadata
+        limit = default_max_memory() if max_memory is None else int(max_memory)
+        names = list(nacfile.methods)
+        super().__init__(names[0], nacfile.graph, nacfile.path, limit)
+        self.methods: dict[str, Method] = {names[0]: self}
+        for name in names[1:]:
+            self.methods[name] = Method(name, nacfile.methods[name], nacfile.path, limit)
+        self._tokenizer = None
+
+    def generate(self, input_ids=None, **kwargs):
+        """Generate token ids, as transformers' ``model.generate``: greedy, sampling or beam
+        search, for decoder-only (``text-generation``) and encoder-decoder (``text2text-generation``,
+        ``translation``, ``summarization``) files. See `nac.apps.generate.generate` for the
+        arguments, shapes and errors."""
+        from nac.apps.generate import generate
+
+        return generate(self, input_ids, **kwargs)
+
+    @property
+    def generation_config(self):
+        """The file's `nac.format.generation.GenerationConfig` (cache layout, special tokens,
+        methods to call).
+
+        Raises:
+            NacError: the file is not a generation model."""
+        from nac.format.generation import GenerationConfig
+
+        return GenerationConfig.from_metadata(self.metadata, where=str(self.path))
+
+    @property
+    def tokenizer(self):
+        """The file's tokenizer as a TISA VM (:class:`nac.tokenizer_vm.Tokenizer`): ``encode``,
+        ``encode_batch``, ``decode``. Loaded on first use.
+
+        Raises:
+            NacError: the file has no tokenizer section, or its format is unknown.
+            NacFormatError: the section is malformed, or it does not reproduce the fingerprint
+                (ids of `nac.tokenizer_vm.FINGERPRINT_TEXT`) recorded at export.
+        """
+        if self._tokenizer is None:
+            from nac.tokenizer_vm import load_tokenizer
+
+            if self.file.tokenizer is None:
+                raise NacError(f"{self.path.name} has no tokenizer; export it with tokenizer=<tokenizer.json>")
+            info = self.metadata.get("tokenizer") or {}
+            fmt = info.get("format", "hf-tokenizer-json")
+            where = f"{self.path}: tokenizer section"
+            tok = load_tokenizer(self.file.tokenizer, fmt, where=where)
+            if "fingerprint" in info:
+                from nac.tokenizer_vm import check_fingerprint
+
+                check_fingerprint(tok, info["fingerprint"], where)
+            with self._lock:
+                if self._tokenizer is None:
+                    self._tokenizer = tok
+        return self._tokenizer
+
     def __repr__(self) -> str:
         ins = ", ".join(f"{n}: {d}{list(s)}" for n, d, s in self.input_spec())
-        return f"<nac.Model {self.path.name} ({ins}) -> {self.output_names}>"
+        more = f", methods {list(self.methods)}" if len(self.methods) > 1 else ""
+        return f"<nac.Model {self.path.name} ({ins}) -> {self.output_names}{more}>"
 
 
 def _compatible(got: np.dtype, want: np.dtype) -> bool:

@@ -27,6 +27,7 @@ import json
 import math
 import mmap
 import os
+import re
 import secrets
 import struct
 import zlib
@@ -40,7 +41,8 @@ from nac.format import schema
 from nac.format.graph import DTYPES, Graph
 
 MAGIC = b"\x89NAC\r\n\x1a\n"
-VERSION = (1, 0)
+VERSION = (1, 1)  # the newest this reader reads; writers write the lowest that expresses the file
+VERSION_SINGLE = (1, 0)  # a file of one graph
 ALIGN = 64
 HEADER = struct.Struct("<8sHHIIIQQI20x")  # 64 bytes
 ENTRY = struct.Struct("<IIQQII")  # 32 bytes
@@ -48,9 +50,12 @@ assert HEADER.size == 64 and ENTRY.size == 32
 
 # Section kinds. Bit 0x8000 in a section's flags marks it optional: a reader that does not know
 # its kind may skip it. Unknown kinds without that flag make the file unreadable.
-GRAPH, METADATA, PARAMS, PARAMS_EXTERNAL, TOKENIZER, TEST_VECTORS = 1, 2, 3, 4, 5, 6
+GRAPH, METADATA, PARAMS, PARAMS_EXTERNAL, TOKENIZER, TEST_VECTORS, METHODS = 1, 2, 3, 4, 5, 6, 7
 SECTION_NAMES = {GRAPH: "graph", METADATA: "metadata", PARAMS: "parameters",
-                 PARAMS_EXTERNAL: "external-parameters", TOKENIZER: "tokenizer", TEST_VECTORS: "test-vectors"}
+                 PARAMS_EXTERNAL: "external-parameters", TOKENIZER: "tokenizer", TEST_VECTORS: "test-vectors",
+                 METHODS: "methods"}
+#: The name of the one method of a single-graph file.
+DEFAULT_METHOD = "forward"
 OPTIONAL = 0x8000
 MAX_JSON_SECTION = 256 << 20  # a graph or metadata document larger than this is refused
 
@@ -75,7 +80,10 @@ class Section:
 @dataclass
 class NacFile:
     """A `.nac` file opened for reading: its graph (parameters are views into the mapping),
-    metadata, sections and the path(s) it came from. Keeps the memory map alive."""
+    metadata, sections and the path(s) it came from. Keeps the memory map alive.
+
+    ``methods`` maps each method name to its graph, in file order; the first is ``graph`` (a
+    single-graph file has one method, `DEFAULT_METHOD`). All methods share the parameters."""
 
     path: Path
     version: tuple[int, int]
@@ -86,6 +94,11 @@ class NacFile:
     tokenizer: bytes | None = None
     test_vectors: Section | None = None
     _maps: list = field(default_factory=list, repr=False)
+    methods: dict[str, Graph] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.methods:
+            self.methods = {DEFAULT_METHOD: self.graph}
 
     def read_test_vectors(self) -> dict[str, np.ndarray] | None:
         """The test-vectors section's tensors (checked, zero-copy views), or None when the file
@@ -248,13 +261,16 @@ def _atomic_write(path: Path, chunks) -> None:
         raise
 
 
-def write_nac(path, graph: Graph, metadata: dict | None = None, *, weights: str = "inline",
+def write_nac(path, graph: Graph | dict[str, Graph], metadata: dict | None = None, *, weights: str = "inline",
               tokenizer: bytes | None = None, test_vectors: bytes | None = None) -> Path:
     """Write a graph, its parameters and metadata to a `.nac` file, atomically.
 
     Args:
         path: destination; its folder must exist.
-        graph: the graph; ``graph.params`` are stored in safetensors layout.
+        graph: the graph; ``graph.params`` are stored in safetensors layout. Or several graphs,
+            ``{method name: Graph}`` (format 1.1): the first is the default method and goes in
+            the graph section, the others in the methods section; their parameters are stored
+            once, in one parameters section (a name two methods share must hold the same data).
         metadata: JSON-serialisable task metadata (task, labels, preprocessing, ...).
         weights: ``"inline"`` (one file) or ``"external"`` (parameters in ``<stem>.safetensors``
             beside the `.nac`, which records its name, size and CRC-32).
@@ -271,13 +287,25 @@ def write_nac(path, graph: Graph, metadata: dict | None = None, *, weights: str 
         raise NacFormatError(f"weights must be 'inline' or 'external', not {weights!r}")
     if not path.parent.is_dir():
         raise NacFormatError(f"cannot write {path}: folder {path.parent} does not exist")
+    methods = dict(graph) if isinstance(graph, dict) else {DEFAULT_METHOD: graph}
+    if not methods:
+        raise NacFormatError("write_nac needs at least one graph")
+    for name in methods:
+        if not isinstance(name, str) or not _METHOD_NAME.fullmatch(name):
+            raise NacFormatError(f"method name {name!r} is not an identifier of at most 64 characters")
+    first, *others = methods.values()
     try:
-        graph_doc = json.dumps(graph.to_json(), separators=(",", ":")).encode()
+        graph_doc = json.dumps(first.to_json(), separators=(",", ":")).encode()
         meta_doc = json.dumps(metadata or {}, separators=(",", ":"), ensure_ascii=False).encode()
+        methods_doc = json.dumps({"methods": [{"name": n} if k == 0 else {"name": n, "graph": g.to_json()}
+                                              for k, (n, g) in enumerate(methods.items())]},
+                                 separators=(",", ":")).encode() if others else None
     except (TypeError, ValueError) as exc:
         raise NacFormatError(f"cannot serialise the graph or metadata to JSON: {exc}") from None
-    blob = safetensors_bytes(graph.params)
+    blob = safetensors_bytes(_shared_params(methods))
     sections: list[tuple[int, int, bytes]] = [(GRAPH, 0, graph_doc), (METADATA, 0, meta_doc)]
+    if methods_doc is not None:
+        sections.append((METHODS, 0, methods_doc))
     weights_path = path.with_suffix(".safetensors")
     if weights == "inline":
         sections.append((PARAMS, 0, blob))
@@ -291,11 +319,32 @@ def write_nac(path, graph: Graph, metadata: dict | None = None, *, weights: str 
 
     if weights == "external":
         _atomic_write(weights_path, [blob])
-    _atomic_write(path, pack_sections(sections))
+    _atomic_write(path, pack_sections(sections, VERSION if others else VERSION_SINGLE))
     return path
 
 
-def pack_sections(sections: list[tuple[int, int, bytes]], version: tuple[int, int] = VERSION) -> list[bytes]:
+_METHOD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _shared_params(methods: dict[str, Graph]) -> dict[str, np.ndarray]:
+    """The union of the methods' parameters, each stored once.
+
+    Raises:
+        NacFormatError: two methods hold different data under one name."""
+    merged: dict[str, np.ndarray] = {}
+    owner: dict[str, str] = {}
+    for method, g in methods.items():
+        for name, a in g.params.items():
+            seen = merged.get(name)
+            if seen is None:
+                merged[name], owner[name] = a, method
+            elif seen is not a and (seen.dtype != a.dtype or seen.shape != a.shape or not np.array_equal(seen, a)):
+                raise NacFormatError(f"methods {owner[name]!r} and {method!r} both store a parameter named {name!r} "
+                                     f"with different data; rename one")
+    return merged
+
+
+def pack_sections(sections: list[tuple[int, int, bytes]], version: tuple[int, int] = VERSION_SINGLE) -> list[bytes]:
     """The bytes of a container holding ``sections`` (``(kind, flags, payload)`` in order): header,
     section table with each payload's CRC-32, aligned payloads. Joined, they are a `.nac` file."""
     table_end = HEADER.size + ENTRY.size * len(sections)
@@ -406,6 +455,7 @@ class Documents:
     tokenizer: bytes | None
     test_vectors: Section | None
     maps: list
+    methods_doc: list | None = None  # the methods section's entries (format 1.1), or None
 
 
 def read_documents(path, *, verify: bool = True) -> Documents:
@@ -438,6 +488,17 @@ def read_documents(path, *, verify: bool = True) -> Documents:
     metadata = _json_section(buf, by_kind[METADATA], path)
     schema.validate(graph_doc, "graph", str(path))
     schema.validate(metadata, "metadata", str(path))
+    methods_doc = None
+    if METHODS in by_kind:
+        doc = _json_section(buf, by_kind[METHODS], path)
+        schema.validate(doc, "methods", f"{path}: methods section")
+        methods_doc = doc["methods"]
+        names = [m["name"] for m in methods_doc]
+        if len(set(names)) != len(names):
+            raise NacFormatError(f"{path}: methods section names a method twice ({names})")
+        if "graph" in methods_doc[0] or any("graph" not in m for m in methods_doc[1:]):
+            raise NacFormatError(f"{path}: methods section: the first method is the graph section's and has no "
+                                 f"'graph'; every other method needs one")
     weights_path = None
     if PARAMS in by_kind:
         s = by_kind[PARAMS]
@@ -465,7 +526,7 @@ def read_documents(path, *, verify: bool = True) -> Documents:
         s = by_kind[TOKENIZER]
         tok = bytes(buf[s.offset:s.offset + s.length])
     return Documents(path, version, sections, graph_doc, metadata, params, weights_path, tok,
-                     by_kind.get(TEST_VECTORS), maps)
+                     by_kind.get(TEST_VECTORS), maps, methods_doc)
 
 
 def read_nac(path, *, verify: bool = True) -> NacFile:
@@ -487,8 +548,18 @@ def read_nac(path, *, verify: bool = True) -> NacFile:
         count = len(tensors) if isinstance(tensors, (dict, list)) else "some"
         raise NacFormatError(f"{path}: {count} weight(s) have no data: this is a weight-free export "
                              f"(weights=None); fill them with `nac bind {path.name} WEIGHTS -o OUT.nac`")
-    example = (d.metadata.get("compile") or {}).get("example_dims")
+    report = d.metadata.get("compile") or {}
+    example = report.get("example_dims")
     graph = Graph.from_json(d.graph_doc, d.params, where=f"{path}: graph section",
                             example_dims=example if isinstance(example, dict) else None)
+    methods = {DEFAULT_METHOD: graph}
+    if d.methods_doc is not None:
+        per_method = report.get("method_example_dims")
+        per_method = per_method if isinstance(per_method, dict) else {}
+        methods = {d.methods_doc[0]["name"]: graph}
+        for m in d.methods_doc[1:]:
+            dims = per_method.get(m["name"])
+            methods[m["name"]] = Graph.from_json(m["graph"], d.params, where=f"{path}: method {m['name']!r}",
+                                                 example_dims=dims if isinstance(dims, dict) else None)
     return NacFile(path, d.version, d.sections, graph, d.metadata, d.weights_path, d.tokenizer, d.test_vectors,
-                   d.maps)
+                   d.maps, methods)

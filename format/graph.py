@@ -182,6 +182,26 @@ class Graph:
         arr = np.asarray(data, dtype=numpy_dtype(dtype))
         return self.add_value(name, dtype, arr.shape, const=arr.tolist())
 
+    def rename_value(self, old: str, new: str) -> None:
+        """Rename a value everywhere it is named: values, nodes, inputs/outputs, parameters,
+        aliases and quantisation scales. ``new`` must be free."""
+        if new in self.values:
+            raise NacFormatError(f"cannot rename {old!r}: {new!r} is taken")
+        v = self.values.pop(old)
+        v.name = new
+        self.values[new] = v
+        for n in self.nodes:
+            n.inputs = [new if i == old else i for i in n.inputs]
+            n.outputs = [new if o == old else o for o in n.outputs]
+        self.inputs = [new if i == old else i for i in self.inputs]
+        self.outputs = [new if o == old else o for o in self.outputs]
+        if old in self.params:
+            self.params[new] = self.params.pop(old)
+        self.param_aliases = {(new if a == old else a): (new if t == old else t) for a, t in self.param_aliases.items()}
+        for other in self.values.values():
+            if other.quant is not None and other.quant.get("scale") == old:
+                other.quant = {**other.quant, "scale": new}
+
     # -- queries ------------------------------------------------------------------------------
     def producers(self) -> dict[str, Node]:
         """Map each value name to the node that defines it."""

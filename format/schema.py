@@ -105,6 +105,40 @@ METADATA = {
             "properties": {k: {"type": "integer", "minimum": 1, "maximum": 1 << 16}
                            for k in ("layers", "kv_heads", "head_dim")},
         },
+        "generation": {  # the generation contract (nac.format.generation)
+            "type": "object",
+            "required": ["architecture", "methods", "cache", "vocab_size", "max_length"],
+            "properties": {
+                "architecture": {"enum": ["decoder-only", "encoder-decoder"]},
+                "methods": {"type": "object", "maxProperties": 8, "additionalProperties": {
+                    "type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$"}},
+                "cache": {
+                    "type": "object", "required": ["layers", "kv_heads", "head_dim"],
+                    "properties": {k: {"type": "integer", "minimum": 1, "maximum": 1 << 16}
+                                   for k in ("layers", "kv_heads", "head_dim")},
+                },
+                "vocab_size": {"type": "integer", "minimum": 1, "maximum": 1 << 31},
+                "max_length": {"type": "integer", "minimum": 1, "maximum": 1 << 24},
+                "eos_token_id": _IDS, "pad_token_id": _IDS, "bos_token_id": _IDS, "decoder_start_token_id": _IDS,
+                "forced_bos_token_id": _IDS, "forced_eos_token_id": _IDS,
+                "defaults": {
+                    "type": "object",
+                    "properties": {
+                        "max_new_tokens": {"type": "integer", "minimum": 0, "maximum": 1 << 24},
+                        "min_new_tokens": {"type": "integer", "minimum": 0, "maximum": 1 << 24},
+                        "num_beams": {"type": "integer", "minimum": 1, "maximum": 256},
+                        "length_penalty": {"type": "number"},
+                        "no_repeat_ngram_size": {"type": "integer", "minimum": 0, "maximum": 1 << 16},
+                        "early_stopping": {"enum": [True, False, "never"]},
+                        "repetition_penalty": {"type": "number", "exclusiveMinimum": 0},
+                        "do_sample": {"type": "boolean"},
+                        "temperature": {"type": "number", "exclusiveMinimum": 0},
+                        "top_k": {"type": "integer", "minimum": 0, "maximum": 1 << 31},
+                        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    },
+                },
+            },
+        },
         "preprocess": {  # an ImageNet-style recipe (resize/crop sizes) or an image processor's (objects)
             "type": "object",
             "properties": {
@@ -148,7 +182,22 @@ EXTERNAL_WEIGHTS = {
                    "size": _UINT, "crc32": {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF}},
 }
 
-SCHEMAS = {"graph": GRAPH, "metadata": METADATA, "external-parameters": EXTERNAL_WEIGHTS}
+METHODS = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "NAC methods section",
+    "type": "object",
+    "required": ["methods"],
+    "properties": {
+        "methods": {
+            "type": "array", "minItems": 2, "maxItems": 64,
+            "items": {"type": "object", "required": ["name"],
+                      "properties": {"name": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$"},
+                                     "graph": {"type": "object"}}},
+        },
+    },
+}
+
+SCHEMAS = {"graph": GRAPH, "metadata": METADATA, "external-parameters": EXTERNAL_WEIGHTS, "methods": METHODS}
 _compiled: dict = {}
 _lock = threading.Lock()
 

@@ -65,7 +65,8 @@ def pow_(ins, outs, attrs):
 
 def _unary_numpy(ufunc):
     def run(ins, outs, attrs):
-        ufunc(ins[0], out=outs[0], casting="unsafe")
+        with np.errstate(all="ignore"):  # IEEE results as torch's (log(0) = -inf), without numpy's warnings
+            ufunc(ins[0], out=outs[0], casting="unsafe")
     return run
 
 
@@ -137,8 +138,10 @@ def clamp(ins, outs, attrs):
 
 @kernel("cast")
 def cast(ins, outs, attrs):
-    """Convert dtype as ATen ``_to_copy``: float -> int truncates toward zero, nonzero -> True."""
-    np.copyto(outs[0], ins[0], casting="unsafe")
+    """Convert dtype as ATen ``_to_copy``: float -> int truncates toward zero, nonzero -> True
+    (a non-finite float gives the platform's value, as in torch, and no warning)."""
+    with np.errstate(invalid="ignore"):
+        np.copyto(outs[0], ins[0], casting="unsafe")
 
 
 @kernel("where")

@@ -83,6 +83,28 @@ def test_greedy_matches_transformers_with_logits(lm):
         assert np.abs(logits[:, 0] - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
 
 
+@pytest.mark.parametrize("kw", [dict(num_beams=4), dict(num_beams=3, length_penalty=0.5, no_repeat_ngram_size=2),
+                                dict(num_beams=4, early_stopping=True, num_return_sequences=2),
+                                dict(num_beams=2, early_stopping="never", min_new_tokens=5, repetition_penalty=1.3)],
+                         ids=["beams4", "penalties", "return2", "never"])
+def test_beam_search_matches_transformers(lm, kw):
+    """`Model.generate` with beams: token-for-token transformers' beam search (issue 15), a
+    left-padded batch included, with EOS ids common enough that hypotheses finish early."""
+    model, m = lm
+    eos = list(range(3, 40))
+    prompts = [[5, 17, 42, 8, 99], [11, 12], [7, 90, 91]]
+    got = m.generate(prompts, max_new_tokens=12, eos_token_id=eos, **kw)
+    for k, prompt in enumerate(prompts):
+        with torch.no_grad():
+            want = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=eos,
+                                  pad_token_id=0, **kw)
+        n = kw.get("num_return_sequences", 1)
+        width = max(map(len, prompts))
+        for row, ref in zip(got[k * n:(k + 1) * n], want):
+            ref = ref.tolist()
+            assert row[width - len(prompt):width - len(prompt) + len(ref)].tolist() == ref
+
+
 def test_left_padded_batch_matches_transformers(lm):
     """A batch of prompts of different lengths, left-padded, gives each prompt's own continuation."""
     model, m = lm
@@ -130,7 +152,7 @@ def test_empty_prompt_and_wrong_task(lm, tmp_path):
     with pytest.raises(nac.NacInputError, match="empty prompt"):
         generate(m, [], max_new_tokens=5)
     enc = nac.export(torch.nn.Linear(3, 2), (torch.randn(1, 3),), tmp_path / "lin.nac", metadata={"task": "x"})
-    with pytest.raises(nac.NacError, match="not text-generation"):
+    with pytest.raises(nac.NacError, match="not one that generates text"):
         generate(nac.load(enc), [1, 2], max_new_tokens=2)
 
 
@@ -242,7 +264,7 @@ def test_attention_reads_the_cache_in_place(lm):
         for i in (4, 5):  # the new tokens' keys/values (a cat along features is rotary, not a cache copy)
             src = prod.get(n.inputs[i])
             assert src is None or src.op != "expand" and not (src.op == "cat" and src.attrs["dim"] % 4 == 2)
-    kv_heads = m.metadata["cache"]["kv_heads"]
+    kv_heads = m.generation_config.cache.kv_heads
     q_heads = [g.values[n.inputs[0]].shape[1] for n in attn]
     assert all(n.attrs["enable_gqa"] == (h != kv_heads) for n, h in zip(attn, q_heads))
     assert not any(n.op == "cat" and len(n.inputs) == 1 for n in g.nodes)
