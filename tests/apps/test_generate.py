@@ -268,3 +268,14 @@ def test_attention_reads_the_cache_in_place(lm):
     q_heads = [g.values[n.inputs[0]].shape[1] for n in attn]
     assert all(n.attrs["enable_gqa"] == (h != kv_heads) for n, h in zip(attn, q_heads))
     assert not any(n.op == "cat" and len(n.inputs) == 1 for n in g.nodes)
+
+
+def test_beam_top_k_picks_what_a_stable_sort_picks():
+    """Beam search's partitioned top-k equals a full stable sort, ties included (lower index first)."""
+    from nac.apps.generate import _top
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x = rng.integers(-4, 4, (3, int(rng.integers(50, 400)))).astype(np.float32)  # many exact ties
+        k = int(rng.integers(1, 40))
+        assert (_top(x, k) == np.argsort(-x, axis=1, kind="stable")[:, :k]).all()
