@@ -183,13 +183,26 @@ class _Compiler:
             emit({"op": "NORM.STRIP", "left": bool(n.get("strip_left", True)), "right": bool(n.get("strip_right", True))})
         elif t == "Prepend":
             emit({"op": "NORM.PREPEND", "text": str(n.get("prepend", ""))})
+        elif t == "Precompiled":  # SentencePiece's compiled rules (T5, ALBERT, XLM-R): see tokenizer_vm.precompiled
+            from nac.tokenizer_vm.precompiled import read_charsmap, rule_tables
+
+            charsmap = n.get("precompiled_charsmap")
+            if not charsmap:
+                return  # an empty charsmap changes nothing
+            if not isinstance(charsmap, str):
+                raise self.fail(where, "precompiled_charsmap must be a base64 string")
+            rules = read_charsmap(charsmap, f"{self.name}: {where}")
+            name = f"precompiled_{zlib.crc32(charsmap.encode()):08x}"
+            for key, table in rule_tables(rules).items():
+                self.tables[f"{name}_{key}"] = table
+            emit({"op": "NORM.PRECOMPILED", "map": name, "rules": len(rules)})
         elif t == "Nmt":  # SentencePiece's NMT rule, as tokenizers' `Nmt` applies it: drop, then map to space
             self.char_op("NORM.DROP", 0, NMT_DROP)
             self.char_op("NORM.MAP_SPACE", 0, NMT_SPACE)
         else:
             raise self.fail(where, f"normaliser type {t!r} is not supported by TISA (supported: BertNormalizer, "
                                    f"NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, Replace, Strip, Prepend, Nmt, "
-                                   f"Sequence)")
+                                   f"Precompiled, Sequence)")
 
     def char_op(self, op: str, classes: int, chars=()) -> None:
         """A character-class normaliser step; its code-point ranges go in a table so the VM needs

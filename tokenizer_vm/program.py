@@ -40,6 +40,7 @@ OPCODES: dict[str, tuple[str, str]] = {
     "NORM.REPLACE":    ("normalize", "replace a literal or a regular expression"),
     "NORM.STRIP":      ("normalize", "strip whitespace left and/or right"),
     "NORM.PREPEND":    ("normalize", "prepend a string to non-empty pieces"),
+    "NORM.PRECOMPILED": ("normalize", "SentencePiece precompiled_charsmap rules, per grapheme cluster (tables MAP_*)"),
     "PRE.REGEX":       ("pre_tokenize", "split words by a regular expression (string level)"),
     "PRE.SPLIT":       ("pre_tokenize", "split words by a class, literal or built-in pattern"),
     "PRE.PREFIX_SPACE": ("pre_tokenize", "prepend a space to words not starting with one"),
@@ -179,6 +180,7 @@ OPERANDS: dict[str, dict] = {
     "NORM.REPLACE": {"kind": {"enum": ["string", "regex"]}, "pattern": _S, "content": _S},
     "NORM.STRIP": {"left": _B, "right": _B},
     "NORM.PREPEND": {"text": _S},
+    "NORM.PRECOMPILED": {"map": _T, "rules": {"type": "integer", "minimum": 0, "maximum": 1 << 20}},
     "PRE.REGEX": {"pattern": _S, "behaviour": {"enum": _BEHAVIOURS}, "invert": _B},
     "PRE.SPLIT": {"kind": {"enum": ["class", "literal", "gpt2", "words"]}, "classes": _I, "literal": _S,
                   "behaviour": {"enum": _BEHAVIOURS}, "invert": _B},
@@ -344,6 +346,17 @@ def validate_program(doc: dict, tables: dict[str, np.ndarray], where: str) -> No
                 r = _table(tables, ins[key], np.int32, where)
                 if r.size % 2 or (r.size and ((r < 0).any() or (r > 0x10FFFF).any() or (r[0::2] > r[1::2]).any())):
                     raise _fail(where, f"{what}: table {ins[key]!r} is not a list of code-point ranges")
+        if op == "NORM.PRECOMPILED":
+            m = ins["map"]
+            keys, koff, vals, voff = (_table(tables, f"{m}_{t}", dt, where) for t, dt in
+                                      (("keys", np.int32), ("keys_off", np.int64), ("values", np.int32),
+                                       ("values_off", np.int64)))
+            _code_points(keys, f"{m}_keys", where)
+            _code_points(vals, f"{m}_values", where)
+            _offsets(koff, keys.size, f"{m}_keys_off", where)
+            _offsets(voff, vals.size, f"{m}_values_off", where)
+            if koff.size != voff.size or koff.size - 1 != ins["rules"] or (np.diff(koff) == 0).any():
+                raise _fail(where, f"{what}: tables {m}_* do not hold {ins['rules']} rules with non-empty keys")
         if op == "NORM.LOWER":
             src, loff, dst = (_table(tables, t, np.int32, where)
                               for t in ("lower_src", "lower_off", "lower_dst"))

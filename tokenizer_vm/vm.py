@@ -528,6 +528,14 @@ class Tokenizer:
             return (t.rstrip(ws) if right else t), lost
         self._norm.append(strip)
 
+    def _op_norm_precompiled(self, ins):
+        from nac.tokenizer_vm.precompiled import Charsmap, rules_of_tables
+
+        t, m = self.program.tables, ins["map"]
+        charsmap = _Lazy(lambda: Charsmap(rules_of_tables(t[f"{m}_keys"], t[f"{m}_keys_off"], t[f"{m}_values"],
+                                                          t[f"{m}_values_off"])))
+        self._norm.append(lambda s: (charsmap().normalize(s), False))
+
     def _op_norm_prepend(self, ins):
         text = ins["text"]
         self._norm.append(lambda s: (text + s if s else s, False))

@@ -181,15 +181,24 @@ def test_clashing_parameter_names_are_renamed():
 
 @pytest.fixture(scope="module")
 def t5_folder(tmp_path_factory):
-    """A T5 folder with a real-format SentencePiece-Unigram tokenizer.json (trained here)."""
-    from tokenizers import SentencePieceUnigramTokenizer, processors
+    """A T5 folder whose tokenizer.json is what transformers makes of a SentencePiece model
+    trained here (Unigram, ``nmt_nfkc`` rules: the Precompiled normaliser, as T5's own)."""
+    import types
+
+    spm = pytest.importorskip("sentencepiece", reason="needs sentencepiece (pip install 'nac[test]')")
+    from transformers.convert_slow_tokenizer import T5Converter
 
     d = tmp_path_factory.mktemp("t5folder")
     corpus = ["translate English to German: My name is Wolfgang and I live in Berlin",
-              "summarize: the quick brown fox jumps over the lazy dog", "Hello world, this is a test."] * 40
-    tok = SentencePieceUnigramTokenizer()
-    tok.train_from_iterator(corpus, vocab_size=80, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
-    tok._tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+              "summarize: the quick brown fox jumps over the lazy dog", "Hello world, this is a test.",
+              "Das Haus ist gro\u00df und sch\u00f6n.", "\uff21\uff22\uff23 full-width letters \u2460"] * 40
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_prefix=str(d / "spiece"), vocab_size=60,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(d / "spiece.model"))
+    original = types.SimpleNamespace(vocab_file=str(d / "spiece.model"), _extra_ids=0, legacy=True,
+                                     add_prefix_space=True, convert_tokens_to_ids=sp.piece_to_id)
+    tok = T5Converter(original).converted()
+    assert "Precompiled" in tok.to_str()
     tok.save(str(d / "tokenizer.json"))
     torch.manual_seed(1)
     cfg = transformers.T5Config(vocab_size=tok.get_vocab_size(), d_model=32, d_kv=8, d_ff=64, num_layers=2,
@@ -208,7 +217,7 @@ def test_cli_and_pipeline_give_transformers_text(t5_folder, tmp_path):
                    capture_output=True)
     info = subprocess.run([*nac_cmd, "info", str(out)], check=True, capture_output=True, text=True).stdout
     assert "method encode (default):" in info and "method decode:" in info and "format 1.1" in info
-    text = "translate English to German: My name is Wolfgang and I live in Berlin"
+    text = "translate English to German: My name is Wolfgang and I live in Berlin \uff21\u2460"
     hf_tok = Tokenizer.from_file(str(t5_folder / "tokenizer.json"))
     model = transformers.T5ForConditionalGeneration.from_pretrained(t5_folder).eval()
     ids = hf_tok.encode(text).ids
