@@ -57,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--task", help="pipeline task: feature-extraction, image-classification, fill-mask, "
                                   "text-classification, text-generation, token-classification, "
                                   "zero-shot-classification, zero-shot-image-classification, "
-                                  "image-feature-extraction, question-answering, or (T5, BART) translation, "
-                                  "summarization, text2text-generation (default: from the model's "
+                                  "image-feature-extraction, question-answering, (T5, BART) translation, "
+                                  "summarization, text2text-generation, or (a diffusers folder) text-to-image "
+                                  "(default: from the model's "
                                   "architecture; zero-shot-classification must be asked for)")
     e.add_argument("--weights", choices=["inline", "external", "none"], default="inline",
                    help="store parameters inside the file (default), in OUT.safetensors beside it, or not at all "
@@ -91,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop once the completion contains TEXT (repeatable)")
     g.add_argument("--stats", action="store_true", help="print prefill and decode speed")
+    d = r.add_argument_group("text-to-image")
+    d.add_argument("--steps", type=int, default=None, help="denoising steps (default: the file's, 50)")
+    d.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 7.5)")
+    d.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt")
+    d.add_argument("--scheduler", choices=["ddim", "euler", "pndm", "dpmsolver++"], help="default: the file's")
+    d.add_argument("--height", type=int, help="image height in pixels")
+    d.add_argument("--width", type=int, help="image width in pixels")
     z = r.add_argument_group("token classification and zero-shot")
     z.add_argument("--aggregation", choices=["none", "simple", "first", "average", "max"], default="simple",
                    help="token-classification: how tokens are grouped into entities (default simple)")
@@ -101,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     z.add_argument("--question", help="question-answering: the question; the INPUTs are contexts")
     r.add_argument("-k", "--top-k", type=int, default=None,
                    help="classes or fillers to show (default 5); with --sample, sample from the k most likely tokens")
-    r.add_argument("-o", "--out", type=Path, default=Path("nac-out"), help="folder for .npy outputs")
+    r.add_argument("-o", "--out", type=Path, default=Path("nac-out"),
+                   help="folder for .npy outputs; text-to-image: an image file (.png, .jpg) or a folder")
     r.add_argument("--embeddings", action="store_true", help="print embedding vectors, not similarities")
     r.add_argument("--json", action="store_true", help="print JSON")
 
@@ -427,6 +436,8 @@ def cmd_run(args) -> int:
         return _run_generation(model, args)
     if task in ("translation", "summarization", "text2text-generation"):
         return _run_text2text(model, args)
+    if task == "text-to-image":
+        return _run_text_to_image(model, args)
     top_k_given = args.top_k
     args.top_k = 5 if args.top_k is None else args.top_k
     if not args.inputs:
@@ -577,6 +588,30 @@ def _run_generation(model, args) -> int:
     return 0
 
 
+def _run_text_to_image(model, args) -> int:
+    from nac.apps.text_to_image import TextToImage
+
+    if not args.inputs:
+        raise NacError("give a prompt (class-conditional models: a class label)")
+    images = TextToImage(model)(list(args.inputs), negative_prompt=args.negative, num_inference_steps=args.steps,
+                                guidance_scale=args.guidance, height=args.height, width=args.width, seed=args.seed,
+                                scheduler=args.scheduler, progress=True)
+    out = args.out
+    single = out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+    if single and len(images) > 1:
+        raise NacError(f"{len(images)} images: give a folder for -o, not {out.name}")
+    paths = [out] if single else [out / f"image-{k}.png" for k in range(len(images))]
+    try:
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        for img, path in zip(images, paths):
+            img.save(path)
+    except (OSError, ValueError) as exc:
+        raise NacError(f"cannot write {paths[0]}: {exc}") from None
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 def _run_text2text(model, args) -> int:
     from nac.apps.generate import text2text
 
@@ -622,8 +657,8 @@ def describe(path: Path) -> dict:
         d.update(valid=False, problem=str(exc), **_partial_summary(buf, sections, path))
         return d
     g, f = model.graph, model.file
-    stored = {n: a for m in model.methods.values() for n, a in m.graph.params.items()}  # shared by the methods
-    param_bytes = sum(a.nbytes for a in stored.values())
+    tensors = {n: a for m in model.methods.values() for n, a in m.graph.params.items()}  # shared by the methods
+    param_bytes = sum(a.nbytes for a in tensors.values())
     quantised = []
     for name, v in g.values.items():
         if v.quant is not None and name not in g.param_aliases:
@@ -638,8 +673,8 @@ def describe(path: Path) -> dict:
         "dims": g.dims,
         "ops": dict(Counter(n.op for n in g.nodes).most_common()),
         "nodes": len(g.nodes),
-        "parameters": {"count": g.param_count() if len(model.methods) == 1 else int(sum(a.size for a in stored.values())),
-                       "bytes": param_bytes, "tensors": len(stored), "shared": len(g.param_aliases)},
+        "parameters": {"count": g.param_count() if len(model.methods) == 1 else int(sum(a.size for a in tensors.values())),
+                       "bytes": param_bytes, "tensors": len(tensors), "shared": len(g.param_aliases)},
         "quantized": quantised,
         "passes": (model.metadata.get("compile") or {}).get("passes"),
         "methods": [{"name": name, "inputs": [{"name": n, "dtype": dt, "shape": list(s)} for n, dt, s in m.input_spec()],

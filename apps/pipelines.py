@@ -22,6 +22,7 @@ _APPS = {
     "image-feature-extraction": lambda m, x, **kw: tasks.image_features(m, x, **kw),
     "question-answering": lambda m, x, **kw: answer_questions(m, [_field(d, "question") for d in x],
                                                               [_field(d, "context") for d in x], **kw),
+    "text-to-image": None,  # called whole: see Pipeline.__call__
     "translation": lambda m, x, **kw: _text2text(m, x, "translation_text", **kw),
     "summarization": lambda m, x, **kw: _text2text(m, x, "summary_text", **kw),
     "text2text-generation": lambda m, x, **kw: _text2text(m, x, "generated_text", **kw),
@@ -56,6 +57,10 @@ class Pipeline:
     def __call__(self, inputs=None, **kwargs):
         if self.task == "question-answering" and inputs is None and "question" in kwargs:
             inputs = {"question": kwargs.pop("question"), "context": kwargs.pop("context", None)}
+        if self.task == "text-to-image":  # diffusers' shape: a list of images for a prompt or a list of prompts
+            from nac.apps.text_to_image import TextToImage
+
+            return TextToImage(self.model)(inputs, **kwargs)
         single = isinstance(inputs, (str, Path, dict))
         out = _APPS[self.task](self.model, [inputs] if single else list(inputs), **kwargs)
         return out[0] if single else out
@@ -76,7 +81,10 @@ def pipeline(task: str, model) -> Pipeline:
     ``max_seq_len``, ``handle_impossible_answer``, ``align_to_words``); ``translation``,
     ``summarization`` and ``text2text-generation`` a list of ``{"translation_text" /
     "summary_text" / "generated_text": str}`` per input (keywords as `nac.apps.generate.generate`:
-    ``num_beams``, ``max_new_tokens``, ``num_return_sequences``, ...). Keywords and results follow
+    ``num_beams``, ``max_new_tokens``, ``num_return_sequences``, ...); ``text-to-image`` a list
+    of PIL images for a prompt or a list of prompts, called like diffusers' pipeline
+    (``negative_prompt``, ``num_inference_steps``, ``guidance_scale``, ``height``, ``width``,
+    ``latents``, ``seed``, ``scheduler``: see `nac.apps.text_to_image.TextToImage`). Keywords and results follow
     the transformers pipelines of the same names (transformers 4's for question-answering).
 
     Raises:

@@ -23,7 +23,8 @@ PACKAGED = {
 }
 TASKS = ("feature-extraction", "image-classification", "fill-mask", "text-classification", "text-generation",
          "token-classification", "zero-shot-classification", "zero-shot-image-classification",
-         "image-feature-extraction", "question-answering", "translation", "summarization", "text2text-generation")
+         "image-feature-extraction", "question-answering", "translation", "summarization", "text2text-generation",
+         "text-to-image")
 MAX_BATCH = 1024
 
 
@@ -672,6 +673,10 @@ def resolve(source: str, task: str | None = None) -> ExportJob:
     path = Path(source)
     if path.suffix == ".gguf":
         return gguf_file(path)
+    if path.is_dir() and (path / "model_index.json").is_file() and task in (None, "text-to-image"):
+        from nac.apps.diffusion import text_to_image_folder
+
+        return text_to_image_folder(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise NacExportError(f"{path} has no config.json; a Hugging Face model folder is expected")

@@ -127,7 +127,7 @@ def test_pipeline_refuses_the_wrong_task(tmp_path):
     with pytest.raises(nac.NacError, match="exported for text-classification, not fill-mask"):
         nac.pipeline("fill-mask", path)
     with pytest.raises(nac.NacError, match="unknown pipeline task"):
-        nac.pipeline("translation", path)
+        nac.pipeline("text-to-speech", path)
 
 
 COGNITION = None
