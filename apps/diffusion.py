@@ -87,6 +87,13 @@ def _jsonable(v) -> bool:
         isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) for x in v))
 
 
+def _batch():
+    """The batch dimension: at most 32 per call. diffusers' resnet and upsampling blocks branch on
+    ``batch >= 64`` (a ``.contiguous()`` for a CUDA kernel), which torch.export cannot keep
+    symbolic; `nac.apps.text_to_image` runs larger batches in chunks."""
+    return torch.export.Dim("batch", min=1, max=32)
+
+
 def _side(name: str, multiple: int, top: int):
     """A latent side in units of ``multiple`` (the UNet's downsampling needs a multiple), up to ``top``."""
     return torch.export.Dim(name, min=1, max=max(1, top // multiple))
@@ -123,8 +130,7 @@ def text_to_image(pipe, name: str = "text-to-image"):
                           "vae_scale_factor": vae_scale, "size_multiple": multiple * vae_scale,
                           "scheduler": own, "schedulers": schedulers, "guidance_scale": 7.5,
                           "num_inference_steps": 50, "pad_token_id": int(pad)}}
-    # (at 64, torch.export meets a guard in diffusers' attention that stops at 63: 32 images with guidance)
-    batch = torch.export.Dim("batch", min=1, max=32)
+    batch = _batch()
     seq = torch.export.Dim("seq", min=1, max=max_length)
     side_h, side_w = _side("latent_h", multiple, 4 * sample), _side("latent_w", multiple, 4 * sample)
     ids = torch.full((2, max_length), int(pad), dtype=torch.long)
@@ -164,7 +170,7 @@ def class_conditional(unet, scheduler, labels: list[str], name: str = "class-to-
             "diffusion": {"conditioning": "class", "latent_channels": channels, "sample_size": sample,
                           "vae_scale_factor": 1, "size_multiple": multiple, "scheduler": own,
                           "schedulers": schedulers, "guidance_scale": 1.0, "num_inference_steps": 50}}
-    batch = torch.export.Dim("batch", min=1, max=1024)
+    batch = _batch()
     return ExportJob(UNet(unet.eval(), "class"), (torch.randn(2, channels, sample, sample), torch.tensor([10.0, 10.0]),
                                                   torch.tensor([0, 1])), {}, ({0: batch}, {0: batch}, {0: batch}), meta)
 

@@ -68,9 +68,19 @@ class _Base:
         self.prediction = cfg.get("prediction_type", "epsilon")
         self.spacing = cfg.get("timestep_spacing", "leading")
         self.offset = int(cfg.get("steps_offset", 0))
-        self.alphas_cumprod = np.cumprod(1.0 - _betas(cfg), dtype=_F)
+        betas = _betas(cfg)
+        if betas.size != self.train_steps or not (np.isfinite(betas) & (betas > 0) & (betas < 1)).all():
+            raise NacError(f"scheduler {self.kind}: betas must be {self.train_steps} numbers in (0, 1)")
+        self.alphas_cumprod = np.cumprod(1.0 - betas, dtype=_F)
         self.init_noise_sigma = 1.0
         self.timesteps = np.zeros(0, np.int64)
+
+    def _check_steps(self, n: int) -> None:
+        from nac.errors import NacInputError
+
+        if not 1 <= n <= self.train_steps:
+            raise NacInputError(f"scheduler {self.kind}: {n} steps; it takes 1 to {self.train_steps} "
+                                f"(its training timesteps)")
 
     def _spaced(self, n: int) -> np.ndarray:
         """DDIM's and PNDM's integer timesteps, descending."""
@@ -95,6 +105,7 @@ class DDIM(_Base):
         self.final = _F(1.0) if cfg.get("set_alpha_to_one", True) else self.alphas_cumprod[0]
 
     def set_timesteps(self, n: int) -> None:
+        self._check_steps(n)
         self.n = n
         self.timesteps = self._spaced(n)
 
@@ -123,6 +134,7 @@ class Euler(_Base):
     kind = "euler"
 
     def set_timesteps(self, n: int) -> None:
+        self._check_steps(n)
         T = self.train_steps
         if self.spacing == "linspace":
             ts = np.linspace(0, T - 1, n, dtype=np.float32)[::-1].copy()
@@ -164,6 +176,7 @@ class PNDM(_Base):
         self.skip_prk = bool(cfg.get("skip_prk_steps", False))
 
     def set_timesteps(self, n: int) -> None:
+        self._check_steps(n)
         self.n = n
         T = self.train_steps
         if self.spacing == "linspace":
@@ -254,6 +267,7 @@ class DPMSolverPP(_Base):
         self.lambda_t = np.log(a) - np.log(np.sqrt(1 - self.alphas_cumprod))
 
     def set_timesteps(self, n: int) -> None:
+        self._check_steps(n)
         T = self.train_steps
         clip = float(self.cfg.get("lambda_min_clipped", -math.inf))
         last = T - int(np.searchsorted(self.lambda_t[::-1], clip))

@@ -20,6 +20,7 @@ from nac.engine import Model
 from nac.errors import NacError, NacInputError
 
 MAX_STEPS = 1000
+MAX_IMAGES = 1024  # per prompt (the engine runs them in chunks of the graph's batch range)
 
 
 class TextToImage:
@@ -62,7 +63,7 @@ class TextToImage:
             latents: float32 [B, C, h, w] initial noise (before the scheduler's initial sigma).
             seed: seed of the numpy generator for the initial noise when ``latents`` is None.
             scheduler: "ddim", "euler", "pndm", "dpmsolver++", or None for the file's own.
-            num_images_per_prompt: images per prompt.
+            num_images_per_prompt: images per prompt (at most `MAX_IMAGES`).
             output_type: "pil" (list of PIL images) or "np" (float32 [B, H, W, 3] in [0, 1]).
             progress: show a progress bar (tqdm) over the steps.
         Raises:
@@ -79,8 +80,8 @@ class TextToImage:
         scale = float(c.get("guidance_scale", 7.5) if guidance_scale is None else guidance_scale)
         if not np.isfinite(scale):
             raise NacInputError(f"guidance_scale must be a finite number, not {guidance_scale!r}")
-        if not isinstance(num_images_per_prompt, int) or not 1 <= num_images_per_prompt <= 64:
-            raise NacInputError(f"num_images_per_prompt must be in 1..64, not {num_images_per_prompt!r}")
+        if not isinstance(num_images_per_prompt, int) or not 1 <= num_images_per_prompt <= MAX_IMAGES:
+            raise NacInputError(f"num_images_per_prompt must be in 1..{MAX_IMAGES}, not {num_images_per_prompt!r}")
         kind = scheduler or c["scheduler"]
         if kind not in KINDS or kind not in c["schedulers"]:
             raise NacInputError(f"scheduler must be one of {', '.join(k for k in KINDS if k in c['schedulers'])}, "
@@ -115,12 +116,12 @@ class TextToImage:
             t = sched.timesteps[i]
             inp = np.concatenate([x, x]) if guided else x
             inp = sched.scale_model_input(inp, i)
-            (out,) = self.unet.run([inp, np.full(len(inp), t, np.float32), condition])
+            out = _chunked(self.unet, [inp, np.full(len(inp), t, np.float32), condition])
             if guided:
                 uncond, cond = out[:batch], out[batch:]
                 out = uncond + np.float32(scale) * (cond - uncond)
             x = sched.step(out, i, x)
-        image = self.model.methods["vae_decode"].run([x])[0] if self.text else x
+        image = _chunked(self.model.methods["vae_decode"], [x]) if self.text else x
         image = np.clip(image / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1).astype(np.float32)
         if output_type == "np":
             return image
@@ -159,7 +160,17 @@ class TextToImage:
         tok.enable_truncation(length)
         tok.enable_padding(length=length, pad_id=int(self.config.get("pad_token_id", 0)))
         ids = np.array([e.ids for e in tok.encode_batch(list(texts))], np.int64)
-        return self.model.methods["text_encoder"].run([ids])[0]
+        return _chunked(self.model.methods["text_encoder"], [ids])
+
+
+def _chunked(method, inputs: list[np.ndarray]) -> np.ndarray:
+    """``method``'s first output for ``inputs`` that share a leading batch axis, run in chunks of
+    at most the graph's ``batch`` range (the exporter caps it; see `nac.apps.diffusion`)."""
+    top = (method.graph.dims.get("batch") or {}).get("max") or len(inputs[0])
+    n = len(inputs[0])
+    if n <= top:
+        return method.run(inputs)[0]
+    return np.concatenate([method.run([a[k:k + top] for a in inputs])[0] for k in range(0, n, top)])
 
 
 def text_to_image(model: Model, prompt, **kwargs):

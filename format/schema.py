@@ -139,6 +139,39 @@ METADATA = {
                 },
             },
         },
+        "diffusion": {  # a text-to-image / class-to-image file (nac.apps.text_to_image)
+            "type": "object",
+            "required": ["conditioning", "latent_channels", "sample_size", "vae_scale_factor", "scheduler",
+                         "schedulers"],
+            "properties": {
+                "conditioning": {"enum": ["text", "class"]},
+                "latent_channels": {"type": "integer", "minimum": 1, "maximum": 64},
+                "sample_size": {"type": "integer", "minimum": 1, "maximum": 4096},
+                "vae_scale_factor": {"type": "integer", "minimum": 1, "maximum": 64},
+                "size_multiple": {"type": "integer", "minimum": 1, "maximum": 4096},
+                "scheduler": {"enum": ["ddim", "euler", "pndm", "dpmsolver++"]},
+                "schedulers": {
+                    "type": "object", "minProperties": 1,
+                    "propertyNames": {"enum": ["ddim", "euler", "pndm", "dpmsolver++"]},
+                    "additionalProperties": {
+                        "type": "object",
+                        "properties": {
+                            "num_train_timesteps": {"type": "integer", "minimum": 1, "maximum": 10000},
+                            "beta_start": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                            "beta_end": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                            "trained_betas": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 10000, "items": {
+                                "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}}]},
+                            "steps_offset": {"type": "integer", "minimum": 0, "maximum": 10000},
+                            "solver_order": {"type": "integer", "minimum": 1, "maximum": 3},
+                            "clip_sample_range": {"type": "number", "exclusiveMinimum": 0},
+                        },
+                    },
+                },
+                "guidance_scale": {"type": "number"},
+                "num_inference_steps": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "pad_token_id": {"type": "integer", "minimum": 0, "maximum": 1 << 31},
+            },
+        },
         "preprocess": {  # an ImageNet-style recipe (resize/crop sizes) or an image processor's (objects)
             "type": "object",
             "properties": {
