@@ -301,9 +301,23 @@ def _export_without_weights(args) -> int:
     return 0
 
 
+def _default_method_only(path: Path) -> None:
+    """Tell the user (stderr) that a command shows only the default method of a multi-method file."""
+    import nac
+
+    try:
+        names = list(nac.load(path).methods)
+    except NacError:
+        return
+    if len(names) > 1:
+        print(f"nac: note: {path.name} has methods {', '.join(names)}; this shows the default one, "
+              f"{names[0]!r}", file=sys.stderr)
+
+
 def cmd_reconstruct(args) -> int:
     from nac.apps.reconstruct import reconstruct
 
+    _default_method_only(args.model)
     text = reconstruct(args.model, torch=args.torch)
     return _write_or_print(text, args.output)
 
@@ -323,6 +337,7 @@ def _write_or_print(text: str, output: Path | None) -> int:
 def cmd_visualize(args) -> int:
     from nac.apps.visualize import render
 
+    _default_method_only(args.model)
     path, v = render(args.model, args.output, max_nodes=args.max_nodes, collapse=args.collapse,
                      weights=not args.no_weights)
     how = f"collapsed at module depth {v.depth}" if v.depth else "every node"
@@ -342,6 +357,7 @@ def cmd_ir(args) -> int:
             print(p)
         print(f"{args.model}: {'valid' if not problems else f'{len(problems)} problem(s)'}", file=sys.stderr)
         return 1 if problems else 0
+    _default_method_only(args.model)
     return _write_or_print(to_json(args.model) + "\n", args.output)
 
 
