@@ -187,9 +187,7 @@ class _Compiler:
             from nac.tokenizer_vm.precompiled import read_charsmap, rule_tables
 
             charsmap = n.get("precompiled_charsmap")
-            if not charsmap:
-                return  # an empty charsmap changes nothing
-            if not isinstance(charsmap, str):
+            if not isinstance(charsmap, str):  # (an empty one is refused below, as tokenizers refuses it)
                 raise self.fail(where, "precompiled_charsmap must be a base64 string")
             rules = read_charsmap(charsmap, f"{self.name}: {where}")
             name = f"precompiled_{zlib.crc32(charsmap.encode()):08x}"

@@ -127,3 +127,22 @@ def test_bad_requests(sd):
                         (dict(prompt="x", negative_prompt=["a", "b"]), "negative")]:
         with pytest.raises(nac.NacInputError, match=message):
             p(**{"num_inference_steps": 2, **kw})
+
+
+def test_export_from_a_pipeline_folder(tmp_path):
+    """`nac export FOLDER --task text-to-image` on a saved diffusers pipeline folder."""
+    pipe = _pipeline()
+    folder = tmp_path / "tiny-sd"
+    pipe.save_pretrained(folder)
+    out = tmp_path / "sd.nac"
+    run = subprocess.run([sys.executable, "-m", "nac.apps.cli", "export", str(folder), "--task", "text-to-image",
+                          "-o", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    m = nac.load(out)
+    assert list(m.methods) == ["unet", "text_encoder", "vae_decode"]
+    latents = np.random.default_rng(5).standard_normal((1, 4, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = pipe("a cat on a mat", latents=torch.from_numpy(latents), num_inference_steps=3,
+                    output_type="np").images
+    got = TextToImage(m)("a cat on a mat", latents=latents, num_inference_steps=3, output_type="np")
+    assert np.abs(got - want).max() <= 1e-3

@@ -87,7 +87,8 @@ def test_rules_are_those_of_the_trie(spm_model):
 
 
 @pytest.mark.parametrize("charsmap, message", [
-    ("not base64!", "not base64"), (base64.b64encode(b"\x01").decode(), "too short"),
+    ("not base64!", "not base64"), (base64.b64encode(b"\x01").decode(), "too short"), ("", "too short"),
+    (None, "base64 string"),
     (base64.b64encode((400).to_bytes(4, "little") + b"\0" * 8).decode(), "does not fit"),
 ])
 def test_malformed_charsmaps_are_refused(charsmap, message):

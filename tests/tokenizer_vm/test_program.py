@@ -73,7 +73,7 @@ def _mutate(doc: dict, path: str, value) -> dict:
 
 
 @pytest.mark.parametrize("path,value,message", [
-    ("normalizer", {"type": "Precompiled", "precompiled_charsmap": ""}, r"normalizer: normaliser type 'Precompiled'"),
+    ("normalizer", {"type": "ByteLevel"}, r"normalizer: normaliser type 'ByteLevel'"),
     ("pre_tokenizer", {"type": "UnicodeScripts"}, r"pre_tokenizer: pre-tokeniser type 'UnicodeScripts'"),
     ("model.type", "Magic", r"model: model type 'Magic'"),
     ("model.unk_token", "[NOPE]", r"unk_token '\[NOPE\]' is not in the vocabulary"),
