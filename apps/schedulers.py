@@ -94,6 +94,13 @@ class _Base:
     def scale_model_input(self, sample: np.ndarray, index: int) -> np.ndarray:
         return sample
 
+    def _sigmas_at(self, timesteps: np.ndarray) -> np.ndarray:
+        """The noise levels sqrt((1 - a) / a) interpolated at ``timesteps``, then the final one
+        (0, or the smallest training sigma with ``final_sigmas_type="sigma_min"``): float32."""
+        sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+        last = 0.0 if self.cfg.get("final_sigmas_type", "zero") == "zero" else float(sigmas[0])
+        return np.concatenate([np.interp(timesteps, np.arange(len(sigmas)), sigmas), [last]]).astype(_F)
+
 
 class DDIM(_Base):
     """diffusers' ``DDIMScheduler`` with eta = 0."""
@@ -142,10 +149,7 @@ class Euler(_Base):
             ts = (np.arange(0, n) * (T // n)).round()[::-1].astype(np.float32) + self.offset
         else:
             ts = np.arange(T, 0, -T / n).round().astype(np.float32) - 1
-        sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        sig = np.interp(ts, np.arange(len(sigmas)), sigmas)
-        last = 0.0 if self.cfg.get("final_sigmas_type", "zero") == "zero" else float(sigmas[0])
-        self.sigmas = np.concatenate([sig, [last]]).astype(_F)
+        self.sigmas = self._sigmas_at(ts)
         self.timesteps = ts.astype(np.float32)
         top = float(self.sigmas.max())
         self.init_noise_sigma = top if self.spacing in ("linspace", "trailing") else (top ** 2 + 1) ** 0.5
@@ -277,10 +281,7 @@ class DPMSolverPP(_Base):
             ts = (np.arange(0, n + 1) * (last // (n + 1))).round()[::-1][:-1].astype(np.int64) + self.offset
         else:
             ts = np.arange(last, 0, -T / n).round().astype(np.int64) - 1
-        sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        sig = np.interp(ts, np.arange(len(sigmas)), sigmas)
-        end = 0.0 if self.cfg.get("final_sigmas_type", "zero") == "zero" else float(sigmas[0])
-        self.sigmas = np.concatenate([sig, [end]]).astype(_F)
+        self.sigmas = self._sigmas_at(ts)
         self.timesteps = ts
         self.outputs = [None] * self.order
         self.lower_done = 0

@@ -550,13 +550,6 @@ def _stand_in(L: Lowerer, node):
 
 def _rename_outputs(graph: Graph, labels: list[str]) -> None:
     """Give output values the model's output names (``last_hidden_state``) where free."""
-    for k, (old, new) in enumerate(zip(list(graph.outputs), labels)):
-        if old == new or new in graph.values:
-            continue
-        v = graph.values.pop(old)
-        v.name = new
-        graph.values[new] = v
-        for n in graph.nodes:
-            n.inputs = [new if i == old else i for i in n.inputs]
-            n.outputs = [new if o == old else o for o in n.outputs]
-        graph.outputs[k] = new
+    for old, new in zip(list(graph.outputs), labels):
+        if old != new and new not in graph.values:
+            graph.rename_value(old, new)
