@@ -204,6 +204,7 @@ def generate(model: Model, input_ids=None, *, attention_mask=None, max_new_token
             top_p outside (0, 1], num_return_sequences > num_beams, ...).
     """
     cfg = GenerationConfig.from_metadata(model.metadata, where=str(model.path.name))
+    _check_contract(model, cfg)
     d = cfg.defaults
 
     def pick(value, key, default):
@@ -247,6 +248,29 @@ def generate(model: Model, input_ids=None, *, attention_mask=None, max_new_token
         if s.num_beams > 1:
             return _beam_search(steps, s)
         return _sample(steps, s, on_token, seed, return_logits)
+
+
+def _check_contract(model: Model, cfg: GenerationConfig) -> None:
+    """The methods the contract names exist and exchange the contract's tensors.
+
+    Raises:
+        NacFormatError: a named method is missing, or its inputs or outputs are not the contract's."""
+    from nac.errors import NacFormatError
+    from nac.format import generation as G
+
+    if cfg.is_encoder_decoder:
+        roles = {"encode": (G.ENCODE_INPUTS, G.ENCODE_OUTPUTS), "decode": (G.DECODE_INPUTS, G.STEP_OUTPUTS)}
+    else:
+        roles = {"step": (G.STEP_INPUTS, G.STEP_OUTPUTS)}
+    for role, (inputs, outputs) in roles.items():
+        method = model.methods.get(cfg.methods[role])
+        if method is None:
+            raise NacFormatError(f"{model.path.name}: generation.methods.{role} names {cfg.methods[role]!r}, "
+                                 f"which the file does not have (it has {list(model.methods)})")
+        if set(method.input_names) != set(inputs) or not set(outputs) <= set(method.output_names):
+            raise NacFormatError(f"{model.path.name}: method {method.name!r} takes {method.input_names} and gives "
+                                 f"{method.output_names}; the {role} role needs inputs {list(inputs)} and outputs "
+                                 f"{list(outputs)}")
 
 
 def _check(s: _Settings) -> None:

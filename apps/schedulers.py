@@ -82,6 +82,13 @@ class _Base:
             raise NacInputError(f"scheduler {self.kind}: {n} steps; it takes 1 to {self.train_steps} "
                                 f"(its training timesteps)")
 
+    def _check_range(self) -> None:
+        """Every timestep indexes the training schedule (a file's steps_offset could push one out)."""
+        t = self.timesteps
+        if t.size and (t.min() < 0 or t.max() > self.train_steps - 1):
+            raise NacError(f"scheduler {self.kind}: its config gives timesteps {int(t.min())}..{int(t.max())}, "
+                           f"outside its {self.train_steps} training timesteps")
+
     def _spaced(self, n: int) -> np.ndarray:
         """DDIM's and PNDM's integer timesteps, descending."""
         T = self.train_steps
@@ -115,6 +122,7 @@ class DDIM(_Base):
         self._check_steps(n)
         self.n = n
         self.timesteps = self._spaced(n)
+        self._check_range()
 
     def step(self, out: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
         t = int(self.timesteps[index])
@@ -149,8 +157,9 @@ class Euler(_Base):
             ts = (np.arange(0, n) * (T // n)).round()[::-1].astype(np.float32) + self.offset
         else:
             ts = np.arange(T, 0, -T / n).round().astype(np.float32) - 1
-        self.sigmas = self._sigmas_at(ts)
         self.timesteps = ts.astype(np.float32)
+        self._check_range()
+        self.sigmas = self._sigmas_at(ts)
         top = float(self.sigmas.max())
         self.init_noise_sigma = top if self.spacing in ("linspace", "trailing") else (top ** 2 + 1) ** 0.5
 
@@ -197,6 +206,7 @@ class PNDM(_Base):
             self.prk = prk[:-1].repeat(2)[1:-1][::-1].astype(np.int64)
             plms = base[:-3][::-1]
         self.timesteps = np.concatenate([self.prk, plms]).astype(np.int64)
+        self._check_range()
         self.ets, self.counter, self.cur_out, self.cur_sample = [], 0, 0, None
 
     def _prev(self, sample, t: int, prev: int, out):
@@ -281,8 +291,9 @@ class DPMSolverPP(_Base):
             ts = (np.arange(0, n + 1) * (last // (n + 1))).round()[::-1][:-1].astype(np.int64) + self.offset
         else:
             ts = np.arange(last, 0, -T / n).round().astype(np.int64) - 1
-        self.sigmas = self._sigmas_at(ts)
         self.timesteps = ts
+        self._check_range()
+        self.sigmas = self._sigmas_at(ts)
         self.outputs = [None] * self.order
         self.lower_done = 0
 

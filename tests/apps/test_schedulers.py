@@ -64,3 +64,8 @@ def test_unsupported_options_are_refused():
         make_scheduler("dpmsolver++", {"algorithm_type": "sde-dpmsolver++"})
     with pytest.raises(NacError, match="unknown scheduler"):
         make_scheduler("lms", {})
+    for kind in CLASSES:  # an untrusted file's offset cannot index outside the schedule
+        with pytest.raises(NacError, match="outside its 1000 training timesteps"):
+            make_scheduler(kind, {"steps_offset": 5000, "timestep_spacing": "leading"}).set_timesteps(10)
+    with pytest.raises(NacError, match="betas must be"):
+        make_scheduler("ddim", {"trained_betas": [0.5] * 10})

@@ -245,3 +245,21 @@ def test_bad_generation_settings(s2s):
         m.generate([[5, 10 ** 6]], max_new_tokens=3)
     with pytest.raises(nac.NacInputError, match="exceeds"):
         m.generate([[5, 6]], max_new_tokens=10 ** 6)
+
+
+def test_a_contract_that_names_wrong_methods_is_refused(s2s, tmp_path):
+    """Untrusted metadata: a generation contract naming a missing method, or swapping roles, is a
+    NacFormatError when generating, not a KeyError."""
+    import copy
+
+    from nac.format.container import read_documents
+
+    _, m = s2s
+    d = read_documents(m.path)
+    graphs = dict(m.file.methods)
+    for methods in ({"encode": "encode", "decode": "nope"}, {"encode": "decode", "decode": "encode"}):
+        meta = copy.deepcopy(d.metadata)
+        meta["generation"]["methods"] = methods
+        bad = write_nac(tmp_path / "bad.nac", graphs, meta)
+        with pytest.raises(nac.NacFormatError, match="generation.methods|role needs"):
+            nac.load(bad).generate([[5, 6]], max_new_tokens=2)
