@@ -170,7 +170,8 @@ def generate(model: Model, input_ids=None, *, attention_mask=None, max_new_token
         input_ids: one prompt (list of ids or 1-D array) or a batch (list of lists, or [B, T]
             with ``attention_mask``). Decoder-only prompts of different lengths are left-padded;
             encoder inputs are right-padded.
-        attention_mask: [B, T] (1 = token, 0 = padding) for an already padded [B, T] array.
+        attention_mask: [B, T] (1 = token, 0 = padding) for an already padded [B, T] array
+            (decoder-only prompts must then be left-padded, as for transformers).
         max_new_tokens: tokens to add at most (default: the file's, else 20).
         min_new_tokens: EOS is impossible before this many new tokens.
         do_sample / temperature / top_k / top_p / repetition_penalty: as transformers (top_k 0 =
@@ -238,8 +239,9 @@ def generate(model: Model, input_ids=None, *, attention_mask=None, max_new_token
                             f"{cfg.max_length} tokens")
     rows = s.num_beams if s.num_beams > 1 else s.num_return_sequences
     if s.max_new_tokens == 0:
-        start = np.full((B * rows, 1), cfg.decoder_start_token_id, np.int64) if cfg.is_encoder_decoder \
-            else np.repeat(ids, s.num_return_sequences, axis=0)
+        n = s.num_return_sequences
+        start = np.full((B * n, 1), cfg.decoder_start_token_id, np.int64) if cfg.is_encoder_decoder \
+            else np.repeat(ids, n, axis=0)
         return (start, np.zeros((0, len(start), 0), np.float32)) if return_logits else start
     lock = step_lock or contextlib.nullcontext()
     steps = (_Seq2SeqSteps if cfg.is_encoder_decoder else _CausalSteps)(model, cfg, ids, mask, rows,
@@ -251,10 +253,12 @@ def generate(model: Model, input_ids=None, *, attention_mask=None, max_new_token
 
 
 def _check_contract(model: Model, cfg: GenerationConfig) -> None:
-    """The methods the contract names exist and exchange the contract's tensors.
+    """The methods the contract names exist and exchange the contract's tensors; its special
+    token ids lie in the vocabulary.
 
     Raises:
-        NacFormatError: a named method is missing, or its inputs or outputs are not the contract's."""
+        NacFormatError: a named method is missing, its inputs or outputs are not the contract's, or
+            a decoder start / forced token id is outside the vocabulary."""
     from nac.errors import NacFormatError
     from nac.format import generation as G
 
@@ -262,6 +266,13 @@ def _check_contract(model: Model, cfg: GenerationConfig) -> None:
         roles = {"encode": (G.ENCODE_INPUTS, G.ENCODE_OUTPUTS), "decode": (G.DECODE_INPUTS, G.STEP_OUTPUTS)}
     else:
         roles = {"step": (G.STEP_INPUTS, G.STEP_OUTPUTS)}
+    special = {"decoder_start_token_id": [cfg.decoder_start_token_id] if cfg.is_encoder_decoder else [],
+               "forced_bos_token_id": [] if cfg.forced_bos_token_id is None else [cfg.forced_bos_token_id],
+               "forced_eos_token_id": list(cfg.forced_eos_token_id)}
+    for key, ids in special.items():
+        if any(not 0 <= i < cfg.vocab_size for i in ids):
+            raise NacFormatError(f"{model.path.name}: generation.{key} {ids} lies outside the vocabulary of "
+                                 f"{cfg.vocab_size}")
     for role, (inputs, outputs) in roles.items():
         method = model.methods.get(cfg.methods[role])
         if method is None:

@@ -257,9 +257,11 @@ def test_a_contract_that_names_wrong_methods_is_refused(s2s, tmp_path):
     _, m = s2s
     d = read_documents(m.path)
     graphs = dict(m.file.methods)
-    for methods in ({"encode": "encode", "decode": "nope"}, {"encode": "decode", "decode": "encode"}):
+    for change in ({"methods": {"encode": "encode", "decode": "nope"}},
+                   {"methods": {"encode": "decode", "decode": "encode"}},
+                   {"forced_eos_token_id": [10 ** 6]}, {"decoder_start_token_id": 10 ** 6}):
         meta = copy.deepcopy(d.metadata)
-        meta["generation"]["methods"] = methods
+        meta["generation"].update(change)
         bad = write_nac(tmp_path / "bad.nac", graphs, meta)
-        with pytest.raises(nac.NacFormatError, match="generation.methods|role needs"):
+        with pytest.raises(nac.NacFormatError, match="generation.methods|role needs|outside the vocabulary"):
             nac.load(bad).generate([[5, 6]], max_new_tokens=2)
