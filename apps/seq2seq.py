@@ -50,7 +50,7 @@ def _cross_mask(encoder_mask: torch.Tensor) -> torch.Tensor:
 class T5Encode(torch.nn.Module):
     """forward(input_ids [B, S] int64, attention_mask [B, S] int64)
     -> {"cross_keys", "cross_values"}: [L, B, H, S, D] float32, each decoder layer's
-    cross-attention projections of the encoder output (`transformers` T5 / mT5 / LongT5-free)."""
+    cross-attention projections of the encoder output (transformers' T5 and mT5)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -126,8 +126,8 @@ class T5Decode(torch.nn.Module):
 
 class BartEncode(torch.nn.Module):
     """forward(input_ids [B, S] int64, attention_mask [B, S] int64)
-    -> {"cross_keys", "cross_values"}: [L, B, H, S, D] float32 (BART, mBART-free Marian-like
-    post-norm encoders of the ``BartForConditionalGeneration`` family)."""
+    -> {"cross_keys", "cross_values"}: [L, B, H, S, D] float32 (transformers'
+    ``BartForConditionalGeneration``, post-norm layers)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -193,8 +193,8 @@ def seq2seq(model: torch.nn.Module, name: str = "seq2seq", tokenizer=None, task:
     -> a two-method export job (``encode``, ``decode``) with the generation contract.
 
     Raises:
-        NacExportError: another architecture, or a configuration these wrappers do not
-            reproduce (mBART-style pre-norm, scaled T5 cross-attention variants).
+        NacExportError: another architecture, or a BART variant these wrappers do not reproduce
+            (mBART-style pre-norm layers).
     """
     from nac.apps.sources import ExportJob, generation_contract
 
@@ -202,8 +202,6 @@ def seq2seq(model: torch.nn.Module, name: str = "seq2seq", tokenizer=None, task:
     model = model.eval()
     kind = cfg.model_type
     if kind in ("t5", "mt5"):
-        if getattr(cfg, "is_gated_act", False) is None:
-            raise NacExportError(f"{name}: unknown T5 feed-forward variant")
         encode, decode = T5Encode(model), T5Decode(model)
     elif kind == "bart":
         if getattr(cfg, "add_final_layer_norm", False) or getattr(cfg, "normalize_before", False):
