@@ -302,16 +302,23 @@ def _export_without_weights(args) -> int:
 
 
 def _default_method_only(path: Path) -> None:
-    """Tell the user (stderr) that a command shows only the default method of a multi-method file."""
-    import nac
+    """Tell the user (stderr) that a command shows only the default method of a multi-method file
+    (read from the section table and the methods section alone: the command loads the file itself)."""
+    from nac.format import schema
+    from nac.format.container import METHODS, parse_json, read_header
 
     try:
-        names = list(nac.load(path).methods)
+        _, sections, buf, _ = read_header(path)
+        s = next((s for s in sections if s.kind == METHODS), None)
+        if s is None:
+            return
+        doc = parse_json(bytes(buf[s.offset:s.offset + s.length]), str(path))
+        schema.validate(doc, "methods", str(path))
     except NacError:
-        return
-    if len(names) > 1:
-        print(f"nac: note: {path.name} has methods {', '.join(names)}; this shows the default one, "
-              f"{names[0]!r}", file=sys.stderr)
+        return  # the command itself reports a malformed file
+    names = [m["name"] for m in doc["methods"]]  # (a methods section names at least two)
+    print(f"nac: note: {path.name} has methods {', '.join(names)}; this shows the default one, {names[0]!r}",
+          file=sys.stderr)
 
 
 def cmd_reconstruct(args) -> int:
@@ -434,6 +441,7 @@ def cmd_run(args) -> int:
 
     import nac
     from nac.apps import tasks
+    from nac.format.generation import TEXT2TEXT_TASKS
 
     model = nac.load(args.model)
     task = model.metadata.get("task")
@@ -450,7 +458,7 @@ def cmd_run(args) -> int:
         args.inputs = texts
     if task == "text-generation":
         return _run_generation(model, args)
-    if task in ("translation", "summarization", "text2text-generation"):
+    if task in TEXT2TEXT_TASKS:
         return _run_text2text(model, args)
     if task == "text-to-image":
         return _run_text_to_image(model, args)

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import torch
 
+from nac.apps.schedulers import CLASSES
 from nac.errors import NacExportError
-
-_DIFFUSERS_CLASS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "pndm": "PNDMScheduler",
-                    "dpmsolver++": "DPMSolverMultistepScheduler"}
 
 
 class TextEncoder(torch.nn.Module):
@@ -66,12 +64,12 @@ def _schedulers(scheduler) -> tuple[str, dict]:
     """(the pipeline's own kind, {kind: resolved config}) for every kind NAC runs."""
     import diffusers
 
-    own = {v: k for k, v in _DIFFUSERS_CLASS.items()}.get(type(scheduler).__name__)
+    own = CLASSES.get(type(scheduler).__name__)
     if own is None:
         raise NacExportError(f"scheduler {type(scheduler).__name__} is not supported; NAC runs "
-                             f"{', '.join(_DIFFUSERS_CLASS.values())}")
+                             f"{', '.join(CLASSES)}")
     resolved = {}
-    for kind, cls in _DIFFUSERS_CLASS.items():
+    for cls, kind in CLASSES.items():
         if kind == own:
             cfg = dict(scheduler.config)
         else:

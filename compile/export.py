@@ -10,7 +10,7 @@ import torch
 from nac.compile.binding import finish_graph
 from nac.compile.lowering import RULES, Lowerer, module_path, nac_dtype, sym_text, target_name
 from nac.errors import NacError, NacExportError
-from nac.format.container import write_nac
+from nac.format.container import same_tensor, write_nac
 from nac.format.graph import DTYPES, Graph
 
 __all__ = ["export", "compile_graph", "compile_methods", "compile_unbound", "to_graph", "attach_tokenizer"]
@@ -150,8 +150,7 @@ def _rename_clashes(graph: Graph, stored: dict, method: str) -> None:
     """Rename ``graph``'s parameters whose name is taken in ``stored`` by different data."""
     for name in list(graph.params):
         seen = stored.get(name)
-        a = graph.params[name]
-        if seen is None or (seen.dtype == a.dtype and seen.shape == a.shape and np.array_equal(seen, a)):
+        if seen is None or same_tensor(seen, graph.params[name]):
             continue
         new = f"{method}.{name}"
         while new in graph.values or new in stored:

@@ -326,6 +326,11 @@ def write_nac(path, graph: Graph | dict[str, Graph], metadata: dict | None = Non
 _METHOD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
+def same_tensor(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two parameter arrays hold the same data (dtype, shape and every element)."""
+    return a is b or (a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b))
+
+
 def _shared_params(methods: dict[str, Graph]) -> dict[str, np.ndarray]:
     """The union of the methods' parameters, each stored once.
 
@@ -338,7 +343,7 @@ def _shared_params(methods: dict[str, Graph]) -> dict[str, np.ndarray]:
             seen = merged.get(name)
             if seen is None:
                 merged[name], owner[name] = a, method
-            elif seen is not a and (seen.dtype != a.dtype or seen.shape != a.shape or not np.array_equal(seen, a)):
+            elif not same_tensor(seen, a):
                 raise NacFormatError(f"methods {owner[name]!r} and {method!r} both store a parameter named {name!r} "
                                      f"with different data; rename one")
     return merged

@@ -35,7 +35,9 @@ from nac.errors import NacError
 
 DECODER_ONLY, ENCODER_DECODER = "decoder-only", "encoder-decoder"
 #: tasks whose files carry a generation contract
-GENERATION_TASKS = ("text-generation", "text2text-generation", "translation", "summarization")
+#: encoder-decoder tasks (one text-to-text file serves all three, as in transformers)
+TEXT2TEXT_TASKS = ("translation", "summarization", "text2text-generation")
+GENERATION_TASKS = ("text-generation", *TEXT2TEXT_TASKS)
 STEP_INPUTS = ("input_ids", "attention_mask", "past_mask", "past_keys", "past_values")
 ENCODE_INPUTS = ("input_ids", "attention_mask")
 ENCODE_OUTPUTS = ("cross_keys", "cross_values")

@@ -259,10 +259,9 @@ def _normaliser(tok: "Tokenizer", ins: dict):
         text = ins["text"]
         return lambda a: (_prepend(a, text), False)
     if op == "NORM.PRECOMPILED":
-        from nac.tokenizer_vm.precompiled import Charsmap, rules_of_tables
+        from nac.tokenizer_vm.precompiled import charsmap_of
 
-        m = ins["map"]
-        charsmap = Charsmap(rules_of_tables(t[f"{m}_keys"], t[f"{m}_keys_off"], t[f"{m}_values"], t[f"{m}_values_off"]))
+        charsmap = charsmap_of(t, ins["map"])
         return lambda a: (a.transform(charsmap.transformations(a.text())), False)
     raise NacError(f"offsets: no alignment rule for {op}")
 

@@ -105,10 +105,12 @@ def rule_tables(rules: dict[str, str]) -> dict[str, np.ndarray]:
     return out
 
 
-def rules_of_tables(keys, keys_off, values, values_off) -> dict[str, str]:
-    """The inverse of `rule_tables` (tables already validated)."""
-    k, ko, v, vo = (a.tolist() for a in (keys, keys_off, values, values_off))
-    return {"".join(map(chr, k[ko[i]:ko[i + 1]])): "".join(map(chr, v[vo[i]:vo[i + 1]])) for i in range(len(ko) - 1)}
+def charsmap_of(tables: dict[str, np.ndarray], name: str) -> "Charsmap":
+    """The `Charsmap` of a program's (validated) tables ``{name}_keys``, ``_keys_off``, ``_values``,
+    ``_values_off``: the inverse of `rule_tables`."""
+    k, ko, v, vo = (tables[f"{name}_{t}"].tolist() for t in ("keys", "keys_off", "values", "values_off"))
+    return Charsmap({"".join(map(chr, k[ko[i]:ko[i + 1]])): "".join(map(chr, v[vo[i]:vo[i + 1]]))
+                     for i in range(len(ko) - 1)})
 
 
 class Charsmap:
@@ -121,7 +123,7 @@ class Charsmap:
 
         self.rules = rules
         self.longest = max(map(len, rules), default=0)
-        starts = sorted({k[0] for k in rules} | {c for k in rules for c in k if len(k) == 1})
+        starts = sorted({k[0] for k in rules})  # a character no key starts with is never touched
         self._touch = regex.compile("[" + "".join(regex.escape(c) for c in starts) + "]") if starts else None
         self._grapheme = regex.compile(r"\X", regex.DOTALL)
 

@@ -529,11 +529,9 @@ class Tokenizer:
         self._norm.append(strip)
 
     def _op_norm_precompiled(self, ins):
-        from nac.tokenizer_vm.precompiled import Charsmap, rules_of_tables
+        from nac.tokenizer_vm.precompiled import charsmap_of
 
-        t, m = self.program.tables, ins["map"]
-        charsmap = _Lazy(lambda: Charsmap(rules_of_tables(t[f"{m}_keys"], t[f"{m}_keys_off"], t[f"{m}_values"],
-                                                          t[f"{m}_values_off"])))
+        charsmap = _Lazy(lambda: charsmap_of(self.program.tables, ins["map"]))
         self._norm.append(lambda s: (charsmap().normalize(s), False))
 
     def _op_norm_prepend(self, ins):
