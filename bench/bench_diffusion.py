@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ def main() -> None:
 
     import nac
     from nac.apps.diffusion import UNet, VaeDecode
-    from bench_seq2seq import _machine  # noqa: E402  (same folder)
+    from bench_seq2seq import _machine, median_seconds  # noqa: E402  (same folder)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -58,13 +56,7 @@ def main() -> None:
             err = float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
 
             def timed(fn) -> float:
-                fn()
-                out = []
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    fn()
-                    out.append(time.perf_counter() - t0)
-                return statistics.median(out) * 1e3
+                return median_seconds(fn, args.repeat) * 1e3
 
             t_nac = timed(lambda: m.run(feeds))
             with torch.no_grad():

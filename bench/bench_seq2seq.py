@@ -33,6 +33,17 @@ def _machine() -> dict:
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)")}
 
 
+def median_seconds(fn, repeat: int) -> float:
+    """The median wall time of ``repeat`` calls of ``fn``, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -62,13 +73,7 @@ def main() -> None:
         n = args.new_tokens
 
         def timed(fn) -> float:
-            fn()
-            times = []
-            for _ in range(args.repeat):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times)
+            return median_seconds(fn, args.repeat)
 
         rows = {}
         t_enc_nac = timed(lambda: m.run({"input_ids": ids, "attention_mask": mask}))
