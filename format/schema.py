@@ -240,6 +240,49 @@ def register(name: str, schema: dict) -> None:
     SCHEMAS[name] = schema
 
 
+def check_integers(doc, sch: dict, where: str, path: str = "(document)") -> None:
+    """Refuse a float wherever ``sch`` says "integer".
+
+    JSON Schema's "integer" also matches 1.0, and fastjsonschema follows the standard, but the code
+    that reads these documents needs Python ints (``chr``, ``range``, indexing). Call after
+    `validate`; understands type, properties, additionalProperties, items (one schema or a list)
+    and anyOf/oneOf (the value must pass in one branch).
+
+    Raises:
+        NacFormatError: naming ``where`` and the field's path.
+    """
+    if not isinstance(sch, dict):
+        return
+    branches = sch.get("anyOf") or sch.get("oneOf")
+    if branches:
+        errors = []
+        for b in branches:
+            try:
+                check_integers(doc, b, where, path)
+                break
+            except NacFormatError as exc:
+                errors.append(exc)
+        else:
+            raise errors[0]
+    t = sch.get("type")
+    if isinstance(doc, float) and (t == "integer" or (isinstance(t, list) and "integer" in t and "number" not in t)):
+        raise NacFormatError(f"{where}: field {path} must be an integer, not {doc!r}")
+    if isinstance(doc, dict):
+        props, extra = sch.get("properties") or {}, sch.get("additionalProperties")
+        for k, v in doc.items():
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                check_integers(v, sub, where, f"{path}.{k}")
+    elif isinstance(doc, list):
+        items = sch.get("items")
+        if isinstance(items, dict):
+            for k, v in enumerate(doc):
+                check_integers(v, items, where, f"{path}[{k}]")
+        elif isinstance(items, list):
+            for k, (v, sub) in enumerate(zip(doc, items)):
+                check_integers(v, sub, where, f"{path}[{k}]")
+
+
 def validate(doc, name: str, where: str) -> None:
     """Check ``doc`` against the schema ``name`` (a key of `SCHEMAS`).
 

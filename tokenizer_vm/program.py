@@ -319,6 +319,10 @@ def validate_program(doc: dict, tables: dict[str, np.ndarray], where: str) -> No
             schema.register(name, {"type": "object", "properties": {"op": {"const": ins["op"]}, **ops},
                                    "required": ["op", *ops], "additionalProperties": False})
         schema.validate(ins, name, f"{where}: instruction {k}")
+        schema.check_integers(ins, schema.SCHEMAS[name], f"{where}: instruction {k}")
+    schema.check_integers({k: v for k, v in doc.items() if k != "added"}, DOCUMENT_SCHEMA, where)
+    if any(type(a["id"]) is not int for a in doc.get("added") or []):
+        raise _fail(where, "an added token's id is not an integer")
     idx = _table(tables, "class_index", np.int16, where)  # exact dtypes: the kernels are compiled for these
     blocks = _table(tables, "class_blocks", np.int16, where)
     if idx.size != 0x1100 or blocks.size % 256 or blocks.size == 0 \
