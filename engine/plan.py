@@ -23,6 +23,7 @@ import numpy as np
 
 from nac.errors import NacInputError, NacRuntimeError
 from nac.engine.kernels import KERNELS, VIEW_OPS
+from nac.engine.kernels.attention import SCORE_BUDGET
 from nac.format.graph import Graph, numpy_dtype
 from nac.format.ops import DIM_ATTRS  # noqa: F401  (re-exported for the exporter's passes)
 from nac.format.symbolic import eval_dim, eval_shape, symbols_of
@@ -269,8 +270,8 @@ def _nbytes(shape, dtype) -> int:
 def _memory_needed(graph: Graph, vshape: dict, dtype: dict) -> int:
     """An upper bound of the bytes a plan allocates and its kernels use at once: every
     intermediate buffer (as if none were reused), the inputs, the caller's copies of the
-    outputs, and the largest kernel scratch (attention's score matrix and its contiguous
-    q/k/v copies; a copy of the inputs and outputs for any other kernel)."""
+    outputs, and the largest kernel scratch (a block of attention scores and q/k/v float32
+    copies; a copy of the inputs and outputs for any other kernel)."""
     total = sum(_nbytes(vshape[o], dtype[o]) for n in graph.nodes for o in n.outputs)
     total += sum(_nbytes(vshape[i], dtype[i]) for i in graph.inputs)
     total += sum(_nbytes(vshape[o], dtype[o]) for o in graph.outputs)
@@ -280,9 +281,9 @@ def _memory_needed(graph: Graph, vshape: dict, dtype: dict) -> int:
             continue
         io = sum(_nbytes(vshape[i], dtype[i]) for i in n.inputs if i and i not in graph.params) + \
             sum(_nbytes(vshape[o], dtype[o]) for o in n.outputs)
-        if n.op == "scaled_dot_product_attention":
+        if n.op == "scaled_dot_product_attention":  # one block of scores, and q/k/v float32 copies
             q, k = vshape[n.inputs[0]], vshape[n.inputs[1]]
-            io += 4 * math.prod(q[:-1]) * k[-2] + 4 * math.prod(q) * 3  # scores, q/k/v float32 copies
+            io += 4 * min(math.prod(q[:-1]) * k[-2], SCORE_BUDGET) + 4 * math.prod(q) * 3
         scratch = max(scratch, io)
     return total + scratch
 

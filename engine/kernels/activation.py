@@ -1,7 +1,8 @@
 """Scalar activations shared by the fused kernels (linear, conv2d) and the unary ops.
 
-Codes index `nac.format.ops.ACTIVATIONS`. Math is done in float64 and rounded once to float32.
-Sources: GELU (Hendrycks & Gimpel 2016; ATen ``gelu`` with approximate none/tanh), SiLU
+Codes index `nac.format.ops.ACTIVATIONS`. The fusable activations (`act32`, the epilogues of
+linear and conv2d, and the unary ops of the same name) are float32 and vectorise; the other
+element-wise functions (`act`) are done in float64 and rounded once to float32. Sources: GELU (Hendrycks & Gimpel 2016; ATen ``gelu`` with approximate none/tanh), SiLU
 (ATen ``silu``), hardswish (Howard et al. 2019, ATen ``hardswish``).
 """
 import math
@@ -9,9 +10,11 @@ import math
 import numpy as np
 from numba import njit
 
+from nac.engine.kernels.vmath import EXP_FLAGS, NUMPY_ERRORS, sigmoid32, tanh32
 from nac.format.ops import ACTIVATIONS
 
 CODES = {name: i for i, name in enumerate(ACTIVATIONS)}
+N_FUSABLE = len(ACTIVATIONS)
 #: Fast-math flags for the kernels: reassociation and contraction (what vectorises), but not
 #: ``nnan``/``ninf``, which would let LLVM assume no NaN or infinity and drop their semantics.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -24,9 +27,7 @@ def erf32(x):
     """float32 erf as a rational function (max abs error 3.3e-7 against libm), clamped to
     [-4, 4] where erf is +-1 in float32. Only multiply, add and divide, so loops over it
     vectorise (this llvmlite has no SVML for ``math.erf``). Coefficients: Eigen's
-    ``generic_fast_erf_float`` / XLA's ErfImpl32. NaN stays NaN."""
-    if x != x:
-        return x
+    ``generic_fast_erf_float`` / XLA's ErfImpl32. NaN stays NaN (both comparisons are false)."""
     x = np.float32(-4.0) if x < np.float32(-4.0) else (np.float32(4.0) if x > np.float32(4.0) else x)
     x2 = x * x
     p = x2 * np.float32(-2.72614225801306e-10) + np.float32(2.77068142495902e-08)
@@ -45,10 +46,9 @@ def erf32(x):
 @njit(inline="always", fastmath=FASTMATH)
 def gelu32(v):
     """GELU, erf form, in float32: 0.5 * v * (1 + erf(v / sqrt(2))); NaN for a non-finite v, as
-    ATen's CPU kernel gives."""
-    if not abs(v) < np.float32(np.inf):
-        return v - v
-    return np.float32(0.5) * v * (np.float32(1.0) + erf32(v * np.float32(0.7071067811865476)))
+    ATen's CPU kernel gives. Branch-free, so loops over it vectorise."""
+    g = np.float32(0.5) * v * (np.float32(1.0) + erf32(v * np.float32(0.7071067811865476)))
+    return g if abs(v) < np.float32(np.inf) else np.float32(np.nan)
 
 
 @njit(inline="always")
@@ -92,68 +92,127 @@ def act(v, code, p):
     return x
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def map_activation(x, out, code, p, lo, hi):
-    """out[i] = act(x[i]) for 1-D contiguous float32 arrays (``x`` may be ``out``)."""
+    """out[i] = act(x[i]) for 1-D contiguous float32 arrays (``x`` may be ``out``); a fusable
+    activation (code < len(ACTIVATIONS)) runs vectorised as `act32`."""
+    if code < N_FUSABLE:
+        part = out[lo:hi]
+        part[:] = x[lo:hi]
+        bias_act_vector(part, x, False, code)
+        return
     for i in range(lo, hi):
         out[i] = act(x[i], code, p)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always", fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+def act32(v, code):
+    """Fusable activation ``code`` (0-8, `nac.format.ops.ACTIVATIONS`) of a float32 scalar, in
+    float32 and branch-free, so that a loop over it vectorises once LLVM hoists the switch on the
+    loop-invariant ``code``. exp and tanh are `nac.engine.kernels.vmath`'s (at most 2 ulp from
+    numpy's); GELU-tanh is ATen's formula 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3)))."""
+    if code == 1:  # comparisons written so that NaN falls through unchanged (ATen: relu(nan) = nan)
+        return np.float32(0.0) if v <= np.float32(0.0) else v
+    if code == 2:
+        return np.float32(0.0) if v <= np.float32(0.0) else (np.float32(6.0) if v >= np.float32(6.0) else v)
+    if code == 3:
+        return gelu32(v)
+    if code == 4:
+        inner = np.float32(0.7978845608028654) * (v + np.float32(0.044715) * v * v * v)
+        return np.float32(0.5) * v * (np.float32(1.0) + tanh32(inner))
+    if code == 5:
+        return v * sigmoid32(v)
+    if code == 6:
+        return sigmoid32(v)
+    if code == 7:
+        return tanh32(v)
+    if code == 8:
+        r = v + np.float32(3.0)
+        r = np.float32(0.0) if r <= np.float32(0.0) else (np.float32(6.0) if r >= np.float32(6.0) else r)
+        return v * r * np.float32(1.0 / 6.0)
+    return v
+
+
+@njit(inline="always", fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def bias_act_vector(y, bias, has_bias, code):
-    """In place over a 1-D float32 row: y[i] = act(y[i] + bias[i]); relu/relu6 stay in float32."""
+    """In place over a 1-D float32 row: y[i] = act32(y[i] + bias[i]) (bias only if ``has_bias``).
+    One loop per activation, so each vectorises."""
     n = y.size
-    if code == 0:
-        if has_bias:
+    if has_bias:
+        if code == 0:
             for i in range(n):
                 y[i] += bias[i]
-    elif code == 1:
+        else:
+            _bias_act_loop(y, bias, code)
+    elif code:
         for i in range(n):
-            v = y[i] + bias[i] if has_bias else y[i]
-            y[i] = np.float32(0.0) if v <= 0 else v
+            y[i] = act32(y[i], code)
+
+
+@njit(inline="always", fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+def _bias_act_loop(y, bias, code):
+    n = y.size
+    if code == 1:
+        for i in range(n):
+            y[i] = act32(y[i] + bias[i], 1)
     elif code == 2:
         for i in range(n):
-            v = y[i] + bias[i] if has_bias else y[i]
-            y[i] = np.float32(0.0) if v <= 0 else (np.float32(6.0) if v >= 6 else v)
+            y[i] = act32(y[i] + bias[i], 2)
     elif code == 3:
         for i in range(n):
-            y[i] = gelu32(y[i] + bias[i] if has_bias else y[i])
+            y[i] = act32(y[i] + bias[i], 3)
+    elif code == 4:
+        for i in range(n):
+            y[i] = act32(y[i] + bias[i], 4)
+    elif code == 5:
+        for i in range(n):
+            y[i] = act32(y[i] + bias[i], 5)
+    elif code == 6:
+        for i in range(n):
+            y[i] = act32(y[i] + bias[i], 6)
+    elif code == 7:
+        for i in range(n):
+            y[i] = act32(y[i] + bias[i], 7)
     else:
         for i in range(n):
-            y[i] = act(y[i] + bias[i] if has_bias else y[i], code, 0.0)
+            y[i] = act32(y[i] + bias[i], code)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always", fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def bias_act_scalar(y, b, code):
-    """In place over a 1-D float32 row: y[i] = act(y[i] + b); relu/relu6 stay in float32."""
+    """In place over a 1-D float32 row: y[i] = act32(y[i] + b)."""
     n = y.size
     if code == 0:
         for i in range(n):
             y[i] += b
     elif code == 1:
         for i in range(n):
-            v = y[i] + b
-            y[i] = np.float32(0.0) if v <= 0 else v
+            y[i] = act32(y[i] + b, 1)
     elif code == 2:
         for i in range(n):
-            v = y[i] + b
-            y[i] = np.float32(0.0) if v <= 0 else (np.float32(6.0) if v >= 6 else v)
+            y[i] = act32(y[i] + b, 2)
     elif code == 3:
         for i in range(n):
-            y[i] = gelu32(y[i] + b)
+            y[i] = act32(y[i] + b, 3)
+    elif code == 5:
+        for i in range(n):
+            y[i] = act32(y[i] + b, 5)
+    elif code == 8:
+        for i in range(n):
+            y[i] = act32(y[i] + b, 8)
     else:
         for i in range(n):
-            y[i] = act(y[i] + b, code, 0.0)
+            y[i] = act32(y[i] + b, code)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def bias_act_rows(y, bias, has_bias, code, lo, hi):
     """In place: y[m, n] = act(y[m, n] + bias[n]) for a 2-D contiguous float32 ``y``."""
     for m in range(lo, hi):
         bias_act_vector(y[m], bias, has_bias, code)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def bias_act_channels(y, bias, has_bias, code, lo, hi):
     """In place: y[n, c, i] = act(y[n, c, i] + bias[c]) for a 3-D contiguous float32 ``y``."""
     N, C, S = y.shape

@@ -10,70 +10,117 @@ from nac.engine import threads as T
 from nac.engine.kernels import quant as Q
 from nac.errors import NacInputError
 from nac.engine.kernels.registry import kernel
+from nac.engine.kernels.vmath import EXP_FLAGS, NUMPY_ERRORS, exp_shifted_sum, row_max
 
 
 # -- normalisation -------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(inline="always", fastmath=EXP_FLAGS)
+def row_moments(x, n, squares_only):
+    """(mean, sum_j (x[j] - mean)^2) over j < n of a float32 row, accumulated in float64 over
+    eight partial sums so both passes vectorise; with ``squares_only`` the mean is taken as 0 and
+    the second is sum_j x[j]^2 (RMS norm)."""
+    n8 = n - n % 8
+    mean = 0.0
+    if not squares_only:
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+        for j in range(0, n8, 8):
+            a0 += x[j]
+            a1 += x[j + 1]
+            a2 += x[j + 2]
+            a3 += x[j + 3]
+            a4 += x[j + 4]
+            a5 += x[j + 5]
+            a6 += x[j + 6]
+            a7 += x[j + 7]
+        for j in range(n8, n):
+            a0 += x[j]
+        mean = (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))) / n
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = 0.0
+    for j in range(0, n8, 8):
+        d0, d1, d2, d3 = x[j] - mean, x[j + 1] - mean, x[j + 2] - mean, x[j + 3] - mean
+        d4, d5, d6, d7 = x[j + 4] - mean, x[j + 5] - mean, x[j + 6] - mean, x[j + 7] - mean
+        b0 += d0 * d0
+        b1 += d1 * d1
+        b2 += d2 * d2
+        b3 += d3 * d3
+        b4 += d4 * d4
+        b5 += d5 * d5
+        b6 += d6 * d6
+        b7 += d7 * d7
+    for j in range(n8, n):
+        d = x[j] - mean
+        b0 += d * d
+    return mean, ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7))
+
+
+@njit(cache=True, nogil=True, fastmath=EXP_FLAGS)
 def layer_norm_rows(x, w, b, has_w, has_b, eps, out, lo, hi):
     """Row-wise layer norm of a 2-D float32 array (ATen native_layer_norm; biased variance).
 
-    x, out: [M, N]; w, b: [N]. Statistics are accumulated in float64.
+    x, out: [M, N]; w, b: [N]. Mean and variance are accumulated in float64 (`row_moments`), the
+    normalisation is float32; every loop vectorises.
     """
     M, N = x.shape
     for m in range(lo, hi):
-        s = 0.0
-        for n in range(N):
-            s += x[m, n]
-        mean = s / N
-        v = 0.0
-        for n in range(N):
-            d = x[m, n] - mean
-            v += d * d
-        rstd = 1.0 / math.sqrt(v / N + eps)
-        for n in range(N):
-            y = (x[m, n] - mean) * rstd
-            if has_w:
-                y = y * w[n]
-            if has_b:
-                y = y + b[n]
-            out[m, n] = y
-
-
-@njit(cache=True, nogil=True)
-def rms_norm_rows(x, w, has_w, eps, out, lo, hi):
-    """Row-wise RMS norm: x / sqrt(mean(x**2) + eps) * w (Zhang & Sennrich 2019; ATen rms_norm)."""
-    M, N = x.shape
-    for m in range(lo, hi):
-        s = 0.0
-        for n in range(N):
-            s += x[m, n] * x[m, n]
-        r = 1.0 / math.sqrt(s / N + eps)
-        for n in range(N):
-            out[m, n] = x[m, n] * r * w[n] if has_w else x[m, n] * r
-
-
-@njit(cache=True, nogil=True)
-def softmax_rows(x, out, log, lo, hi):
-    """Row-wise (log-)softmax over the last axis of a 2-D float32 array (ATen _softmax)."""
-    M, N = x.shape
-    for m in range(lo, hi):
-        mx = -np.inf
-        for n in range(N):
-            if x[m, n] > mx:
-                mx = x[m, n]
-        s = 0.0
-        if mx == -np.inf:  # a fully masked row: ATen gives NaN
-            mx = 0.0
-        for n in range(N):
-            s += math.exp(x[m, n] - mx)
-        if log:
-            ls = math.log(s)
+        xr = x[m]
+        mean, ss = row_moments(xr, N, False)
+        rstd = np.float32(1.0 / math.sqrt(ss / N + eps))
+        mu = np.float32(mean)
+        y = out[m]
+        if has_w and has_b:
             for n in range(N):
-                out[m, n] = x[m, n] - mx - ls
+                y[n] = (xr[n] - mu) * rstd * w[n] + b[n]
+        elif has_w:
+            for n in range(N):
+                y[n] = (xr[n] - mu) * rstd * w[n]
+        elif has_b:
+            for n in range(N):
+                y[n] = (xr[n] - mu) * rstd + b[n]
         else:
-            inv = 1.0 / s
             for n in range(N):
-                out[m, n] = math.exp(x[m, n] - mx) * inv
+                y[n] = (xr[n] - mu) * rstd
+
+
+@njit(cache=True, nogil=True, fastmath=EXP_FLAGS)
+def rms_norm_rows(x, w, has_w, eps, out, lo, hi):
+    """Row-wise RMS norm: x / sqrt(mean(x**2) + eps) * w (Zhang & Sennrich 2019; ATen rms_norm);
+    the mean square is accumulated in float64."""
+    M, N = x.shape
+    for m in range(lo, hi):
+        xr = x[m]
+        _, ss = row_moments(xr, N, True)
+        r = np.float32(1.0 / math.sqrt(ss / N + eps))
+        y = out[m]
+        if has_w:
+            for n in range(N):
+                y[n] = xr[n] * r * w[n]
+        else:
+            for n in range(N):
+                y[n] = xr[n] * r
+
+
+@njit(cache=True, nogil=True, fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+def softmax_rows(x, out, log, lo, hi):
+    """Row-wise (log-)softmax over the last axis of a 2-D float32 array (ATen _softmax), in float32
+    with the vectorised exp. A row with every element -inf gives NaN, as ATen does."""
+    M, N = x.shape
+    for m in range(lo, hi):
+        xr = x[m]
+        y = out[m]
+        mx = row_max(xr, N)
+        if mx == -np.inf:  # a fully masked row: ATen gives NaN (exp(-inf - 0) = 0, 0 / 0)
+            mx = np.float32(0.0)
+        for n in range(N):
+            y[n] = xr[n]
+        total = exp_shifted_sum(y, N, mx, np.float32(1.0))
+        if log:
+            ls = np.float32(math.log(total))
+            for n in range(N):
+                y[n] = xr[n] - mx - ls
+        else:
+            inv = np.float32(1.0) / total
+            for n in range(N):
+                y[n] *= inv
 
 
 def _rows(x: np.ndarray, axes: int) -> np.ndarray:

@@ -1,0 +1,198 @@
+"""The vectorised float32 math (`vmath`), the fused activation epilogues and the blocked attention,
+against float64 numpy and torch at stated tolerances, including the special values (NaN, +-inf,
+fully masked rows) and the shapes that take each code path (tails of vector loops, several query
+blocks, cache segments, GQA). `test_isa_builds` recompiles them for an AVX2-only CPU and for the
+x86-64 baseline, so the twins this machine does not pick are checked too."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from numba import njit
+
+from conftest import assert_close
+from nac.engine.kernels import activation as A
+from nac.engine.kernels import attention as AT
+from nac.engine.kernels.vmath import EXP_FLAGS, exp32, row_max, sigmoid32, tanh32
+
+
+@njit(fastmath=EXP_FLAGS, error_model="numpy")
+def _map(fn_code, x, out):
+    """The functions under the fast-math flags of the kernels that inline them."""
+    for i in range(x.size):
+        if fn_code == 0:
+            out[i] = exp32(x[i])
+        elif fn_code == 1:
+            out[i] = sigmoid32(x[i])
+        else:
+            out[i] = tanh32(x[i])
+
+
+def _ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ia, ib = a.view(np.int32).astype(np.int64), b.view(np.int32).astype(np.int64)
+    ia = np.where(ia < 0, -(ia & 0x7FFFFFFF), ia)
+    ib = np.where(ib < 0, -(ib & 0x7FFFFFFF), ib)
+    return np.abs(ia - ib)
+
+
+def test_exp32_within_two_ulp_of_the_correctly_rounded_value():
+    x = np.concatenate([np.linspace(-87, 88.72, 1_000_003), np.float32(2.0) ** -np.arange(1, 30),
+                        np.linspace(-110, -87.01, 1001)]).astype(np.float32)
+    out = np.empty_like(x)
+    _map(0, x, out)
+    want = np.exp(x.astype(np.float64)).astype(np.float32)
+    normal = x >= -87
+    assert _ulp_distance(out[normal], want[normal]).max() <= 2
+    assert (out[~normal] == 0).all() and want[~normal].max() < 1.7e-38
+
+
+def test_exp_sigmoid_tanh_special_values():
+    x = np.array([-np.inf, np.inf, np.nan, 0.0, -0.0, -100.0, 100.0, -87.5, 88.8, 1e-30], np.float32)
+    out = np.empty_like(x)
+    _map(0, x, out)
+    np.testing.assert_array_equal(out[[0, 1, 3, 4, 5, 6, 7, 8]], [0, np.inf, 1, 1, 0, np.inf, 0, np.inf])
+    assert np.isnan(out[2]) and out[9] == 1.0
+    _map(1, x, out)
+    np.testing.assert_array_equal(out[[0, 1, 3, 5, 6]], [0, 1, 0.5, 0, 1])
+    assert np.isnan(out[2])
+    _map(2, x, out)
+    np.testing.assert_array_equal(out[[0, 1, 3, 5, 6, 9]], [-1, 1, 0, -1, 1, np.float32(1e-30)])
+    assert np.isnan(out[2]) and np.signbit(out[4])
+
+
+@pytest.mark.parametrize("code,lo,hi", [(1, -30, 30), (2, -12, 12)])
+def test_sigmoid_tanh_against_float64(code, lo, hi):
+    x = np.linspace(lo, hi, 600_001).astype(np.float32)
+    out = np.empty_like(x)
+    _map(code, x, out)
+    x64 = x.astype(np.float64)
+    want = 1 / (1 + np.exp(-x64)) if code == 1 else np.tanh(x64)
+    rel = np.abs(out - want) / np.maximum(np.abs(want), 1e-30)
+    assert rel.max() < 2e-6  # tanh's 1 - 2 / (e^2x + 1) loses a few bits just above |x| = 1/16
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 16, 37, 130])
+def test_row_max_skips_nan_and_reads_every_element(n):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n + 3).astype(np.float32)
+    x[n:] = 1e9  # beyond n: must not be read
+    if n > 2:
+        x[1] = np.nan
+    want = np.nanmax(x[:n]) if n else -np.inf
+    assert njit(lambda a, k: row_max(a, k))(x, n) == want
+    if n:
+        y = np.full(n, -np.inf, np.float32)
+        y[n - 1] = 3.0  # the maximum in the scalar tail, or in the last lane
+        assert njit(lambda a, k: row_max(a, k))(y, n) == 3.0
+
+
+TORCH_ACT = {"none": lambda x: x, "relu": torch.relu, "relu6": F.relu6, "gelu": F.gelu,
+             "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu, "sigmoid": torch.sigmoid,
+             "tanh": torch.tanh, "hardswish": F.hardswish}
+
+
+@pytest.mark.parametrize("act", A.ACTIVATIONS)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fused_epilogue_matches_torch(act, per_channel):
+    rng = np.random.default_rng(len(act))
+    y0 = (rng.standard_normal((5, 67)) * 6).astype(np.float32)
+    y0[0, :7] = [np.nan, np.inf, -np.inf, 0.0, 100.0, -100.0, -0.0]
+    bias = rng.standard_normal(67 if not per_channel else 5).astype(np.float32)
+    y = y0.copy()
+    code = A.CODES[act]
+    if per_channel:  # conv2d's layout: one bias per channel (row here)
+        A.bias_act_channels(y.reshape(1, 5, 67), bias, True, code, 0, 5)
+        ref = TORCH_ACT[act](torch.from_numpy(y0) + torch.from_numpy(bias)[:, None]).numpy()
+    else:
+        A.bias_act_rows(y, bias, True, code, 0, 5)
+        ref = TORCH_ACT[act](torch.from_numpy(y0) + torch.from_numpy(bias)).numpy()
+    finite = np.isfinite(ref)
+    np.testing.assert_array_equal(y[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)])
+    assert np.array_equal(np.isnan(y), np.isnan(ref)), act
+    assert_close(y[finite], ref[finite], rel=2e-6, what=act)
+
+
+def _torch_sdpa(q, k, v, mask, scale, causal, gqa):
+    t = torch.from_numpy
+    return F.scaled_dot_product_attention(t(q), t(k), t(v), attn_mask=None if mask is None else t(mask),
+                                          is_causal=causal, scale=scale, enable_gqa=gqa).numpy()
+
+
+ATTENTION_CASES = [  # (B, H, Hk, L, S, E, Ev, mask kind, causal)
+    (2, 4, 4, 37, 37, 16, 16, "bool", False),
+    (1, 6, 2, 130, 130, 64, 32, "none", True),
+    (2, 3, 3, 9, 70, 8, 8, "float", False),
+    (1, 2, 1, 5, 5, 32, 32, "none", True),
+    (3, 2, 2, 40, 17, 24, 40, "bool-rows", False),
+]
+
+
+@pytest.mark.parametrize("budget", [AT.SCORE_BUDGET, 97])
+@pytest.mark.parametrize("shape", ATTENTION_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_attention_matches_torch(shape, budget, monkeypatch):
+    B, H, Hk, L, S, E, Ev, kind, causal = shape
+    monkeypatch.setattr(AT, "SCORE_BUDGET", budget)  # 97: a block of one or a few query rows at a time
+    rng = np.random.default_rng(L * S)
+    base = rng.standard_normal((B, L, H, E)).astype(np.float32)
+    q = base.transpose(0, 2, 1, 3)  # a strided view, as the graph hands it over
+    k = rng.standard_normal((B, Hk, S, E)).astype(np.float32)
+    v = rng.standard_normal((B, Hk, S, Ev)).astype(np.float32)
+    mask = None
+    if kind == "bool":
+        mask = rng.random((B, 1, 1, S)) < 0.8
+        mask[..., 0] = True
+    elif kind == "float":
+        mask = rng.uniform(-2, 2, (1, H, L, S)).astype(np.float32)
+    elif kind == "bool-rows":  # padded queries: some rows see no key at all and must give zeros
+        mask = rng.random((B, 1, L, S)) < 0.7
+        mask[:, :, ::5] = False
+    scale = 1 / E ** 0.5
+    out = np.empty((B, H, L, Ev), np.float32)
+    attrs = {"scale": scale, "is_causal": causal, "enable_gqa": Hk != H}
+    AT.sdpa([q, k, v, mask], [out], attrs)
+    want = _torch_sdpa(np.ascontiguousarray(q), k, v, mask, scale, causal, Hk != H)
+    want = np.nan_to_num(want)  # torch gives NaN for a row with no key; ATen's math path and NAC give 0
+    assert_close(out, want, rel=1e-5, what="attention")
+    assert_close(out, AT.sdpa_reference(q, k, v, mask, scale, causal, Hk != H), rel=1e-5, what="reference")
+    cut = S // 3  # the same keys in two segments (a prompt after a KV cache)
+    seg = np.empty_like(out)
+    AT.sdpa([q, k[:, :, :cut], v[:, :, :cut], mask, k[:, :, cut:], v[:, :, cut:]], [seg], attrs)
+    assert_close(seg, out, rel=1e-6, what="segments")
+
+
+ISA_SCRIPT = """
+import numpy as np, sys
+sys.path.insert(0, {tests!r})
+from test_fused_kernels import ATTENTION_CASES, test_attention_matches_torch, test_fused_epilogue_matches_torch
+from test_fused_kernels import test_exp32_within_two_ulp_of_the_correctly_rounded_value, test_row_max_skips_nan_and_reads_every_element
+from nac.engine.kernels import activation as A, simd
+class MP:
+    def setattr(self, obj, name, value): setattr(obj, name, value)
+assert not simd.VNNI and not simd.AVX512
+test_exp32_within_two_ulp_of_the_correctly_rounded_value()
+for n in (0, 9, 37):
+    test_row_max_skips_nan_and_reads_every_element(n)
+for act in A.ACTIVATIONS:
+    test_fused_epilogue_matches_torch(act, False)
+for case in ATTENTION_CASES:
+    test_attention_matches_torch(case, 97, MP())
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("cpu", ["haswell", "x86-64"])
+def test_isa_builds(cpu, tmp_path):
+    """The same checks with the kernels compiled for an AVX2-only CPU (Haswell) and for the x86-64
+    baseline (SSE2), in a fresh process with its own Numba cache."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("x86-64 CPU names")
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", ISA_SCRIPT.format(tests=str(Path(__file__).parent.parent))],
+                       capture_output=True, text=True, env=env, timeout=900, cwd=Path(__file__).parent)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
