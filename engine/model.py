@@ -268,7 +268,7 @@ def _compatible(got: np.dtype, want: np.dtype) -> bool:
     return got == want
 
 
-def load(path, *, verify: bool = True, max_memory: int | None = None) -> Model:
+def load(path, *, verify: bool = True, max_memory: int | None = None, num_threads: int | None = None) -> Model:
     """Load a `.nac` file for inference.
 
     Args:
@@ -277,8 +277,18 @@ def load(path, *, verify: bool = True, max_memory: int | None = None) -> Model:
         max_memory: bytes one call may need (activations, inputs, outputs, kernel scratch); a call
             whose inputs need more is refused with `NacInputError` before anything is allocated.
             Default: `default_max_memory` (``NAC_MAX_MEMORY``, else the machine's memory).
+        num_threads: threads for NAC's kernels and numpy's BLAS, process-wide (as
+            ``torch.set_num_threads``; `nac.engine.threads.set_num_threads`). Default:
+            ``NAC_NUM_THREADS``, else every core this process may use.
     Raises:
         NacFormatError: the file or its external weights are missing, corrupt or unsupported.
         NacRuntimeError: the graph uses an op this engine has no kernel for.
+        ValueError: ``num_threads`` is not a positive integer.
     """
+    from nac.engine import threads
+
+    if num_threads is not None:
+        threads.set_num_threads(num_threads)
+    else:
+        threads.apply_env()
     return Model(read_nac(path, verify=verify), max_memory=max_memory)

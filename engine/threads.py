@@ -1,28 +1,54 @@
 """Who owns the cores while the engine runs.
 
 - Matrix products call BLAS through numpy and use BLAS's own threads. Measured on 2 cores:
-  OpenBLAS's threading beat splitting products over Python threads on every shape NAC meets
-  (64x768x3072: 1131 us vs 1146 us by columns and 1612 us by rows).
+  OpenBLAS's threading beat splitting products over the team below on every shape NAC meets
+  (128x384x1536: 664 us vs 756 us by columns with one-threaded BLAS; 1x768x3072: 165 vs 264 us).
 - Numba kernels are serial and release the GIL (``nogil=True``); a large one is split into
-  contiguous ranges run at once on a small pool of Python threads (`parallel_range`), whose idle
-  threads block instead of spinning. No Numba ``parallel=True``: its OpenMP workers spin after
-  each region and, next to BLAS threads, made EfficientNet-Lite0 13x slower.
-- Handing a range to a pool thread costs ~55 us here (thread wake-up; measured with a no-op
-  nogil kernel), so only work worth ~150 us or more on one thread is split.
+  contiguous ranges run at once by a `Team` (`parallel_range`). No Numba ``parallel=True``: its
+  OpenMP workers spin after each region and, next to BLAS threads, made EfficientNet-Lite0 13x
+  slower.
+- A team member waits for work by spinning on an atomic flag (``pause`` between reads) for
+  `SPIN_US`, then sleeps on a condition variable, so it never holds a core for long while BLAS
+  or another program needs it. Handing a range to a spinning member costs ~2 us here (a
+  ThreadPoolExecutor took 12 us warm and ~55 us once its thread slept); the caller runs a share
+  itself and takes back every range no member has claimed yet, so a slow wake-up never makes a
+  split slower than running serially.
+
+The number of threads is `set_num_threads`'s (``nac.load(..., num_threads=N)``), else
+NAC_NUM_THREADS, else the cores this process may use; an explicit number also limits numpy's BLAS
+to it (threadpoolctl), so ``num_threads=1`` keeps a model on one core.
 """
 from __future__ import annotations
 
+import itertools
 import os
+import platform
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 
-_MIN_PARALLEL_WORK = 1 << 18  # element-operations (elements x taps) below which one thread is faster
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+#: element-operations (elements x taps) below which one thread is faster. The team hands a range
+#: over in ~2 us, but a member spinning next to BLAS's threads costs them a core: measured on
+#: MiniLM and GPT-2, 1 << 16 was 3-6 % slower than 1 << 18 (the pool's old threshold) at batch 1.
+_MIN_PARALLEL_WORK = 1 << 18
+#: how long an idle team member spins before it sleeps (microseconds)
+SPIN_US = 50.0
+
+
+_requested: int | None = None
+_blas_limited: int | None = None
 
 
 def num_threads() -> int:
-    """Threads the engine's own kernels use: NAC_NUM_THREADS if set, else the usable cores."""
+    """Threads the engine uses: `set_num_threads`'s number, else NAC_NUM_THREADS, else the usable
+    cores."""
+    if _requested is not None:
+        return _requested
     env = os.environ.get("NAC_NUM_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
@@ -32,25 +58,228 @@ def num_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _get_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        with _pool_lock:  # several threads may run a Model at once: make one pool, not several
-            if _pool is None:
-                _pool = ThreadPoolExecutor(max_workers=max(1, num_threads() - 1), thread_name_prefix="nac")
-    return _pool
+@intrinsic
+def _atomic_load(typingctx, arr, idx):
+    """arr[idx] of a 1-D int64 array as an acquire load (never hoisted out of a loop)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1
+            and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.load_atomic(builder.gep(a.data, [args[1]]), "acquire", 8)
+
+    return types.int64(arr, idx), codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    """The x86 spin-wait hint (``pause``); nothing on other machines."""
+    def codegen(context, builder, signature, args):
+        if platform.machine().lower() in ("x86_64", "amd64", "i686"):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@njit(cache=True, nogil=True)
+def spin_until(flags, i, value, spins):
+    """Spin (without the GIL) until flags[i] == value, at most ``spins`` reads; returns the last
+    value read. flags: 1-D int64."""
+    for _ in range(spins):
+        v = _atomic_load(flags, i)
+        if v == value:
+            return v
+        _pause()
+    return _atomic_load(flags, i)
+
+
+@njit(cache=True, nogil=True)
+def spin_while(flags, i, value, spins):
+    """Spin (without the GIL) while flags[i] == value, at most ``spins`` reads; returns the last
+    value read. flags: 1-D int64."""
+    for _ in range(spins):
+        v = _atomic_load(flags, i)
+        if v != value:
+            return v
+        _pause()
+    return _atomic_load(flags, i)
+
+
+class _Job:
+    __slots__ = ("fn", "args", "bounds", "claim", "epoch", "errors", "mine")
+
+    def __init__(self, fn, args, bounds, epoch):
+        self.fn, self.args, self.bounds, self.epoch = fn, args, bounds, epoch
+        self.claim = itertools.count()  # next() is atomic under the GIL: each range is claimed once
+        self.errors: list[BaseException] = []
+        self.mine: list[int] = []
+
+
+class Team:
+    """``n - 1`` daemon threads that, with the calling thread, run one split kernel at a time.
+
+    flags (int64): [0] the epoch of the posted job; [1 + k] the epoch in which range k finished.
+    One job runs at a time; a thread that finds the team busy (another `Model` running on another
+    thread) runs its kernel serially instead of waiting.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self._closed = False
+        self.flags = np.zeros(1 + n, np.int64)
+        self._job: _Job | None = None
+        self._cond = threading.Condition()
+        self._sleepers = 0
+        self._busy = threading.Lock()
+        self.spins = _spins_for(SPIN_US)
+        for k in range(n - 1):
+            threading.Thread(target=self._member, name=f"nac-{k + 1}", daemon=True).start()
+
+    def _member(self) -> None:
+        seen = 0
+        while not self._closed:
+            epoch = spin_while(self.flags, 0, seen, self.spins)
+            if epoch == seen:
+                with self._cond:
+                    self._sleepers += 1
+                    while self.flags[0] == seen:
+                        self._cond.wait()
+                    self._sleepers -= 1
+                epoch = int(self.flags[0])
+            seen = epoch
+            job = self._job
+            if job is not None and job.epoch == epoch:
+                self._work(job, caller=False)
+
+    def _work(self, job: _Job, caller: bool) -> None:
+        b = job.bounds
+        for k in job.claim:
+            if k >= len(b) - 1:
+                return
+            try:
+                job.fn(*job.args, b[k], b[k + 1])
+            except BaseException as exc:  # handed to the caller, which raises it
+                job.errors.append(exc)
+            if caller:
+                job.mine.append(k)
+            else:
+                self.flags[1 + k] = job.epoch
+
+    def close(self) -> None:
+        """Let the members exit (after any job in progress)."""
+        with self._busy:
+            self._closed = True
+            self.flags[0] += 1
+            with self._cond:
+                self._cond.notify_all()
+
+    def run(self, fn, total: int, args: tuple) -> None:
+        """``fn(*args, lo, hi)`` over ``[0, total)`` in one contiguous range per thread.
+
+        Raises: whatever ``fn`` raised (the first, after every range has finished)."""
+        if not self._busy.acquire(blocking=False):
+            fn(*args, 0, total)
+            return
+        try:
+            n = min(self.n, total)
+            epoch = int(self.flags[0]) + 1
+            job = _Job(fn, args, [total * k // n for k in range(n + 1)], epoch)
+            self._job = job
+            self.flags[0] = epoch
+            if self._sleepers:
+                with self._cond:
+                    self._cond.notify_all()
+            self._work(job, caller=True)
+            for k in range(n):  # ranges a member claimed: wait for them (they are running)
+                if k not in job.mine:
+                    while spin_until(self.flags, 1 + k, epoch, self.spins) != epoch:
+                        time.sleep(0)
+            if job.errors:
+                raise job.errors[0]
+        finally:
+            self._busy.release()
+
+
+def _spins_for(us: float) -> int:
+    """How many `spin_while` reads take about ``us`` microseconds on this CPU (``pause`` costs
+    from ~10 to ~140 cycles depending on the core)."""
+    probe = np.zeros(1, np.int64)
+    spin_while(probe, 0, 0, 1)  # compile / load
+    t = time.perf_counter()
+    spin_while(probe, 0, 0, 20000)
+    per = (time.perf_counter() - t) / 20000
+    return max(100, int(us * 1e-6 / max(per, 1e-9)))
+
+
+_team: Team | None = None
+_team_lock = threading.Lock()
+
+
+def _get_team() -> Team:
+    global _team
+    if _team is None:
+        with _team_lock:  # several threads may run a Model at once: make one team, not several
+            if _team is None:
+                _team = Team(num_threads())
+    return _team
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads from now on, process-wide: for NAC's kernels and for numpy's BLAS.
+
+    Raises:
+        ValueError: ``n`` is not a positive integer.
+    """
+    global _requested, _team
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_threads must be a positive integer, not {n!r}")
+    _requested = n
+    with _team_lock:
+        old, _team = _team, None
+    if old is not None and old.n != n:
+        old.close()
+    elif old is not None:
+        _team = old
+    limit_blas(n)
+
+
+def limit_blas(n: int) -> None:
+    """Limit numpy's BLAS to ``n`` threads (once per distinct n; threadpoolctl)."""
+    global _blas_limited
+    if _blas_limited == n:
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")
+    _blas_limited = n
+
+
+def apply_env() -> None:
+    """If NAC_NUM_THREADS is set and no number was given, limit numpy's BLAS to it as well."""
+    if _requested is None and os.environ.get("NAC_NUM_THREADS", "").isdigit():
+        limit_blas(num_threads())
+
+
+def _forget_team() -> None:  # a forked child has none of the parent's threads
+    global _team
+    _team = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_team)
 
 
 def parallel_range(fn, total: int, *args, work: int | None = None) -> None:
     """Run ``fn(*args, lo, hi)`` over ``[0, total)``, split into one contiguous range per thread
     when ``work`` (default: ``total``) is large enough; ``fn`` must release the GIL and write
-    disjoint outputs for disjoint ranges."""
-    n = min(num_threads(), total)
-    if n <= 1 or (total if work is None else work) < _MIN_PARALLEL_WORK:
+    disjoint outputs for disjoint ranges.
+
+    Raises: whatever ``fn`` raised."""
+    if num_threads() <= 1 or total <= 1 or (total if work is None else work) < _MIN_PARALLEL_WORK:
         fn(*args, 0, total)
         return
-    bounds = [total * k // n for k in range(n + 1)]
-    futures = [_get_pool().submit(fn, *args, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    fn(*args, 0, bounds[1])
-    for f in futures:
-        f.result()
+    _get_team().run(fn, total, args)

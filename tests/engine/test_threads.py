@@ -1,0 +1,122 @@
+"""The thread team behind `parallel_range`: every index is run exactly once, errors reach the
+caller, many caller threads at once, the thread count (`set_num_threads`, ``nac.load``), and a
+forked child."""
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import numpy as np
+import pytest
+from numba import njit
+
+from nac.engine import threads as T
+
+
+@njit(nogil=True)
+def _count(hits, lo, hi):
+    for i in range(lo, hi):
+        hits[i] += 1
+
+
+@pytest.fixture
+def two_threads():
+    before = T._requested
+    T.set_num_threads(2)
+    yield T._get_team()
+    if before is None:
+        T._requested = None
+    else:
+        T.set_num_threads(before)
+
+
+@pytest.mark.parametrize("total", [2, 3, 1000, 100_003])
+def test_every_index_once(two_threads, total):
+    hits = np.zeros(total, np.int64)
+    for _ in range(50):
+        T.parallel_range(_count, total, hits, work=1 << 30)
+    assert (hits == 50).all()
+
+
+def test_members_take_ranges_and_sleep_when_idle(two_threads):
+    seen = set()
+
+    def who(lo, hi):  # releases the GIL for a while, as a Numba kernel does
+        time.sleep(0.0005)
+        seen.add(threading.current_thread().name)
+
+    for _ in range(200):
+        T.parallel_range(who, 2, work=1 << 30)
+    assert "nac-1" in seen  # a member did claim work (the caller takes back only what is unclaimed)
+    time.sleep(0.05)  # far longer than SPIN_US: the member is asleep now, and must still wake for work
+    seen.clear()
+    for _ in range(20):
+        T.parallel_range(who, 2, work=1 << 30)
+        time.sleep(0.002)
+    assert "nac-1" in seen
+
+
+def test_an_error_in_any_range_reaches_the_caller(two_threads):
+    def fail_high(lo, hi):
+        if hi == 10:
+            raise ValueError(f"range {lo}..{hi}")
+
+    for _ in range(20):
+        with pytest.raises(ValueError, match=r"range 5\.\.10"):
+            T.parallel_range(fail_high, 10, work=1 << 30)
+    hits = np.zeros(10, np.int64)  # the team still works afterwards
+    T.parallel_range(_count, 10, hits, work=1 << 30)
+    assert (hits == 1).all()
+
+
+def test_many_caller_threads(two_threads):
+    errors = []
+
+    def caller(seed):
+        try:
+            for _ in range(100):
+                hits = np.zeros(777 + seed, np.int64)
+                T.parallel_range(_count, hits.size, hits, work=1 << 30)
+                assert (hits == 1).all()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in ts)
+
+
+def test_set_num_threads_validates_and_limits_blas(two_threads):
+    from threadpoolctl import threadpool_info
+
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError):
+            T.set_num_threads(bad)
+    T.set_num_threads(1)
+    assert T.num_threads() == 1
+    assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+    names = []
+    T.parallel_range(lambda lo, hi: names.append(threading.current_thread().name), 10, work=1 << 30)
+    assert names == [threading.current_thread().name]  # one thread: the caller alone
+    T.set_num_threads(2)
+    assert all(i["num_threads"] == 2 for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def _child(q):
+    hits = np.zeros(1000, np.int64)
+    T.parallel_range(_count, 1000, hits, work=1 << 30)
+    q.put(int(hits.sum()))
+
+
+def test_a_forked_child_gets_its_own_team(two_threads):
+    T.parallel_range(_count, 10, np.zeros(10, np.int64), work=1 << 30)  # the parent's team exists
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0 and q.get(timeout=5) == 1000
