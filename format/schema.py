@@ -13,6 +13,7 @@ allow unknown keys where SPEC.md lets a newer minor version add them.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 from nac.errors import NacFormatError
@@ -283,6 +284,41 @@ def check_integers(doc, sch: dict, where: str, path: str = "(document)") -> None
                 check_integers(v, sub, where, f"{path}[{k}]")
 
 
+def _compile(sch: dict):
+    """fastjsonschema's validator for ``sch``. Generating and compiling its Python source costs
+    ~50 ms for the metadata schema at every start, so the compiled code object is cached (marshal)
+    in this package's ``__pycache__``, keyed by the schema, fastjsonschema's version and the
+    interpreter, as Python caches a module's bytecode there; without write access, no cache."""
+    import hashlib
+    import json
+    import marshal
+    import sys
+    from pathlib import Path
+
+    import fastjsonschema
+
+    key = hashlib.sha256(json.dumps([sch, fastjsonschema.VERSION, sys.version], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:24]
+    path = Path(__file__).parent / "__pycache__" / f"schema-{key}.marshal"
+    code = None
+    try:
+        code = marshal.loads(path.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    if code is None:
+        code = compile(fastjsonschema.compile_to_code(sch), f"<schema {key}>", "exec")
+        try:
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(marshal.dumps(code))
+            os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
+        except OSError:
+            pass
+    scope: dict = {}
+    exec(code, scope)  # the code fastjsonschema generated from our own schema, as fastjsonschema.compile runs it
+    return scope["validate"]
+
+
 def validate(doc, name: str, where: str) -> None:
     """Check ``doc`` against the schema ``name`` (a key of `SCHEMAS`).
 
@@ -295,7 +331,7 @@ def validate(doc, name: str, where: str) -> None:
         import fastjsonschema
 
         with _lock:
-            fn = _compiled.get(name) or fastjsonschema.compile(SCHEMAS[name])
+            fn = _compiled.get(name) or _compile(SCHEMAS[name])
             _compiled[name] = fn
     import fastjsonschema
 
