@@ -22,7 +22,7 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 ERF, HARDSIGMOID, RSQRT, LEAKY_RELU, ELU = 100, 101, 102, 103, 104
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(fastmath=FASTMATH)
 def erf32(x):
     """float32 erf as a rational function (max abs error 3.3e-7 against libm), clamped to
     [-4, 4] where erf is +-1 in float32. Only multiply, add and divide, so loops over it
@@ -43,7 +43,7 @@ def erf32(x):
     return x * p / q
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(fastmath=FASTMATH)
 def gelu32(v):
     """GELU, erf form, in float32: 0.5 * v * (1 + erf(v / sqrt(2))); NaN for a non-finite v, as
     ATen's CPU kernel gives. Branch-free, so loops over it vectorise."""
@@ -99,117 +99,124 @@ def map_activation(x, out, code, p, lo, hi):
     if code < N_FUSABLE:
         part = out[lo:hi]
         part[:] = x[lo:hi]
-        bias_act_vector(part, x, False, code)
+        bias_act_scalar(part, np.float32(0.0), code)
         return
     for i in range(lo, hi):
         out[i] = act(x[i], code, p)
 
 
-@njit(inline="always", fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
-def act32(v, code):
-    """Fusable activation ``code`` (0-8, `nac.format.ops.ACTIVATIONS`) of a float32 scalar, in
-    float32 and branch-free, so that a loop over it vectorises once LLVM hoists the switch on the
-    loop-invariant ``code``. exp and tanh are `nac.engine.kernels.vmath`'s (at most 2 ulp from
-    numpy's); GELU-tanh is ATen's formula 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3)))."""
-    if code == 1:  # comparisons written so that NaN falls through unchanged (ATen: relu(nan) = nan)
-        return np.float32(0.0) if v <= np.float32(0.0) else v
-    if code == 2:
-        return np.float32(0.0) if v <= np.float32(0.0) else (np.float32(6.0) if v >= np.float32(6.0) else v)
-    if code == 3:
-        return gelu32(v)
-    if code == 4:
-        inner = np.float32(0.7978845608028654) * (v + np.float32(0.044715) * v * v * v)
-        return np.float32(0.5) * v * (np.float32(1.0) + tanh32(inner))
-    if code == 5:
-        return v * sigmoid32(v)
-    if code == 6:
-        return sigmoid32(v)
-    if code == 7:
-        return tanh32(v)
-    if code == 8:
-        r = v + np.float32(3.0)
-        r = np.float32(0.0) if r <= np.float32(0.0) else (np.float32(6.0) if r >= np.float32(6.0) else r)
-        return v * r * np.float32(1.0 / 6.0)
-    return v
+# One small function per fusable activation, float32 and branch-free. They are plain Numba
+# functions, not inlined by Numba: LLVM inlines them into each loop (and vectorises it), while
+# Numba compiles each once; inlining them at Numba's level made one epilogue kernel take 40 s
+# to compile. exp and tanh are `nac.engine.kernels.vmath`'s (at most 2 ulp from numpy's).
+@njit(fastmath=EXP_FLAGS)
+def relu32(v):
+    """max(v, 0), NaN passing through (ATen relu)."""
+    return np.float32(0.0) if v <= np.float32(0.0) else v
 
 
-@njit(inline="always", fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
-def bias_act_vector(y, bias, has_bias, code):
-    """In place over a 1-D float32 row: y[i] = act32(y[i] + bias[i]) (bias only if ``has_bias``).
-    One loop per activation, so each vectorises."""
+@njit(fastmath=EXP_FLAGS)
+def relu6_32(v):
+    """min(max(v, 0), 6), NaN passing through (ATen hardtanh(0, 6))."""
+    return np.float32(0.0) if v <= np.float32(0.0) else (np.float32(6.0) if v >= np.float32(6.0) else v)
+
+
+@njit(fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+def gelu_tanh32(v):
+    """ATen gelu(approximate='tanh'): 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3)))."""
+    inner = np.float32(0.7978845608028654) * (v + np.float32(0.044715) * v * v * v)
+    return np.float32(0.5) * v * (np.float32(1.0) + tanh32(inner))
+
+
+@njit(fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+def silu32(v):
+    """v * sigmoid(v) (ATen silu)."""
+    return v * sigmoid32(v)
+
+
+@njit(fastmath=EXP_FLAGS)
+def hardswish32(v):
+    """v * relu6(v + 3) / 6 (ATen hardswish)."""
+    return v * relu6_32(v + np.float32(3.0)) * np.float32(1.0 / 6.0)
+
+
+@njit(fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+def bias_act_vector(y, bias, code):
+    """In place over a 1-D float32 row: y[i] = act(y[i] + bias[i]) for fusable activation ``code``
+    (0-8, `nac.format.ops.ACTIVATIONS`); one loop per activation, so each vectorises."""
     n = y.size
-    if has_bias:
-        if code == 0:
-            for i in range(n):
-                y[i] += bias[i]
-        else:
-            _bias_act_loop(y, bias, code)
-    elif code:
+    if code == 0:
         for i in range(n):
-            y[i] = act32(y[i], code)
-
-
-@njit(inline="always", fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
-def _bias_act_loop(y, bias, code):
-    n = y.size
-    if code == 1:
+            y[i] += bias[i]
+    elif code == 1:
         for i in range(n):
-            y[i] = act32(y[i] + bias[i], 1)
+            y[i] = relu32(y[i] + bias[i])
     elif code == 2:
         for i in range(n):
-            y[i] = act32(y[i] + bias[i], 2)
+            y[i] = relu6_32(y[i] + bias[i])
     elif code == 3:
         for i in range(n):
-            y[i] = act32(y[i] + bias[i], 3)
+            y[i] = gelu32(y[i] + bias[i])
     elif code == 4:
         for i in range(n):
-            y[i] = act32(y[i] + bias[i], 4)
+            y[i] = gelu_tanh32(y[i] + bias[i])
     elif code == 5:
         for i in range(n):
-            y[i] = act32(y[i] + bias[i], 5)
+            y[i] = silu32(y[i] + bias[i])
     elif code == 6:
         for i in range(n):
-            y[i] = act32(y[i] + bias[i], 6)
+            y[i] = sigmoid32(y[i] + bias[i])
     elif code == 7:
         for i in range(n):
-            y[i] = act32(y[i] + bias[i], 7)
-    else:
+            y[i] = tanh32(y[i] + bias[i])
+    elif code == 8:
         for i in range(n):
-            y[i] = act32(y[i] + bias[i], code)
+            y[i] = hardswish32(y[i] + bias[i])
 
 
-@njit(inline="always", fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+@njit(fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def bias_act_scalar(y, b, code):
-    """In place over a 1-D float32 row: y[i] = act32(y[i] + b)."""
+    """In place over a 1-D float32 row: y[i] = act(y[i] + b) for fusable activation ``code``."""
     n = y.size
     if code == 0:
         for i in range(n):
             y[i] += b
     elif code == 1:
         for i in range(n):
-            y[i] = act32(y[i] + b, 1)
+            y[i] = relu32(y[i] + b)
     elif code == 2:
         for i in range(n):
-            y[i] = act32(y[i] + b, 2)
+            y[i] = relu6_32(y[i] + b)
     elif code == 3:
         for i in range(n):
-            y[i] = act32(y[i] + b, 3)
+            y[i] = gelu32(y[i] + b)
+    elif code == 4:
+        for i in range(n):
+            y[i] = gelu_tanh32(y[i] + b)
     elif code == 5:
         for i in range(n):
-            y[i] = act32(y[i] + b, 5)
+            y[i] = silu32(y[i] + b)
+    elif code == 6:
+        for i in range(n):
+            y[i] = sigmoid32(y[i] + b)
+    elif code == 7:
+        for i in range(n):
+            y[i] = tanh32(y[i] + b)
     elif code == 8:
         for i in range(n):
-            y[i] = act32(y[i] + b, 8)
-    else:
-        for i in range(n):
-            y[i] = act32(y[i] + b, code)
+            y[i] = hardswish32(y[i] + b)
 
 
 @njit(cache=True, nogil=True, fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def bias_act_rows(y, bias, has_bias, code, lo, hi):
-    """In place: y[m, n] = act(y[m, n] + bias[n]) for a 2-D contiguous float32 ``y``."""
+    """In place: y[m, n] = act(y[m, n] + bias[n]) for a 2-D contiguous float32 ``y`` (no bias
+    unless ``has_bias``)."""
+    if not has_bias:
+        if code == 0:
+            return
+        bias = np.zeros(y.shape[1], np.float32)
     for m in range(lo, hi):
-        bias_act_vector(y[m], bias, has_bias, code)
+        bias_act_vector(y[m], bias, code)
 
 
 @njit(cache=True, nogil=True, fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)

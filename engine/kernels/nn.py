@@ -14,7 +14,7 @@ from nac.engine.kernels.vmath import EXP_FLAGS, NUMPY_ERRORS, exp_shifted_sum, r
 
 
 # -- normalisation -------------------------------------------------------------------------------------
-@njit(inline="always", fastmath=EXP_FLAGS)
+@njit(fastmath=EXP_FLAGS)
 def row_moments(x, n, squares_only):
     """(mean, sum_j (x[j] - mean)^2) over j < n of a float32 row, accumulated in float64 over
     eight partial sums so both passes vectorise; with ``squares_only`` the mean is taken as 0 and

@@ -10,10 +10,13 @@ x / 0 is inf or NaN as in numpy instead of an exception.
 `exp32` is Cephes' ``expf`` (S. Moshier, Cephes Math Library 2.2, ``expf.c``): Cody-Waite range
 reduction x = n ln 2 + r, |r| <= ln(2) / 2, and a degree-5 minimax polynomial for e^r, then
 multiplied by 2^n by adding n to the result's exponent bits. Measured against the correctly
-rounded float32 value on [-87, 88.72]: at most 2 ulp. Callers must compile with `EXP_FLAGS`
-(no reassociation): Numba applies a function's fast-math flags to every inlined instruction, and
-reassociation folds the two halves of ln 2 back together (68 ulp at |x| = 72 without FMA). Below -87 it returns 0 where the
-true value is under 1.7e-38 (numpy gives a denormal there).
+rounded float32 value on [-87, 88.72]: at most 2 ulp. Below -87 it returns 0 where the true value
+is under 1.7e-38 (numpy gives a denormal there).
+
+These are plain Numba functions, not ``inline="always"``: LLVM inlines them into the caller's
+loop, where they keep their own fast-math flags (`EXP_FLAGS`, no reassociation, which would fold
+the two halves of ln 2 back together: 68 ulp at |x| = 72 without FMA), and Numba compiles each
+once (inlining at Numba's level made an epilogue kernel take 40 s to compile).
 """
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ from numba.extending import intrinsic
 
 #: keyword for ``njit`` in kernels that divide inside vectorised loops (see the module docstring)
 NUMPY_ERRORS = "numpy"
-#: fast-math flags for kernels that inline these functions: contraction (FMA) and reciprocal
-#: division, no reassociation (see `exp32`); reductions in such kernels keep explicit partial sums
+#: fast-math flags of these functions and of the kernels built on them: contraction (FMA) and
+#: reciprocal division, no reassociation (see `exp32`); reductions keep explicit partial sums
 EXP_FLAGS = {"nsz", "arcp", "contract"}
 
 _LOG2E = np.float32(1.4426950408889634)
@@ -66,7 +69,7 @@ def bits_of_f32(typingctx, x):
     return types.int32(x), codegen
 
 
-@njit(inline="always", fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+@njit(fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def exp32(x):
     """e^x for a float32 ``x`` (Cephes ``expf``; see the module docstring for accuracy).
     exp32(-inf) = 0, exp32(inf) = inf, exp32(NaN) = NaN. No reassociation: the range reduction
@@ -90,13 +93,13 @@ def exp32(x):
     return y if x == x else x
 
 
-@njit(inline="always", fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+@njit(fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def sigmoid32(x):
     """1 / (1 + e^-x) for a float32 ``x`` (ATen ``sigmoid``); 0 at -inf, 1 at inf, NaN at NaN."""
     return np.float32(1.0) / (np.float32(1.0) + exp32(-x))
 
 
-@njit(inline="always", fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+@njit(fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def tanh32(x):
     """tanh(x) for a float32 ``x`` as 1 - 2 / (e^2x + 1), and x itself where |x| < 0.0625 (there
     the subtraction would cancel; x - x^3/3 + 2x^5/15 is used instead). +-1 at +-inf, NaN at NaN."""
@@ -107,7 +110,7 @@ def tanh32(x):
     return small if abs(x) < np.float32(0.0625) else t
 
 
-@njit(inline="always", fastmath=EXP_FLAGS)
+@njit(fastmath=EXP_FLAGS)
 def row_max(x, n):
     """max(x[0..n]) of a 1-D float32 array, -inf when n == 0; NaN elements are skipped. Eight
     running maxima, so the loop vectorises (a single max reduction needs no-NaN math to)."""
@@ -133,7 +136,7 @@ def row_max(x, n):
     return m4 if m4 > m0 else m0
 
 
-@njit(inline="always", fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+@njit(fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def exp_shifted_sum(x, n, top, scale):
     """In place x[j] = e^((x[j] - top) * scale) for j < n (float32); returns their float32 sum,
     accumulated in eight partial sums so the loop vectorises without reassociation."""

@@ -19,12 +19,13 @@ from numba import njit
 from conftest import assert_close
 from nac.engine.kernels import activation as A
 from nac.engine.kernels import attention as AT
-from nac.engine.kernels.vmath import EXP_FLAGS, exp32, row_max, sigmoid32, tanh32
+from nac.engine.kernels.vmath import exp32, row_max, sigmoid32, tanh32
 
 
-@njit(fastmath=EXP_FLAGS, error_model="numpy")
+@njit(fastmath=A.FASTMATH, error_model="numpy")
 def _map(fn_code, x, out):
-    """The functions under the fast-math flags of the kernels that inline them."""
+    """The functions called from a loop compiled with reassociation: LLVM inlines them there, and
+    their own flags (no reassociation) must still hold."""
     for i in range(x.size):
         if fn_code == 0:
             out[i] = exp32(x[i])
