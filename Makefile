@@ -36,9 +36,14 @@ test: setup
 	$(PY) -m pytest -q -n auto
 
 # Benchmarks unset the Haswell OpenBLAS override so numpy uses this CPU's AVX-512 kernels.
+# Text generation (bench_generate.py, ~10 min) runs with `make bench GENERATE=1`; LLAMACPP=DIR (a built
+# llama.cpp tree, see bench/bench_generate.py) adds llama.cpp on the same weights.
 bench: setup
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_models.py
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_kernels.py
 	$(PY) bench/bench_tokenizer.py --json bench/results/tokenizer.json
+	if [ -n "$(GENERATE)$(LLAMACPP)" ]; then env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_generate.py \
+		$(if $(LLAMACPP),--llama-cpp $(LLAMACPP)); fi
 
 # Issue 15's real diffusion result: train a class-conditional UNet on scikit-learn's digits (3 CPU minutes),
 # export it, draw 100 images per class with NAC and score them with a classifier of real digits.

@@ -14,7 +14,6 @@ from nac.engine import threads as T
 from nac.engine.kernels import activation as A
 from nac.engine.kernels import quant as Q
 from nac.engine.kernels.registry import kernel
-from nac.engine.kernels.vmath import EXP_FLAGS, NUMPY_ERRORS
 
 _EMPTY = np.zeros(1, np.float32)
 
@@ -51,7 +50,7 @@ def linear(ins, outs, attrs):
                          work=y.size * (4 if code else 1))
 
 
-@njit(cache=True, nogil=True, fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+@njit(cache=True, nogil=True, fastmath=A.FASTMATH)
 def depthwise_conv2d(x, w, b, has_bias, sh, sw, pt, pb, pl, pr, dh, dw, code, out, lo, hi):
     """Depthwise 2-D cross-correlation (groups == C_in == C_out), NCHW, fused bias + activation,
     for planes ``lo..hi`` of N*C.
@@ -102,7 +101,7 @@ def depthwise_conv2d(x, w, b, has_bias, sh, sw, pt, pb, pl, pr, dh, dw, code, ou
             A.bias_act_scalar(acc, bias, code)
 
 
-@njit(cache=True, nogil=True, fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+@njit(cache=True, nogil=True, fastmath=A.FASTMATH)
 def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt, lo, hi):
     """Depthwise 2-D cross-correlation in channels-last layout, for small planes.
 
