@@ -1,10 +1,13 @@
 """Scaled dot-product attention.
 
-- Prefill (`attend_blocked`): per block of query rows, BLAS scores every head at once, one Numba
-  pass per row applies scale, mask and causal mask and a safe softmax (vectorised exp; a fully
-  masked row gives zeros, as ATen's math path does), and BLAS multiplies by the values. At most
-  `SCORE_BUDGET` scores exist at a time, so memory stays bounded at any sequence length; no
-  copies of q/k/v, and GQA reads each key head in place for its group of query heads.
+- Prefill, transformer-sized heads (`attend_tiled`): one Numba pass per head and block of 64
+  query rows, both products in 4 x 16 register tiles (`simd.mm_tile_4x16`), the softmax in place
+  (`softmax_row`: scale, mask, causal mask, vectorised exp; a fully masked row gives zeros, as
+  ATen's math path does). The [L, S] score matrix is never materialised.
+- Prefill, other shapes (`attend_blocked`): per block of query rows, BLAS scores every head at
+  once, `softmax_row` normalises each row, and BLAS multiplies by the values. At most
+  `SCORE_BUDGET` scores exist at a time; no copies of q/k/v, and GQA reads each key head in place
+  for its group of query heads.
 - Decode (`attend_segments`, a few query rows): row by row over the KV cache and the new tokens,
   read in place as two segments.
 
@@ -22,6 +25,7 @@ from numba import njit
 
 from nac.engine import threads as T
 from nac.engine.kernels.registry import kernel
+from nac.engine.kernels.simd import mm_tile_4x16
 from nac.engine.kernels.vmath import EXP_FLAGS, NUMPY_ERRORS, exp_shifted_sum, row_max
 
 #: query rows up to which attention over a cache is computed row by row (no score matrix, no copy)
@@ -102,34 +106,125 @@ def softmax_scores(sc, mask, mode, scale, causal, r0, lo, hi):
         b = row // (H * C)
         h = (row // C) % H
         c = row % C
-        i = r0 + c
-        x = sc[b, h, c]
-        post = scale  # scale > 0 commutes with the max: applied inside exp, no pass of its own
-        if mode == 2 or not scale > 0:
-            post = np.float32(1.0)
-            if mode == 2:
-                mrow = mask[b, h, i]
-                for j in range(n):
-                    x[j] = x[j] * scale + mrow[j]
-            else:
-                for j in range(n):
-                    x[j] *= scale
-        elif mode == 1:
+        softmax_row(sc[b, h, c], n, mask, b, h, r0 + c, mode, scale, causal)
+
+
+@njit(cache=True, nogil=True, fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+def softmax_row(x, n, mask, b, h, i, mode, scale, causal):
+    """In place over x[0..n], the scores of query i (batch b, head h): x = softmax(x * scale +
+    mask[b, h, i]) with ``mode`` 0 no mask, 1 bool mask (True keeps), 2 additive float mask;
+    causal keeps key j <= i. A row whose every key is masked becomes zeros (ATen's math path).
+    One pass for max, one for exp (vectorised `exp32`) and sum, one to normalise."""
+    post = scale  # scale > 0 commutes with the max: applied inside exp, no pass of its own
+    if mode == 2 or not scale > 0:
+        post = np.float32(1.0)
+        if mode == 2:
             mrow = mask[b, h, i]
             for j in range(n):
-                if not mrow[j]:
-                    x[j] = -np.inf
-        if causal:
-            for j in range(i + 1, n):
-                x[j] = -np.inf
-        top = row_max(x, n)
-        if not top > -np.inf:  # every key masked: zeros, as ATen's math path
+                x[j] = x[j] * scale + mrow[j]
+        else:
             for j in range(n):
-                x[j] = 0.0
-            continue
-        inv = np.float32(1.0) / exp_shifted_sum(x, n, top, post)
+                x[j] *= scale
+    elif mode == 1:
+        mrow = mask[b, h, i]
         for j in range(n):
-            x[j] *= inv
+            if not mrow[j]:
+                x[j] = -np.inf
+    if causal:
+        for j in range(i + 1, n):
+            x[j] = -np.inf
+    top = row_max(x, n)
+    if not top > -np.inf:  # every key masked: zeros, as ATen's math path
+        for j in range(n):
+            x[j] = 0.0
+        return
+    inv = np.float32(1.0) / exp_shifted_sum(x, n, top, post)
+    for j in range(n):
+        x[j] *= inv
+
+
+#: query rows per unit of the tiled attention (each unit copies its keys and values once)
+TILE_ROWS = 64
+#: when `sdpa` takes the tiled kernel rather than the BLAS-blocked one (measured on this VM,
+#: bench/bench_kernels.py): head sizes up to TILED_MAX_DIM (a 512-wide single head, as in a VAE's
+#: mid-block, is 8x faster through BLAS), at least TILED_MIN_KEYS keys (77-key cross-attention
+#: was 1.2x faster through BLAS) and TILED_MIN_ROWS query rows
+TILED_MAX_DIM = 128
+TILED_MIN_KEYS = 96
+TILED_MIN_ROWS = 32
+
+
+@njit(cache=True, nogil=True, fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+def attend_tiled(q, k1, v1, k2, v2, mask, mode, scale, causal, rep, out, lo, hi):
+    """Fused attention for units ``lo..hi`` of B * H * ceil(L / TILE_ROWS) (a head and a block of
+    up to TILE_ROWS query rows each), with both products in 4 x 16 register tiles
+    (`simd.mm_tile_4x16`).
+
+    q [B, H, L, E]; k1/v1 [B, Hk, S1, E/Ev] and k2/v2 [B, Hk, S2, E/Ev] are the keys/values in
+    two segments (S2 may be 0), any strides; mask [B, H, L, S1 + S2] as in `softmax_row`; query
+    head h reads key head h // rep; out [B, H, L, Ev] float32. Per unit, the visible keys are
+    copied transposed and zero-padded to a multiple of 16 ([E, n16]), the values padded to
+    [n16, Ev16], the queries to a multiple of 4 rows; scores [rows, n16] are normalised row by row
+    in place and multiplied by the values. Memory per thread is O(S (E + Ev + TILE_ROWS)).
+    """
+    B, H, L, E = q.shape
+    S1, S2, Ev = k1.shape[2], k2.shape[2], v1.shape[3]
+    S = S1 + S2
+    chunks = (L + TILE_ROWS - 1) // TILE_ROWS
+    S16 = (S + 15) // 16 * 16
+    Ev16 = (Ev + 15) // 16 * 16
+    kt = np.empty(E * S16, np.float32)
+    vs = np.empty(S16 * Ev16, np.float32)
+    qs = np.empty(TILE_ROWS * E, np.float32)
+    sc = np.empty(TILE_ROWS * S16, np.float32)
+    o = np.empty(TILE_ROWS * Ev16, np.float32)
+    for unit in range(lo, hi):
+        bh = unit // chunks
+        b, h = bh // H, bh % H
+        hk = h // rep
+        r0 = (unit % chunks) * TILE_ROWS
+        R = min(L, r0 + TILE_ROWS) - r0
+        R4 = (R + 3) // 4 * 4
+        n = min(S, r0 + R) if causal else S  # a causal block's last row sees keys < r0 + R
+        n16 = (n + 15) // 16 * 16
+        for e in range(E):
+            row = kt[e * n16:(e + 1) * n16]
+            for j in range(min(n, S1)):
+                row[j] = k1[b, hk, j, e]
+            for j in range(S1, n):
+                row[j] = k2[b, hk, j - S1, e]
+            for j in range(n, n16):
+                row[j] = 0.0
+        for j in range(n16):
+            row = vs[j * Ev16:(j + 1) * Ev16]
+            if j < n:
+                for c in range(Ev):
+                    row[c] = v1[b, hk, j, c] if j < S1 else v2[b, hk, j - S1, c]
+                for c in range(Ev, Ev16):
+                    row[c] = 0.0
+            else:
+                for c in range(Ev16):
+                    row[c] = 0.0
+        for r in range(R4):
+            for e in range(E):
+                qs[r * E + e] = q[b, h, r0 + r, e] if r < R else np.float32(0.0)
+        for rr in range(0, R4, 4):
+            for j0 in range(0, n16, 16):
+                mm_tile_4x16(qs, rr * E, E, kt, j0, n16, sc, rr * n16 + j0, n16, E)
+        for r in range(R):
+            x = sc[r * n16:(r + 1) * n16]
+            softmax_row(x, n, mask, b, h, r0 + r, mode, scale, causal)
+            for j in range(n, n16):
+                x[j] = 0.0
+        for r in range(R, R4):
+            for j in range(n16):
+                sc[r * n16 + j] = 0.0
+        for rr in range(0, R4, 4):
+            for c0 in range(0, Ev16, 16):
+                mm_tile_4x16(sc, rr * n16, n16, vs, c0, Ev16, o, rr * Ev16 + c0, Ev16, n16)
+        for r in range(R):
+            for c in range(Ev):
+                out[b, h, r0 + r, c] = o[r * Ev16 + c]
 
 
 def attend_blocked(q, k, v, mask, mode: int, scale, causal: bool, rep: int, out) -> None:
@@ -192,8 +287,9 @@ def masked_softmax(s: np.ndarray, mask, mode: int, scale: float, causal: bool) -
 def sdpa(ins, outs, attrs):
     """q [*, H, L, E], k [*, Hk, S, E], v [*, Hk, S, Ev], mask broadcastable to [*, H, L, S] -> [*, H, L, Ev].
 
-    With k_tail/v_tail [*, Hk, S2, *], the keys are k then k_tail, both read in place: a decode step
-    (L <= DECODE_ROWS) row by row (`attend_segments`), anything longer in blocks of query rows (`attend_blocked`).
+    With k_tail/v_tail [*, Hk, S2, *], the keys are k then k_tail: a decode step (L <= DECODE_ROWS)
+    reads both in place row by row (`attend_segments`); a longer one goes to `attend_tiled` (which
+    also reads both in place) or `attend_blocked` (see the TILED_* thresholds).
     """
     q, k, v, mask = ins[:4]
     k_tail, v_tail = (ins + [None, None])[4:6]
@@ -226,6 +322,11 @@ def sdpa(ins, outs, attrs):
     if L <= DECODE_ROWS:
         T.parallel_range(attend_segments, B * H, q4, k4, v4, k5, v5, m4, mode, scale, causal, rep, out4,
                          work=B * H * L * S * E * 2)
+        return
+    if E <= TILED_MAX_DIM and out4.shape[-1] <= TILED_MAX_DIM and S >= TILED_MIN_KEYS and L >= TILED_MIN_ROWS:
+        units = B * H * -(-L // TILE_ROWS)
+        T.parallel_range(attend_tiled, units, q4, k4, v4, k5, v5, m4, mode, scale, causal, rep, out4,
+                         work=B * H * L * S * (E + out4.shape[-1]))
         return
     if k5.shape[2]:  # a prompt after a cache: join the two segments
         k4, v4 = np.concatenate([k4, k5], axis=2), np.concatenate([v4, v5], axis=2)

@@ -192,3 +192,60 @@ def _loop_dot_ternary_codes_s8(packed, a0, a1, a2, a3, nblk):
 
 dot_u8s8 = _vnni_dot_u8s8 if VNNI else _loop_dot_u8s8
 dot_ternary_codes_s8 = _vnni_dot_ternary_codes_s8 if VNNI else _loop_dot_ternary_codes_s8
+
+
+@intrinsic
+def mm_tile_4x16(typingctx, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, k):
+    """A 4 x 16 block of a matrix product, accumulated in registers:
+    c[c_off + r ldc + t] = sum_{q < k} a[a_off + r lda + q] * b[b_off + q ldb + t], r < 4, t < 16.
+
+    a, b, c: 1-D C-contiguous float32 arrays (flat views of row-major matrices); the offsets and
+    leading dimensions are in elements; c is overwritten. Written with LLVM's generic vector type
+    <16 x float> and ``llvm.fmuladd``, which LLVM lowers to one zmm register per row with AVX-512,
+    two ymm with AVX2 and four xmm with SSE2, fused multiply-adds where the CPU has them: each
+    16-wide load of b feeds four multiply-adds. The caller keeps every index inside its arrays
+    (no bounds checks). `loop_mm_tile_4x16` is the plain twin it is tested against.
+    """
+    f32 = types.float32
+    if not (all(_is_array(x, f32, 1) for x in (a, b, c))
+            and all(isinstance(x, types.Integer) for x in (a_off, lda, b_off, ldb, c_off, ldc, k))):
+        return None
+    sig = types.void(a, a_off, lda, b, b_off, ldb, c, c_off, ldc, k)
+
+    def codegen(context, builder, signature, args):
+        pa, pb, pc = (context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 3, 6))
+        i64 = ir.IntType(64)
+        a_off_, lda_, b_off_, ldb_, c_off_, ldc_, k_ = (
+            context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 2, 4, 5, 7, 8, 9))
+        fmuladd = _function(builder, "llvm.fmuladd.v16f32", _F32X16, [_F32X16] * 3)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32X16, None)) for _ in range(4)]
+        for acc in accs:
+            builder.store(ir.Constant(_F32X16, [0.0] * 16), acc)
+        zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16)
+        undef = ir.Constant(_F32X16, ir.Undefined)
+        with cgutils.for_range(builder, k_) as loop:
+            q = loop.index
+            bp = builder.gep(pb, [builder.add(b_off_, builder.mul(q, ldb_))])
+            bv = builder.load(builder.bitcast(bp, _F32X16.as_pointer()), align=4)
+            for r in range(4):
+                ap = builder.gep(pa, [builder.add(builder.add(a_off_, builder.mul(ir.Constant(i64, r), lda_)), q)])
+                splat = builder.shuffle_vector(builder.insert_element(undef, builder.load(ap), ir.Constant(ir.IntType(32), 0)),
+                                               undef, zero_mask)
+                builder.store(builder.call(fmuladd, [splat, bv, builder.load(accs[r])]), accs[r])
+        for r in range(4):
+            cp = builder.gep(pc, [builder.add(c_off_, builder.mul(ir.Constant(i64, r), ldc_))])
+            builder.store(builder.load(accs[r]), builder.bitcast(cp, _F32X16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def loop_mm_tile_4x16(a, a_off, lda, b, b_off, ldb, c, c_off, ldc, k):
+    """The plain-loop twin of `mm_tile_4x16` (same arguments and result, summed in the same order)."""
+    for r in range(4):
+        for t in range(16):
+            acc = np.float32(0.0)
+            for q in range(k):
+                acc += a[a_off + r * lda + q] * b[b_off + q * ldb + t]
+            c[c_off + r * ldc + t] = acc

@@ -19,6 +19,7 @@ from numba import njit
 from conftest import assert_close
 from nac.engine.kernels import activation as A
 from nac.engine.kernels import attention as AT
+from nac.engine.kernels import simd
 from nac.engine.kernels.vmath import exp32, row_max, sigmoid32, tanh32
 
 
@@ -131,14 +132,30 @@ ATTENTION_CASES = [  # (B, H, Hk, L, S, E, Ev, mask kind, causal)
     (2, 3, 3, 9, 70, 8, 8, "float", False),
     (1, 2, 1, 5, 5, 32, 32, "none", True),
     (3, 2, 2, 40, 17, 24, 40, "bool-rows", False),
+    (1, 2, 2, 67, 100, 20, 24, "float-inf", False),
+    (1, 3, 1, 70, 70, 16, 16, "none", True),
 ]
+#: ("tiled", None): `attend_tiled`; ("blocked", budget): `attend_blocked` with that score budget
+#: (97: a block of one or a few query rows at a time)
+PATHS = [("tiled", None), ("blocked", AT.SCORE_BUDGET), ("blocked", 97)]
 
 
-@pytest.mark.parametrize("budget", [AT.SCORE_BUDGET, 97])
+def _take_path(monkeypatch, path):
+    kind, budget = path
+    if kind == "tiled":
+        monkeypatch.setattr(AT, "TILED_MIN_KEYS", 0)
+        monkeypatch.setattr(AT, "TILED_MIN_ROWS", 0)
+        monkeypatch.setattr(AT, "TILED_MAX_DIM", 1 << 20)
+    else:
+        monkeypatch.setattr(AT, "TILED_MAX_DIM", 0)
+        monkeypatch.setattr(AT, "SCORE_BUDGET", budget)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: f"{p[0]}-{p[1]}")
 @pytest.mark.parametrize("shape", ATTENTION_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_attention_matches_torch(shape, budget, monkeypatch):
+def test_attention_matches_torch(shape, path, monkeypatch):
     B, H, Hk, L, S, E, Ev, kind, causal = shape
-    monkeypatch.setattr(AT, "SCORE_BUDGET", budget)  # 97: a block of one or a few query rows at a time
+    _take_path(monkeypatch, path)
     rng = np.random.default_rng(L * S)
     base = rng.standard_normal((B, L, H, E)).astype(np.float32)
     q = base.transpose(0, 2, 1, 3)  # a strided view, as the graph hands it over
@@ -153,6 +170,9 @@ def test_attention_matches_torch(shape, budget, monkeypatch):
     elif kind == "bool-rows":  # padded queries: some rows see no key at all and must give zeros
         mask = rng.random((B, 1, L, S)) < 0.7
         mask[:, :, ::5] = False
+    elif kind == "float-inf":  # additive with -inf entries, some rows entirely -inf
+        mask = np.where(rng.random((B, H, L, S)) < 0.3, -np.inf, rng.uniform(-2, 2, (B, H, L, S))).astype(np.float32)
+        mask[:, :, ::7] = -np.inf
     scale = 1 / E ** 0.5
     out = np.empty((B, H, L, Ev), np.float32)
     attrs = {"scale": scale, "is_causal": causal, "enable_gqa": Hk != H}
@@ -167,10 +187,30 @@ def test_attention_matches_torch(shape, budget, monkeypatch):
     assert_close(seg, out, rel=1e-6, what="segments")
 
 
+@njit
+def _tile(a, ao, lda, b, bo, ldb, c, co, ldc, k):
+    simd.mm_tile_4x16(a, ao, lda, b, bo, ldb, c, co, ldc, k)
+
+
+def test_mm_tile_matches_its_loop_twin():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((7, 45)).astype(np.float32)
+    b = rng.standard_normal((45, 37)).astype(np.float32)
+    for k in (0, 1, 17, 44):
+        c1, c2 = np.full(7 * 37, 9.0, np.float32), np.full(7 * 37, 9.0, np.float32)
+        _tile(a.reshape(-1), 45 + 1, 45, b.reshape(-1), 3, 37, c1, 37 * 2 + 5, 37, k)
+        simd.loop_mm_tile_4x16(a.reshape(-1), 45 + 1, 45, b.reshape(-1), 3, 37, c2, 37 * 2 + 5, 37, k)
+        want = np.full((7, 37), 9.0, np.float32)
+        want[2:6, 5:21] = a[1:5, 1:1 + k].astype(np.float64) @ b[:k, 3:19]
+        assert_close(c1.reshape(7, 37), want, rel=1e-6, what=f"tile k={k}")
+        assert_close(c2.reshape(7, 37), want, rel=1e-6, what=f"loop twin k={k}")
+
+
 ISA_SCRIPT = """
 import numpy as np, sys
 sys.path.insert(0, {tests!r})
 from test_fused_kernels import ATTENTION_CASES, test_attention_matches_torch, test_fused_epilogue_matches_torch
+from test_fused_kernels import test_mm_tile_matches_its_loop_twin
 from test_fused_kernels import test_exp32_within_two_ulp_of_the_correctly_rounded_value, test_row_max_skips_nan_and_reads_every_element
 from nac.engine.kernels import activation as A, simd
 class MP:
@@ -181,8 +221,11 @@ for n in (0, 9, 37):
     test_row_max_skips_nan_and_reads_every_element(n)
 for act in A.ACTIVATIONS:
     test_fused_epilogue_matches_torch(act, False)
+from test_fused_kernels import PATHS
 for case in ATTENTION_CASES:
-    test_attention_matches_torch(case, 97, MP())
+    for path in PATHS:
+        test_attention_matches_torch(case, path, MP())
+test_mm_tile_matches_its_loop_twin()
 print("ok")
 """
 
