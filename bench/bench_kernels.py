@@ -10,6 +10,10 @@ form NAC used before: BLAS products and a numpy softmax).
 """
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")  # what `import nac` sets when it loads numpy first
+
 import argparse
 import json
 import statistics

@@ -11,9 +11,12 @@ bench` unsets it and OPENBLAS_L2_SIZE; the report says which was measured.
 """
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")  # what `import nac` sets when it loads numpy first
+
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -46,6 +49,7 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
             "torch": torch.__version__, "nac_threads": num_threads(), "torch_threads": torch.get_num_threads(),
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+            "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT", "(unset)"),
             "blas": [{k: i.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
                      for i in threadpool_info() if i.get("user_api") == "blas"]}
 
