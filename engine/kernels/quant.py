@@ -26,7 +26,8 @@ from numba import njit
 
 from nac.engine import threads as T
 from nac.engine.kernels import activation as A
-from nac.engine.kernels.simd import AVX512, dot_ternary_codes_s8, dot_u8s8, lut16_ternary_rows
+from nac.engine.kernels import simd
+from nac.engine.kernels.simd import AVX512, dot_s8s8, dot_ternary_codes_s8, dot_u8s8, lut16_ternary_rows
 from nac.format.quant import unpack_ternary_rows
 
 SMALL_M = 8  # rows up to which the compressed-weight kernels beat dequantise + BLAS
@@ -218,13 +219,14 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(cache=True, nogil=True)
-def gemm_int8_a8(xq, xu, xs, q, row_sums, scale, out, lo, hi):
+def gemm_int8_a8(xq, xu, xs, q, row_sums, scale, out, signed, lo, hi):
     """W8A8: out[m, n] = xs[m] * scale[n] * sum_k int32(xq[m, k]) * int32(q[n, k]).
 
     xq: [M, K] int8 activations; xu: [M, K] uint8, xq + 128; q: [N, K] int8; row_sums: int32 [N]
     (`QTensor.block_row_sums`). The first 64 * (K // 64) columns run as unsigned x signed byte dot
     products (`simd.dot_u8s8`, VNNI ``vpdpbusd`` where the CPU has it):
-    sum xq q = sum (xq + 128) q - 128 sum q.
+    sum xq q = sum (xq + 128) q - 128 sum q; with ``signed`` (`simd.SIGNED_INT8_DOT`: AVX2
+    without VNNI), as signed byte products (`simd.dot_s8s8`, ``vpmaddubsw``).
     """
     M, K = xq.shape
     nblk = K // 64
@@ -233,7 +235,10 @@ def gemm_int8_a8(xq, xu, xs, q, row_sums, scale, out, lo, hi):
         bias = np.int32(128) * row_sums[n]
         for m in range(M):
             xm = xq[m]
-            acc = np.int32(dot_u8s8(xu[m], row, nblk) - bias)
+            if signed:  # AVX2: signed bytes directly (activations are in [-127, 127])
+                acc = dot_s8s8(xm, row, nblk)
+            else:
+                acc = np.int32(dot_u8s8(xu[m], row, nblk) - bias)
             for k in range(64 * nblk, K):
                 acc = np.int32(acc + np.int32(xm[k]) * np.int32(row[k]))
             out[m, n] = np.float32(acc) * xs[m] * scale[n]
@@ -314,7 +319,8 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
         if w.scheme == "int8":
             xq, xu = np.empty((M, K), np.int8), np.empty((M, K), np.uint8)
             quantize_rows(x2, xq, xu, xs)
-            T.parallel_range(gemm_int8_a8, N, xq, xu, xs, w.data, w.block_row_sums, w.scale, y, work=work)
+            T.parallel_range(gemm_int8_a8, N, xq, xu, xs, w.data, w.block_row_sums, w.scale, y, simd.SIGNED_INT8_DOT,
+                             work=work)
         else:
             x4q, xsum = np.empty((M, 4, w.data.shape[1]), np.int8), np.empty(M, np.int32)
             quantize_rows_deinterleaved(x2, x4q, xs, xsum)

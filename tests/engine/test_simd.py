@@ -9,6 +9,7 @@ from numba import njit
 from nac.engine.kernels import simd
 
 needs_vnni = pytest.mark.skipif(not simd.VNNI, reason="this CPU has no AVX512-VNNI (the loop twins are tested)")
+needs_avx2 = pytest.mark.skipif(not simd.AVX2, reason="this CPU has no AVX2 (the loop twins are tested)")
 
 
 def _wrap(dot_u8s8, dot_ternary):
@@ -26,7 +27,27 @@ def _wrap(dot_u8s8, dot_ternary):
 IMPLEMENTATIONS = {
     "loop": pytest.param(_wrap(simd._loop_dot_u8s8, simd._loop_dot_ternary_codes_s8), id="loop"),
     "vnni": pytest.param(_wrap(simd._vnni_dot_u8s8, simd._vnni_dot_ternary_codes_s8), id="vnni", marks=needs_vnni),
+    "avx2": pytest.param(_wrap(simd._loop_dot_u8s8, simd._avx2_dot_ternary_codes_s8), id="avx2", marks=needs_avx2),
 }
+SIGNED = {
+    "loop": pytest.param(simd._loop_dot_s8s8, id="loop"),
+    "avx2": pytest.param(njit(lambda x, w, n: simd._avx2_dot_s8s8(x, w, n)), id="avx2", marks=needs_avx2),
+}
+
+
+@pytest.mark.parametrize("s8s8", SIGNED.values())
+@pytest.mark.parametrize("nblk", [0, 1, 3, 16])
+@pytest.mark.parametrize("extreme", [False, True])
+def test_dot_s8s8(s8s8, nblk, extreme):
+    """Signed byte products, exact for activations in [-127, 127] against any weight byte."""
+    rng = np.random.default_rng(7 + nblk)
+    n = 64 * nblk + 37  # bytes beyond the blocks must not be read into the sum
+    if extreme:  # the largest pair sums vpmaddubsw can meet: 2 * 128 * 127
+        x, w = np.tile(np.array([127, -127], np.int8), n)[:n], np.full(n, -128, np.int8)
+    else:
+        x, w = rng.integers(-127, 128, n).astype(np.int8), rng.integers(-128, 128, n).astype(np.int8)
+    want = int(x[:64 * nblk].astype(np.int64) @ w[:64 * nblk].astype(np.int64))
+    assert s8s8(x, w, nblk) == want
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS.values())
@@ -63,6 +84,31 @@ def test_dot_ternary_codes(impl, nblk):
 def test_kernels_use_vnni_when_the_cpu_has_it():
     assert (simd.dot_u8s8 is simd._vnni_dot_u8s8) == simd.VNNI
     assert (simd.dot_ternary_codes_s8 is simd._vnni_dot_ternary_codes_s8) == simd.VNNI
+    assert (simd.dot_ternary_codes_s8 is simd._avx2_dot_ternary_codes_s8) == (simd.AVX2 and not simd.VNNI)
+    assert (simd.dot_s8s8 is simd._avx2_dot_s8s8) == simd.AVX2
+
+
+@pytest.mark.parametrize("path", ["signed", "unsigned"])
+def test_int8_products_through_each_byte_path(path, tmp_path):
+    """The W8A8 GEMM through `dot_s8s8` (the AVX2 path) and through `dot_u8s8` (VNNI or loop),
+    forced with NAC_INT8_DOT in a fresh process, against exact integer arithmetic."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from nac.engine.kernels import simd\n"
+        "assert simd.SIGNED_INT8_DOT == (%r == 'signed')\n"
+        "from test_quant_kernels import test_int8_activations_are_exact_integer_arithmetic as t\n"
+        "for mk in [(1, 64), (5, 131), (3, 1000), (2, 4096)]:\n"
+        "    t('int8', *mk)\n"
+        "print('ok')\n") % (str(Path(__file__).parent.parent), path)
+    env = dict(os.environ, NAC_INT8_DOT=path, NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600,
+                       cwd=Path(__file__).parent)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
 @needs_vnni
