@@ -17,7 +17,8 @@ _INLINE_CONST_MAX = 16  # folded results with at most this many elements live in
 def optimize(g: Graph) -> dict:
     """Run every pass in order; returns ``{pass name: rewrites}`` plus node counts."""
     report = {"nodes_before": len(g.nodes)}
-    for p in (fold_constants, matmul_to_linear, fuse_pad_into_conv, fold_batch_norm, fuse_bias_add, fuse_activation,
+    for p in (fold_constants, matmul_to_linear, fuse_pad_into_conv, fold_batch_norm, fuse_bias_add, fuse_tanh_gelu,
+              fuse_activation,
               attention_reads_cache_in_place, eliminate_dead_code, deduplicate_parameters, transpose_linear_weights):
         report[p.__name__] = p(g)
     report["nodes_after"] = len(g.nodes)
@@ -200,6 +201,73 @@ def fuse_bias_add(g: Graph) -> int:
             del g.values[p.outputs[0]]
             p.outputs = [add.outputs[0]]
             dead.add(id(add))
+            count += 1
+            break
+    g.nodes = [n for n in g.nodes if id(n) not in dead]
+    return count
+
+
+def fuse_tanh_gelu(g: Graph) -> int:
+    """The tanh GELU written out op by op -> one ``gelu(approximate='tanh')`` node.
+
+    GPT-2's ``gelu_new`` (transformers' ``NewGELUActivation``) computes
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) as eight element-wise ops, each a pass over
+    the FFN's widest tensor; ATen's ``gelu(approximate='tanh')`` is the same formula (Hendrycks &
+    Gimpel 2016). As one node, `fuse_activation` then folds it into the producing linear. Matched:
+    mul(0.5 x, add(tanh(mul(add(x, mul(pow(x, 3), 0.044715)), sqrt(2/pi))), 1)), operands in
+    either order, every intermediate read only by the next op.
+    """
+    users, prod = g.consumers(), g.producers()
+
+    def scalar(v, want: float) -> bool:
+        c = g.const_array(v)
+        return c is not None and c.size == 1 and abs(float(c.reshape(-1)[0]) - want) <= 1e-6 * abs(want)
+
+    def split(n, op, want):
+        """(the non-constant input, n) when n is ``op(x, want)`` in either order, else None."""
+        if n is None or n.op != op or len(n.inputs) != 2:
+            return None
+        a, b = n.inputs
+        if scalar(b, want) and g.const_array(a) is None:
+            return a
+        if scalar(a, want) and g.const_array(b) is None:
+            return b
+        return None
+
+    def only_user(v, node) -> bool:
+        return v not in g.outputs and [id(u) for u in users.get(v, [])] == [id(node)]
+
+    count, dead = 0, set()
+    for out in g.nodes:
+        if out.op != "mul" or len(out.inputs) != 2 or g.values[out.outputs[0]].dtype != "float32":
+            continue
+        for half_v, one_v in (out.inputs, out.inputs[::-1]):
+            half, one = prod.get(half_v), prod.get(one_v)
+            x = split(half, "mul", 0.5)
+            t_v = split(one, "add", 1.0)
+            tanh = prod.get(t_v) if t_v else None
+            if x is None or tanh is None or tanh.op != "tanh":
+                continue
+            scaled = prod.get(tanh.inputs[0])
+            inner_v = split(scaled, "mul", 0.7978845608028654)
+            inner = prod.get(inner_v) if inner_v else None
+            if inner is None or inner.op != "add" or x not in inner.inputs:
+                continue
+            cubic_v = inner.inputs[1] if inner.inputs[0] == x else inner.inputs[0]
+            cubic = prod.get(cubic_v)
+            pow_v = split(cubic, "mul", 0.044715)
+            pw = prod.get(pow_v) if pow_v else None
+            if pw is None or pw.op != "pow" or pw.inputs[0] != x or not scalar(pw.inputs[1], 3.0):
+                continue
+            chain = [(half_v, out), (one_v, out), (t_v, one), (tanh.inputs[0], tanh), (inner_v, scaled),
+                     (cubic_v, inner), (pow_v, cubic)]
+            if not all(only_user(v, n) for v, n in chain) or g.values[x].shape != g.values[out.outputs[0]].shape:
+                continue
+            for n in (half, one, tanh, scaled, inner, cubic, pw):
+                dead.add(id(n))
+                for o in n.outputs:
+                    g.values.pop(o, None)
+            out.op, out.inputs, out.attrs = "gelu", [x], {"approximate": "tanh"}
             count += 1
             break
     g.nodes = [n for n in g.nodes if id(n) not in dead]

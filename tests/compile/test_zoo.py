@@ -448,3 +448,33 @@ def test_transposed_convolution_generated(tmp_path_factory, nd, cin_g, cout_g, g
                                                                   groups=groups, bias=bias).eval()
     x = torch.randn(2, cin_g * groups, *([size] * nd))
     export_and_compare(conv, (x,), tmp_path_factory.mktemp("ct"))
+
+
+def test_written_out_tanh_gelu_becomes_one_fused_epilogue(tmp_path):
+    """transformers' NewGELUActivation (GPT-2's gelu_new), eight element-wise ops, is recognised
+    as gelu(approximate='tanh') and folded into the linear before it; a near miss (another
+    constant) is left alone. Both agree with torch."""
+    from transformers.activations import NewGELUActivation
+
+    class FFN(nn.Module):
+        def __init__(self, c=0.044715):
+            super().__init__()
+            self.up, self.down, self.c = nn.Linear(16, 64), nn.Linear(64, 16), c
+            self.act = NewGELUActivation()
+
+        def forward(self, x):
+            h = self.up(x)
+            if self.c == 0.044715:
+                h = self.act(h)
+            else:
+                h = 0.5 * h * (1.0 + torch.tanh(0.7978845608028654 * (h + self.c * torch.pow(h, 3.0))))
+            return self.down(h)
+
+    x = (torch.randn(3, 5, 16) * 3,)
+    model = export_and_compare(FFN().eval(), x, tmp_path, rel=1e-5)
+    assert not {"tanh", "pow", "mul"} & {n.op for n in model.graph.nodes}
+    assert [n.attrs.get("activation") for n in model.graph.nodes if n.op == "linear"] == ["gelu_tanh", "none"]
+    assert model.metadata["compile"]["passes"]["fuse_tanh_gelu"] == 1
+    near = export_and_compare(FFN(c=0.05).eval(), x, tmp_path, rel=1e-5, name="near.nac")
+    assert "tanh" in {n.op for n in near.graph.nodes}
+    assert near.metadata["compile"]["passes"]["fuse_tanh_gelu"] == 0
