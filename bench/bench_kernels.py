@@ -16,22 +16,17 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")  # what `import nac` sets
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
 
-def median_us(fn, repeat: int = 30, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e6
+def median_us(fn, repeat: int = 30) -> float:
+    """Median wall time of ``fn()`` in µs (`bench_models.median_ms`, after 3 warm-up calls)."""
+    from bench_models import median_ms
+
+    return median_ms(fn, repeat) * 1e3
 
 
 def attention_rows(rng, repeat):

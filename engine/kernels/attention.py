@@ -311,12 +311,8 @@ def sdpa(ins, outs, attrs):
         v4 = np.broadcast_to(v, lead + v.shape[-3:]).reshape(B, Hk, S, -1)
         k5, v5 = _no_keys(k4), _no_keys(v4)
         out4 = out.reshape(B, H, L, -1)
-    if mask is None:
-        mode, m4 = 0, _NO_MASK
-    else:
-        mode = 1 if mask.dtype == np.bool_ else 2
-        m4 = np.broadcast_to(mask, lead + (H, L, S)).reshape(B, H, L, S)
-        m4 = m4 if mode == 1 else m4.astype(np.float32, copy=False)
+    mode, m4 = _mask4(mask, lead, (B, H, L, S))
+    m4 = _NO_MASK if m4 is None else m4
     q4, k4, v4, k5, v5 = (a if a.dtype == np.float32 else a.astype(np.float32) for a in (q4, k4, v4, k5, v5))
     scale, causal = np.float32(attrs["scale"]), bool(attrs.get("is_causal"))
     if L <= DECODE_ROWS:
@@ -334,6 +330,16 @@ def sdpa(ins, outs, attrs):
 
 
 _NO_MASK = np.broadcast_to(np.zeros(1, np.float32), (1, 1, 1, 1))
+
+
+def _mask4(mask, lead: tuple, shape4: tuple):
+    """(mode, mask as a [B, H, L, S] view or None): mode 0 no mask, 1 bool (True keeps), 2 additive
+    float32; ``mask`` broadcasts to ``lead + shape4[1:]``."""
+    if mask is None:
+        return 0, None
+    mode = 1 if mask.dtype == np.bool_ else 2
+    m4 = np.broadcast_to(mask, lead + shape4[1:]).reshape(shape4)
+    return mode, (m4 if mode == 1 else m4.astype(np.float32, copy=False))
 
 
 def _no_keys(k: np.ndarray) -> np.ndarray:
@@ -356,11 +362,6 @@ def sdpa_reference(q, k, v, mask, scale: float, is_causal: bool, enable_gqa: boo
     k4 = np.ascontiguousarray(np.broadcast_to(k, lead + (H, S, E)), np.float32).reshape(B, H, S, E)
     v4 = np.ascontiguousarray(np.broadcast_to(v, lead + (H, S, v.shape[-1])), np.float32).reshape(B, H, S, -1)
     scores = np.matmul(q4, k4.transpose(0, 1, 3, 2))
-    if mask is None:
-        mode, m4 = 0, None
-    else:
-        mode = 1 if mask.dtype == np.bool_ else 2
-        m4 = np.broadcast_to(mask, lead + (H, L, S)).reshape(B, H, L, S)
-        m4 = m4 if mode == 1 else m4.astype(np.float32, copy=False)
+    mode, m4 = _mask4(mask, lead, (B, H, L, S))
     masked_softmax(scores, m4, mode, np.float32(scale), is_causal)
     return np.matmul(scores, v4).reshape(lead + (H, L, -1))
