@@ -328,8 +328,6 @@ def validate(doc, name: str, where: str) -> None:
     """
     fn = _compiled.get(name)
     if fn is None:
-        import fastjsonschema
-
         with _lock:
             fn = _compiled.get(name) or _compile(SCHEMAS[name])
             _compiled[name] = fn

@@ -1,9 +1,10 @@
 """Scalar activations shared by the fused kernels (linear, conv2d) and the unary ops.
 
-Codes index `nac.format.ops.ACTIVATIONS`. The fusable activations (`act32`, the epilogues of
-linear and conv2d, and the unary ops of the same name) are float32 and vectorise; the other
-element-wise functions (`act`) are done in float64 and rounded once to float32. Sources: GELU (Hendrycks & Gimpel 2016; ATen ``gelu`` with approximate none/tanh), SiLU
-(ATen ``silu``), hardswish (Howard et al. 2019, ATen ``hardswish``).
+Codes index `nac.format.ops.ACTIVATIONS`. The fusable activations (the epilogues of linear and
+conv2d, and the unary ops of the same name) are float32 and vectorise; the other element-wise
+functions (`act`) are done in float64 and rounded once to float32. Sources: GELU (Hendrycks &
+Gimpel 2016; ATen ``gelu`` with approximate none/tanh), SiLU (ATen ``silu``), hardswish (Howard
+et al. 2019, ATen ``hardswish``).
 """
 import math
 
@@ -59,26 +60,10 @@ def relu6(x):
 
 @njit(inline="always")
 def act(v, code, p):
-    """Apply activation ``code`` (parameter ``p`` for leaky_relu/elu) to a scalar."""
+    """The element-wise function ``code`` (ERF, HARDSIGMOID, RSQRT, LEAKY_RELU, ELU; parameter
+    ``p`` for leaky_relu/elu) of a scalar, in float64; the fusable activations are the float32
+    functions below (`bias_act_scalar`)."""
     x = float(v)
-    if code == 0:
-        return x
-    if code == 1:  # comparisons written so that NaN falls through unchanged (ATen: relu(nan) = nan)
-        return 0.0 if x <= 0.0 else x
-    if code == 2:
-        return 0.0 if x <= 0.0 else (6.0 if x >= 6.0 else x)
-    if code == 3:
-        return gelu32(np.float32(v))
-    if code == 4:
-        return 0.5 * x * (1.0 + math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
-    if code == 5:
-        return x / (1.0 + math.exp(-x))
-    if code == 6:
-        return 1.0 / (1.0 + math.exp(-x))
-    if code == 7:
-        return math.tanh(x)
-    if code == 8:
-        return x * relu6(x + 3.0) / 6.0
     if code == ERF:
         return erf32(np.float32(v))
     if code == HARDSIGMOID:
@@ -94,8 +79,9 @@ def act(v, code, p):
 
 @njit(cache=True, nogil=True, fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def map_activation(x, out, code, p, lo, hi):
-    """out[i] = act(x[i]) for 1-D contiguous float32 arrays (``x`` may be ``out``); a fusable
-    activation (code < len(ACTIVATIONS)) runs vectorised as `act32`."""
+    """out[i] = f(x[i]) for 1-D contiguous float32 arrays (``x`` may be ``out``): a fusable
+    activation (code < len(ACTIVATIONS)) through the vectorised `bias_act_scalar`, any other
+    function through `act`."""
     if code < N_FUSABLE:
         part = out[lo:hi]
         part[:] = x[lo:hi]
