@@ -86,24 +86,12 @@ def _pause(typingctx):
 
 
 @njit(cache=True, nogil=True)
-def spin_until(flags, i, value, spins):
-    """Spin (without the GIL) until flags[i] == value, at most ``spins`` reads; returns the last
-    value read. flags: 1-D int64."""
+def spin(flags, i, value, until, spins):
+    """Spin (without the GIL), at most ``spins`` reads, until flags[i] == value (``until``) or
+    while it is (not ``until``); returns the last value read. flags: 1-D int64."""
     for _ in range(spins):
         v = _atomic_load(flags, i)
-        if v == value:
-            return v
-        _pause()
-    return _atomic_load(flags, i)
-
-
-@njit(cache=True, nogil=True)
-def spin_while(flags, i, value, spins):
-    """Spin (without the GIL) while flags[i] == value, at most ``spins`` reads; returns the last
-    value read. flags: 1-D int64."""
-    for _ in range(spins):
-        v = _atomic_load(flags, i)
-        if v != value:
+        if (v == value) == until:
             return v
         _pause()
     return _atomic_load(flags, i)
@@ -142,7 +130,7 @@ class Team:
     def _member(self) -> None:
         seen = 0
         while not self._closed:
-            epoch = spin_while(self.flags, 0, seen, self.spins)
+            epoch = spin(self.flags, 0, seen, False, self.spins)
             if epoch == seen:
                 with self._cond:
                     self._sleepers += 1
@@ -196,7 +184,7 @@ class Team:
             self._work(job, caller=True)
             for k in range(n):  # ranges a member claimed: wait for them (they are running)
                 if k not in job.mine:
-                    while spin_until(self.flags, 1 + k, epoch, self.spins) != epoch:
+                    while spin(self.flags, 1 + k, epoch, True, self.spins) != epoch:
                         time.sleep(0)
             if job.errors:
                 raise job.errors[0]
@@ -205,12 +193,12 @@ class Team:
 
 
 def _spins_for(us: float) -> int:
-    """How many `spin_while` reads take about ``us`` microseconds on this CPU (``pause`` costs
+    """How many `spin` reads take about ``us`` microseconds on this CPU (``pause`` costs
     from ~10 to ~140 cycles depending on the core)."""
     probe = np.zeros(1, np.int64)
-    spin_while(probe, 0, 0, 1)  # compile / load
+    spin(probe, 0, 0, False, 1)  # compile / load
     t = time.perf_counter()
-    spin_while(probe, 0, 0, 20000)
+    spin(probe, 0, 0, False, 20000)
     per = (time.perf_counter() - t) / 20000
     return max(100, int(us * 1e-6 / max(per, 1e-9)))
 
@@ -239,11 +227,11 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"num_threads must be a positive integer, not {n!r}")
     _requested = n
     with _team_lock:
-        old, _team = _team, None
-    if old is not None and old.n != n:
-        old.close()
-    elif old is not None:
-        _team = old
+        stale = _team if _team is not None and _team.n != n else None
+        if stale is not None:
+            _team = None  # the next split builds a team of n
+    if stale is not None:
+        stale.close()
     limit_blas(n)
 
 
