@@ -10,7 +10,7 @@ from nac.engine import threads as T
 from nac.engine.kernels import quant as Q
 from nac.errors import NacInputError
 from nac.engine.kernels.registry import kernel
-from nac.engine.kernels.vmath import EXP_FLAGS, NUMPY_ERRORS, exp_shifted_sum, row_max
+from nac.engine.kernels.vmath import EXP_FLAGS, NUMPY_ERRORS, exp_shifted_sum, row_max, row_sum
 
 
 # -- normalisation -------------------------------------------------------------------------------------
@@ -24,19 +24,7 @@ def row_moments(x, n, squares_only):
     n8 = n - n % 8
     mean = z
     if not squares_only and n > 0:
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = z
-        for j in range(0, n8, 8):
-            a0 += x[j]
-            a1 += x[j + 1]
-            a2 += x[j + 2]
-            a3 += x[j + 3]
-            a4 += x[j + 4]
-            a5 += x[j + 5]
-            a6 += x[j + 6]
-            a7 += x[j + 7]
-        for j in range(n8, n):
-            a0 += x[j]
-        mean = (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))) / np.float32(n)
+        mean = row_sum(x, n) / np.float32(n)
     b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = z
     for j in range(0, n8, 8):
         d0, d1, d2, d3 = x[j] - mean, x[j + 1] - mean, x[j + 2] - mean, x[j + 3] - mean

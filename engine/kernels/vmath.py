@@ -136,12 +136,10 @@ def row_max(x, n):
     return m4 if m4 > m0 else m0
 
 
-@njit(fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
-def exp_shifted_sum(x, n, top, scale):
-    """In place x[j] = e^((x[j] - top) * scale) for j < n (float32); returns their float32 sum,
-    accumulated in eight partial sums so the loop vectorises without reassociation."""
-    for j in range(n):
-        x[j] = exp32((x[j] - top) * scale)
+@njit(fastmath=EXP_FLAGS)
+def row_sum(x, n):
+    """sum(x[0..n]) of a 1-D float32 array in float32, over eight partial sums so the loop
+    vectorises without reassociation."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
     n8 = n - n % 8
     for j in range(0, n8, 8):
@@ -156,3 +154,12 @@ def exp_shifted_sum(x, n, top, scale):
     for j in range(n8, n):
         s0 += x[j]
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@njit(fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
+def exp_shifted_sum(x, n, top, scale):
+    """In place x[j] = e^((x[j] - top) * scale) for j < n (float32); returns their float32 sum
+    (`row_sum`)."""
+    for j in range(n):
+        x[j] = exp32((x[j] - top) * scale)
+    return row_sum(x, n)
