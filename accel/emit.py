@@ -2,8 +2,9 @@
 picolibc semihosting) or the host, with a static memory plan, the weights in a read-only blob,
 and a Makefile whose `run` target builds it, feeds it ``input.bin`` and writes ``output.bin``.
 
-The memory plan is the engine's (``nac.engine.plan.Plan``): the same liveness-packed arena, the
-same view aliasing. Each step becomes one call into ``runtime/nac_kernels.c`` (portable C99,
+The memory plan is the engine's, read through its public data (``nac.engine.plan.Plan``: the
+arena, input buffers and constants, and each step's op, value names and resolved attributes): the
+same liveness-packed arena, the same view aliasing. Each step becomes one call into ``runtime/nac_kernels.c`` (portable C99,
 copied into the project) with every shape and stride as a literal. A strided view read by a kernel
 that needs contiguous data is first copied into a scratch area, also static.
 """
@@ -93,7 +94,8 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
             (all listed), quantised weights. The folder is written whole or not at all.
     """
     import nac
-    from nac.engine.plan import Plan
+    from nac.engine.plan import concrete_shapes
+
     if target not in TARGETS:
         raise NacError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if offload not in ("none", "acalsim"):
@@ -111,19 +113,8 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
         raise NacError("the C kernels lack op(s) " + ", ".join(f"{op} (first at {where[op]})" for op in missing))
     dims = dict(m.metadata.get("compile", {}).get("example_dims", {}))
     dims.update(shapes or {})
-    input_shapes = {}
-    for n in g.inputs:
-        shape = []
-        for axis, d in enumerate(g.values[n].shape):
-            if isinstance(d, int):
-                shape.append(d)
-            elif d in dims:
-                shape.append(int(dims[d]))
-            else:
-                raise NacError(f"input {n!r} axis {axis} is the symbolic dimension {d!r}: fix it with "
-                               f"--shape {d}=N (shapes={{'{d}': N}})")
-        input_shapes[n] = tuple(shape)
-    plan = Plan(g, input_shapes, m._constants)
+    input_shapes = concrete_shapes(g, dims)
+    plan = m.plan(input_shapes)
     gen = _Generator(name, plan, m, input_shapes, regmap)
     gen.run()
     out = Path(out_dir)
@@ -176,7 +167,7 @@ class _Generator:
         self.lines: list[str] = []
         self.scratch_top = 0
         self.step_scratch = 0
-        arena = plan._arena
+        arena = plan.arena
         self.regions = [(arena.__array_interface__["data"][0], arena.nbytes, "nac_arena")]
         self.input_off = {}
         top = 0
@@ -188,8 +179,8 @@ class _Generator:
         self.input_bytes = max(top, ALIGN)
         from nac.engine.kernels.quant import QTensor
 
-        self.constants = [c for c in model._constants.values() if isinstance(c, np.ndarray)]
-        self.constants += [c.data for c in model._constants.values() if isinstance(c, QTensor)]
+        self.constants = [c for c in plan.constants.values() if isinstance(c, np.ndarray)]
+        self.constants += [c.data for c in plan.constants.values() if isinstance(c, QTensor)]
 
     # -- addressing ---------------------------------------------------------------------------------
     def base(self, a: np.ndarray) -> str:
@@ -245,8 +236,10 @@ class _Generator:
 
     # -- steps --------------------------------------------------------------------------------------
     def run(self) -> None:
+        arrays = self.plan.array
         for k, step in enumerate(self.plan.steps, 1):
-            ins, outs, at = step.call.args
+            ins = [arrays(v) if v else None for v in step.inputs]
+            outs, at = [arrays(v) for v in step.outputs], step.attrs
             self.step_scratch = 0
             self.lines.append(f"    /* {k}: {step.op} ({step.source or '-'}) */")
             self.emit(f"nac_current_step = {k};")

@@ -224,6 +224,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("model", type=Path, metavar="MODEL.nac")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--tokenizer", action="store_true", help="print the TISA tokenizer program (disassembly)")
+    i.add_argument("--plan", action="store_true",
+                   help="print the memory plan: each step's op, inputs and outputs, and where each value lives "
+                        "(arena offset, bytes, shape, strides, live range)")
+    i.add_argument("--method", help="with --plan: the method to plan (default: the first)")
+    i.add_argument("--shape", action="append", default=[], metavar="NAME=VALUE",
+                   help="with --plan: fix a symbolic dimension (default: the export's example size)")
     return p
 
 
@@ -753,15 +759,24 @@ def _partial_summary(buf, sections, path: Path) -> dict:
     return out
 
 
-def cmd_emit(args) -> int:
-    from nac.accel import emit, verify
+def _shape_options(items) -> dict[str, int]:
+    """``["seq=16", ...]`` (repeated --shape options) -> ``{"seq": 16, ...}``.
 
+    Raises:
+        NacError: an item is not NAME=INTEGER."""
     shapes = {}
-    for item in args.shape:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key or not value.strip().lstrip("-").isdigit():
             raise NacError(f"--shape {item!r}: expected NAME=INTEGER (e.g. --shape seq=16)")
         shapes[key] = int(value)
+    return shapes
+
+
+def cmd_emit(args) -> int:
+    from nac.accel import emit, verify
+
+    shapes = _shape_options(args.shape)
     kw = dict(target=args.target, shapes=shapes, offload=args.offload, register_map=args.register_map, name=args.name)
     if args.verify:
         report, result = verify(args.model, out_dir=args.output, **kw)
@@ -790,7 +805,42 @@ def cmd_emit(args) -> int:
     return 0
 
 
+def _print_plan(args) -> int:
+    import nac
+    from nac.engine.plan import concrete_shapes
+
+    m = nac.load(args.model)
+    method = m.methods.get(args.method or next(iter(m.methods)))
+    if method is None:
+        raise NacError(f"{args.model.name} has no method {args.method!r}; it has {list(m.methods)}")
+    dims = dict(m.metadata.get("compile", {}).get("example_dims", {}))
+    dims.update(_shape_options(args.shape))
+    plan = method.plan(concrete_shapes(method.graph, dims))
+    d = plan.describe()
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"{args.model.name}, method {method.name}, dims {d['dims']}: {len(d['steps'])} steps, arena "
+          f"{d['arena_bytes']:,} bytes (the sum of all intermediates would be {d['naive_bytes']:,})")
+    where = {}
+    for t in plan.tensors.values():
+        place = f"{t.region} +{t.offset}" + (f" in {t.buffer}" if t.region != "arena" or t.buffer != t.name else "")
+        live = f", live {t.live[0]}..{t.live[1]}" if t.live else ""
+        view = "" if t.contiguous else f", strides {list(t.strides)}"
+        where[t.name] = f"{t.dtype.name}{list(t.shape)} at {place}{view}{live}" + (f" ({t.quant})" if t.quant else "")
+    for s in plan.steps:
+        print(f"step {s.index}: {s.op}" + (f" ({s.source})" if s.source else ""))
+        for v in s.inputs:
+            if v:
+                print(f"    in  {v}: {where[v]}")
+        for v in s.outputs:
+            print(f"    out {v}: {where[v]}")
+    return 0
+
+
 def cmd_info(args) -> int:
+    if args.plan:
+        return _print_plan(args)
     if args.tokenizer:
         import nac
 

@@ -12,6 +12,11 @@
    of it. Buffers are packed into one arena (first-fit over a free list, 64-byte aligned), so the
    arena is usually far smaller than the sum of all intermediates.
 6. Pre-bind every kernel to its input/output arrays; running is then one loop over closures.
+
+The result is public data, read by the engine (`Plan.run`) and by the C emitter (`nac.accel.emit`)
+alike: `Plan.tensors` says where every value lives (region, owning buffer, byte offset, shape,
+byte strides, live range), `Plan.steps` lists each kernel call by op, input and output value names
+and resolved attributes, and `Plan.describe` turns both into JSON (`nac info --plan`).
 """
 from __future__ import annotations
 
@@ -78,6 +83,32 @@ def bind_dims(graph: Graph, shapes: dict[str, tuple]) -> dict[str, int]:
     return env
 
 
+def concrete_shapes(graph: Graph, dims: dict[str, int]) -> dict[str, tuple]:
+    """Every input's shape with its named dimensions taken from ``dims`` (e.g. the export's
+    example sizes, ``metadata["compile"]["example_dims"]``, updated by the user's choices).
+
+    Raises:
+        NacError: an input dimension (or a derived size such as ``2 * seq``) names a dimension
+            ``dims`` lacks; the message says how to fix it.
+    """
+    from nac.errors import NacError
+
+    shapes = {}
+    for n in graph.inputs:
+        shape = []
+        for axis, d in enumerate(graph.values[n].shape):
+            if isinstance(d, int):
+                shape.append(d)
+            elif symbols_of(d) <= dims.keys():
+                shape.append(int(eval_dim(d, dims)))
+            else:
+                missing = sorted(symbols_of(d) - dims.keys())[0]
+                raise NacError(f"input {n!r} axis {axis} is the symbolic dimension {d!r}: fix it with "
+                               f"--shape {missing}=N (shapes={{'{missing}': N}})")
+        shapes[n] = tuple(shape)
+    return shapes
+
+
 def _check_range(graph: Graph, d: str, n: int) -> None:
     rng = graph.dims.get(d, {})
     lo, hi = rng.get("min", 0), rng.get("max")
@@ -109,14 +140,101 @@ def _placeholder(shape, dtype) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(np.zeros(1, dt), shape, tuple(reversed(strides)), writeable=False)
 
 
-@dataclass
-class Step:
-    """One pre-bound kernel call, with what messages need to name it."""
+@dataclass(frozen=True)
+class Tensor:
+    """Where one value of a plan lives: a strided view of one buffer.
 
-    call: functools.partial
+    Attributes:
+        name: the graph value.
+        dtype: its numpy dtype (for a quantised constant: the dtype it stands for, float32).
+        shape: its concrete shape, the named dimensions bound.
+        strides: numpy byte strides (a view may have zero strides for broadcasts, or strides of
+            a transpose/slice); None for a quantised constant (see `Plan.constants`).
+        region: ``"arena"`` (activations; `offset` counts from the arena's first byte),
+            ``"input"`` (the input buffer named by `buffer`) or ``"constant"`` (the parameter or
+            inline constant named by `buffer`; `offset` counts from its first byte).
+        buffer: the value whose storage holds it: itself, or the value a view aliases.
+        offset: bytes from the start of that storage (see `region`) to element [0, ..., 0].
+        live: for an arena buffer that is not a view, the node indices (into the graph's nodes)
+            of its definition and of its last reader, inclusive (``len(graph.nodes)`` for a graph
+            output, which lives until the caller copies it out); the arena bytes
+            ``[offset, offset + nbytes)`` are its own only over that range. None otherwise.
+        quant: the quantisation scheme of a quantised constant ("int8", "ternary"), else None.
+    """
+
+    name: str
+    dtype: np.dtype
+    shape: tuple
+    strides: tuple | None
+    region: str
+    buffer: str
+    offset: int
+    live: tuple | None = None
+    quant: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its elements (the storage a contiguous copy would need)."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def contiguous(self) -> bool:
+        """True when its elements are row-major and adjacent (numpy's C-contiguity)."""
+        if self.strides is None or 0 in self.shape:
+            return True
+        acc = self.dtype.itemsize
+        for n, st in zip(reversed(self.shape), reversed(self.strides)):
+            if n != 1 and st != acc:
+                return False
+            acc *= n
+        return True
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (dtype as its numpy name)."""
+        return {"name": self.name, "dtype": self.dtype.name, "shape": list(self.shape),
+                "strides": None if self.strides is None else list(self.strides), "region": self.region,
+                "buffer": self.buffer, "offset": self.offset, "bytes": self.nbytes,
+                "live": None if self.live is None else list(self.live), "quant": self.quant}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One kernel call of a plan.
+
+    Attributes:
+        index: the node's index in the graph.
+        op: its op name (`nac.format.ops`).
+        source: the module path it came from (for messages), or "".
+        inputs: input value names, None for an absent optional input (see `Plan.tensors`).
+        outputs: output value names.
+        attrs: its attributes with dimension expressions evaluated (what the kernel receives).
+        call: the kernel pre-bound to the arrays of those values; ``call()`` runs the step.
+    """
+
+    index: int
     op: str
     source: str
-    index: int
+    inputs: tuple
+    outputs: tuple
+    attrs: dict
+    call: functools.partial
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (without `call`)."""
+        return {"index": self.index, "op": self.op, "source": self.source, "inputs": list(self.inputs),
+                "outputs": list(self.outputs), "attrs": _jsonable(self.attrs)}
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x
 
 
 class Plan:
@@ -124,10 +242,19 @@ class Plan:
 
     Attributes:
         env: the bound named dimensions.
-        inputs: preallocated input buffers (the caller copies user data in).
-        outputs: the arrays holding the outputs after `run` (copied out by the caller).
+        inputs: preallocated input buffers by name (the caller copies user data in).
+        outputs: the arrays holding the outputs after `run`, in graph order (copied out by the
+            caller).
+        output_names: the graph's output value names, in that order.
+        constants: parameters, QTensors and inline constants by value name (shared, read-only).
+        arena: the activation arena (uint8, `arena_bytes` long, at least 1) every intermediate
+            buffer is a view of, at its `Tensor.offset`.
         arena_bytes: size of the shared activation arena.
         naive_bytes: the sum of all intermediate buffers (what no reuse would need).
+        tensors: every value a step reads or writes, and every input and output, by name: where
+            it lives (`Tensor`).
+        steps: the kernel calls, in run order (`Step`); view ops are not steps, their outputs are
+            `Tensor` views of their input's buffer.
     """
 
     def __init__(self, graph: Graph, shapes: dict[str, tuple], constants: dict[str, np.ndarray],
@@ -201,7 +328,8 @@ class Plan:
                 size = -(-int(np.prod(vshape[dead], dtype=np.int64)) * dtype[dead].itemsize // ALIGN) * ALIGN
                 _release(free, offsets[dead], size)
         self.arena_bytes, self.naive_bytes = top, naive
-        self._arena = np.empty(max(top, 1), np.uint8)
+        self.arena = np.empty(max(top, 1), np.uint8)
+        self.constants = constants
 
         # 5. real arrays and pre-bound steps
         arrays = dict(constants)
@@ -216,11 +344,37 @@ class Plan:
                 continue
             outs = []
             for o in n.outputs:
-                a = np.ndarray(vshape[o], dtype[o], buffer=self._arena, offset=offsets[o])
+                a = np.ndarray(vshape[o], dtype[o], buffer=self.arena, offset=offsets[o])
                 arrays[o] = a
                 outs.append(a)
-            self.steps.append(Step(functools.partial(KERNELS[n.op], ins, outs, at), n.op, n.source, k))
+            self.steps.append(Step(k, n.op, n.source, tuple(n.inputs), tuple(n.outputs), at,
+                                   functools.partial(KERNELS[n.op], ins, outs, at)))
+        self.output_names = list(graph.outputs)
         self.outputs = [arrays[o] for o in graph.outputs]
+        self._arrays = arrays
+        defined = {o: k for k, n in enumerate(graph.nodes) for o in n.outputs}
+        self.tensors: dict[str, Tensor] = {}
+        used = [*graph.inputs, *(v for s in self.steps for v in (*s.inputs, *s.outputs) if v), *graph.outputs]
+        for name in dict.fromkeys(used):
+            buf = root.get(name, name)
+            live = (defined[name], max(last_use.get(name, 0), defined[name])) if name in offsets else None
+            self.tensors[name] = _locate(name, arrays[name], buf, self.arena, self.inputs, constants, live)
+
+    def array(self, name: str):
+        """The array bound to value ``name`` (a view into `arena`, an input buffer, or a constant:
+        an ndarray, or a `nac.engine.kernels.quant.QTensor`); what the step kernels receive.
+
+        Raises:
+            KeyError: ``name`` is not a value of this plan.
+        """
+        return self._arrays[name]
+
+    def describe(self) -> dict:
+        """The plan as JSON-ready data: ``{"dims", "arena_bytes", "naive_bytes", "tensors",
+        "steps"}`` (see `Tensor.to_dict`, `Step.to_dict`)."""
+        return {"dims": dict(self.env), "arena_bytes": self.arena_bytes, "naive_bytes": self.naive_bytes,
+                "tensors": [t.to_dict() for t in self.tensors.values()],
+                "steps": [s.to_dict() for s in self.steps]}
 
     def profile(self, runs: int = 10) -> list[dict]:
         """Time every step over ``runs`` runs (inputs must already be in `inputs`): one row per
@@ -261,6 +415,24 @@ class Plan:
         except Exception as exc:
             raise NacRuntimeError(f"node {step.index} ({step.op}, from {step.source or '?'}) failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _locate(name: str, a, buf: str, arena: np.ndarray, inputs: dict, constants: dict, live) -> Tensor:
+    """The `Tensor` of value ``name``, bound to array ``a`` inside the storage of ``buf``."""
+    if not isinstance(a, np.ndarray):  # a QTensor: the scheme's own arrays, in `constants`
+        return Tensor(name, np.dtype(np.float32), tuple(a.shape), None, "constant", buf, 0, quant=a.scheme)
+    if buf in inputs:
+        region, start = "input", _address(inputs[buf])
+    elif buf in constants:
+        region, start = "constant", _address(constants[buf])
+    else:
+        region, start = "arena", _address(arena)
+    return Tensor(name, a.dtype, tuple(int(d) for d in a.shape), tuple(int(s) for s in a.strides), region, buf,
+                  _address(a) - start, live)
 
 
 def _nbytes(shape, dtype) -> int:

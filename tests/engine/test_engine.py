@@ -185,3 +185,102 @@ def test_profile_times_every_step_and_computes_the_same(two_input_model):
     assert [r["op"] for r in rows] == [s.op for s in plan.steps]
     assert all(r["ms"] >= 0 for r in rows)
     np.testing.assert_array_equal(plan.outputs[0], want)
+
+
+@pytest.fixture
+def view_model(tmp_path):
+    """out = permute(x @ W.T, [0, 2, 1]) @ slice(x, 3 of 4 features) + flip(c): a view of the arena
+    (permute), of the input (slice), and of a constant (flip), read by real kernels."""
+    g = Graph()
+    x = g.add_value("x", "float32", ("batch", 5, 4))
+    g.inputs.append(x)
+    w = g.add_param("w", np.arange(12, dtype=np.float32).reshape(3, 4) / 10)
+    c = g.add_param("c", np.arange(9, dtype=np.float32).reshape(3, 3))
+    h = g.add_value("h", "float32", ("batch", 5, 3))
+    t = g.add_value("t", "float32", ("batch", 3, 5))
+    xs = g.add_value("xs", "float32", ("batch", 5, 3))
+    m = g.add_value("m", "float32", ("batch", 3, 3))
+    cf = g.add_value("cf", "float32", (3, 3))
+    out = g.add_value("out", "float32", ("batch", 3, 3))
+    g.nodes += [Node("linear", [x, w, ""], [h]), Node("permute", [h], [t], {"perm": [0, 2, 1]}),
+                Node("slice", [x], [xs], {"dim": 2, "start": 1, "end": 4, "step": 1}),
+                Node("matmul", [t, xs], [m]), Node("flip", [c], [cf], {"dims": [1]}), Node("add", [m, cf], [out])]
+    g.outputs.append(out)
+    g.dims = {"batch": {"min": 1, "max": 4}}
+    return nac.load(write_nac(tmp_path / "views.nac", g, {}))
+
+
+def test_plan_data_locates_every_value(view_model):
+    """Every `Tensor` (region, buffer, offset, shape, strides) addresses exactly the array the
+    kernels are bound to; views name the buffer they alias; the model's answer is numpy's."""
+    plan = view_model.plan({"x": (2, 5, 4)})
+    x = np.random.default_rng(0).random((2, 5, 4), dtype=np.float32)
+    plan.inputs["x"][...] = x
+    plan.run()
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+    c = np.arange(9, dtype=np.float32).reshape(3, 3)
+    want = np.swapaxes(x @ w.T, 1, 2) @ x[:, :, 1:4] + c[:, ::-1]
+    np.testing.assert_allclose(plan.outputs[0], want, rtol=1e-5)
+    ts = plan.tensors
+    assert (ts["t"].region, ts["t"].buffer, ts["t"].contiguous) == ("arena", "h", False)
+    assert (ts["xs"].region, ts["xs"].buffer, ts["xs"].offset) == ("input", "x", 4)
+    assert (ts["cf"].region, ts["cf"].buffer, ts["cf"].strides) == ("constant", "c", (12, -4))
+    assert [s.op for s in plan.steps] == ["linear", "matmul", "add"]  # views are not steps
+    for name, t in ts.items():
+        a = plan.array(name)
+        r = np.ndarray(t.shape, t.dtype, buffer=_storage(plan, t), offset=t.offset, strides=t.strides)
+        assert r.__array_interface__["data"][0] == a.__array_interface__["data"][0], name
+        assert r.strides == a.strides and r.shape == a.shape, name
+        np.testing.assert_array_equal(r, a)
+
+
+def _storage(plan, t):
+    if t.region == "arena":
+        return plan.arena
+    base = plan.inputs[t.buffer] if t.region == "input" else plan.constants[t.buffer]
+    return base.reshape(-1).view(np.uint8)
+
+
+def test_plan_arena_buffers_never_overlap_while_live(two_input_model, view_model):
+    """Two arena buffers whose live ranges intersect never share a byte."""
+    for model, shapes in ((two_input_model, {"a": (3, 7, 4), "ids": (3, 7)}), (view_model, {"x": (4, 5, 4)})):
+        plan = model.plan(shapes)
+        owners = [t for t in plan.tensors.values() if t.live is not None]
+        assert owners
+        for i, a in enumerate(owners):
+            assert a.region == "arena" and a.buffer == a.name and a.offset % 64 == 0
+            assert a.offset + a.nbytes <= plan.arena_bytes
+            for b in owners[i + 1:]:
+                if a.live[0] <= b.live[1] and b.live[0] <= a.live[1]:
+                    assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset, (a, b)
+
+
+def test_plan_steps_rerun_from_public_data(view_model):
+    """Running each step's registry kernel on the arrays its `Step` names reproduces `run`."""
+    from nac.engine.kernels import KERNELS
+
+    plan = view_model.plan({"x": (3, 5, 4)})
+    plan.inputs["x"][...] = np.random.default_rng(1).random((3, 5, 4), dtype=np.float32)
+    plan.run()
+    want = plan.outputs[0].copy()
+    plan.arena[...] = 0
+    for s in plan.steps:
+        KERNELS[s.op]([plan.array(v) if v else None for v in s.inputs], [plan.array(v) for v in s.outputs], s.attrs)
+    np.testing.assert_array_equal(plan.outputs[0], want)
+
+
+def test_nac_info_plan_json(view_model, capsys):
+    """`nac info --plan --json` prints `Plan.describe` for the example or given dimensions."""
+    import json
+
+    from nac.apps.cli import main
+
+    assert main(["info", str(view_model.path), "--plan", "--shape", "batch=2", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["dims"] == {"batch": 2}
+    assert [s["op"] for s in d["steps"]] == ["linear", "matmul", "add"]
+    by_name = {t["name"]: t for t in d["tensors"]}
+    assert by_name["xs"]["region"] == "input" and by_name["xs"]["shape"] == [2, 5, 3]
+    assert by_name["out"]["live"] == [5, 6]  # defined by node 5, alive until the caller copies it
+    assert main(["info", str(view_model.path), "--plan"]) == 2  # batch is symbolic and has no example size
+    assert "--shape batch=N" in capsys.readouterr().err
