@@ -114,7 +114,7 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
     dims = dict(m.metadata.get("compile", {}).get("example_dims", {}))
     dims.update(shapes or {})
     input_shapes = concrete_shapes(g, dims)
-    plan = m.plan(input_shapes)
+    plan = m.plan(input_shapes, channels_last=False)  # the C kernels write contiguous outputs
     gen = _Generator(name, plan, m, input_shapes, regmap)
     gen.run()
     out = Path(out_dir)

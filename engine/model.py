@@ -120,16 +120,17 @@ class Method:
             out[name] = a
         return out
 
-    def plan(self, shapes: Mapping[str, tuple]) -> Plan:
+    def plan(self, shapes: Mapping[str, tuple], channels_last: bool = True) -> Plan:
         """A new plan for these input shapes, owned by the caller (see `session` for one that is
-        returned to the model's pool afterwards).
+        returned to the model's pool afterwards). ``channels_last=False`` keeps every buffer
+        C-contiguous (see `Plan`).
 
         Raises:
             NacInputError: shapes outside the exported ranges, or a plan above `max_memory`.
             NacFormatError: the graph disagrees with shape inference for these shapes.
         """
         return Plan(self.graph, {n: tuple(shapes[n]) for n in self.graph.inputs}, self._constants,
-                    self.max_memory, where=str(self.path))
+                    self.max_memory, where=str(self.path), channels_last=channels_last)
 
     @contextlib.contextmanager
     def session(self, shapes: Mapping[str, tuple]):

@@ -128,16 +128,54 @@ def _solve_linear(expr: str, x: str, n: int, env: dict) -> int | None:
     return v if eval_dim(expr, {**env, x: v}) == n else None
 
 
-def _placeholder(shape, dtype) -> np.ndarray:
-    """A zero-byte array with a real shape and C-contiguous strides (for simulating views)."""
+def _placeholder(shape, dtype, channels_last: bool = False) -> np.ndarray:
+    """A zero-byte array with a real shape and C-contiguous strides, or channels-last ones (for
+    simulating views)."""
     dt = np.dtype(dtype)
-    strides, acc = [], dt.itemsize
-    for s in reversed(shape):
-        strides.append(acc)
-        acc *= max(int(s), 1)
+    order = [0, 2, 3, 1] if channels_last else list(range(len(shape)))
+    strides, acc = [0] * len(shape), dt.itemsize
+    for axis in reversed(order):
+        strides[axis] = acc
+        acc *= max(int(shape[axis]), 1)
     if acc >= 1 << 62:  # numpy's strides are int64
         raise NacInputError(f"a tensor of shape {list(shape)} is too large to address")
-    return np.lib.stride_tricks.as_strided(np.zeros(1, dt), shape, tuple(reversed(strides)), writeable=False)
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dt), shape, tuple(strides), writeable=False)
+
+
+#: element-wise ops whose kernels write any strided output (numpy ufuncs with ``out=``, or
+#: `elementwise._float_map`): their output may be channels-last when an input of its shape is
+_CL_ELEMENTWISE = frozenset({
+    "add", "sub", "mul", "div", "maximum", "minimum", "neg", "abs", "exp", "sqrt", "reciprocal", "tanh", "relu",
+    "sigmoid", "silu", "hardswish", "hardsigmoid", "gelu", "leaky_relu", "elu", "clamp", "erf", "rsqrt"})
+#: ops that read a channels-last input as any strided array (besides the element-wise ones)
+_CL_READERS = _CL_ELEMENTWISE | {"conv2d", "sum", "mean", "amax", "amin", "max_pool2d", "avg_pool2d",
+                                 "adaptive_avg_pool2d"}
+
+
+def channels_last_values(graph: Graph, vshape: dict, dtype: dict) -> set[str]:
+    """The values a plan stores channels-last: 4-D float32 [N, C, H, W] values kept in NHWC
+    memory order (PyTorch's ``torch.channels_last``; shapes and op semantics are unchanged, only
+    strides differ). A convolution's output is channels-last, and so is an element-wise op's
+    output when an input of the same shape is, unless the value is a graph output or read by an
+    op outside `_CL_READERS`. Consecutive convolutions (and their residual adds) then run in
+    NHWC without a transpose between them (`nac.engine.kernels.linalg.conv2d`)."""
+    readers: dict[str, set[str]] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            if i:
+                readers.setdefault(i, set()).add(n.op)
+    outputs = set(graph.outputs)
+    cl: set[str] = set()
+    for n in graph.nodes:
+        if len(n.outputs) != 1:
+            continue
+        o = n.outputs[0]
+        shape = vshape[o]
+        if len(shape) != 4 or dtype[o] != np.float32 or o in outputs or not readers.get(o, set()) <= _CL_READERS:
+            continue
+        if n.op == "conv2d" or (n.op in _CL_ELEMENTWISE and any(i in cl and vshape[i] == shape for i in n.inputs)):
+            cl.add(o)
+    return cl
 
 
 @dataclass(frozen=True)
@@ -258,9 +296,11 @@ class Plan:
     """
 
     def __init__(self, graph: Graph, shapes: dict[str, tuple], constants: dict[str, np.ndarray],
-                 max_memory: int | None = None, where: str = "graph"):
+                 max_memory: int | None = None, where: str = "graph", channels_last: bool = True):
         """Plan ``graph`` for input ``shapes`` over its ``constants`` (parameters, QTensors, inline
-        constants by value name).
+        constants by value name). With ``channels_last`` (default), convolution outputs and what
+        is computed element-wise from them are stored NHWC (`channels_last_values`); without it,
+        every buffer is C-contiguous (what `nac.accel.emit` compiles).
 
         Raises:
             NacInputError: the shapes break the exported constraints, or the plan would need more
@@ -283,6 +323,8 @@ class Plan:
                                 f"activations, more than the limit of {_gib(max_memory)} (set with nac.load(..., "
                                 f"max_memory=...) or NAC_MAX_MEMORY); use smaller inputs")
 
+        cl = channels_last_values(graph, vshape, dtype) if channels_last else set()
+
         # 3. simulate views on placeholders to learn which view ops alias their input
         fake = dict(constants)
         for name in graph.inputs:
@@ -300,7 +342,7 @@ class Plan:
                 is_view.append(True)
             else:
                 for o in n.outputs:
-                    fake[o] = _placeholder(vshape[o], dtype[o])
+                    fake[o] = _placeholder(vshape[o], dtype[o], o in cl)
                 is_view.append(False)
 
         # 4. liveness of buffers (roots), then first-fit packing into the arena
@@ -344,7 +386,11 @@ class Plan:
                 continue
             outs = []
             for o in n.outputs:
-                a = np.ndarray(vshape[o], dtype[o], buffer=self.arena, offset=offsets[o])
+                if o in cl:  # NHWC memory, NCHW shape
+                    nn_, c_, h_, w_ = vshape[o]
+                    a = np.ndarray((nn_, h_, w_, c_), dtype[o], buffer=self.arena, offset=offsets[o]).transpose(0, 3, 1, 2)
+                else:
+                    a = np.ndarray(vshape[o], dtype[o], buffer=self.arena, offset=offsets[o])
                 arrays[o] = a
                 outs.append(a)
             self.steps.append(Step(k, n.op, n.source, tuple(n.inputs), tuple(n.outputs), at,

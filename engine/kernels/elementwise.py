@@ -75,6 +75,9 @@ for _op, _uf in _UNARY_NUMPY.items():
 
 
 def _float_map(x: np.ndarray, out: np.ndarray, code: int, p: float = 0.0) -> None:
+    if out.ndim == 4 and x.shape == out.shape and x.strides == out.strides and not out.flags.c_contiguous \
+            and out.transpose(0, 2, 3, 1).flags.c_contiguous:  # both channels-last: map in memory order
+        x, out = x.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1)
     if out.dtype == np.float32 and out.flags.c_contiguous:
         xf, of = A.flat(x.astype(np.float32, copy=False)), out.reshape(-1)
         T.parallel_range(A.map_activation, of.size, xf, of, code, p)

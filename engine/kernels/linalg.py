@@ -1,11 +1,20 @@
 """Matrix products and convolution.
 
 Dense products go to BLAS through ``numpy.matmul`` (measured faster than a Numba loop for every
-shape NAC meets); bias and activation are then applied in one fused Numba pass. Depthwise
-convolution is a direct Numba stencil; other convolutions are im2col (Numba) + BLAS, and 1x1
-stride-1 convolutions are a plain batched GEMM over NCHW.
+shape NAC meets); bias and activation are then applied in one fused Numba pass.
+
+Convolutions run channels-last (NHWC memory) whenever the plan stores their output so
+(`nac.engine.plan.channels_last_values`: every convolution whose output only convolutions,
+element-wise ops and pools read): depthwise as a direct stencil vectorised over channels, 1x1 as
+one GEMM over all pixels with a repacked [Cin, Cout] weight, the rest as NHWC im2col + GEMM, each
+with bias and activation applied to the product's rows. A contiguous (NCHW) output, as in the
+plans `nac emit` compiles, takes the NCHW kernels: a per-plane depthwise stencil, im2col + BLAS,
+and 1x1 stride-1 as a batched GEMM.
 """
 from __future__ import annotations
+
+import threading
+import weakref
 
 import numpy as np
 from numba import njit
@@ -35,9 +44,7 @@ def linear(ins, outs, attrs):
         K, N = w.shape[1], w.shape[0]
         y = out.reshape(-1, N)
         Q.quant_matmul(x.reshape(-1, K), w, y, attrs.get("activation_quant", "none"))
-        if b is not None or code:
-            T.parallel_range(A.bias_act_rows, y.shape[0], y, _EMPTY if b is None else b, b is not None, code,
-                             work=y.size * (4 if code else 1))
+        _bias_act_rows(y, b, code)
         return
     if attrs.get("weight_layout", "oi") == "io":
         (K, N), wmat = w.shape, w
@@ -45,9 +52,7 @@ def linear(ins, outs, attrs):
         (N, K), wmat = w.shape, w.T
     y = out.reshape(-1, N)
     np.matmul(x.reshape(-1, K), wmat, out=y)
-    if b is not None or code:
-        T.parallel_range(A.bias_act_rows, y.shape[0], y, _EMPTY if b is None else b, b is not None, code,
-                         work=y.size * (4 if code else 1))
+    _bias_act_rows(y, b, code)
 
 
 @njit(cache=True, nogil=True, fastmath=A.FASTMATH)
@@ -102,24 +107,32 @@ def depthwise_conv2d(x, w, b, has_bias, sh, sw, pt, pb, pl, pr, dh, dw, code, ou
 
 
 @njit(cache=True, nogil=True, fastmath=A.FASTMATH)
-def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt, lo, hi):
-    """Depthwise 2-D cross-correlation in channels-last layout, for small planes.
+def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt, cblk, lo, hi):
+    """Depthwise 2-D cross-correlation in channels-last layout, fused bias + activation.
 
-    xt: [N, H, W, C] float32; wt: [kh, kw, C]; yt: [N, OH, OW, C]; rows ``lo..hi`` of N*OH.
-    The innermost loop runs over channels, which are many where planes are small (7x7 to 28x28
-    in MobileNet/EfficientNet), so it fills the vector units where a loop over output columns
-    cannot.
+    xt: [N, H, W, C] float32; wt: [kh, kw, C]; yt: [N, OH, OW, C]; work items ``lo..hi`` of
+    N * OH * ceil(C / cblk): one output row of one block of ``cblk`` channels each (channel
+    blocks let few rows, as at 7x7, still split over every core). The innermost loop runs over
+    the channels of a block, which are adjacent in memory, so it fills the vector units at any
+    stride; the block's accumulator row stays in L1. Zero padding (top ``pt``, left ``pl``;
+    bottom and right follow from the shapes). Matches ATen convolution with groups = C.
     """
     N, H, W, C = xt.shape
     kh, kw = wt.shape[0], wt.shape[1]
     OH, OW = yt.shape[1], yt.shape[2]
+    nb = (C + cblk - 1) // cblk
     for r in range(lo, hi):
-        n = r // OH
-        oh = r % OH
+        row = r // nb
+        c0 = (r % nb) * cblk
+        c1 = min(c0 + cblk, C)
+        n = row // OH
+        oh = row % OH
         for ow in range(OW):
-            acc = yt[n, oh, ow]
-            for c in range(C):
-                acc[c] = b[c] if has_bias else np.float32(0.0)
+            acc = yt[n, oh, ow, c0:c1]
+            if has_bias:
+                acc[:] = b[c0:c1]
+            else:
+                acc[:] = 0.0
             for i in range(kh):
                 ih = oh * sh - pt + i * dh
                 if ih < 0 or ih >= H:
@@ -128,15 +141,139 @@ def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt,
                     iw = ow * sw - pl + j * dw
                     if iw < 0 or iw >= W:
                         continue
-                    xv = xt[n, ih, iw]
-                    wv = wt[i, j]
-                    for c in range(C):
+                    xv = xt[n, ih, iw, c0:c1]
+                    wv = wt[i, j, c0:c1]
+                    for c in range(c1 - c0):
                         acc[c] += wv[c] * xv[c]
             A.bias_act_scalar(acc, np.float32(0.0), code)
 
 
-#: output planes up to this many pixels use the channels-last depthwise kernel (measured faster)
-NHWC_DEPTHWISE_MAX_PIXELS = 28 * 28
+@njit(cache=True, nogil=True)
+def im2col_nhwc(xt, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, p0, cols, lo, hi):
+    """cols[p - p0, c*kh*kw + i*kw + j] = xt[n, oh*sh - pt + i*dh, ow*sw - pl + j*dw, c] (0 outside)
+    for output pixels p = (n*OH + oh)*OW + ow in ``p0 + lo .. p0 + hi``.
+
+    xt: [N, H, W, C] float32; cols: [rows, C*kh*kw]. The column order is that of an OIHW
+    weight's rows, so the product needs no repacked weight.
+    """
+    H, W, C = xt.shape[1], xt.shape[2], xt.shape[3]
+    kk = kh * kw
+    for q in range(lo, hi):
+        p = p0 + q
+        n = p // (OH * OW)
+        oh = (p // OW) % OH
+        ow = p % OW
+        out = cols[q]
+        for i in range(kh):
+            ih = oh * sh - pt + i * dh
+            for j in range(kw):
+                iw = ow * sw - pl + j * dw
+                t = i * kw + j
+                if ih < 0 or ih >= H or iw < 0 or iw >= W:
+                    for c in range(C):
+                        out[c * kk + t] = 0.0
+                else:
+                    src = xt[n, ih, iw]
+                    for c in range(C):
+                        out[c * kk + t] = src[c]
+
+
+#: im2col scratch per block of output pixels, in float32 elements (bounds the scratch of a large
+#: convolution: 4 MiB)
+IM2COL_BLOCK = 1 << 20
+
+_PACKED: dict[tuple[int, str], tuple[weakref.ref, np.ndarray]] = {}
+_PACKED_LOCK = threading.Lock()
+
+
+def _packed(w: np.ndarray, how: str) -> np.ndarray:
+    """A convolution weight [Cout, Cin/groups, kh, kw] repacked for the channels-last kernels,
+    once per weight of a loaded model (read-only arrays; others are repacked per call):
+    ``"taps"``: a depthwise weight as [kh, kw, C]; ``"io"``: as [Cin*kh*kw, Cout] (the GEMM's B
+    operand in row-major order, which BLAS streams without a transposed pack). An entry lives as
+    long as its original (a weak reference; unloading the model frees it); the mapped
+    original's pages are then no longer read."""
+    key = (id(w), how)
+    hit = _PACKED.get(key)
+    if hit is not None and hit[0]() is w:
+        return hit[1]
+    if how == "taps":
+        packed = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0), dtype=np.float32)
+    else:
+        packed = np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype=np.float32)
+    if not w.flags.writeable:
+        with _PACKED_LOCK:
+            _PACKED[key] = (weakref.ref(w), packed)
+        weakref.finalize(w, _PACKED.pop, key, None)
+    return packed
+
+
+def is_channels_last(a: np.ndarray) -> bool:
+    """True when 4-D ``a`` [N, C, H, W] is stored channels-last: ``a.transpose(0, 2, 3, 1)``
+    is C-contiguous (PyTorch's ``torch.channels_last`` memory format)."""
+    return a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
+    """Convolution into the channels-last output ``yt`` [N, OH, OW, Cout] (contiguous), fused
+    bias + activation. Depthwise: a direct kernel; 1x1: one GEMM over all pixels; other
+    ungrouped kernels: NHWC im2col in blocks of pixels + GEMM. Returns False (nothing written)
+    for grouped convolutions that are not depthwise."""
+    N, C, H, W = x.shape
+    cout, cg, kh, kw = w.shape
+    sh, sw = attrs["stride"]
+    pt, pb, pl, pr = attrs["padding"]
+    dh, dw = attrs["dilation"]
+    groups = attrs["groups"]
+    OH, OW = yt.shape[1], yt.shape[2]
+    depthwise = groups == C and cout == C and cg == 1
+    if groups != 1 and not depthwise:
+        return False
+    bias = _EMPTY if b is None else b
+    if not depthwise and not (kh == kw == 1) and not is_channels_last(x):
+        # an NCHW input (the graph's image): NCHW im2col per image, the product transposed
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y3 = yt.reshape(N, OH * OW, cout)
+        cols = np.empty((C * kh * kw, OH * OW), np.float32)
+        for n in range(N):
+            T.parallel_range(im2col, C * kh * kw, x[n], 0, C, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, cols,
+                             work=cols.size)
+            np.matmul(cols.T, _packed(w, "io"), out=y3[n])
+        _bias_act_rows(yt.reshape(N * OH * OW, cout), b, code)
+        return True
+    xt = x.transpose(0, 2, 3, 1)
+    if not xt.flags.c_contiguous or xt.dtype != np.float32:
+        xt = np.ascontiguousarray(xt, dtype=np.float32)
+    if depthwise:
+        rows = N * OH
+        cblk = C if rows >= 8 * T.num_threads() or C <= 64 else max(64, -(-C // (8 * T.num_threads() // rows + 1)))
+        cblk = -(-cblk // 16) * 16
+        nb = -(-C // cblk)
+        T.parallel_range(depthwise_conv2d_nhwc, rows * nb, xt, _packed(w, "taps"), bias, b is not None, sh, sw, pt, pl,
+                         dh, dw, code, yt, cblk, work=yt.size * kh * kw)
+        return True
+    y2 = yt.reshape(N * OH * OW, cout)
+    wmat = _packed(w, "io")
+    if kh == kw == 1 and pt == pb == pl == pr == 0:
+        src = xt if sh == sw == 1 else np.ascontiguousarray(xt[:, ::sh, ::sw][:, :OH, :OW])
+        np.matmul(src.reshape(-1, C), wmat, out=y2)
+    else:
+        pixels = N * OH * OW
+        step = max(1, min(pixels, IM2COL_BLOCK // (C * kh * kw)))
+        cols = np.empty((step, C * kh * kw), np.float32)
+        for p0 in range(0, pixels, step):
+            n = min(step, pixels - p0)
+            T.parallel_range(im2col_nhwc, n, xt, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, p0, cols, work=n * C * kh * kw)
+            np.matmul(cols[:n], wmat, out=y2[p0:p0 + n])
+    _bias_act_rows(y2, b, code)
+    return True
+
+
+def _bias_act_rows(y2: np.ndarray, b, code: int) -> None:
+    """In place over a contiguous [rows, N] float32 product: act(y + bias[N]), over the cores."""
+    if b is not None or code:
+        T.parallel_range(A.bias_act_rows, y2.shape[0], y2, _EMPTY if b is None else b, b is not None, code,
+                         work=y2.size * (4 if code else 1))
 
 
 @njit(cache=True, nogil=True)
@@ -171,6 +308,16 @@ def conv2d(ins, outs, attrs):
     """
     x, w, b = ins
     out = outs[0]
+    if not out.flags.c_contiguous and not is_channels_last(out):
+        raise ValueError("conv2d writes a contiguous or channels-last output")
+    if is_channels_last(out) and _conv2d_nhwc(x, w, b, A.CODES[attrs.get("activation", "none")], attrs,
+                                              out.transpose(0, 2, 3, 1)):
+        return
+    if not out.flags.c_contiguous:  # a grouped convolution: computed in NCHW, then stored channels-last
+        tmp = np.empty(out.shape, np.float32)
+        conv2d([x, w, b], [tmp], attrs)
+        out[...] = tmp
+        return
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
     cout, cg, kh, kw = w.shape
@@ -181,14 +328,6 @@ def conv2d(ins, outs, attrs):
     code = A.CODES[attrs.get("activation", "none")]
     OH, OW = out.shape[2], out.shape[3]
     bias = _EMPTY if b is None else b
-    if groups == C and cout == C and cg == 1 and OH * OW <= NHWC_DEPTHWISE_MAX_PIXELS:
-        xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        wt = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
-        yt = np.empty((N, OH, OW, C), np.float32)
-        T.parallel_range(depthwise_conv2d_nhwc, N * OH, xt, wt, bias, b is not None, sh, sw, pt, pl, dh, dw, code, yt,
-                         work=yt.size * kh * kw)
-        out[...] = yt.transpose(0, 3, 1, 2)
-        return
     if groups == C and cout == C and cg == 1:
         T.parallel_range(depthwise_conv2d, N * C, x, w, bias, b is not None, sh, sw, pt, pb, pl, pr, dh, dw, code, out,
                          work=out.size * kh * kw)

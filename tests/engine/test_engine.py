@@ -284,3 +284,56 @@ def test_nac_info_plan_json(view_model, capsys):
     assert by_name["out"]["live"] == [5, 6]  # defined by node 5, alive until the caller copies it
     assert main(["info", str(view_model.path), "--plan"]) == 2  # batch is symbolic and has no example size
     assert "--shape batch=N" in capsys.readouterr().err
+
+
+def test_channels_last_plan_matches_torch(tmp_path):
+    """A small MobileNet-style graph (3x3 stem on the NCHW image, depthwise, 1x1, residual add,
+    ReLU, global mean, and one convolution read by a reshape): the default plan stores the
+    convolutions' outputs and the add NHWC, but not the one a reshape reads nor the graph's
+    outputs; it agrees with torch and with the all-contiguous plan."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    p = {k: rng.standard_normal(s).astype(np.float32) * 0.3 for k, s in
+         {"w0": (8, 3, 3, 3), "b0": (8,), "w1": (8, 1, 3, 3), "w2": (8, 8, 1, 1), "w3": (4, 8, 1, 1)}.items()}
+    g = Graph()
+    x = g.add_value("x", "float32", ("n", 3, 9, 11))
+    g.inputs.append(x)
+    prm = {k: g.add_param(k, v) for k, v in p.items()}
+    v = {k: g.add_value(k, "float32", s) for k, s in {
+        "a": ("n", 8, 5, 6), "d": ("n", 8, 5, 6), "e": ("n", 8, 5, 6), "r": ("n", 8, 5, 6), "y": ("n", 8, 5, 6),
+        "m": ("n", 8, 1, 1), "z": ("n", 4, 5, 6), "zf": ("n", 120)}.items()}
+    conv = lambda **a: {"stride": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1], "groups": 1, **a}
+    g.nodes += [
+        Node("conv2d", [x, prm["w0"], prm["b0"]], [v["a"]], conv(stride=[2, 2], padding=[1, 1, 1, 1], activation="relu6")),
+        Node("conv2d", [v["a"], prm["w1"], ""], [v["d"]], conv(padding=[1, 1, 1, 1], groups=8, activation="relu")),
+        Node("conv2d", [v["d"], prm["w2"], ""], [v["e"]], conv()),
+        Node("add", [v["e"], v["a"]], [v["r"]]),
+        Node("relu", [v["r"]], [v["y"]]),
+        Node("mean", [v["y"]], [v["m"]], {"dims": [2, 3], "keepdim": True}),
+        Node("conv2d", [v["y"], prm["w3"], ""], [v["z"]], conv()),
+        Node("reshape", [v["z"]], [v["zf"]], {"shape": ["n", 120]}),
+    ]
+    g.outputs += [v["m"], v["zf"]]
+    g.dims = {"n": {"min": 1, "max": 4}}
+    model = nac.load(write_nac(tmp_path / "cnn.nac", g, {}))
+    xin = rng.standard_normal((3, 3, 9, 11)).astype(np.float32)
+    t = {k: torch.from_numpy(a) for k, a in p.items()}
+    with torch.no_grad():
+        a = F.relu6(F.conv2d(torch.from_numpy(xin), t["w0"], t["b0"], 2, 1))
+        y = F.relu(F.conv2d(F.relu(F.conv2d(a, t["w1"], None, 1, 1, 1, 8)), t["w2"]) + a)
+        want = [y.mean((2, 3), keepdim=True).numpy(), F.conv2d(y, t["w3"]).reshape(3, 120).numpy()]
+    plan = model.plan({"x": xin.shape})
+    cl = {name for name, tn in plan.tensors.items() if tn.strides is not None and len(tn.shape) == 4
+          and not plan.array(name).flags.c_contiguous}
+    assert cl == {"a", "d", "e", "r", "y"}
+    for channels_last in (True, False):
+        plan = model.plan({"x": xin.shape}, channels_last=channels_last)
+        plan.inputs["x"][...] = xin
+        plan.run()
+        for got, w in zip(plan.outputs, want):
+            np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-5)
+    for got, w in zip(model.run({"x": xin}), want):
+        assert got.flags.c_contiguous
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-5)

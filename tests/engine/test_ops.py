@@ -534,28 +534,42 @@ def test_every_op_has_a_torch_form():
     assert sorted(set(OPS) - TORCH_OPS) == []
 
 
-@pytest.mark.parametrize("max_pixels", [0, 10 ** 6], ids=["nchw", "nhwc"])
+def _stored(a: np.ndarray, channels_last: bool) -> np.ndarray:
+    """``a`` [N, C, H, W] with the same values, stored NHWC when ``channels_last``."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) if channels_last else a
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc-out", "nhwc-in", "nhwc"])
+@pytest.mark.parametrize("kind", ["depthwise", "dense", "grouped"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_depthwise_conv_layouts(max_pixels, data):
-    """Both depthwise paths (per-plane NCHW and channels-last) agree with torch."""
-    import nac.engine.kernels.linalg as L
+def test_conv_layouts(kind, layout, data):
+    """Every convolution path (NCHW per-plane depthwise / im2col / 1x1 GEMM; channels-last
+    depthwise stencil / NHWC im2col / 1x1 GEMM over pixels / NCHW im2col into an NHWC output;
+    the grouped fallback) agrees with torch for either input and output memory format, within
+    1e-5 of the largest pre-activation value."""
+    from nac.engine.kernels import KERNELS
 
-    old, L.NHWC_DEPTHWISE_MAX_PIXELS = L.NHWC_DEPTHWISE_MAX_PIXELS, max_pixels
-    try:
-        c = data.draw(st.integers(1, 20))
-        k, s, d = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
-        pads = [data.draw(st.integers(0, 2)) for _ in range(4)]
-        h = data.draw(st.integers(d * (k - 1) + 1, 12))
-        x, w, b = arr(data.draw, (2, c, h, h + 1)), arr(data.draw, (c, 1, k, k)), arr(data.draw, (c,))
-        act = data.draw(st.sampled_from(ACTIVATIONS))
-        xt = F.pad(T(x), (pads[2], pads[3], pads[0], pads[1]))
-        ref = torch_act(F.conv2d(xt, T(w), T(b), s, 0, d, c), act).numpy()
-        attrs = {"stride": [s, s], "padding": pads, "dilation": [d, d], "groups": c, "activation": act}
-        g, feeds = one_node_graph("conv2d", [x, w, b], attrs, ref.shape, "float32")
-        assert_close(model_from_graph(g).run(feeds)[0], ref, 1e-5, "depthwise")
-    finally:
-        L.NHWC_DEPTHWISE_MAX_PIXELS = old
+    c = data.draw(st.integers(1, 20)) * (2 if kind == "grouped" else 1)
+    groups = {"depthwise": c, "dense": 1, "grouped": 2}[kind]
+    cout = c if kind == "depthwise" else data.draw(st.integers(1, 12)) * (2 if kind == "grouped" else 1)
+    k, s, d = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    pads = [data.draw(st.integers(0, 2)) for _ in range(4)]
+    h = data.draw(st.integers(d * (k - 1) + 1, 12))
+    x = arr(data.draw, (data.draw(st.integers(1, 3)), c, h, h + 1))
+    w, b = arr(data.draw, (cout, c // groups, k, k)), arr(data.draw, (cout,))
+    use_bias = data.draw(st.booleans())
+    act = data.draw(st.sampled_from(ACTIVATIONS))
+    xt = F.pad(T(x), (pads[2], pads[3], pads[0], pads[1]))
+    pre = F.conv2d(xt, T(w), T(b) if use_bias else None, s, 0, d, groups)
+    ref = torch_act(pre, act).numpy()
+    attrs = {"stride": [s, s], "padding": pads, "dilation": [d, d], "groups": groups, "activation": act}
+    # float32 sums in another order: the error scales with the pre-activation, not the output
+    scale = max(1.0, float(pre.abs().max())) if pre.numel() else 1.0
+    out = _stored(np.full(ref.shape, np.nan, np.float32), layout in ("nhwc", "nhwc-out"))
+    w.flags.writeable = False  # as a loaded model's weights: the repacked forms are cached
+    KERNELS["conv2d"]([_stored(x, layout in ("nhwc", "nhwc-in")), w, b if use_bias else None], [out], attrs)
+    assert_close(out, ref, 1e-5 * scale, f"{kind} conv, {layout}")
 
 
 @pytest.mark.parametrize("op", sorted(OPS))
