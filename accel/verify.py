@@ -2,6 +2,7 @@
 with the engine's."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -45,8 +46,11 @@ def toolchain_check(target: str) -> None:
             raise NacError(f"building for {target} needs picolibc for riscv64-unknown-elf (on Debian/Ubuntu: {INSTALL})")
 
 
-def build_and_run(report, inputs: list[np.ndarray], timeout: float = 900) -> RunResult:
+def build_and_run(report, inputs: list[np.ndarray], timeout: float = 900, make_vars: dict | None = None,
+                  env: dict | None = None) -> RunResult:
     """`make run` in the emitted folder with ``inputs`` (graph order) written to input.bin.
+    ``make_vars`` are passed to make (host: ``{"FAST": 0, "OPENMP": 0}`` builds the plain loops);
+    ``env`` adds environment variables for the run (``OMP_NUM_THREADS``, ``NAC_REPEAT``).
 
     Raises:
         NacError: a missing tool, a failed build (the compiler's message), a program that fails
@@ -64,11 +68,14 @@ def build_and_run(report, inputs: list[np.ndarray], timeout: float = 900) -> Run
         blob += x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes()
     (folder / "input.bin").write_bytes(bytes(blob))
     (folder / "output.bin").unlink(missing_ok=True)
-    build = subprocess.run(["make", "-s", "all"], cwd=folder, capture_output=True, text=True, timeout=timeout)
+    args = [f"{k}={v}" for k, v in (make_vars or {}).items()]
+    run_env = {**os.environ, **{k: str(v) for k, v in (env or {}).items()}}
+    build = subprocess.run(["make", "-s", "all", *args], cwd=folder, capture_output=True, text=True, timeout=timeout)
     if build.returncode != 0:
         raise NacError(f"building {folder} for {report.target} failed:\n{(build.stderr or build.stdout)[-3000:]}")
     try:
-        run = subprocess.run(["make", "-s", "run"], cwd=folder, capture_output=True, text=True, timeout=timeout)
+        run = subprocess.run(["make", "-s", "run", *args], cwd=folder, capture_output=True, text=True, timeout=timeout,
+                             env=run_env)
     except subprocess.TimeoutExpired:
         raise NacError(f"{report.name} on {report.target} did not finish within {timeout:.0f} s") from None
     if run.returncode != 0:
@@ -114,9 +121,10 @@ def example_inputs(model, report, seed: int = 0) -> list[np.ndarray]:
 
 def verify(model, target: str = "host", shapes: dict | None = None, out_dir=None, inputs=None,
            rtol: float = 1e-4, timeout: float = 900, offload: str = "none", register_map="scalar",
-           name: str | None = None) -> tuple:
+           name: str | None = None, make_vars: dict | None = None, env: dict | None = None) -> tuple:
     """Emit ``model`` for ``target``, build and run it, and compare every output with the engine's
     on the same inputs: ``max |c - engine| / max(1, max |engine|)`` per output must be ≤ ``rtol``.
+    ``make_vars`` and ``env`` go to `build_and_run` (e.g. the host's plain build, thread count).
 
     Returns:
         ``(report, result)``; ``result.max_rel_err`` holds the error per output.
@@ -136,7 +144,7 @@ def verify(model, target: str = "host", shapes: dict | None = None, out_dir=None
     report = emit(m, folder, target=target, shapes=shapes, offload=offload, register_map=register_map, name=name)
     xs = list(inputs) if inputs is not None else example_inputs(m, report)
     want = m.run(xs)
-    result = build_and_run(report, xs, timeout=timeout)
+    result = build_and_run(report, xs, timeout=timeout, make_vars=make_vars, env=env)
     for (name, _, _), got, ref in zip(report.outputs, result.outputs, want):
         if np.issubdtype(ref.dtype, np.floating):
             err = float(np.max(np.abs(got.astype(np.float64) - ref)) / max(1.0, float(np.max(np.abs(ref)))) if ref.size else 0.0)

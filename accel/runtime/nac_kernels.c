@@ -9,6 +9,26 @@
 int nac_error = 0;
 int nac_current_step = 0;
 
+/* -- fast paths (host builds: make FAST=1, the default there) ----------------------------------
+ * NAC_FAST: register-tiled products in GCC's generic vector type (16 floats: one zmm on AVX-512,
+ * two ymm on AVX2, whatever -march gives), per-thread padded planes, simd reductions. _OPENMP
+ * (make OPENMP=1): steps split over threads (OMP_NUM_THREADS). Without either, every kernel is
+ * the plain loop above its fast twin, as on the bare-metal cores. */
+#if defined(_OPENMP)
+#define NAC_OMP(directive) _Pragma(directive)
+#else
+#define NAC_OMP(directive)
+#endif
+#if defined(NAC_FAST)
+#define NAC_SIMD(directive) _Pragma(directive)
+typedef float nac_v16 __attribute__((vector_size(64)));
+typedef float nac_v16u __attribute__((vector_size(64), aligned(4), may_alias));
+#define NAC_LOAD16(p) (*(const nac_v16u *)(p))
+#define NAC_STORE16(p, v) (*(nac_v16u *)(p) = (v))
+#else
+#define NAC_SIMD(directive)
+#endif
+
 /* -- iteration over an N-d shape with per-operand element strides ------------------------------ */
 #define NAC_ITER_BEGIN(rank, shape)                                            \
     int64_t idx_[NAC_MAX_RANK] = {0};                                          \
@@ -67,6 +87,7 @@ float nac_act(int op, float x, float p0, float p1) {
 }
 
 void nac_unary_f32(int op, int64_t n, const float *x, float *out, float p0, float p1) {
+    NAC_OMP("omp parallel for schedule(static) if (n > 65536)")
     for (int64_t i = 0; i < n; ++i) out[i] = nac_act(op, x[i], p0, p1);
 }
 
@@ -93,10 +114,40 @@ static float nac_bin_f(int op, float a, float b) {
     }
 }
 
+/* 1 when element strides st are row-major for shape (size-1 axes ignored) */
+static int nac_dense(int rank, const int64_t *shape, const int64_t *st) {
+    int64_t acc = 1;
+    for (int d = rank - 1; d >= 0; --d) {
+        if (shape[d] != 1 && st[d] != acc) return 0;
+        acc *= shape[d];
+    }
+    return 1;
+}
+
+/* 1 when element strides st broadcast one element (all zero) */
+static int nac_single(int rank, const int64_t *st) {
+    for (int d = 0; d < rank; ++d)
+        if (st[d]) return 0;
+    return 1;
+}
+
 void nac_binary_f32(int op, int rank, const int64_t *shape, const float *a, const int64_t *as,
                     const float *b, const int64_t *bs, void *out) {
     float *of = (float *)out;
     uint8_t *ob = (uint8_t *)out;
+    if (op <= NAC_DIV && nac_dense(rank, shape, as) && (nac_dense(rank, shape, bs) || nac_single(rank, bs))) {
+        /* the common cases (same layout, or a scalar operand) as one flat loop */
+        int64_t n = 1;
+        for (int d = 0; d < rank; ++d) n *= shape[d];
+        const int64_t sb = nac_single(rank, bs) ? 0 : 1;
+        switch (op) {
+        case NAC_ADD: for (int64_t i = 0; i < n; ++i) of[i] = a[i] + b[i * sb]; break;
+        case NAC_SUB: for (int64_t i = 0; i < n; ++i) of[i] = a[i] - b[i * sb]; break;
+        case NAC_MUL: for (int64_t i = 0; i < n; ++i) of[i] = a[i] * b[i * sb]; break;
+        default: for (int64_t i = 0; i < n; ++i) of[i] = a[i] / b[i * sb]; break;
+        }
+        return;
+    }
     NAC_ITER_BEGIN(rank, shape)
         float x = a[nac_offset(rank, idx_, as)], y = b[nac_offset(rank, idx_, bs)];
         switch (op) {
@@ -204,28 +255,91 @@ void nac_arange_i64(int64_t n, int64_t start, int64_t step, int64_t *out) {
 }
 
 /* -- linear algebra ---------------------------------------------------------------------------- */
+#if defined(NAC_FAST)
+/* One 6 x 16 tile of C = A @ B: rows [i0, i0 + rows) (rows <= 6; missing rows repeat the last, are
+ * computed and not stored), columns [j0, j0 + 16); bias per column (bias_rows 0) or per row (1);
+ * activation on store. Six vector accumulators stay in registers across the whole k loop; each
+ * step loads one 16-float row of B and broadcasts six scalars of A. */
+static void nac_tile6x16(int64_t rows, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb,
+                         const float *bias, int bias_rows, int act, float p0, float p1, float *c, int64_t ldc) {
+    const float *a0 = a, *a1 = a + (rows > 1 ? 1 : 0) * lda, *a2 = a + (rows > 2 ? 2 : rows - 1) * lda;
+    const float *a3 = a + (rows > 3 ? 3 : rows - 1) * lda, *a4 = a + (rows > 4 ? 4 : rows - 1) * lda;
+    const float *a5 = a + (rows > 5 ? 5 : rows - 1) * lda;
+    nac_v16 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};
+    for (int64_t t = 0; t < k; ++t) {
+        const nac_v16 bv = NAC_LOAD16(b + t * ldb);
+        c0 += a0[t] * bv;
+        c1 += a1[t] * bv;
+        c2 += a2[t] * bv;
+        c3 += a3[t] * bv;
+        c4 += a4[t] * bv;
+        c5 += a5[t] * bv;
+    }
+    const nac_v16 acc[6] = {c0, c1, c2, c3, c4, c5};
+    for (int64_t r = 0; r < rows; ++r) {
+        nac_v16 v = acc[r];
+        if (bias && !bias_rows) v += NAC_LOAD16(bias);
+        else if (bias) v += bias[r];
+        float *cr = c + r * ldc;
+        if (act == NAC_IDENTITY) {
+            NAC_STORE16(cr, v);
+        } else {
+            float tmp[16];
+            NAC_STORE16(tmp, v);
+            for (int j = 0; j < 16; ++j) cr[j] = nac_act(act, tmp[j], p0, p1);
+        }
+    }
+}
+#endif
+
+/* C[m, n] (row stride ldc) = act(A[m, k] (lda) @ B[k, n] (ldb) + bias): bias per column
+ * (bias_rows 0, length n) or per row (1, length m), or NULL. */
+static void nac_gemm(int64_t m, int64_t k, int64_t n, const float *a, int64_t lda, const float *b, int64_t ldb,
+                     const float *bias, int bias_rows, int act, float p0, float p1, float *c, int64_t ldc) {
+    int64_t j_done = 0;
+#if defined(NAC_FAST)
+    const int64_t mt = (m + 5) / 6, nt = n / 16;
+    /* row tiles vary fastest: a thread's consecutive tiles reuse one 16-column panel of B */
+    NAC_OMP("omp parallel for schedule(static) if (m * n * k > 65536)")
+    for (int64_t p = 0; p < mt * nt; ++p) {
+        const int64_t i0 = (p % mt) * 6, j0 = (p / mt) * 16, rows = m - i0 < 6 ? m - i0 : 6;
+        nac_tile6x16(rows, k, a + i0 * lda, lda, b + j0, ldb,
+                     bias ? (bias_rows ? bias + i0 : bias + j0) : 0, bias_rows, act, p0, p1, c + i0 * ldc + j0, ldc);
+    }
+    j_done = nt * 16;
+#endif
+    if (j_done == n) return;
+    NAC_OMP("omp parallel for schedule(static) if (m * (n - j_done) * k > 65536)")
+    for (int64_t i = 0; i < m; ++i) {
+        float *ci = c + i * ldc;
+        for (int64_t j = j_done; j < n; ++j) ci[j] = 0.0f;
+        for (int64_t t = 0; t < k; ++t) {
+            const float av = a[i * lda + t];
+            const float *br = b + t * ldb;
+            for (int64_t j = j_done; j < n; ++j) ci[j] += av * br[j];
+        }
+        for (int64_t j = j_done; j < n; ++j)
+            ci[j] = nac_act(act, ci[j] + (bias ? bias[bias_rows ? i : j] : 0.0f), p0, p1);
+    }
+}
+
 void nac_linear(int64_t m, int64_t k, int64_t n, const float *x, const float *w, int w_io,
                 const float *bias, int act, float p0, float p1, float *out) {
-    for (int64_t i = 0; i < m; ++i) {
+    if (w_io) { /* w [k, n]: a row-major product, tiled where the build is fast */
+        nac_gemm(m, k, n, x, k, w, n, bias, 0, act, p0, p1, out, n);
+        return;
+    }
+    NAC_OMP("omp parallel for schedule(static) if (m * n * k > 65536)")
+    for (int64_t i = 0; i < m; ++i) { /* w [n, k]: dot products */
         const float *xi = x + i * k;
         float *oi = out + i * n;
-        if (w_io) { /* w [k, n]: accumulate rows, vectorisable */
-            for (int64_t j = 0; j < n; ++j) oi[j] = bias ? bias[j] : 0.0f;
-            for (int64_t t = 0; t < k; ++t) {
-                const float xv = xi[t];
-                const float *wr = w + t * n;
-                for (int64_t j = 0; j < n; ++j) oi[j] += xv * wr[j];
-            }
-        } else { /* w [n, k]: dot products */
-            for (int64_t j = 0; j < n; ++j) {
-                const float *wr = w + j * k;
-                float acc = 0.0f;
-                for (int64_t t = 0; t < k; ++t) acc += xi[t] * wr[t];
-                oi[j] = acc + (bias ? bias[j] : 0.0f);
-            }
+        for (int64_t j = 0; j < n; ++j) {
+            const float *wr = w + j * k;
+            float acc = 0.0f;
+            NAC_SIMD("omp simd reduction(+:acc)")
+            for (int64_t t = 0; t < k; ++t) acc += xi[t] * wr[t];
+            oi[j] = nac_act(act, acc + (bias ? bias[j] : 0.0f), p0, p1);
         }
-        if (act != NAC_IDENTITY)
-            for (int64_t j = 0; j < n; ++j) oi[j] = nac_act(act, oi[j], p0, p1);
     }
 }
 
@@ -282,26 +396,83 @@ void nac_embedding_q(int scheme, int64_t rows, int64_t d, const void *q, const f
 
 void nac_matmul(int64_t batch, const int64_t *a_off, const int64_t *b_off, int64_t m, int64_t k,
                 int64_t n, const float *a, const float *b, float *out) {
-    for (int64_t p = 0; p < batch; ++p) {
-        const float *ap = a + a_off[p], *bp = b + b_off[p];
-        float *op = out + p * m * n;
-        for (int64_t i = 0; i < m; ++i) {
-            float *oi = op + i * n;
-            for (int64_t j = 0; j < n; ++j) oi[j] = 0.0f;
-            for (int64_t t = 0; t < k; ++t) {
-                const float av = ap[i * k + t];
-                const float *br = bp + t * n;
-                for (int64_t j = 0; j < n; ++j) oi[j] += av * br[j];
+    for (int64_t p = 0; p < batch; ++p)
+        nac_gemm(m, k, n, a + a_off[p], k, b + b_off[p], n, 0, 0, NAC_IDENTITY, 0.0f, 0.0f, out + p * m * n, n);
+}
+
+#if defined(NAC_FAST)
+/* Depthwise convolution of one plane, zero padding: for each output row and tap, only the output
+ * columns whose input column is inside the plane, a plain run the compiler vectorises. */
+static void nac_depthwise_plane(int64_t h, int64_t w, const float *x, int64_t kh, int64_t kw, const float *wt,
+                                float bias, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw,
+                                int64_t oh, int64_t ow, int act, float p0, float p1, float *out) {
+    for (int64_t i = 0; i < oh; ++i) {
+        float *o = out + i * ow;
+        for (int64_t j = 0; j < ow; ++j) o[j] = bias;
+        for (int64_t u = 0; u < kh; ++u) {
+            const int64_t yy = i * sh - pt + u * dh;
+            if (yy < 0 || yy >= h) continue;
+            for (int64_t v = 0; v < kw; ++v) {
+                const float wv = wt[u * kw + v];
+                const int64_t off = v * dw - pl; /* input column of output column j: j * sw + off */
+                int64_t j0 = off >= 0 ? 0 : (-off + sw - 1) / sw;
+                int64_t j1 = w - 1 - off < 0 ? 0 : (w - 1 - off) / sw + 1;
+                if (j1 > ow) j1 = ow;
+                const float *xr = x + yy * w + off;
+                if (sw == 1)
+                    for (int64_t j = j0; j < j1; ++j) o[j] += wv * xr[j];
+                else
+                    for (int64_t j = j0; j < j1; ++j) o[j] += wv * xr[j * sw];
             }
         }
+        if (act != NAC_IDENTITY)
+            for (int64_t j = 0; j < ow; ++j) o[j] = nac_act(act, o[j], p0, p1);
     }
 }
+#endif
 
 void nac_conv2d(int64_t n, int64_t c, int64_t h, int64_t w, const float *x, int64_t cout, int64_t kh,
                 int64_t kw, const float *wt, const float *bias, int64_t sh, int64_t sw, int64_t pt,
                 int64_t pl, int64_t dh, int64_t dw, int64_t groups, int64_t oh, int64_t ow, int act,
-                float p0, float p1, float *out) {
+                float p0, float p1, float *cols, float *out) {
     const int64_t cin_g = c / groups, cout_g = cout / groups;
+#if defined(NAC_FAST)
+    if (groups == c && cout == c) { /* depthwise: planes over the threads */
+        NAC_OMP("omp parallel for schedule(static) if (n * c * oh * ow * kh * kw > 65536)")
+        for (int64_t p = 0; p < n * c; ++p)
+            nac_depthwise_plane(h, w, x + p * h * w, kh, kw, wt + (p % c) * kh * kw, bias ? bias[p % c] : 0.0f,
+                                sh, sw, pt, pl, dh, dw, oh, ow, act, p0, p1, out + p * oh * ow);
+        return;
+    }
+    if (cols) { /* im2col (rows (ci, u, v), columns (i, j)) then a tiled product per image and group */
+        const int64_t kk = cin_g * kh * kw, pix = oh * ow;
+        const int direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0 && oh == h && ow == w;
+        for (int64_t b = 0; b < n; ++b)
+            for (int64_t g = 0; g < groups; ++g) {
+                const float *xg = x + (b * c + g * cin_g) * h * w;
+                if (!direct) {
+                    NAC_OMP("omp parallel for schedule(static) if (kk * pix > 65536)")
+                    for (int64_t r = 0; r < kk; ++r) {
+                        const int64_t ci = r / (kh * kw), u = (r / kw) % kh, v = r % kw;
+                        float *cr = cols + r * pix;
+                        for (int64_t i = 0; i < oh; ++i) {
+                            const int64_t yy = i * sh - pt + u * dh;
+                            for (int64_t j = 0; j < ow; ++j) {
+                                const int64_t xx = j * sw - pl + v * dw;
+                                cr[i * ow + j] = (yy < 0 || yy >= h || xx < 0 || xx >= w) ? 0.0f
+                                                 : xg[(ci * h + yy) * w + xx];
+                            }
+                        }
+                    }
+                }
+                nac_gemm(cout_g, kk, pix, wt + g * cout_g * kk, kk, direct ? xg : cols, pix,
+                         bias ? bias + g * cout_g : 0, 1, act, p0, p1, out + (b * cout + g * cout_g) * pix, pix);
+            }
+        return;
+    }
+#else
+    (void)cols;
+#endif
     for (int64_t b = 0; b < n; ++b)
         for (int64_t o = 0; o < cout; ++o) {
             const int64_t g = o / cout_g;
@@ -390,6 +561,7 @@ void nac_adaptive_avg_pool2d(int64_t nc, int64_t h, int64_t w, const float *x, i
 
 void nac_layer_norm(int64_t rows, int64_t cols, const float *x, const float *w, const float *b,
                     float eps, float *out) {
+    NAC_OMP("omp parallel for schedule(static) if (rows * cols > 16384)")
     for (int64_t r = 0; r < rows; ++r) {
         const float *xr = x + r * cols;
         float *o = out + r * cols;
@@ -431,6 +603,7 @@ void nac_batch_norm(int64_t n, int64_t c, int64_t hw, const float *x, const floa
 }
 
 void nac_softmax(int64_t outer, int64_t n, int64_t inner, const float *x, int log, float *out) {
+    NAC_OMP("omp parallel for schedule(static) if (outer * n * inner > 16384)")
     for (int64_t p = 0; p < outer; ++p)
         for (int64_t q = 0; q < inner; ++q) {
             const float *xi = x + p * n * inner + q;
@@ -686,45 +859,65 @@ void nac_index(size_t elem, int xr, const int64_t *xshape, int ni, const int64_t
 }
 
 /* -- attention --------------------------------------------------------------------------------- */
+/* One (batch, head) of nac_sdpa; scratch: s floats. */
+static void nac_sdpa_head(int64_t bi, int64_t h, int64_t hq, int64_t hkv, int64_t l, int64_t s, int64_t e,
+                          int64_t ev, const float *q, const float *k, const float *v, int mask_kind,
+                          const void *mask, const int64_t *ms, float scale, int causal, float *scratch,
+                          float *out) {
+    const int64_t group = hq / hkv;
+    const int64_t hk = h / group;
+    const float *qh = q + (bi * hq + h) * l * e;
+    const float *kh = k + (bi * hkv + hk) * s * e;
+    const float *vh = v + (bi * hkv + hk) * s * ev;
+    float *oh = out + (bi * hq + h) * l * ev;
+    for (int64_t i = 0; i < l; ++i) {
+        float m = -INFINITY;
+        for (int64_t j = 0; j < s; ++j) {
+            float acc = 0.0f;
+            const float *qi = qh + i * e, *kj = kh + j * e;
+            NAC_SIMD("omp simd reduction(+:acc)")
+            for (int64_t t = 0; t < e; ++t) acc += qi[t] * kj[t];
+            acc *= scale;
+            int keep = !(causal && j > i + (s - l));
+            if (mask_kind) {
+                const int64_t mo = bi * ms[0] + h * ms[1] + i * ms[2] + j * ms[3];
+                if (mask_kind == 1) keep = keep && ((const uint8_t *)mask)[mo];
+                else acc += ((const float *)mask)[mo];
+            }
+            scratch[j] = keep ? acc : -INFINITY;
+            if (scratch[j] > m) m = scratch[j];
+        }
+        float *o = oh + i * ev;
+        for (int64_t t = 0; t < ev; ++t) o[t] = 0.0f;
+        if (m == -INFINITY) continue; /* every position masked: zeros */
+        double sum = 0.0;
+        for (int64_t j = 0; j < s; ++j) {
+            scratch[j] = expf(scratch[j] - m);
+            sum += scratch[j];
+        }
+        for (int64_t j = 0; j < s; ++j) {
+            const float p = (float)(scratch[j] / sum);
+            if (p == 0.0f) continue;
+            const float *vj = vh + j * ev;
+            for (int64_t t = 0; t < ev; ++t) o[t] += p * vj[t];
+        }
+    }
+}
+
 void nac_sdpa(int64_t b, int64_t hq, int64_t hkv, int64_t l, int64_t s, int64_t e, int64_t ev,
               const float *q, const float *k, const float *v, int mask_kind, const void *mask,
               const int64_t *ms, float scale, int causal, float *scratch, float *out) {
-    const int64_t group = hq / hkv;
-    for (int64_t bi = 0; bi < b; ++bi)
-        for (int64_t h = 0; h < hq; ++h) {
-            const int64_t hk = h / group;
-            const float *qh = q + (bi * hq + h) * l * e;
-            const float *kh = k + (bi * hkv + hk) * s * e;
-            const float *vh = v + (bi * hkv + hk) * s * ev;
-            float *oh = out + (bi * hq + h) * l * ev;
-            for (int64_t i = 0; i < l; ++i) {
-                float m = -INFINITY;
-                for (int64_t j = 0; j < s; ++j) {
-                    float acc = 0.0f;
-                    for (int64_t t = 0; t < e; ++t) acc += qh[i * e + t] * kh[j * e + t];
-                    acc *= scale;
-                    int keep = !(causal && j > i + (s - l));
-                    if (mask_kind) {
-                        const int64_t mo = bi * ms[0] + h * ms[1] + i * ms[2] + j * ms[3];
-                        if (mask_kind == 1) keep = keep && ((const uint8_t *)mask)[mo];
-                        else acc += ((const float *)mask)[mo];
-                    }
-                    scratch[j] = keep ? acc : -INFINITY;
-                    if (scratch[j] > m) m = scratch[j];
-                }
-                float *o = oh + i * ev;
-                for (int64_t t = 0; t < ev; ++t) o[t] = 0.0f;
-                if (m == -INFINITY) continue; /* every position masked: zeros */
-                double sum = 0.0;
-                for (int64_t j = 0; j < s; ++j) {
-                    scratch[j] = expf(scratch[j] - m);
-                    sum += scratch[j];
-                }
-                for (int64_t j = 0; j < s; ++j) {
-                    const float p = (float)(scratch[j] / sum);
-                    if (p == 0.0f) continue;
-                    for (int64_t t = 0; t < ev; ++t) o[t] += p * vh[j * ev + t];
-                }
-            }
-        }
+#if defined(_OPENMP)
+    (void)scratch;
+    NAC_OMP("omp parallel if (b * hq * l * s * e > 65536)")
+    {
+        float own[s > 0 ? s : 1]; /* each thread's row of scores */
+        NAC_OMP("omp for schedule(static)")
+        for (int64_t p = 0; p < b * hq; ++p)
+            nac_sdpa_head(p / hq, p % hq, hq, hkv, l, s, e, ev, q, k, v, mask_kind, mask, ms, scale, causal, own, out);
+    }
+#else
+    for (int64_t p = 0; p < b * hq; ++p)
+        nac_sdpa_head(p / hq, p % hq, hq, hkv, l, s, e, ev, q, k, v, mask_kind, mask, ms, scale, causal, scratch, out);
+#endif
 }

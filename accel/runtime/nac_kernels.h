@@ -4,6 +4,8 @@
  * output is contiguous. Kernels never allocate; the emitted program passes pointers into its
  * static arena, its input buffers and the read-only weight blob. A kernel that meets bad data
  * (an index out of range) sets nac_error and returns; the program checks it after each step.
+ * Host builds compile with NAC_FAST (register-tiled products, vectorised loops) and OpenMP (steps
+ * split over OMP_NUM_THREADS threads); without them each kernel is a plain portable loop.
  * Copied unchanged into every emitted project by nac.accel.emit. */
 #ifndef NAC_KERNELS_H
 #define NAC_KERNELS_H
@@ -52,6 +54,7 @@ void nac_arange_f32(int64_t n, double start, double step, float *out);
 void nac_arange_i64(int64_t n, int64_t start, int64_t step, int64_t *out);
 
 /* linear algebra */
+/* w: [k, n] row-major (w_io, as nac emit packs constant weights) or [n, k] */
 void nac_linear(int64_t m, int64_t k, int64_t n, const float *x, const float *w, int w_io,
                 const float *bias, int act, float p0, float p1, float *out);
 /* linear with a quantised weight [n, k] (format/SPEC.md "Quantised tensors"): scheme 0 int8
@@ -67,10 +70,12 @@ void nac_embedding_q(int scheme, int64_t rows, int64_t d, const void *q, const f
                      int64_t count, const int64_t *index, float *out);
 void nac_matmul(int64_t batch, const int64_t *a_off, const int64_t *b_off, int64_t m, int64_t k,
                 int64_t n, const float *a, const float *b, float *out);
+/* cols: scratch of (c / groups) * kh * kw * oh * ow floats for the fast build's im2col, or NULL
+ * (the plain direct loops; depthwise convolutions never use it) */
 void nac_conv2d(int64_t n, int64_t c, int64_t h, int64_t w, const float *x, int64_t cout, int64_t kh,
                 int64_t kw, const float *wt, const float *bias, int64_t sh, int64_t sw, int64_t pt,
                 int64_t pl, int64_t dh, int64_t dw, int64_t groups, int64_t oh, int64_t ow, int act,
-                float p0, float p1, float *out);
+                float p0, float p1, float *cols, float *out);
 
 /* pooling and normalisation */
 void nac_max_pool2d(int64_t nc, int64_t h, int64_t w, const float *x, int64_t kh, int64_t kw, int64_t sh,

@@ -36,9 +36,16 @@ def zoo_files(tmp_path_factory):
     return out
 
 
+HOST_BUILDS = {"plain": {"FAST": 0, "OPENMP": 0}, "fast": {"FAST": 1, "OPENMP": 0}, "fast-openmp": {"FAST": 1, "OPENMP": 1}}
+
+
+@pytest.mark.parametrize("build", HOST_BUILDS)
 @pytest.mark.parametrize("name", ZOO)
-def test_host_build_matches_engine(zoo_files, name, tmp_path):
-    report, result = verify(zoo_files[name], "host", out_dir=tmp_path / name)
+def test_host_build_matches_engine(zoo_files, name, build, tmp_path):
+    """Each host build (the plain portable loops; the tiled, vectorised kernels; those over
+    OpenMP threads) agrees with the engine within 1e-4 of each output's scale."""
+    report, result = verify(zoo_files[name], "host", out_dir=tmp_path / name, make_vars=HOST_BUILDS[build],
+                            env={"OMP_NUM_THREADS": 2})
     assert max(result.max_rel_err) <= 1e-4 and result.time_ns > 0
     assert report.arena_bytes <= report.naive_bytes
 
@@ -74,6 +81,34 @@ def test_acalsim_firmware_builds_but_is_not_run_on_stock_qemu(zoo_files, tmp_pat
     assert "ACALSIM_BASE 0x10300000u" in (report.folder / "nac_acalsim_map.h").read_text()
     with pytest.raises(nac.NacError, match="QEMU-SST"):
         verify(zoo_files["resnet"], "riscv32", out_dir=tmp_path / "x", offload="acalsim")
+
+
+class _Edges(nn.Module):
+    """Shapes off the fast kernels' tile sizes: a linear of 7 x 33 -> 37 (6 x 16 tiles and their
+    row and column remainders), a grouped strided 3x3 conv, a 1x1 conv (the direct product), a
+    dilated strided 5x5 depthwise conv whose taps leave the plane on every side, and a batched
+    matmul with 19 columns."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(33, 37)
+        self.grouped = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
+        self.point = nn.Conv2d(6, 20, 1)
+        self.depth = nn.Conv2d(20, 20, 5, stride=2, padding=3, dilation=2, groups=20)
+
+    def forward(self, x, img, a, b):
+        y = torch.nn.functional.gelu(self.fc(x))
+        z = self.depth(torch.nn.functional.relu6(self.point(torch.relu(self.grouped(img)))))
+        return y, z, torch.matmul(a, b)
+
+
+@pytest.mark.parametrize("build", HOST_BUILDS)
+def test_host_kernels_at_tile_edges(build, tmp_path):
+    """Every host build agrees with the engine where the tiled kernels' remainders run."""
+    ex = (torch.randn(7, 33), torch.randn(2, 4, 13, 11), torch.randn(3, 5, 8), torch.randn(3, 8, 19))
+    p = nac.export(_Edges().eval(), ex, tmp_path / "edges.nac")
+    _, result = verify(p, "host", out_dir=tmp_path / "e", make_vars=HOST_BUILDS[build], env={"OMP_NUM_THREADS": 2})
+    assert max(result.max_rel_err) <= 1e-4
 
 
 def test_register_map_errors(zoo_files, tmp_path):
