@@ -70,17 +70,17 @@ fuzz: setup
 	    cd $(CURDIR); \
 	done
 
-# `nac emit` targets: the RISC-V cross-compiler, picolibc and QEMU; `nac visualize` to SVG/PNG: Graphviz;
+# `nac emit` targets: the RISC-V cross-compiler, picolibc and QEMU, and clang for --rvv; `nac visualize` to SVG/PNG: Graphviz;
 # the web page's browser test: Chromium (Debian/Ubuntu packages; root or sudo).
 toolchain:
 	@if command -v riscv64-unknown-elf-gcc >/dev/null && command -v qemu-system-riscv32 >/dev/null \
-	    && command -v dot >/dev/null && command -v chromium >/dev/null \
+	    && command -v dot >/dev/null && command -v chromium >/dev/null && command -v clang >/dev/null \
 	    && echo '#include <stdio.h>' | riscv64-unknown-elf-gcc --specs=picolibc.specs -E -x c - >/dev/null 2>&1; then \
 	    echo "RISC-V toolchain, Graphviz and Chromium present"; \
 	else \
 	    SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	        gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc make gcc graphviz chromium >/dev/null; \
+	        gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc make gcc clang graphviz chromium >/dev/null; \
 	fi
 
 clean:

@@ -67,6 +67,7 @@ class EmitReport:
     steps: int
     offload: str = "none"
     offloaded: int = 0                            # steps routed to the ACALSim device
+    rvv: bool = False                             # riscv64 kernels built for the vector extension
     inputs: list = field(default_factory=list)   # [(name, numpy dtype, shape)] in graph order
     outputs: list = field(default_factory=list)
     ops: dict = field(default_factory=dict)
@@ -74,7 +75,7 @@ class EmitReport:
 
 
 def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offload: str = "none",
-         name: str | None = None, register_map="scalar") -> EmitReport:
+         name: str | None = None, register_map="scalar", rvv: bool = False) -> EmitReport:
     """Write a C project computing ``model`` (a `.nac` path or a loaded `nac.Model`) into ``out_dir``.
 
     Args:
@@ -87,6 +88,10 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
         register_map: with ``acalsim``, the device's register layout: ``scalar``, ``command``,
             a JSON file or a dict (`nac.accel.acalsim.register_map`).
         name: C identifier prefix and file stem (default: the file's stem).
+        rvv: with ``riscv64``, build the kernels for the RISC-V vector extension 1.0 (clang,
+            ``-march=rv64imafcv``; the tiled kernels of the host's fast build, vectorised for
+            VLEN >= 128) and run QEMU with ``-cpu rv64,v=true,vlen=128``; the rest of the program
+            stays GCC's. ``make RVV=0`` builds the plain loops again.
     Returns:
         An `EmitReport` (arena, naive activation sum, scratch and weight bytes).
     Raises:
@@ -100,6 +105,8 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
         raise NacError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if offload not in ("none", "acalsim"):
         raise NacError(f"unknown offload {offload!r}; choose none or acalsim")
+    if rvv and target != "riscv64":
+        raise NacError(f"--rvv builds for riscv64 (the vector extension needs RV64 here), not {target}")
     regmap = None
     if offload == "acalsim":
         from nac.accel.acalsim import register_map as _register_map
@@ -121,7 +128,7 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        gen.write(tmp, target)
+        gen.write(tmp, target, rvv)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -132,7 +139,7 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
     for s in plan.steps:
         ops[s.op] = ops.get(s.op, 0) + 1
     return EmitReport(out, name, target, plan.env, plan.arena_bytes, plan.naive_bytes, gen.scratch_top,
-                      len(gen.blob), len(plan.steps), offload, gen.offloaded,
+                      len(gen.blob), len(plan.steps), offload, gen.offloaded, rvv,
                       [(n, plan.inputs[n].dtype, plan.inputs[n].shape) for n in g.inputs],
                       [(n, a.dtype, a.shape) for n, a in zip(g.outputs, plan.outputs)],
                       ops, m.metadata.get("compile", {}).get("passes", {}))
@@ -625,7 +632,7 @@ class _Generator:
                   f"(float *){sc}, {self.ptr(out, False)});")
 
     # -- files --------------------------------------------------------------------------------------
-    def write(self, d: Path, target: str) -> None:
+    def write(self, d: Path, target: str, rvv: bool = False) -> None:
         name, g, plan = self.name, self.graph, self.plan
         for f in ("nac_kernels.h", "nac_kernels.c"):
             shutil.copy(RUNTIME / f, d / f)
@@ -707,7 +714,8 @@ int {name}_run(const void *const *inputs, void *const *outputs) {{
         (d / f"{name}_main.c").write_text(_MAIN.replace("@NAME@_NUM", name.upper() + "_NUM").replace("@NAME@", name))
         (d / f"{name}.ld").write_text(_LINKER.replace("@NAME@", name))
         (d / "Makefile").write_text(_MAKEFILE.replace("@NAME@", name).replace("@TARGET@", target)
-                                    .replace("@EXTRA_SRC@", extra_src).replace("@CFLAGS@", cflags))
+                                    .replace("@EXTRA_SRC@", extra_src).replace("@CFLAGS@", cflags)
+                                    .replace("@RVV@", str(int(rvv))))
 
 
 def _c_strides(shape) -> list[int]:
@@ -752,6 +760,9 @@ static uint64_t counter(int which) {
 }
 
 int main(void) {
+#if defined(NAC_RVV)
+    __asm__ volatile("csrs mstatus, %0" : : "r"(1ul << 9)); /* mstatus.VS = Initial: the vector unit on */
+#endif
     static const void *inputs[@NAME@_NUM_INPUTS + 1];
     static void *outputs[@NAME@_NUM_OUTPUTS + 1];
     FILE *f = fopen("input.bin", "rb");
@@ -806,9 +817,11 @@ INCLUDE picolibc.ld
 """
 
 _MAKEFILE = r"""# Build and run @NAME@: `make run` reads input.bin and writes output.bin.
+.DEFAULT_GOAL := all
 TARGET ?= @TARGET@
 NAME = @NAME@
-SRC = $(NAME).c $(NAME)_main.c nac_kernels.c $(NAME)_weights.S@EXTRA_SRC@
+KERNELS = nac_kernels.c
+SRC = $(NAME).c $(NAME)_main.c $(KERNELS) $(NAME)_weights.S@EXTRA_SRC@
 WARN = -std=c99 -Wall -Wextra -Werror@CFLAGS@
 
 ifeq ($(TARGET),host)
@@ -835,7 +848,21 @@ else
 CC = riscv64-unknown-elf-gcc
 CFLAGS = $(WARN) -O2 -march=rv64imafc -mabi=lp64f -mcmodel=medany -Wa,-march=rv64imafc_zicsr --specs=picolibc.specs --oslib=semihost --crt0=semihost -T $(NAME).ld
 PROG = $(NAME).elf
-RUN = qemu-system-riscv64 -M virt -m 512M -bios none -nographic -semihosting-config enable=on,target=native -icount shift=0 -kernel $(PROG)
+QEMU_CPU =
+# RVV=1: the kernels for the vector extension 1.0, compiled by clang (GCC 12 does not vectorise for
+# RVV) and linked by GCC with picolibc; main switches the vector unit on (mstatus.VS)
+RVV ?= @RVV@
+ifeq ($(RVV),1)
+CLANG ?= clang
+PICOLIBC_INC ?= $(strip $(shell echo | $(CC) --specs=picolibc.specs -march=rv64imafc -mabi=lp64f -E -Wp,-v -x c - 2>&1 | grep -m1 'picolibc.*include'))
+KERNELS = nac_kernels.o
+CFLAGS += -DNAC_RVV
+QEMU_CPU = -cpu rv64,v=true,vlen=128
+nac_kernels.o: nac_kernels.c nac_kernels.h .build-flags
+	$(CLANG) --target=riscv64-unknown-elf -march=rv64imafcv -mabi=lp64f -mcmodel=medany -O3 -DNAC_FAST -fopenmp-simd \
+	    -ffp-contract=fast -mllvm -riscv-v-vector-bits-min=128 $(WARN) -isystem $(PICOLIBC_INC) -c -o $@ nac_kernels.c
+endif
+RUN = qemu-system-riscv64 -M virt $(QEMU_CPU) -m 512M -bios none -nographic -semihosting-config enable=on,target=native -icount shift=0 -kernel $(PROG)
 endif
 
 all: $(PROG)
@@ -853,7 +880,7 @@ run: $(PROG) input.bin
 	$(RUN)
 
 clean:
-	rm -f $(NAME) $(NAME).elf output.bin .build-flags
+	rm -f $(NAME) $(NAME).elf nac_kernels.o output.bin .build-flags
 
 .PHONY: all run clean FORCE
 """

@@ -31,13 +31,14 @@ class RunResult:
     max_rel_err: list = field(default_factory=list)
 
 
-def toolchain_check(target: str) -> None:
-    """Raise NacError naming what is missing to build and run ``target``, and how to install it."""
+def toolchain_check(target: str, rvv: bool = False) -> None:
+    """Raise NacError naming what is missing to build and run ``target`` (with ``rvv``: clang
+    too), and how to install it."""
     need = {"host": ["gcc", "make"], "riscv32": ["riscv64-unknown-elf-gcc", "qemu-system-riscv32", "make"],
-            "riscv64": ["riscv64-unknown-elf-gcc", "qemu-system-riscv64", "make"]}[target]
+            "riscv64": ["riscv64-unknown-elf-gcc", "qemu-system-riscv64", "make"]}[target] + (["clang"] if rvv else [])
     missing = [t for t in need if shutil.which(t) is None]
     if missing:
-        how = "install gcc and make" if target == "host" else f"on Debian/Ubuntu: {INSTALL}"
+        how = "install gcc and make" if target == "host" else f"on Debian/Ubuntu: {INSTALL}{' clang' if rvv else ''}"
         raise NacError(f"building for {target} needs {', '.join(missing)}, not found on PATH ({how})")
     if target != "host":
         probe = subprocess.run(["riscv64-unknown-elf-gcc", "--specs=picolibc.specs", "-E", "-x", "c", "-"],
@@ -56,7 +57,7 @@ def build_and_run(report, inputs: list[np.ndarray], timeout: float = 900, make_v
         NacError: a missing tool, a failed build (the compiler's message), a program that fails
             or times out, or an output.bin of the wrong size.
     """
-    toolchain_check(report.target)
+    toolchain_check(report.target, getattr(report, "rvv", False))
     folder = Path(report.folder)
     if len(inputs) != len(report.inputs):
         raise NacError(f"{report.name} takes {len(report.inputs)} inputs, got {len(inputs)}")
@@ -121,7 +122,8 @@ def example_inputs(model, report, seed: int = 0) -> list[np.ndarray]:
 
 def verify(model, target: str = "host", shapes: dict | None = None, out_dir=None, inputs=None,
            rtol: float = 1e-4, timeout: float = 900, offload: str = "none", register_map="scalar",
-           name: str | None = None, make_vars: dict | None = None, env: dict | None = None) -> tuple:
+           name: str | None = None, make_vars: dict | None = None, env: dict | None = None,
+           rvv: bool = False) -> tuple:
     """Emit ``model`` for ``target``, build and run it, and compare every output with the engine's
     on the same inputs: ``max |c - engine| / max(1, max |engine|)`` per output must be ≤ ``rtol``.
     ``make_vars`` and ``env`` go to `build_and_run` (e.g. the host's plain build, thread count).
@@ -139,9 +141,10 @@ def verify(model, target: str = "host", shapes: dict | None = None, out_dir=None
         raise NacError("running --offload acalsim on RISC-V needs ACALSim's QEMU-SST build: stock QEMU has no device at "
                        "0x10300000 (a store there faults). Emit without --verify and run it there, or verify on "
                        "--target host, where a software model of the device stands in")
-    toolchain_check(target)
+    toolchain_check(target, rvv)
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="nac-emit-")) / m.path.stem
-    report = emit(m, folder, target=target, shapes=shapes, offload=offload, register_map=register_map, name=name)
+    report = emit(m, folder, target=target, shapes=shapes, offload=offload, register_map=register_map, name=name,
+                  rvv=rvv)
     xs = list(inputs) if inputs is not None else example_inputs(m, report)
     want = m.run(xs)
     result = build_and_run(report, xs, timeout=timeout, make_vars=make_vars, env=env)

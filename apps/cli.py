@@ -128,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     em.add_argument("--register-map", default="scalar", metavar="NAME|FILE.json",
                     help="ACALSim register layout: 'scalar', 'command', or a JSON file (see accel/ACALSIM.md)")
     em.add_argument("--name", help="C name prefix (default: the file's stem)")
+    em.add_argument("--rvv", action="store_true",
+                    help="riscv64: kernels for the RISC-V vector extension 1.0 (built with clang; QEMU runs them "
+                         "with -cpu rv64,v=true)")
     em.add_argument("--verify", action="store_true", help="build, run and compare with the engine")
     em.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -777,7 +780,8 @@ def cmd_emit(args) -> int:
     from nac.accel import emit, verify
 
     shapes = _shape_options(args.shape)
-    kw = dict(target=args.target, shapes=shapes, offload=args.offload, register_map=args.register_map, name=args.name)
+    kw = dict(target=args.target, shapes=shapes, offload=args.offload, register_map=args.register_map, name=args.name,
+              rvv=args.rvv)
     if args.verify:
         report, result = verify(args.model, out_dir=args.output, **kw)
     else:

@@ -1,7 +1,8 @@
 """What `nac emit` produces, per model: firmware code size (RV32 .text without the weights, picolibc
 included), weight bytes, arena vs. the naive sum of all
 activations, instructions retired on RV32 (QEMU, `-icount shift=0`), and the host build's run
-time beside the engine's on the same input.
+time beside the engine's on the same input, and RV64 instructions retired without and with the
+vector extension (``--rvv``, QEMU ``-cpu rv64,v=true,vlen=128``).
 
     python bench/bench_accel.py [--json bench/results/accel.json] [--no-minilm]
 
@@ -53,6 +54,8 @@ def measure(name: str, path: Path, work: Path, shapes=None, inputs=None) -> dict
     host, host_res = verify(m, "host", shapes=shapes, out_dir=work / f"{name}-host", inputs=xs, env=env)
     _, plain_res = verify(m, "host", shapes=shapes, out_dir=work / f"{name}-plain", inputs=xs, env=env,
                           make_vars={"FAST": 0, "OPENMP": 0})
+    _, rv64 = verify(m, "riscv64", shapes=shapes, out_dir=work / f"{name}-rv64", inputs=xs)
+    _, rvv = verify(m, "riscv64", shapes=shapes, out_dir=work / f"{name}-rvv", inputs=xs, rvv=True)
     import subprocess
 
     sizes = subprocess.run(["riscv64-unknown-elf-size", "-B", str(rv.folder / f"{rv.name}.elf")], capture_output=True,
@@ -62,8 +65,10 @@ def measure(name: str, path: Path, work: Path, shapes=None, inputs=None) -> dict
             "code_bytes": text - rv.weight_bytes, "data_bytes": data, "bss_bytes": bss,
             "weight_bytes": rv.weight_bytes, "arena_bytes": rv.arena_bytes, "naive_activation_bytes": rv.naive_bytes,
             "rv32_instret": rv_res.instret, "host_ms": host_res.time_ns / 1e6, "host_plain_ms": plain_res.time_ns / 1e6,
-            "engine_ms": engine_ms(m, xs), "threads": num_threads(),
-            "max_rel_err": max(rv_res.max_rel_err + host_res.max_rel_err + plain_res.max_rel_err)}
+            "engine_ms": engine_ms(m, xs), "threads": num_threads(), "rv64_instret": rv64.instret,
+            "rv64_rvv_instret": rvv.instret,
+            "max_rel_err": max(rv_res.max_rel_err + host_res.max_rel_err + plain_res.max_rel_err + rv64.max_rel_err
+                               + rvv.max_rel_err)}
 
 
 def main() -> None:
@@ -97,6 +102,10 @@ def main() -> None:
               f"{r['naive_activation_bytes']:>11,} {r['rv32_instret']:>14,} {r['host_ms']:>10.3f} "
               f"{r['host_plain_ms']:>10.3f} {r['engine_ms']:>10.3f} {r['host_ms'] / r['engine_ms']:>11.2f}")
     print(f"{platform.processor() or platform.machine()}, {rows[0]['threads']} threads")
+    print(f"\n{'model':<16} {'RV64 instret':>14} {'RV64+RVV instret':>17} {'RVV / plain':>11}")
+    for r in rows:
+        print(f"{r['model']:<16} {r['rv64_instret']:>14,} {r['rv64_rvv_instret']:>17,} "
+              f"{r['rv64_rvv_instret'] / r['rv64_instret']:>11.2f}")
     print(f"torch {torch.__version__}; all outputs within {max(r['max_rel_err'] for r in rows):.2g} of the engine")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
