@@ -716,3 +716,85 @@ def unigram(cps, starts, ends, keys, koff, kid, htab, scores, max_len, unk, unk_
             k += 1
         counts[w] = k - k0
     return ids[:k], counts, 0
+
+
+# -- the whole encode path in one call ---------------------------------------------------------------
+#: the fused pipeline's split step (its rewrite steps are the REWRITE_* codes)
+PRE_SPLIT = 3
+
+
+@njit(cache=True, nogil=True)
+def pre_tokenize(cps, lens, first, ops, kinds, masks, behaviours, inverts, lit, lit_off, ra, rb, index, blocks):
+    """Every array pre-tokeniser step of a program, in order, in one call.
+
+    cps: int32 code points of all segments, back to back; lens: int64 length of each segment;
+    first: whether each segment starts at offset 0 of its text. Step ``k`` is ``ops[k]``:
+    `PRE_SPLIT` (`split_words` with ``kinds[k]``, ``masks[k]``, ``behaviours[k]``,
+    ``inverts[k]`` and the literal ``lit[lit_off[k]:lit_off[k + 1]]``) or a `rewrite_words` op
+    with operands ``ra[k]``, ``rb[k]``. Returns ``(cps, starts, ends, segment)``: the words and
+    the segment each came from (empty segments give no word)."""
+    n = 0
+    for i in range(lens.size):
+        n += lens[i] > 0
+    starts = np.empty(n, np.int64)
+    ends = np.empty(n, np.int64)
+    seg = np.empty(n, np.int64)
+    wfirst = np.empty(n, np.bool_)
+    pos = 0
+    w = 0
+    for i in range(lens.size):
+        if lens[i] > 0:
+            starts[w] = pos
+            ends[w] = pos + lens[i]
+            seg[w] = i
+            wfirst[w] = first[i]
+            w += 1
+        pos += lens[i]
+    for k in range(ops.size):
+        if ops[k] == PRE_SPLIT:
+            s, e, f, src = split_words(cps, starts, ends, wfirst, kinds[k], index, blocks, masks[k],
+                                       lit[lit_off[k]:lit_off[k + 1]], behaviours[k], inverts[k])
+            starts, ends, wfirst = s, e, f
+            seg = seg[src]
+        else:
+            c, s, e = rewrite_words(cps, starts, ends, wfirst, ops[k], ra[k], rb[k])
+            cps, starts, ends = c, s, e
+    return cps, starts, ends, seg
+
+
+@njit(cache=True, nogil=True)
+def per_segment(counts, seg, nseg):
+    """Token counts per word -> per segment (int64[nseg])."""
+    out = np.zeros(nseg, np.int64)
+    for w in range(counts.size):
+        out[seg[w]] += counts[w]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def encode_wordpiece(cps, lens, first, pre, keys, koff, kid, htab, prefix, max_chars, unk):
+    """`pre_tokenize` (``pre``: its step arrays, as a tuple) then `wordpiece`, in one call.
+    Returns ``(ids int32[], tokens per segment int64[])``."""
+    c, s, e, seg = pre_tokenize(cps, lens, first, *pre)
+    ids, counts = wordpiece(c, s, e, keys, koff, kid, htab, prefix, max_chars, unk)
+    return ids, per_segment(counts, seg, lens.size)
+
+
+@njit(cache=True, nogil=True)
+def encode_bpe(cps, lens, first, pre, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, suffix, byte_ids,
+               byte_fallback, unk, fuse_unk, ignore_merges, byte_mode):
+    """`pre_tokenize` then `bpe`, in one call. Returns ``(ids, tokens per segment, error)``."""
+    c, s, e, seg = pre_tokenize(cps, lens, first, *pre)
+    ids, counts, err = bpe(c, s, e, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, suffix, byte_ids,
+                           byte_fallback, unk, fuse_unk, ignore_merges, byte_mode)
+    return ids, per_segment(counts, seg, lens.size), err
+
+
+@njit(cache=True, nogil=True)
+def encode_unigram(cps, lens, first, pre, keys, koff, kid, htab, scores, max_len, unk, unk_score, fuse_unk,
+                   byte_ids, byte_fallback):
+    """`pre_tokenize` then `unigram`, in one call. Returns ``(ids, tokens per segment, error)``."""
+    c, s, e, seg = pre_tokenize(cps, lens, first, *pre)
+    ids, counts, err = unigram(c, s, e, keys, koff, kid, htab, scores, max_len, unk, unk_score, fuse_unk, byte_ids,
+                               byte_fallback)
+    return ids, per_segment(counts, seg, lens.size), err

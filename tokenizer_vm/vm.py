@@ -2,8 +2,9 @@
 
 Encoding a batch goes stage by stage over all texts at once. Added tokens are split out and each
 remaining piece is normalised at the string level (Python's C string routines); the pieces then
-become one ``int32`` code-point array and every pre-tokeniser step and the model run as Numba
-kernels over the whole batch (:mod:`nac.tokenizer_vm.kernels`). Templates, truncation and
+become one ``int32`` code-point array, and every pre-tokeniser step and the model run over the
+whole batch in one compiled call (`kernels.encode_wordpiece`, `encode_bpe`, `encode_unigram`:
+the steps are data, `kernels.pre_tokenize` runs them), so no Python runs per word or per step. Templates, truncation and
 padding are list operations at the end. Decoding is string work on the token texts.
 """
 from __future__ import annotations
@@ -99,10 +100,13 @@ class Tokenizer:
         self._token_cache: dict[int, str] = {}
         self._vocab_map: dict[str, int] | None = None
         self._norm, self._pre_str, self._pre_arr, self._model, self._template, self._dec = [], [], [], None, None, []
+        self._pre_steps: list[tuple] = []  # the array pre-tokeniser steps as data, for the one-call path
+        self._fused = None  # (cps, lens, first) -> (ids, tokens per segment): pre-tokeniser and model in one call
         self._trim: bool | None = None  # POST.TRIM_OFFSETS: None, or its add_prefix_space
         self._aligner = None  # the offsets path's steps (nac.tokenizer_vm.offsets), built on first use
         for ins in program.code:
             self._load(ins)
+        self._pre = self._pre_arrays()
         # what decode shows for an added token: its normalised form if it is matched normalised
         self._added_text = {a["id"]: self._normalize(a["content"])[0] if a["normalized"] and self._norm
                             else a["content"] for a in program.added}
@@ -276,10 +280,30 @@ class Tokenizer:
             lost_left |= lost
         return s, lost_left
 
+    def _pre_arrays(self) -> tuple:
+        """The array pre-tokeniser steps as `kernels.pre_tokenize`'s step arrays."""
+        steps = self._pre_steps
+        lits = [st[5] for st in steps]
+        lit_off = np.concatenate([[0], np.cumsum([len(x) for x in lits], dtype=np.int64)]).astype(np.int64)
+        col = lambda k, dt: np.array([st[k] for st in steps], dt)  # noqa: E731
+        lit = np.concatenate(lits).astype(np.int32) if lits else np.empty(0, np.int32)
+        return (col(0, np.int64), col(1, np.int64), col(2, np.int64), col(3, np.int64), col(4, np.bool_), lit, lit_off,
+                col(6, np.int64), col(7, np.int64), *self._cls)
+
     def _segments(self, segments: list[str], first: list[bool]) -> list[list[int]]:
         """Pre-tokenise and run the model over all segments at once; token ids per segment."""
         if not segments:
             return []
+        if self._fused is not None and not self._pre_str:  # one compiled call for the whole batch
+            lens = np.fromiter(map(len, segments), np.int64, len(segments))
+            text = "".join(segments).encode("utf-32-le", "surrogatepass")
+            cps = np.frombuffer(bytearray(text), np.int32)
+            ids, per_seg = self._fused(cps, lens, np.array(first, np.bool_))
+            flat, out, off = ids.tolist(), [], 0
+            for n in per_seg.tolist():
+                out.append(flat[off:off + n])
+                off += n
+            return out
         words, wseg, wfirst = segments, list(range(len(segments))), first
         for fn in self._pre_str:
             words, wseg, wfirst = fn(words, wseg, wfirst)
@@ -562,12 +586,14 @@ class Tokenizer:
             s, e, f, src = K.split_words(cps, starts, ends, first, kind, idx, blocks, mask, lit, beh, inv)
             return cps, s, e, f, src
         self._pre_arr.append(run)
+        self._pre_steps.append((K.PRE_SPLIT, kind, mask, beh, inv, lit, 0, 0))
 
     def _rewrite(self, op, a=0, b=0):
         def run(cps, starts, ends, first):
             c, s, e = K.rewrite_words(cps, starts, ends, first, op, a, b)
             return c, s, e, first, None
         self._pre_arr.append(run)
+        self._pre_steps.append((op, 0, 0, 0, False, np.empty(0, np.int32), a, b))
 
     def _op_pre_prefix_space(self, ins):
         self._rewrite(K.REWRITE_PREFIX_SPACE)
@@ -587,6 +613,8 @@ class Tokenizer:
         prefix = np.array(ins["prefix"], np.int32)
         unk, max_chars = int(ins["unk"]), int(ins["max_chars"])
         self._model = lambda cps, s, e: K.wordpiece(cps, s, e, *keys, prefix, max_chars, unk)
+        self._fused = lambda cps, lens, first: K.encode_wordpiece(cps, lens, first, self._pre, *keys, prefix, max_chars,
+                                                                  unk)
 
     def _op_model_wordlevel(self, ins):
         keys = self._key_tables(ins)
@@ -609,6 +637,7 @@ class Tokenizer:
             ids, counts, _ = K.bpe(cps, s, e, *keys, *merges, *args)
             return ids, counts
         self._model = run
+        self._fused = lambda cps, lens, first: K.encode_bpe(cps, lens, first, self._pre, *keys, *merges, *args)[:2]
 
     def _op_model_unigram(self, ins):
         t = self.program.tables
@@ -622,6 +651,13 @@ class Tokenizer:
                 raise NacError(f"{self.program.source}: text needs an unknown token but the Unigram model has no unk_id")
             return ids, counts
         self._model = run
+
+        def fused(cps, lens, first):
+            ids, per_seg, err = K.encode_unigram(cps, lens, first, self._pre, *keys, *args)
+            if err:
+                raise NacError(f"{self.program.source}: text needs an unknown token but the Unigram model has no unk_id")
+            return ids, per_seg
+        self._fused = fused
 
     def _op_post_trim_offsets(self, ins):
         self._trim = bool(ins["prefix_space"])

@@ -36,6 +36,26 @@ def test_corpus_parity(pair, corpus):
         assert not bad, f"{name}: {len(bad)} decodes differ (skip_special_tokens={skip}); first {bad[0]!r}"
 
 
+def test_one_call_path_and_staged_path_agree(pair, corpus):
+    """Programs whose pre-tokeniser runs on arrays encode a batch in one compiled call
+    (`kernels.encode_*`); it gives exactly what the stage-by-stage path gives (which programs with
+    a Python regex step still take), on every 7th corpus line, per line and in one batch."""
+    name, _, ours = pair
+    texts = corpus[::7]
+    one_call = ours._fused is not None and not ours._pre_str
+    assert one_call == (name != "regex_split")  # PRE.REGEX runs in Python
+    if not one_call:
+        return
+    fused = [e.ids for e in ours.encode_batch(texts)]
+    per_line = [ours.encode(t).ids for t in texts[:2000]]
+    keep, ours._fused = ours._fused, None
+    try:
+        staged = [e.ids for e in ours.encode_batch(texts)]
+    finally:
+        ours._fused = keep
+    assert fused == staged and per_line == staged[:2000]
+
+
 def test_every_vocabulary_entry(pair):
     """Each vocabulary string encodes to the same ids, and each id decodes to the same text."""
     name, ref, ours = pair
