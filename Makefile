@@ -43,6 +43,8 @@ bench: setup
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_models.py
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_kernels.py
 	$(PY) bench/bench_tokenizer.py --json bench/results/tokenizer.json
+	if command -v riscv64-unknown-elf-gcc >/dev/null; then env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) \
+		bench/bench_accel.py --json bench/results/accel.json; fi
 	if [ -n "$(GENERATE)$(LLAMACPP)" ]; then env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_generate.py \
 		$(if $(LLAMACPP),--llama-cpp $(LLAMACPP)); fi
 
