@@ -5,7 +5,8 @@ shape NAC meets); bias and activation are then applied in one fused Numba pass.
 
 Convolutions run channels-last (NHWC memory) whenever the plan stores their output so
 (`nac.engine.plan.channels_last_values`: every convolution whose output only convolutions,
-element-wise ops and pools read): depthwise as a direct stencil vectorised over channels, 1x1 as
+element-wise ops and pools read): depthwise as a direct stencil vectorised over channels (in
+4-pixel x 16-channel register tiles, `simd.dw_tile_4x16`, where rows are wide), 1x1 as
 one GEMM over all pixels with a repacked [Cin, Cout] weight, the rest as NHWC im2col + GEMM, each
 with bias and activation applied to the product's rows. A contiguous (NCHW) output, as in the
 plans `nac emit` compiles, takes the NCHW kernels: a per-plane depthwise stencil, im2col + BLAS,
@@ -22,6 +23,7 @@ from numba import njit
 from nac.engine import threads as T
 from nac.engine.kernels import activation as A
 from nac.engine.kernels import quant as Q
+from nac.engine.kernels import simd
 from nac.engine.kernels.registry import kernel
 
 _EMPTY = np.zeros(1, np.float32)
@@ -148,6 +150,71 @@ def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt,
             A.bias_act_scalar(acc, np.float32(0.0), code)
 
 
+@njit(cache=True, nogil=True, fastmath=A.FASTMATH)
+def _depthwise_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, dh, dw, yt, c0, c1):
+    """One output pixel, channels ``c0..c1``, of `depthwise_conv2d_nhwc_tiled` (bounds checked)."""
+    H, W = xt.shape[1], xt.shape[2]
+    acc = yt[n, oh, ow, c0:c1]
+    acc[:] = b[c0:c1]
+    for i in range(wt.shape[0]):
+        ih = oh * sh - pt + i * dh
+        if ih < 0 or ih >= H:
+            continue
+        for j in range(wt.shape[1]):
+            iw = ow * sw - pl + j * dw
+            if iw < 0 or iw >= W:
+                continue
+            xv = xt[n, ih, iw, c0:c1]
+            wv = wt[i, j, c0:c1]
+            for c in range(c1 - c0):
+                acc[c] += wv[c] * xv[c]
+
+
+@njit(cache=True, nogil=True, fastmath=A.FASTMATH, error_model="numpy")
+def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, taps, lo, hi):
+    """Depthwise 2-D cross-correlation in channels-last layout for wide planes, fused bias +
+    activation: interior pixels in `simd.dw_tile_4x16` register tiles (4 pixels x 16 channels,
+    every tap accumulated in registers), the border pixels and the channels past the last full 16
+    one pixel at a time. Rows ``lo..hi`` of N * OH.
+
+    xt: [N, H, W, C] float32; wt: [kh, kw, C]; b: [C] (zeros for no bias); yt: [N, OH, OW, C];
+    taps: int64 [kh * kw], tap (i, j)'s offset ``(i dh W + j dw) C`` in xt's elements. Matches
+    `depthwise_conv2d_nhwc` exactly (same summation order per channel)."""
+    N, H, W, C = xt.shape
+    kh, kw = wt.shape[0], wt.shape[1]
+    OH, OW = yt.shape[1], yt.shape[2]
+    xf, wf, yf = xt.reshape(-1), wt.reshape(-1), yt.reshape(-1)
+    c16 = C - C % 16
+    ow_lo = min(OW, (pl + sw - 1) // sw)  # first output column whose taps are all inside
+    last = W - 1 - (kw - 1) * dw + pl
+    ow_hi = max(ow_lo, min(OW, last // sw + 1)) if last >= 0 else ow_lo
+    for r in range(lo, hi):
+        n = r // OH
+        oh = r % OH
+        ih0 = oh * sh - pt
+        ow = 0
+        if ih0 >= 0 and ih0 + (kh - 1) * dh < H:
+            for ow in range(ow_lo):
+                _depthwise_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, dh, dw, yt, 0, C)
+            ow = ow_lo
+            while ow + 4 <= ow_hi:
+                xo = ((n * H + ih0) * W + ow * sw - pl) * C
+                yo = ((n * OH + oh) * OW + ow) * C
+                for c0 in range(0, c16, 16):
+                    simd.dw_tile_4x16(xf, xo + c0, sw * C, taps, wf, c0, C, b, c0, yf, yo + c0, C)
+                for k in range(4 if c16 < C else 0):
+                    _depthwise_pixel(xt, wt, b, n, oh, ow + k, sh, sw, pt, pl, dh, dw, yt, c16, C)
+                ow += 4
+        for o in range(ow, OW):
+            _depthwise_pixel(xt, wt, b, n, oh, o, sh, sw, pt, pl, dh, dw, yt, 0, C)
+        A.bias_act_scalar(yf[(n * OH + oh) * OW * C:(n * OH + oh + 1) * OW * C], np.float32(0.0), code)
+
+
+#: output rows at least this wide take the register-tiled depthwise kernel (measured faster from
+#: 28 pixels; at 7x7 and 14x14 most pixels touch the border, and channel blocks split better)
+TILED_DEPTHWISE_MIN_WIDTH = 16
+
+
 @njit(cache=True, nogil=True)
 def im2col_nhwc(xt, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, p0, cols, lo, hi):
     """cols[p - p0, c*kh*kw + i*kw + j] = xt[n, oh*sh - pt + i*dh, ow*sw - pl + j*dw, c] (0 outside)
@@ -214,6 +281,11 @@ def is_channels_last(a: np.ndarray) -> bool:
     return a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
+def _geometry(attrs) -> tuple:
+    """A conv2d node's ``(stride, padding [top, bottom, left, right], dilation, groups)``."""
+    return tuple(attrs["stride"]), tuple(attrs["padding"]), tuple(attrs["dilation"]), attrs["groups"]
+
+
 def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
     """Convolution into the channels-last output ``yt`` [N, OH, OW, Cout] (contiguous), fused
     bias + activation. Depthwise: a direct kernel; 1x1: one GEMM over all pixels; other
@@ -221,10 +293,7 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
     for grouped convolutions that are not depthwise."""
     N, C, H, W = x.shape
     cout, cg, kh, kw = w.shape
-    sh, sw = attrs["stride"]
-    pt, pb, pl, pr = attrs["padding"]
-    dh, dw = attrs["dilation"]
-    groups = attrs["groups"]
+    (sh, sw), (pt, pb, pl, pr), (dh, dw), groups = _geometry(attrs)
     OH, OW = yt.shape[1], yt.shape[2]
     depthwise = groups == C and cout == C and cg == 1
     if groups != 1 and not depthwise:
@@ -244,6 +313,12 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
     xt = x.transpose(0, 2, 3, 1)
     if not xt.flags.c_contiguous or xt.dtype != np.float32:
         xt = np.ascontiguousarray(xt, dtype=np.float32)
+    if depthwise and OW >= TILED_DEPTHWISE_MIN_WIDTH:
+        taps = np.array([(i * dh * W + j * dw) * C for i in range(kh) for j in range(kw)], np.int64)
+        bvec = np.zeros(C, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32)
+        T.parallel_range(depthwise_conv2d_nhwc_tiled, N * OH, xt, _packed(w, "taps"), bvec, sh, sw, pt, pl, dh, dw,
+                         code, yt, taps, work=yt.size * kh * kw)
+        return True
     if depthwise:
         rows = N * OH
         cblk = C if rows >= 8 * T.num_threads() or C <= 64 else max(64, -(-C // (8 * T.num_threads() // rows + 1)))
@@ -321,10 +396,7 @@ def conv2d(ins, outs, attrs):
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
     cout, cg, kh, kw = w.shape
-    sh, sw = attrs["stride"]
-    pt, pb, pl, pr = attrs["padding"]
-    dh, dw = attrs["dilation"]
-    groups = attrs["groups"]
+    (sh, sw), (pt, pb, pl, pr), (dh, dw), groups = _geometry(attrs)
     code = A.CODES[attrs.get("activation", "none")]
     OH, OW = out.shape[2], out.shape[3]
     bias = _EMPTY if b is None else b

@@ -19,7 +19,8 @@ against 19 and 13 for the plain loops (VNNI: 160 and 124).
 the T-MAC table lookup for ternary weights times float activations.
 
 `mm_tile_4x16` is a 4 x 16 float32 register tile of a matrix product in LLVM's generic vector
-type, lowered for whatever the CPU has (the tiled attention's two products).
+type, lowered for whatever the CPU has (the tiled attention's two products); `dw_tile_4x16` is
+the same kind of tile for a channels-last depthwise convolution (4 output pixels x 16 channels).
 """
 from __future__ import annotations
 
@@ -350,3 +351,61 @@ def loop_mm_tile_4x16(a, a_off, lda, b, b_off, ldb, c, c_off, ldc, k):
             for q in range(k):
                 acc += a[a_off + r * lda + q] * b[b_off + q * ldb + t]
             c[c_off + r * ldc + t] = acc
+
+
+@intrinsic
+def dw_tile_4x16(typingctx, x, xo, px, taps, w, wo, ldw, b, bo, y, yo, py):
+    """Four output pixels x 16 channels of a channels-last depthwise convolution, accumulated in
+    registers over every tap:
+    y[yo + r py + t] = b[bo + t] + sum_q w[wo + q ldw + t] * x[xo + r px + taps[q] + t], r < 4, t < 16.
+
+    x, w, b, y: 1-D C-contiguous float32 arrays (flat NHWC input, [taps, C] weights, bias,
+    flat NHWC output); taps: int64 element offsets of the kernel's taps from a pixel's first
+    input element; px, py: element strides between the four pixels. Generic LLVM
+    ``<16 x float>`` and ``llvm.fmuladd`` as `mm_tile_4x16`: each 16-wide weight load feeds four
+    multiply-adds, and the accumulators never leave registers. The caller keeps every index
+    inside its arrays (interior pixels only; no bounds checks). `loop_dw_tile_4x16` is its plain
+    twin.
+    """
+    f32 = types.float32
+    if not (all(_is_array(t, f32, 1) for t in (x, w, b, y)) and _is_array(taps, types.int64, 1)
+            and all(isinstance(t, types.Integer) for t in (xo, px, wo, ldw, bo, yo, py))):
+        return None
+    sig = types.void(x, xo, px, taps, w, wo, ldw, b, bo, y, yo, py)
+
+    def codegen(context, builder, signature, args):
+        arr = {i: context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3, 4, 7, 9)}
+        i64 = ir.IntType(64)
+        xo_, px_, wo_, ldw_, bo_, yo_, py_ = (context.cast(builder, args[i], signature.args[i], types.int64)
+                                              for i in (1, 2, 5, 6, 8, 10, 11))
+        fmuladd = _function(builder, "llvm.fmuladd.v16f32", _F32X16, [_F32X16] * 3)
+
+        def vec(base, offset):
+            return builder.bitcast(builder.gep(base, [offset]), _F32X16.as_pointer())
+
+        bias = builder.load(vec(arr[7].data, bo_), align=4)
+        accs = [cgutils.alloca_once_value(builder, bias) for _ in range(4)]
+        with cgutils.for_range(builder, arr[3].nitems) as loop:
+            q = loop.index
+            wv = builder.load(vec(arr[4].data, builder.add(wo_, builder.mul(q, ldw_))), align=4)
+            base = builder.add(xo_, builder.load(builder.gep(arr[3].data, [q])))
+            for r in range(4):
+                xv = builder.load(vec(arr[0].data, builder.add(base, builder.mul(ir.Constant(i64, r), px_))), align=4)
+                builder.store(builder.call(fmuladd, [xv, wv, builder.load(accs[r])]), accs[r])
+        for r in range(4):
+            builder.store(builder.load(accs[r]), vec(arr[9].data, builder.add(yo_, builder.mul(ir.Constant(i64, r), py_))),
+                          align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def loop_dw_tile_4x16(x, xo, px, taps, w, wo, ldw, b, bo, y, yo, py):
+    """The plain-loop twin of `dw_tile_4x16` (same arguments and result, summed in the same order)."""
+    for r in range(4):
+        for t in range(16):
+            acc = b[bo + t]
+            for q in range(taps.size):
+                acc += w[wo + q * ldw + t] * x[xo + r * px + taps[q] + t]
+            y[yo + r * py + t] = acc

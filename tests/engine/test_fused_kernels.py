@@ -206,6 +206,65 @@ def test_mm_tile_matches_its_loop_twin():
         assert_close(c2.reshape(7, 37), want, rel=1e-6, what=f"loop twin k={k}")
 
 
+CONV_CASES = [  # (N, C, H, W, Cout, k, stride, padding, dilation, groups)
+    (2, 24, 13, 11, 24, 3, 1, 1, 1, 24), (1, 40, 9, 9, 40, 5, 2, 2, 1, 40), (1, 19, 7, 8, 19, 3, 1, 2, 2, 19),
+    (2, 16, 10, 9, 24, 1, 1, 0, 1, 1), (1, 8, 12, 12, 12, 1, 2, 0, 1, 1), (2, 3, 17, 15, 16, 3, 2, 1, 1, 1),
+    (1, 12, 9, 9, 10, 3, 1, 1, 1, 1), (1, 8, 9, 9, 6, 3, 1, 1, 1, 2),
+    # wide enough for the register-tiled depthwise kernel: 16-channel tiles with a tail of 8,
+    # stride 2, dilation 2, padding wider than the taps reach, fewer channels than one tile
+    (1, 40, 20, 24, 40, 3, 1, 1, 1, 40), (2, 32, 18, 37, 32, 5, 2, 2, 1, 32), (1, 16, 17, 21, 16, 3, 1, 2, 2, 16),
+    (1, 7, 5, 19, 7, 3, 1, 3, 1, 7)]
+
+
+@njit
+def _dw_tile(x, xo, px, taps, w, wo, ldw, b, bo, y, yo, py):
+    simd.dw_tile_4x16(x, xo, px, taps, w, wo, ldw, b, bo, y, yo, py)
+
+
+def test_dw_tile_matches_its_loop_twin():
+    """`simd.dw_tile_4x16` and its plain twin against float64 numpy, at unaligned offsets."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(4000).astype(np.float32)
+    w = rng.standard_normal(9 * 40).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    for taps in (np.array([0, 40, 80, 400, 440, 480, 800, 840, 880], np.int64), np.array([3], np.int64),
+                 np.empty(0, np.int64)):
+        want = np.full(600, 7.0, np.float32)
+        for r in range(4):
+            acc = b[5:21].astype(np.float64).copy()
+            for q, t in enumerate(taps):
+                acc += w[5 + q * 40:21 + q * 40].astype(np.float64) * x[17 + r * 80 + t:33 + r * 80 + t]
+            want[3 + r * 40:19 + r * 40] = acc
+        for fn in (_dw_tile, simd.loop_dw_tile_4x16):
+            y = np.full(600, 7.0, np.float32)
+            fn(x, 17, 80, taps, w, 5, 40, b, 5, y, 3, 40)
+            assert_close(y, want, rel=1e-6, what=f"{fn.__name__} taps={taps.size}")
+
+
+def test_channels_last_convolutions_match_torch():
+    """The channels-last convolution kernels (depthwise stencil over channel blocks, the 1x1
+    product over pixels, NHWC and NCHW im2col, the grouped fallback), from an NCHW and an NHWC
+    input into an NHWC output, against torch at float32 with ReLU6 and bias fused."""
+    import torch
+    import torch.nn.functional as F
+
+    from nac.engine.kernels import KERNELS
+
+    rng = np.random.default_rng(5)
+    for n, c, h, w, cout, k, st, pad, dil, groups in CONV_CASES:
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        wt = rng.standard_normal((cout, c // groups, k, k)).astype(np.float32)
+        b = rng.standard_normal(cout).astype(np.float32)
+        pre = F.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(b), st, pad, dil, groups)
+        want = F.relu6(pre).numpy()
+        attrs = {"stride": [st, st], "padding": [pad] * 4, "dilation": [dil, dil], "groups": groups,
+                 "activation": "relu6"}
+        for x_in in (x, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
+            out = np.full((n, want.shape[2], want.shape[3], cout), np.nan, np.float32).transpose(0, 3, 1, 2)
+            KERNELS["conv2d"]([x_in, wt, b], [out], attrs)
+            assert_close(out, want, rel=1e-5 * max(1.0, float(pre.abs().max())), what=f"conv {n, c, h, w, cout, k}")
+
+
 ISA_SCRIPT = """
 import numpy as np, sys
 sys.path.insert(0, {tests!r})
@@ -226,6 +285,9 @@ for case in ATTENTION_CASES:
     for path in PATHS:
         test_attention_matches_torch(case, path, MP())
 test_mm_tile_matches_its_loop_twin()
+from test_fused_kernels import test_channels_last_convolutions_match_torch, test_dw_tile_matches_its_loop_twin
+test_channels_last_convolutions_match_torch()
+test_dw_tile_matches_its_loop_twin()
 print("ok")
 """
 
