@@ -290,13 +290,13 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
     """Convolution into the channels-last output ``yt`` [N, OH, OW, Cout] (contiguous), fused
     bias + activation. Depthwise: a direct kernel; 1x1: one GEMM over all pixels; other
     ungrouped kernels: NHWC im2col in blocks of pixels + GEMM. Returns False (nothing written)
-    for grouped convolutions that are not depthwise."""
+    for grouped convolutions that are not depthwise, and for empty inputs or outputs."""
     N, C, H, W = x.shape
     cout, cg, kh, kw = w.shape
     (sh, sw), (pt, pb, pl, pr), (dh, dw), groups = _geometry(attrs)
     OH, OW = yt.shape[1], yt.shape[2]
     depthwise = groups == C and cout == C and cg == 1
-    if groups != 1 and not depthwise:
+    if (groups != 1 and not depthwise) or yt.size == 0 or C * kh * kw == 0:  # the NCHW kernels handle the rest
         return False
     bias = _EMPTY if b is None else b
     if not depthwise and not (kh == kw == 1) and not is_channels_last(x):

@@ -302,3 +302,21 @@ def test_isa_builds(cpu, tmp_path):
     r = subprocess.run([sys.executable, "-c", ISA_SCRIPT.format(tests=str(Path(__file__).parent.parent))],
                        capture_output=True, text=True, env=env, timeout=900, cwd=Path(__file__).parent)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_channels_last_convolutions_of_empty_tensors():
+    """An empty batch (torch's answer), and a convolution over zero input channels (an empty sum:
+    the output is act(bias), which torch does not compute), into channels-last outputs."""
+    from nac.engine.kernels import KERNELS
+
+    attrs = {"stride": [1, 1], "padding": [1, 1, 1, 1], "dilation": [1, 1], "groups": 1, "activation": "relu6"}
+    b = np.array([-1.0, 0.5, 7.0], np.float32)
+    for x, w in ((np.zeros((0, 4, 5, 5), np.float32), np.ones((3, 4, 3, 3), np.float32)),
+                 (np.zeros((2, 0, 5, 5), np.float32), np.ones((3, 0, 3, 3), np.float32))):
+        if x.shape[1]:
+            want = F.relu6(F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), 1, 1)).numpy()
+        else:
+            want = np.broadcast_to(np.clip(b, 0, 6)[None, :, None, None], (2, 3, 5, 5))
+        out = np.full((x.shape[0], 5, 5, 3), np.nan, np.float32).transpose(0, 3, 1, 2)
+        KERNELS["conv2d"]([x, w, b], [out], attrs)
+        np.testing.assert_array_equal(out, want)
