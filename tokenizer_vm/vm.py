@@ -4,8 +4,9 @@ Encoding a batch goes stage by stage over all texts at once. Added tokens are sp
 remaining piece is normalised at the string level (Python's C string routines); the pieces then
 become one ``int32`` code-point array, and every pre-tokeniser step and the model run over the
 whole batch in one compiled call (`kernels.encode_wordpiece`, `encode_bpe`, `encode_unigram`:
-the steps are data, `kernels.pre_tokenize` runs them), so no Python runs per word or per step. Templates, truncation and
-padding are list operations at the end. Decoding is string work on the token texts.
+the steps are data, `kernels.pre_tokenize` runs them), so no Python runs per word or per step.
+(A Python regex pre-tokeniser, or the WordLevel model, takes the same steps one kernel call at a
+time.) Templates, truncation and padding are list operations at the end. Decoding is string work on the token texts.
 """
 from __future__ import annotations
 
@@ -99,8 +100,10 @@ class Tokenizer:
         self._special_ids = {a["id"] for a in program.added if a["special"]}
         self._token_cache: dict[int, str] = {}
         self._vocab_map: dict[str, int] | None = None
-        self._norm, self._pre_str, self._pre_arr, self._model, self._template, self._dec = [], [], [], None, None, []
-        self._pre_steps: list[tuple] = []  # the array pre-tokeniser steps as data, for the one-call path
+        self._norm, self._pre_str, self._model, self._template, self._dec = [], [], None, None, []
+        #: the array pre-tokeniser steps, as data: (op, split kind, class mask, behaviour, invert,
+        #: literal code points, rewrite operands a, b); `kernels.pre_tokenize` runs them in one call
+        self._pre_steps: list[tuple] = []
         self._fused = None  # (cps, lens, first) -> (ids, tokens per segment): pre-tokeniser and model in one call
         self._trim: bool | None = None  # POST.TRIM_OFFSETS: None, or its add_prefix_space
         self._aligner = None  # the offsets path's steps (nac.tokenizer_vm.offsets), built on first use
@@ -315,10 +318,12 @@ class Tokenizer:
         starts, ends = starts[keep], ends[keep]
         wseg = np.asarray(wseg, np.int64)[keep]
         wfirst = np.asarray(wfirst, np.bool_)[keep]
-        for fn in self._pre_arr:
-            cps, starts, ends, wfirst, src = fn(cps, starts, ends, wfirst)
-            if src is not None:
+        for op, kind, mask, beh, inv, lit, a, b in self._pre_steps:  # step by step (what pre_tokenize does)
+            if op == K.PRE_SPLIT:
+                starts, ends, wfirst, src = K.split_words(cps, starts, ends, wfirst, kind, *self._cls, mask, lit, beh, inv)
                 wseg = wseg[src]
+            else:
+                cps, starts, ends = K.rewrite_words(cps, starts, ends, wfirst, op, a, b)
         ids, counts = self._model(cps, starts, ends)
         per_seg = np.bincount(wseg, weights=counts, minlength=len(segments)).astype(np.int64)
         off = np.concatenate([[0], np.cumsum(per_seg)]).tolist()
@@ -580,19 +585,9 @@ class Tokenizer:
         kind = SPLIT_KINDS[ins["kind"]]
         lit = np.array([ord(c) for c in ins.get("literal", "")], np.int32)
         mask, beh, inv = int(ins.get("classes", 0)), K.BEHAVIOURS[ins["behaviour"]], bool(ins.get("invert", False))
-        idx, blocks = self._cls
-
-        def run(cps, starts, ends, first):
-            s, e, f, src = K.split_words(cps, starts, ends, first, kind, idx, blocks, mask, lit, beh, inv)
-            return cps, s, e, f, src
-        self._pre_arr.append(run)
         self._pre_steps.append((K.PRE_SPLIT, kind, mask, beh, inv, lit, 0, 0))
 
     def _rewrite(self, op, a=0, b=0):
-        def run(cps, starts, ends, first):
-            c, s, e = K.rewrite_words(cps, starts, ends, first, op, a, b)
-            return c, s, e, first, None
-        self._pre_arr.append(run)
         self._pre_steps.append((op, 0, 0, 0, False, np.empty(0, np.int32), a, b))
 
     def _op_pre_prefix_space(self, ins):
@@ -645,19 +640,12 @@ class Tokenizer:
         args = (t["scores"], int(ins["max_len"]), int(ins["unk"]), float(ins["unk_score"]), True, t["byte_ids"],
                 bool(ins["byte_fallback"]))
 
-        def run(cps, s, e):
-            ids, counts, err = K.unigram(cps, s, e, *keys, *args)
+        def checked(ids, counts, err):
             if err:
                 raise NacError(f"{self.program.source}: text needs an unknown token but the Unigram model has no unk_id")
             return ids, counts
-        self._model = run
-
-        def fused(cps, lens, first):
-            ids, per_seg, err = K.encode_unigram(cps, lens, first, self._pre, *keys, *args)
-            if err:
-                raise NacError(f"{self.program.source}: text needs an unknown token but the Unigram model has no unk_id")
-            return ids, per_seg
-        self._fused = fused
+        self._model = lambda cps, s, e: checked(*K.unigram(cps, s, e, *keys, *args))
+        self._fused = lambda cps, lens, first: checked(*K.encode_unigram(cps, lens, first, self._pre, *keys, *args))
 
     def _op_post_trim_offsets(self, ins):
         self._trim = bool(ins["prefix_space"])
