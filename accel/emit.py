@@ -122,7 +122,7 @@ def emit(model, out_dir, target: str = "host", shapes: dict | None = None, offlo
     dims.update(shapes or {})
     input_shapes = concrete_shapes(g, dims)
     plan = m.plan(input_shapes, channels_last=False)  # the C kernels write contiguous outputs
-    gen = _Generator(name, plan, m, input_shapes, regmap, target)
+    gen = _Generator(name, plan, m, input_shapes, regmap, target, rvv)
     gen.run()
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,8 +163,9 @@ def _flt(x: float) -> str:
 
 
 class _Generator:
-    def __init__(self, name: str, plan, model, input_shapes, regmap=None, target: str = "riscv32"):
+    def __init__(self, name: str, plan, model, input_shapes, regmap=None, target: str = "riscv32", rvv: bool = False):
         self.name, self.plan, self.model, self.target = name, plan, model, target
+        self.fast = target == "host" or rvv  # builds whose kernels take the im2col scratch
         self.regmap = regmap
         self.offloaded = 0
         self.graph = model.graph
@@ -462,9 +463,9 @@ class _Generator:
             self.offloaded += 1
             col = self.scratch(4 * (c // at["groups"]) * kh * kw * out.shape[2] * out.shape[3])
             self.emit(f"nac_acalsim_conv2d({args}, (float *){col}, {self.ptr(out, False)});")
-        else:  # the host's fast build multiplies im2col columns (scratch); RISC-V's plain loops need none
+        else:  # the fast builds (host, RVV) multiply im2col columns (scratch); the plain loops need none
             depthwise = at["groups"] == c and cout == c
-            cols = "NULL" if self.target != "host" or depthwise else \
+            cols = "NULL" if not self.fast or depthwise else \
                 f"(float *){self.scratch(4 * (c // at['groups']) * kh * kw * out.shape[2] * out.shape[3])}"
             self.emit(f"nac_conv2d({args}, {cols}, {self.ptr(out, False)});")
 
