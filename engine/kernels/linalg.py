@@ -109,50 +109,9 @@ def depthwise_conv2d(x, w, b, has_bias, sh, sw, pt, pb, pl, pr, dh, dw, code, ou
 
 
 @njit(cache=True, nogil=True, fastmath=A.FASTMATH)
-def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt, cblk, lo, hi):
-    """Depthwise 2-D cross-correlation in channels-last layout, fused bias + activation.
-
-    xt: [N, H, W, C] float32; wt: [kh, kw, C]; yt: [N, OH, OW, C]; work items ``lo..hi`` of
-    N * OH * ceil(C / cblk): one output row of one block of ``cblk`` channels each (channel
-    blocks let few rows, as at 7x7, still split over every core). The innermost loop runs over
-    the channels of a block, which are adjacent in memory, so it fills the vector units at any
-    stride; the block's accumulator row stays in L1. Zero padding (top ``pt``, left ``pl``;
-    bottom and right follow from the shapes). Matches ATen convolution with groups = C.
-    """
-    N, H, W, C = xt.shape
-    kh, kw = wt.shape[0], wt.shape[1]
-    OH, OW = yt.shape[1], yt.shape[2]
-    nb = (C + cblk - 1) // cblk
-    for r in range(lo, hi):
-        row = r // nb
-        c0 = (r % nb) * cblk
-        c1 = min(c0 + cblk, C)
-        n = row // OH
-        oh = row % OH
-        for ow in range(OW):
-            acc = yt[n, oh, ow, c0:c1]
-            if has_bias:
-                acc[:] = b[c0:c1]
-            else:
-                acc[:] = 0.0
-            for i in range(kh):
-                ih = oh * sh - pt + i * dh
-                if ih < 0 or ih >= H:
-                    continue
-                for j in range(kw):
-                    iw = ow * sw - pl + j * dw
-                    if iw < 0 or iw >= W:
-                        continue
-                    xv = xt[n, ih, iw, c0:c1]
-                    wv = wt[i, j, c0:c1]
-                    for c in range(c1 - c0):
-                        acc[c] += wv[c] * xv[c]
-            A.bias_act_scalar(acc, np.float32(0.0), code)
-
-
-@njit(cache=True, nogil=True, fastmath=A.FASTMATH)
 def _depthwise_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, dh, dw, yt, c0, c1):
-    """One output pixel, channels ``c0..c1``, of `depthwise_conv2d_nhwc_tiled` (bounds checked)."""
+    """One output pixel, channels ``c0..c1``, of a channels-last depthwise convolution, bias
+    included, taps outside the plane skipped (the stencil's step, and the tiled kernel's border)."""
     H, W = xt.shape[1], xt.shape[2]
     acc = yt[n, oh, ow, c0:c1]
     acc[:] = b[c0:c1]
@@ -168,6 +127,32 @@ def _depthwise_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, dh, dw, yt, c0, c1):
             wv = wt[i, j, c0:c1]
             for c in range(c1 - c0):
                 acc[c] += wv[c] * xv[c]
+
+
+@njit(cache=True, nogil=True, fastmath=A.FASTMATH)
+def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt, cblk, lo, hi):
+    """Depthwise 2-D cross-correlation in channels-last layout, fused bias + activation.
+
+    xt: [N, H, W, C] float32; wt: [kh, kw, C]; yt: [N, OH, OW, C]; work items ``lo..hi`` of
+    N * OH * ceil(C / cblk): one output row of one block of ``cblk`` channels each (channel
+    blocks let few rows, as at 7x7, still split over every core). The innermost loop runs over
+    the channels of a block, which are adjacent in memory, so it fills the vector units at any
+    stride; the block's accumulator row stays in L1. Zero padding (top ``pt``, left ``pl``;
+    bottom and right follow from the shapes). Matches ATen convolution with groups = C.
+    """
+    C = xt.shape[3]
+    OH, OW = yt.shape[1], yt.shape[2]
+    bias = b if has_bias else np.zeros(C, np.float32)
+    nb = (C + cblk - 1) // cblk
+    for r in range(lo, hi):
+        row = r // nb
+        c0 = (r % nb) * cblk
+        c1 = min(c0 + cblk, C)
+        n = row // OH
+        oh = row % OH
+        for ow in range(OW):
+            _depthwise_pixel(xt, wt, bias, n, oh, ow, sh, sw, pt, pl, dh, dw, yt, c0, c1)
+            A.bias_act_scalar(yt[n, oh, ow, c0:c1], np.float32(0.0), code)
 
 
 @njit(cache=True, nogil=True, fastmath=A.FASTMATH, error_model="numpy")
@@ -304,10 +289,11 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
         x = np.ascontiguousarray(x, dtype=np.float32)
         y3 = yt.reshape(N, OH * OW, cout)
         cols = np.empty((C * kh * kw, OH * OW), np.float32)
+        wmat = _packed(w, "io")
         for n in range(N):
             T.parallel_range(im2col, C * kh * kw, x[n], 0, C, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, cols,
                              work=cols.size)
-            np.matmul(cols.T, _packed(w, "io"), out=y3[n])
+            np.matmul(cols.T, wmat, out=y3[n])
         _bias_act_rows(yt.reshape(N * OH * OW, cout), b, code)
         return True
     xt = x.transpose(0, 2, 3, 1)
@@ -383,10 +369,11 @@ def conv2d(ins, outs, attrs):
     """
     x, w, b = ins
     out = outs[0]
-    if not out.flags.c_contiguous and not is_channels_last(out):
+    channels_last = is_channels_last(out)
+    if not out.flags.c_contiguous and not channels_last:
         raise ValueError("conv2d writes a contiguous or channels-last output")
-    if is_channels_last(out) and _conv2d_nhwc(x, w, b, A.CODES[attrs.get("activation", "none")], attrs,
-                                              out.transpose(0, 2, 3, 1)):
+    if channels_last and _conv2d_nhwc(x, w, b, A.CODES[attrs.get("activation", "none")], attrs,
+                                      out.transpose(0, 2, 3, 1)):
         return
     if not out.flags.c_contiguous:  # a grouped convolution: computed in NCHW, then stored channels-last
         tmp = np.empty(out.shape, np.float32)
