@@ -200,16 +200,12 @@ class _Generator:
         for c in self.constants:
             lo, hi = _byte_bounds(c)
             if lo <= ptr < max(hi, lo + 1):
-                key = id(c)
-                if key not in self.weight_off:
-                    self.blob += b"\0" * ((-len(self.blob)) % ALIGN)
-                    self.weight_off[key] = len(self.blob)
-                    self.blob += np.ascontiguousarray(c).tobytes() if c.flags.c_contiguous else c.copy().tobytes()
-                    if not c.flags.c_contiguous:
-                        raise NacError("internal: a non-contiguous constant cannot be placed in the weight blob")
+                if not c.flags.c_contiguous:
+                    raise NacError("internal: a non-contiguous constant cannot be placed in the weight blob")
+                if id(c) not in self.weight_off:
                     self.regions.append((c.__array_interface__["data"][0], c.nbytes,
-                                         f"(nac_w + {self.weight_off[key]})"))
-                return f"(nac_w + {self.weight_off[key] + ptr - lo})"
+                                         f"(nac_w + {self.placed(id(c), c)})"))
+                return f"(nac_w + {self.weight_off[id(c)] + ptr - lo})"
         raise NacError("internal: an array of the plan belongs to no known buffer")
 
     def transposed_constant(self, a: np.ndarray) -> str | None:
@@ -218,12 +214,16 @@ class _Generator:
         ``a`` is not one of the plan's constants."""
         if a.ndim != 2 or not any(a is c for c in self.plan.constants.values()):
             return None
-        key = (id(a), "T")
+        return f"(const float *)(nac_w + {self.placed((id(a), 'T'), a.T)})"
+
+    def placed(self, key, a: np.ndarray) -> int:
+        """The weight blob offset of ``a``'s bytes (row-major), appended 64-byte aligned the first
+        time ``key`` is seen."""
         if key not in self.weight_off:
             self.blob += b"\0" * ((-len(self.blob)) % ALIGN)
             self.weight_off[key] = len(self.blob)
-            self.blob += np.ascontiguousarray(a.T).tobytes()
-        return f"(const float *)(nac_w + {self.weight_off[key]})"
+            self.blob += np.ascontiguousarray(a).tobytes()
+        return self.weight_off[key]
 
     def ptr(self, a: np.ndarray, const: bool = True) -> str:
         ctype = _CTYPE[a.dtype][0]
