@@ -124,14 +124,22 @@ def _vnni_dot_u8s8(typingctx, u, s, nblk):
     return sig, codegen
 
 
+def _ternary_codes_signature(packed, a0, a1, a2, a3, nblk):
+    """``int32(packed, a0..a3, nblk)`` for the ternary-codes dot products' argument types (uint8
+    and four int8 1-D arrays, an integer block count), or None for any other types."""
+    if not (_is_array(packed, types.uint8, 1) and all(_is_array(a, types.int8, 1) for a in (a0, a1, a2, a3))
+            and isinstance(nblk, types.Integer)):
+        return None
+    return types.int32(packed, a0, a1, a2, a3, nblk)
+
+
 @intrinsic
 def _vnni_dot_ternary_codes_s8(typingctx, packed, a0, a1, a2, a3, nblk):
     """int32 sum_{j < 64 nblk} sum_f code_f(packed[j]) * a_f[j], with code_f(b) = (b >> 2f) & 3
     the four 2-bit fields of a packed ternary byte (`nac.format.quant`) and ``a_f`` int8."""
-    if not (_is_array(packed, types.uint8, 1) and all(_is_array(a, types.int8, 1) for a in (a0, a1, a2, a3))
-            and isinstance(nblk, types.Integer)):
+    sig = _ternary_codes_signature(packed, a0, a1, a2, a3, nblk)
+    if sig is None:
         return None
-    sig = types.int32(packed, a0, a1, a2, a3, nblk)
     three = ir.Constant(_I8X64, [3] * 64)
 
     def fields(builder, v):
@@ -242,10 +250,9 @@ def _avx2_dot_s8s8(typingctx, x, w, nblk):
 def _avx2_dot_ternary_codes_s8(typingctx, packed, a0, a1, a2, a3, nblk):
     """`_vnni_dot_ternary_codes_s8` with AVX2 ``vpmaddubsw`` (2-bit codes, at most 3, times int8:
     pair sums of at most 768 never saturate) and ``vpmaddwd``."""
-    if not (_is_array(packed, types.uint8, 1) and all(_is_array(a, types.int8, 1) for a in (a0, a1, a2, a3))
-            and isinstance(nblk, types.Integer)):
+    sig = _ternary_codes_signature(packed, a0, a1, a2, a3, nblk)
+    if sig is None:
         return None
-    sig = types.int32(packed, a0, a1, a2, a3, nblk)
     three = ir.Constant(_I8X32, [3] * 32)
 
     def products(builder, loads):
