@@ -19,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")  # what `import nac` sets when it loads numpy first
+
 import numpy as np
 
 
