@@ -206,10 +206,134 @@ def test_mm_tile_matches_its_loop_twin():
         assert_close(c2.reshape(7, 37), want, rel=1e-6, what=f"loop twin k={k}")
 
 
+@njit
+def _panel_tile(rows, a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k):
+    if rows == 8:
+        simd.panel_tile_8x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
+    elif rows == 4:
+        simd.panel_tile_4x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
+    elif rows == 3:
+        simd.panel_tile_3x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
+    else:
+        simd.panel_tile_1x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
+
+
+@pytest.mark.parametrize("rows", [8, 4, 3, 1])
+def test_panel_tiles_match_their_loop_twin(rows):
+    """Each GEMM register tile, at offsets inside larger arrays and with strides wider than the
+    tile, writes exactly its block (bias + product) and nothing else, as its plain twin does."""
+    rng = np.random.default_rng(rows)
+    a = rng.standard_normal((10, 45)).astype(np.float32)
+    b = rng.standard_normal((45, 40)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    for k in (0, 1, 17, 44):
+        want = np.full((10, 37), 9.0, np.float32)
+        want[1:1 + rows, 5:37] = bias[3:35] + a[2:2 + rows, 1:1 + k].astype(np.float64) @ b[:k, 3:35]
+        for tile in (_panel_tile, lambda *args: simd.loop_panel_tile(args[0], 32, *args[1:])):
+            c = np.full(10 * 37, 9.0, np.float32)
+            tile(rows, a.reshape(-1), 2 * 45 + 1, 45, b.reshape(-1), 3, 40, bias, 3, c, 37 + 5, 37, k)
+            assert_close(c.reshape(10, 37), want, rel=1e-6, what=f"{rows}-row tile k={k}")
+
+
+GEMM_SHAPES = [(1, 7, 5), (3, 64, 32), (5, 33, 64), (13, 300, 100), (8, 1, 33), (130, 40, 31), (300, 3, 1), (17, 96, 96)]
+
+
+@pytest.mark.parametrize("kind", ["avx512", "avx2", "plain"])
+@pytest.mark.parametrize("act", ["none", "relu6", "gelu", "silu"])
+def test_gemm_on_packed_panels_matches_torch(kind, act):
+    """`linalg.gemm` (packed weight panels, bias in registers, activation fused) for every tile
+    kind, at shapes with a row remainder for each tile height, a last panel narrower than 32,
+    K = 1 and several row blocks, with and without a bias, against torch's addmm + activation;
+    split into arbitrary work ranges (as the thread team splits it), the result is the same."""
+    from nac.engine.kernels import linalg as L
+
+    rng = np.random.default_rng(len(act))
+    kid = L.GEMM_KINDS[kind]
+    for M, K, N in GEMM_SHAPES:
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        w = rng.standard_normal((K, N)).astype(np.float32)
+        b = rng.standard_normal(N).astype(np.float32)
+        panels = L.pack_panels(w)
+        for bias in (b, None):
+            padded = np.zeros(panels.shape[0] * L.PANEL, np.float32)
+            padded[:N] = 0.0 if bias is None else bias
+            pre = torch.from_numpy(x).double() @ torch.from_numpy(w).double()
+            if bias is not None:
+                pre = pre + torch.from_numpy(bias).double()
+            want = TORCH_ACT[act](pre.float()).numpy()
+            y = np.full((M, N), np.nan, np.float32)
+            L.gemm(x, panels, padded, y, A.CODES[act], kid)
+            assert_close(y, want, rel=2e-6 * max(8, K) ** 0.5, what=f"{kind} {act} {M, K, N}")
+            items = -(-M // L.GEMM_ROW_BLOCK) * panels.shape[0]
+            cuts = sorted({0, items, *rng.integers(0, items + 1, 3).tolist()})
+            split = np.full((M, N), np.nan, np.float32)
+            for lo, hi in zip(cuts, cuts[1:]):
+                L.gemm_panels(x.reshape(-1), M, K, panels.reshape(-1), padded, N, split.reshape(-1), A.CODES[act],
+                              kid, lo, hi)
+            np.testing.assert_array_equal(split, y)
+
+
+def test_gemm_propagates_nan_and_inf_like_blas():
+    """A NaN or an infinity in a row of x reaches that row's outputs, as in BLAS (no fast-math
+    folding), and the other rows are untouched."""
+    from nac.engine.kernels import linalg as L
+
+    x = np.ones((9, 40), np.float32)
+    x[2, 5], x[7, 0] = np.nan, np.inf
+    w = np.ones((40, 33), np.float32)
+    w[0, 1] = -1.0
+    panels = L.pack_panels(w)
+    bias = np.zeros(panels.shape[0] * L.PANEL, np.float32)
+    for kind in (0, 1, 2):
+        y = np.zeros((9, 33), np.float32)
+        L.gemm(x, panels, bias, y, 0, kind)
+        np.testing.assert_array_equal(y, x.astype(np.float64) @ w)
+
+
+def test_gemm_rejects_operands_that_disagree():
+    """The tiles do not bounds-check, so `gemm` refuses mismatched shapes, dtypes and layouts."""
+    from nac.engine.kernels import linalg as L
+
+    x, w = np.ones((4, 8), np.float32), np.ones((8, 40), np.float32)
+    panels, bias, y = L.pack_panels(w), np.zeros(64, np.float32), np.empty((4, 40), np.float32)
+    L.gemm(x, panels, bias, y, 0, 0)
+    bad = [(np.ones((4, 9), np.float32), panels, bias, y), (x, panels, bias, np.empty((4, 70), np.float32)),
+           (x, panels, np.zeros(32, np.float32), y), (x.astype(np.float64), panels, bias, y),
+           (x, panels, bias, np.empty((40, 4), np.float32).T), (x, panels, bias, np.empty((5, 40), np.float32))]
+    for args in bad:
+        with pytest.raises(ValueError, match="do not agree"):
+            L.gemm(*args, 0, 0)
+    with pytest.raises(ValueError, match="do not agree"):
+        L.gemm(x, panels, bias, y, 0, 7)
+
+
+@pytest.mark.parametrize("gemm", ["avx512", "avx2", "plain", "blas"])
+def test_linear_with_a_loaded_weight_matches_torch(gemm, monkeypatch):
+    """The linear kernel with read-only weights (a loaded model's, which take the packed panels;
+    packed once, reused) in both layouts, with GELU fused, against torch; `NAC_GEMM`'s choices."""
+    from nac.engine.kernels import KERNELS
+    from nac.engine.kernels import linalg as L
+
+    monkeypatch.setattr(L, "GEMM", gemm)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 7, 96)).astype(np.float32)
+    w = rng.standard_normal((80, 96)).astype(np.float32)
+    b = rng.standard_normal(80).astype(np.float32)
+    want = F.gelu(F.linear(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b))).numpy()
+    for layout, weight in (("oi", w.copy()), ("io", np.ascontiguousarray(w.T))):
+        weight.flags.writeable = False
+        bias = b.copy()
+        bias.flags.writeable = False
+        for _ in range(2):
+            out = np.full((2, 7, 80), np.nan, np.float32)
+            KERNELS["linear"]([x, weight, bias], [out], {"activation": "gelu", "weight_layout": layout})
+            assert_close(out, want, rel=1e-5, what=f"{gemm} {layout}")
+
+
 CONV_CASES = [  # (N, C, H, W, Cout, k, stride, padding, dilation, groups)
     (2, 24, 13, 11, 24, 3, 1, 1, 1, 24), (1, 40, 9, 9, 40, 5, 2, 2, 1, 40), (1, 19, 7, 8, 19, 3, 1, 2, 2, 19),
     (2, 16, 10, 9, 24, 1, 1, 0, 1, 1), (1, 8, 12, 12, 12, 1, 2, 0, 1, 1), (2, 3, 17, 15, 16, 3, 2, 1, 1, 1),
-    (1, 12, 9, 9, 10, 3, 1, 1, 1, 1), (1, 8, 9, 9, 6, 3, 1, 1, 1, 2),
+    (1, 12, 9, 9, 10, 3, 1, 1, 1, 1), (1, 8, 9, 9, 6, 3, 1, 1, 1, 2), (2, 80, 6, 7, 40, 1, 1, 0, 1, 1),
     # wide enough for the register-tiled depthwise kernel: 16-channel tiles with a tail of 8,
     # stride 2, dilation 2, padding wider than the taps reach, fewer channels than one tile
     (1, 40, 20, 24, 40, 3, 1, 1, 1, 40), (2, 32, 18, 37, 32, 5, 2, 2, 1, 32), (1, 16, 17, 21, 16, 3, 1, 2, 2, 16),
@@ -259,10 +383,13 @@ def test_channels_last_convolutions_match_torch():
         want = F.relu6(pre).numpy()
         attrs = {"stride": [st, st], "padding": [pad] * 4, "dilation": [dil, dil], "groups": groups,
                  "activation": "relu6"}
+        loaded_wt, loaded_b = wt.copy(), b.copy()  # a loaded model's (read-only): deep products take the panels
+        loaded_wt.flags.writeable = loaded_b.flags.writeable = False
         for x_in in (x, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
-            out = np.full((n, want.shape[2], want.shape[3], cout), np.nan, np.float32).transpose(0, 3, 1, 2)
-            KERNELS["conv2d"]([x_in, wt, b], [out], attrs)
-            assert_close(out, want, rel=1e-5 * max(1.0, float(pre.abs().max())), what=f"conv {n, c, h, w, cout, k}")
+            for weights in ((wt, b), (loaded_wt, loaded_b)):
+                out = np.full((n, want.shape[2], want.shape[3], cout), np.nan, np.float32).transpose(0, 3, 1, 2)
+                KERNELS["conv2d"]([x_in, *weights], [out], attrs)
+                assert_close(out, want, rel=1e-5 * max(1.0, float(pre.abs().max())), what=f"conv {n, c, h, w, cout, k}")
 
 
 ISA_SCRIPT = """
@@ -285,6 +412,14 @@ for case in ATTENTION_CASES:
     for path in PATHS:
         test_attention_matches_torch(case, path, MP())
 test_mm_tile_matches_its_loop_twin()
+from test_fused_kernels import test_panel_tiles_match_their_loop_twin, test_gemm_on_packed_panels_matches_torch
+from test_fused_kernels import test_gemm_propagates_nan_and_inf_like_blas
+for rows in (8, 4, 3, 1):
+    test_panel_tiles_match_their_loop_twin(rows)
+for kind in ("avx512", "avx2", "plain"):
+    for act in ("none", "gelu"):
+        test_gemm_on_packed_panels_matches_torch(kind, act)
+test_gemm_propagates_nan_and_inf_like_blas()
 from test_fused_kernels import test_channels_last_convolutions_match_torch, test_dw_tile_matches_its_loop_twin
 test_channels_last_convolutions_match_torch()
 test_dw_tile_matches_its_loop_twin()
