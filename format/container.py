@@ -463,6 +463,13 @@ class Documents:
     methods_doc: list | None = None  # the methods section's entries (format 1.1), or None
 
 
+def _crc32(buf, offset: int, length: int) -> int:
+    """CRC-32 of ``buf[offset:offset + length]`` read in place (slicing a memory map copies it:
+    90 MB took 0.14-0.23 s of a MiniLM load)."""
+    with memoryview(buf)[offset:offset + length] as part:
+        return zlib.crc32(part)
+
+
 def read_documents(path, *, verify: bool = True) -> Documents:
     """Map a `.nac` file and check everything but the graph itself: header, sections, CRCs,
     the graph and metadata documents against their schemas, the parameters (inline or external).
@@ -483,7 +490,7 @@ def read_documents(path, *, verify: bool = True) -> Documents:
                                  f"written by a newer NAC (format {version[0]}.{version[1]})")
         if s.kind in by_kind:
             raise NacFormatError(f"{path}: {s.name} section appears twice")
-        if verify and zlib.crc32(buf[s.offset:s.offset + s.length]) != s.crc32:
+        if verify and _crc32(buf, s.offset, s.length) != s.crc32:
             raise NacFormatError(f"{path}: {s.name} section is corrupt (CRC-32 mismatch)")
         by_kind[s.kind] = s
     for kind in (GRAPH, METADATA):
