@@ -31,6 +31,9 @@ from nac.engine.kernels.simd import AVX512, dot_s8s8, dot_ternary_codes_s8, dot_
 from nac.format.quant import unpack_ternary_rows
 
 SMALL_M = 8  # rows up to which the compressed-weight kernels beat dequantise + BLAS
+#: W8A8 products of more than SMALL_M rows run `gemm_int8_panels` (VNNI register tiles) where the
+#: CPU has VNNI; the tests turn it off to compare with `gemm_int8_a8`
+INT8_PANELS = simd.VNNI
 
 # Multiply-adds that cost one thread as much as one element-operation of the elementwise kernels
 # `threads.parallel_range`'s threshold was set on, per kernel. Single-thread rates on 4096x4096 at
@@ -58,6 +61,21 @@ class QTensor:
         unsigned x signed byte products of `gemm_int8_a8` cover), computed once per weight."""
         head = 64 * (self.shape[1] // 64)
         return self.data[:, :head].sum(axis=1, dtype=np.int64).astype(np.int32)
+
+    @functools.cached_property
+    def int8_panels(self) -> tuple[np.ndarray, np.ndarray]:
+        """The int8 weight [N, K] as `int8_tile`'s panels, made once per weight:
+        (int8 [ceil(N / 32), ceil(K / 4), 32, 4] with ``panels[g, j, t, i] = data[32 g + t, 4 j + i]``
+        (zeros past N and K), int32 [32 ceil(N / 32)] = 128 * each row's sum (zeros past N): the
+        correction for activations shifted by 128 into unsigned bytes)."""
+        n, k = self.shape
+        g, k4 = -(-n // 32), -(-k // 4)
+        padded = np.zeros((g * 32, k4 * 4), np.int8)
+        padded[:n, :k] = self.data
+        panels = np.ascontiguousarray(padded.reshape(g, 32, k4, 4).transpose(0, 2, 1, 3))
+        sums = np.zeros(g * 32, np.int32)
+        sums[:n] = 128 * self.data.sum(axis=1, dtype=np.int64)
+        return panels, sums
 
     @functools.cached_property
     def row_blocks(self) -> np.ndarray:
@@ -244,6 +262,43 @@ def gemm_int8_a8(xq, xu, xs, q, row_sums, scale, out, signed, lo, hi):
             out[m, n] = np.float32(acc) * xs[m] * scale[n]
 
 
+#: rows of activations per block of `gemm_int8_panels`' work (a block's bytes stay in L2 while a
+#: thread sweeps its panels)
+INT8_ROW_BLOCK = 256
+
+
+@njit(cache=True, nogil=True)
+def gemm_int8_panels(xu, M, K4, panels, sums128, xs, scale, out, lo, hi):
+    """W8A8 on packed panels: out[m, n] = xs[m] * scale[n] * sum_k int32(xq[m, k]) * int32(q[n, k]),
+    bit for bit what `gemm_int8_a8` writes, for work items ``lo..hi``: (block of `INT8_ROW_BLOCK`
+    rows, panel of 32 columns) pairs, row block major.
+
+    xu: uint8 [M, 4 K4], xq + 128 (128 past K); panels, sums128: `QTensor.int8_panels`; xs:
+    float32 [M]; scale: float32 [N]; out: float32 [M, N]. Each tile of 8 (then 4, then 1) rows x
+    32 columns sums in int32 (`simd.int8_tile`: AVX512-VNNI ``vpdpbusd``, 64 byte products per
+    instruction); sum (xq + 128) q - 128 sum q is exact."""
+    M, N = out.shape
+    G = (N + 31) // 32
+    acc = np.empty(8 * 32, np.int32)
+    lda = 4 * K4
+    for item in range(lo, hi):
+        g = item % G
+        m0 = (item // G) * INT8_ROW_BLOCK
+        m1 = min(M, m0 + INT8_ROW_BLOCK)
+        n0 = 32 * g
+        width = min(32, N - n0)
+        m = m0
+        while m < m1:
+            rows = 8 if m1 - m >= 8 else (4 if m1 - m >= 4 else 1)
+            simd.int8_tile(rows, xu, m * lda, lda, panels, g * K4 * 128, K4, acc)
+            for r in range(rows):
+                s = xs[m + r]
+                o = out[m + r]
+                for t in range(width):
+                    o[n0 + t] = np.float32(np.int32(acc[32 * r + t] - sums128[n0 + t])) * s * scale[n0 + t]
+            m += rows
+
+
 @njit(cache=True, nogil=True)
 def gemm_ternary_a8(x4q, xsum, xs, packed, scale, per_row, out, lo, hi):
     """W1.58A8: out[m, n] = xs[m] * s_n * (sum_k code[n, k] * xq[m, k] - sum_k xq[m, k]) with
@@ -319,6 +374,14 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
         if w.scheme == "int8":
             xq, xu = np.empty((M, K), np.int8), np.empty((M, K), np.uint8)
             quantize_rows(x2, xq, xu, xs)
+            if INT8_PANELS and not simd.SIGNED_INT8_DOT and M > SMALL_M:
+                panels, sums = w.int8_panels
+                if K % 4:
+                    xu = np.pad(xu, ((0, 0), (0, 4 * panels.shape[1] - K)), constant_values=128)
+                items = -(-M // INT8_ROW_BLOCK) * panels.shape[0]
+                T.parallel_range(gemm_int8_panels, items, xu.reshape(-1), M, panels.shape[1], panels.reshape(-1), sums,
+                                 xs, w.scale, y, work=work)
+                return
             T.parallel_range(gemm_int8_a8, N, xq, xu, xs, w.data, w.block_row_sums, w.scale, y, simd.SIGNED_INT8_DOT,
                              work=work)
         else:

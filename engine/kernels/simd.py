@@ -302,6 +302,84 @@ dot_u8s8 = _vnni_dot_u8s8 if VNNI else _loop_dot_u8s8
 dot_s8s8 = _avx2_dot_s8s8 if AVX2 else _loop_dot_s8s8
 dot_ternary_codes_s8 = (_vnni_dot_ternary_codes_s8 if VNNI else
                         _avx2_dot_ternary_codes_s8 if AVX2 else _loop_dot_ternary_codes_s8)
+def _vnni_tile(rows: int):
+    """The intrinsic for a ``rows`` x 32 int8 tile (see `int8_tile`)."""
+
+    @intrinsic
+    def tile(typingctx, a, a_off, lda, b, b_off, k4, c):
+        if not (_is_array(a, types.uint8, 1) and _is_array(b, types.int8, 1) and _is_array(c, types.int32, 1)
+                and all(isinstance(x, types.Integer) for x in (a_off, lda, b_off, k4))):
+            return None
+        sig = types.void(a, a_off, lda, b, b_off, k4, c)
+
+        def codegen(context, builder, signature, args):
+            pa, pb, pc = (context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 3, 6))
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            a_off_, lda_, b_off_, k4_ = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 2, 4, 5))
+            dpbusd = _function(builder, "llvm.x86.avx512.vpdpbusd.512", _I32X16, [_I32X16] * 3)
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(_I32X16, [0] * 16)) for _ in range(2)]
+                    for _ in range(rows)]
+            rows_at = [builder.add(a_off_, builder.mul(ir.Constant(i64, r), lda_)) for r in range(rows)]
+            zero_mask = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+            undef = ir.Constant(_I32X16, ir.Undefined)
+            with cgutils.for_range(builder, k4_) as loop:
+                j = loop.index
+                at = builder.add(b_off_, builder.mul(j, ir.Constant(i64, 128)))
+                bv = [builder.bitcast(_load_block(builder, pb, builder.add(at, ir.Constant(i64, 64 * v))), _I32X16)
+                      for v in range(2)]
+                for r in range(rows):
+                    ap = builder.gep(pa, [builder.add(rows_at[r], builder.mul(j, ir.Constant(i64, 4)))])
+                    word = builder.load(builder.bitcast(ap, i32.as_pointer()), align=1)
+                    splat = builder.shuffle_vector(builder.insert_element(undef, word, ir.Constant(i32, 0)), undef,
+                                                   zero_mask)
+                    for v in range(2):
+                        builder.store(builder.call(dpbusd, [builder.load(accs[r][v]), splat, bv[v]]), accs[r][v])
+            for r in range(rows):
+                for v in range(2):
+                    cp = builder.gep(pc, [ir.Constant(i64, 32 * r + 16 * v)])
+                    builder.store(builder.load(accs[r][v]), builder.bitcast(cp, _I32X16.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+@njit(cache=True, nogil=True)
+def loop_int8_tile(rows, a, a_off, lda, b, b_off, k4, c):
+    """The plain-loop twin of `int8_tile` (same arguments and result)."""
+    for r in range(rows):
+        for t in range(32):
+            acc = np.int32(0)
+            for j in range(k4):
+                for i in range(4):
+                    acc = np.int32(acc + np.int32(a[a_off + r * lda + 4 * j + i]) * np.int32(b[b_off + j * 128 + 4 * t + i]))
+            c[32 * r + t] = acc
+
+
+if VNNI:
+    _vnni_tile_8, _vnni_tile_4, _vnni_tile_1 = _vnni_tile(8), _vnni_tile(4), _vnni_tile(1)
+
+    @njit(cache=True, nogil=True)
+    def int8_tile(rows, a, a_off, lda, b, b_off, k4, c):
+        """int32 c[32 r + t] = sum_{q < 4 k4} uint8 a[a_off + r lda + q] * int8 b[b_off + 128 (q // 4) + 4 t + q % 4]
+        for r < rows (8, 4 or 1), t < 32: a tile of an int8 GEMM, unsigned activations times a
+        weight panel packed four k at a time per column (`nac.engine.kernels.quant.pack_int8_panels`).
+
+        a: uint8 1-D; b: int8 1-D; c: int32 [>= 32 rows], overwritten. With AVX512-VNNI one
+        ``vpdpbusd`` per 16 columns and row adds 64 byte products (Intel SDM, VPDPBUSD): 16 zmm
+        accumulators for 8 rows, each 4-byte broadcast of a feeding two. Elsewhere this is
+        `loop_int8_tile`. No bounds checks: the caller keeps every index inside its arrays."""
+        if rows == 8:
+            _vnni_tile_8(a, a_off, lda, b, b_off, k4, c)
+        elif rows == 4:
+            _vnni_tile_4(a, a_off, lda, b, b_off, k4, c)
+        else:
+            _vnni_tile_1(a, a_off, lda, b, b_off, k4, c)
+else:
+    int8_tile = loop_int8_tile
+
+
 #: int8 x int8 products go through `dot_s8s8` (AVX2) where VNNI is missing, else `dot_u8s8` (a
 #: run-time argument of the GEMM, so one compiled kernel serves both); NAC_INT8_DOT=signed /
 #: unsigned forces one (read at import; the tests run both)

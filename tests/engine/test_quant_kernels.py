@@ -54,6 +54,35 @@ def test_int8_activations_are_exact_integer_arithmetic(scheme, m, k):
     assert np.abs(y - ref).max() <= 0.05 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("m, k, n", [(9, 64, 32), (13, 131, 29), (300, 96, 70), (17, 4096, 33), (20, 1, 40)])
+def test_int8_panels_equal_the_dot_product_kernel(m, k, n, monkeypatch):
+    """W8A8 over `int8_tile` panels (taken on VNNI CPUs for more than SMALL_M rows; the loop twin
+    elsewhere) writes bit for bit what the row-by-row dot-product kernel writes: shapes with
+    a K that is not a multiple of 4, a last panel narrower than 32 columns, row remainders of
+    each tile height and two row blocks; extreme bytes included."""
+    rng = np.random.default_rng(m * k)
+    q = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    q[0, :] = 127
+    w = Q.QTensor("int8", q, rng.random(n).astype(np.float32) + 0.01, (n, k))
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[1, :] = 3.0  # a row that quantises to +127 everywhere
+    got, want = np.full((m, n), np.nan, np.float32), np.full((m, n), np.nan, np.float32)
+    panels, sums = w.int8_panels
+    items = -(-m // Q.INT8_ROW_BLOCK) * panels.shape[0]
+    xq, xu, xs = np.empty((m, k), np.int8), np.empty((m, k), np.uint8), np.empty(m, np.float32)
+    Q.quantize_rows(x, xq, xu, xs)
+    xu = np.pad(xu, ((0, 0), (0, 4 * panels.shape[1] - k)), constant_values=128)
+    Q.gemm_int8_panels(xu.reshape(-1), m, panels.shape[1], panels.reshape(-1), sums, xs, w.scale, got, 0, items)
+    monkeypatch.setattr(Q, "INT8_PANELS", False)
+    monkeypatch.setattr(Q.simd, "SIGNED_INT8_DOT", False)
+    Q.quant_matmul(x, w, want, "int8")
+    np.testing.assert_array_equal(got, want)
+    monkeypatch.setattr(Q, "INT8_PANELS", True)
+    through = np.full((m, n), np.nan, np.float32)
+    Q.quant_matmul(x, w, through, "int8")
+    np.testing.assert_array_equal(through, want)
+
+
 @pytest.mark.parametrize("scheme", ["int8", "ternary"])
 def test_embedding_rows(scheme):
     rng = np.random.default_rng(3)

@@ -88,6 +88,32 @@ def test_kernels_use_vnni_when_the_cpu_has_it():
     assert (simd.dot_s8s8 is simd._avx2_dot_s8s8) == simd.AVX2
 
 
+@njit
+def _int8_tile(rows, a, a_off, lda, b, b_off, k4, c):
+    simd.int8_tile(rows, a, a_off, lda, b, b_off, k4, c)
+
+
+@pytest.mark.parametrize("tile", [pytest.param(_int8_tile, id="int8_tile"), pytest.param(simd.loop_int8_tile, id="loop")])
+@pytest.mark.parametrize("rows", [8, 4, 1])
+@pytest.mark.parametrize("k4", [0, 1, 5, 200])
+def test_int8_tile_against_integer_arithmetic(tile, rows, k4):
+    """The int8 GEMM tile (VNNI where the CPU has it) and its loop twin, at offsets inside larger
+    arrays, against numpy's int64 products, including 255 x -128 everywhere (no saturation)."""
+    rng = np.random.default_rng(rows * 1000 + k4)
+    lda = 4 * k4 + 12
+    for extreme in (False, True):
+        a = rng.integers(0, 256, (rows + 2) * lda, dtype=np.uint8)
+        b = rng.integers(-128, 128, 7 + k4 * 128, dtype=np.int8)
+        if extreme:
+            a[:], b[:] = 255, -128
+        c = np.full(8 * 32, 7, np.int32)
+        tile(rows, a, lda + 3, lda, b, 7, k4, c)
+        left = a[lda + 3:lda + 3 + rows * lda].reshape(rows, lda)[:, :4 * k4].astype(np.int64)
+        panel = b[7:7 + k4 * 128].reshape(k4, 32, 4).transpose(0, 2, 1).reshape(4 * k4, 32).astype(np.int64)
+        np.testing.assert_array_equal(c[:32 * rows].reshape(rows, 32), left @ panel)
+        assert (c[32 * rows:] == 7).all()
+
+
 @pytest.mark.parametrize("path", ["signed", "unsigned"])
 def test_int8_products_through_each_byte_path(path, tmp_path):
     """The W8A8 GEMM through `dot_s8s8` (the AVX2 path) and through `dot_u8s8` (VNNI or loop),
