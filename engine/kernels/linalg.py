@@ -101,7 +101,7 @@ def pack_panels(wt: np.ndarray) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _panel_rows(kind, rows, a, a_off, lda, bp, b_off, bias, n0, c, c_off, ldc, k):
-    """``rows`` rows (8, 4, 3 or 1, `_tile_rows`) x one panel through ``kind``'s tiles."""
+    """``rows`` rows (8, 4, 3, 2 or 1, `_tile_rows`) x one panel through ``kind``'s tiles."""
     if kind == 2:
         simd.loop_panel_tile(rows, PANEL, a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
     elif rows == 8:
@@ -110,6 +110,8 @@ def _panel_rows(kind, rows, a, a_off, lda, bp, b_off, bias, n0, c, c_off, ldc, k
         simd.panel_tile_4x32(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
     elif rows == 3:
         simd.panel_tile_3x32(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
+    elif rows == 2:
+        simd.panel_tile_2x32(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
     else:
         simd.panel_tile_1x32(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
 
@@ -117,10 +119,10 @@ def _panel_rows(kind, rows, a, a_off, lda, bp, b_off, bias, n0, c, c_off, ldc, k
 @njit(cache=True, nogil=True)
 def _tile_rows(kind, left):
     """How many rows the next tile of ``kind`` takes when ``left`` rows remain: AVX-512 (and the
-    plain loop) 8, then 4, then 1; AVX2 3, then 1."""
+    plain loop) 8, then 4, 2 and 1; AVX2 3, then 2 and 1."""
     if kind == 1:
-        return 3 if left >= 3 else 1
-    return 8 if left >= 8 else (4 if left >= 4 else 1)
+        return 3 if left >= 3 else left
+    return 8 if left >= 8 else (4 if left >= 4 else left if left < 3 else 2)
 
 
 @njit(cache=True, nogil=True, fastmath=vm.EXP_FLAGS, error_model=vm.NUMPY_ERRORS)
@@ -213,8 +215,10 @@ def gemm(x2: np.ndarray, panels: np.ndarray, bias: np.ndarray, y2: np.ndarray, c
 def _gemm_weight(x2, w, y2, b, code: int, how: str) -> bool:
     """act(x2 @ W + b) into y2 through `gemm` when W (the weight ``w``, packed as ``how``) is a
     loaded model's (read-only, so packed once) and the operands are float32; False (nothing
-    written) otherwise, and for empty products."""
-    if GEMM == "blas" or w.flags.writeable or x2.dtype != np.float32 or y2.dtype != np.float32 or y2.size == 0 \
+    written) otherwise, for empty products, and for one row: OpenBLAS's matrix-vector kernel
+    measured faster there (48 vs 84 µs for a cached 768 x 2304 weight; at 2-16 rows the panels
+    are 2.5-4x faster than OpenBLAS on a transposed weight)."""
+    if GEMM == "blas" or x2.shape[0] == 1 or w.flags.writeable or x2.dtype != np.float32 or y2.dtype != np.float32 or y2.size == 0 \
             or not y2.flags.c_contiguous or x2.shape[1] == 0:
         return False
     if b is not None and (b.flags.writeable or b.dtype != np.float32):

@@ -214,11 +214,13 @@ def _panel_tile(rows, a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k):
         simd.panel_tile_4x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
     elif rows == 3:
         simd.panel_tile_3x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
+    elif rows == 2:
+        simd.panel_tile_2x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
     else:
         simd.panel_tile_1x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
 
 
-@pytest.mark.parametrize("rows", [8, 4, 3, 1])
+@pytest.mark.parametrize("rows", [8, 4, 3, 2, 1])
 def test_panel_tiles_match_their_loop_twin(rows):
     """Each GEMM register tile, at offsets inside larger arrays and with strides wider than the
     tile, writes exactly its block (bias + product) and nothing else, as its plain twin does."""
@@ -226,7 +228,7 @@ def test_panel_tiles_match_their_loop_twin(rows):
     a = rng.standard_normal((10, 45)).astype(np.float32)
     b = rng.standard_normal((45, 40)).astype(np.float32)
     bias = rng.standard_normal(40).astype(np.float32)
-    for k in (0, 1, 17, 44):
+    for k in (0, 1, 2, 17, 44):  # chained tiles: k below, at and past the chain count, with a remainder
         want = np.full((10, 37), 9.0, np.float32)
         want[1:1 + rows, 5:37] = bias[3:35] + a[2:2 + rows, 1:1 + k].astype(np.float64) @ b[:k, 3:35]
         for tile in (_panel_tile, lambda *args: simd.loop_panel_tile(args[0], 32, *args[1:])):
@@ -414,7 +416,7 @@ for case in ATTENTION_CASES:
 test_mm_tile_matches_its_loop_twin()
 from test_fused_kernels import test_panel_tiles_match_their_loop_twin, test_gemm_on_packed_panels_matches_torch
 from test_fused_kernels import test_gemm_propagates_nan_and_inf_like_blas
-for rows in (8, 4, 3, 1):
+for rows in (8, 4, 3, 2, 1):
     test_panel_tiles_match_their_loop_twin(rows)
 for kind in ("avx512", "avx2", "plain"):
     for act in ("none", "gelu"):
