@@ -1,12 +1,13 @@
 """NAC's fused kernels against torch eager on the shapes the real models give them, one process,
 same thread count: attention (prefill, encoder, diffusion), bias + activation epilogues, layer
-norm, softmax, and the thread team's hand-off.
+norm, softmax, linear products (packed panels, float32 and W8A8), and the thread team's hand-off.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_kernels.py [--json PATH]
 
 Reports the median time per call (µs) of NAC's kernel, of torch, and their ratio (below 1.0 means
-NAC is faster), plus the machine; the attention rows also time `sdpa_reference` (the unfused numpy
-form NAC used before: BLAS products and a numpy softmax).
+NAC is faster), plus the machine. The last column is what NAC ran before each fast path: for
+attention `sdpa_reference` (BLAS products and a numpy softmax), for linear layers numpy's BLAS +
+the fused epilogue (``NAC_GEMM=blas``), for W8A8 the dot-product kernel, for the team a serial call.
 """
 from __future__ import annotations
 
@@ -100,6 +101,83 @@ def elementwise_rows(rng, repeat):
     return rows
 
 
+def gemm_rows(rng, repeat):
+    """Linear layers with a loaded model's (read-only) weight: NAC's packed-panel GEMM against
+    torch's F.linear and against NAC's BLAS path (numpy.matmul + the fused epilogue, what
+    ``NAC_GEMM=blas`` runs); the 36 products of MiniLM's encoder in turn (their 42 MB of weights
+    come from memory, as in the model); W8A8 on VNNI panels against the dot-product kernel."""
+    import torch
+    import torch.nn.functional as F
+
+    from nac.engine.kernels import KERNELS
+    from nac.engine.kernels import linalg as L
+    from nac.engine.kernels import quant as Q
+
+    def loaded(a):
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+
+    def timed(fn):
+        kept = L.GEMM
+        try:
+            nac_us = median_us(fn, repeat)
+            L.GEMM = "blas"
+            return nac_us, median_us(fn, repeat)
+        finally:
+            L.GEMM = kept
+
+    rows = []
+    for m, k, n, act in [(16, 384, 1536, "gelu"), (128, 384, 1536, "gelu"), (1024, 384, 384, "none"),
+                         (1, 768, 2304, "none")]:
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w, b = loaded(rng.standard_normal((n, k)).astype(np.float32)), loaded(rng.standard_normal(n).astype(np.float32))
+        y = np.empty((m, n), np.float32)
+        attrs = {"activation": act}
+        nac_us, blas_us = timed(lambda: KERNELS["linear"]([x, w, b], [y], attrs))
+        tfn = F.gelu if act == "gelu" else (lambda t: t)
+        tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w.copy()), torch.from_numpy(b.copy())
+        with torch.no_grad():
+            torch_us = median_us(lambda: tfn(F.linear(tx, tw, tb)), repeat)
+        rows.append({"kernel": f"linear + {act}", "case": f"{m}x{k} @ {k}x{n}", "nac_us": nac_us, "torch_us": torch_us,
+                     "blas_us": blas_us})
+    shapes = [(384, 384)] * 4 + [(384, 1536), (1536, 384)]
+    layers = [(loaded(rng.standard_normal((n, k)).astype(np.float32)), loaded(np.zeros(n, np.float32)))
+              for _ in range(6) for k, n in shapes]
+    xs = {k: rng.standard_normal((16, k)).astype(np.float32) for k in (384, 1536)}
+    ys = {n: np.empty((16, n), np.float32) for n in (384, 1536)}
+
+    def encoder():
+        for w, b in layers:
+            KERNELS["linear"]([xs[w.shape[1]], w, b], [ys[w.shape[0]]], {})
+    nac_us, blas_us = timed(encoder)
+    tl = [(torch.from_numpy(w.copy()), torch.from_numpy(b.copy())) for w, b in layers]
+    txs = {k: torch.from_numpy(v) for k, v in xs.items()}
+
+    def torch_encoder():
+        for w, b in tl:
+            F.linear(txs[w.shape[1]], w, b)
+    with torch.no_grad():
+        torch_us = median_us(torch_encoder, repeat)
+    rows.append({"kernel": "MiniLM's 36 linear products", "case": "16 rows, weights from memory", "nac_us": nac_us,
+                 "torch_us": torch_us, "blas_us": blas_us})
+    x = rng.standard_normal((128, 384)).astype(np.float32)
+    q = rng.integers(-127, 128, (1536, 384)).astype(np.int8)
+    qt = Q.QTensor("int8", q, rng.random(1536).astype(np.float32), (1536, 384))
+    y = np.empty((128, 1536), np.float32)
+    nac_us = median_us(lambda: Q.quant_matmul(x, qt, y, "int8"), repeat)
+    kept = Q.INT8_PANELS
+    Q.INT8_PANELS = False
+    dot_us = median_us(lambda: Q.quant_matmul(x, qt, y, "int8"), repeat)
+    Q.INT8_PANELS = kept
+    tx, tw = torch.from_numpy(x), torch.from_numpy(qt.dequantize())
+    with torch.no_grad():
+        torch_us = median_us(lambda: F.linear(tx, tw), repeat)
+    rows.append({"kernel": "W8A8 linear (VNNI panels)" if Q.INT8_PANELS else "W8A8 linear (dot products)",
+                 "case": "128x384 @ 384x1536", "nac_us": nac_us, "torch_us": torch_us, "blas_us": dot_us})
+    return rows
+
+
 def team_rows(repeat):
     from numba import njit
 
@@ -129,12 +207,13 @@ def main() -> None:
     torch.set_num_threads(num_threads())
     rng = np.random.default_rng(0)
     info = machine()
-    rows = attention_rows(rng, args.repeat) + elementwise_rows(rng, args.repeat) + team_rows(args.repeat)
-    print("| kernel | case | NAC µs | torch µs | NAC / torch | unfused numpy µs |\n|---|---|---|---|---|---|")
+    rows = (attention_rows(rng, args.repeat) + elementwise_rows(rng, args.repeat) + gemm_rows(rng, args.repeat)
+            + team_rows(args.repeat))
+    print("| kernel | case | NAC µs | torch µs | NAC / torch | NAC's previous form µs |\n|---|---|---|---|---|---|")
     for r in rows:
         torch_us = "" if r["torch_us"] is None else f"{r['torch_us']:.0f}"
         ratio = "" if r["torch_us"] is None else f"{r['nac_us'] / r['torch_us']:.2f}"
-        ref = r.get("unfused_numpy_us") or r.get("serial_us")
+        ref = r.get("unfused_numpy_us") or r.get("serial_us") or r.get("blas_us")
         ref = "" if ref is None else f"{ref:.0f}"
         print(f"| {r['kernel']} | {r['case']} | {r['nac_us']:.0f} | {torch_us} | {ratio} | {ref} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")  # what `import nac` sets
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_models import machine  # noqa: E402
+from bench_models import interleaved, machine  # noqa: E402
 
 from nac.engine.kernels import quant as Q  # noqa: E402
 from nac.format.quant import pack_ternary_rows, quantize_int8, quantize_ternary  # noqa: E402
@@ -68,7 +68,8 @@ def asm_report() -> dict:
 
 
 def bench_minilm(repeat: int) -> list[dict]:
-    """MiniLM float32 vs int8 (and int8+a8) .nac files: size and latency on the same inputs."""
+    """MiniLM float32 vs int8 (and int8+a8) .nac files: size and latency on the same inputs, in
+    alternating rounds (`bench_models.interleaved`)."""
     import tempfile
 
     import nac
@@ -86,8 +87,9 @@ def bench_minilm(repeat: int) -> list[dict]:
         for b, s in [(1, 16), (1, 128)]:
             feeds = {"input_ids": rng.integers(1000, 29000, (b, s)), "attention_mask": np.ones((b, s), np.int64)}
             row = {"case": f"b{b} seq{s}"}
+            times = interleaved({name: (lambda m=m: m.run(feeds)) for name, (m, _) in models.items()}, max(10, repeat))
             for name, (m, size) in models.items():
-                row[f"{name}_ms"] = round(median_us(lambda: m.run(feeds), max(5, repeat // 5)) / 1e3, 2)
+                row[f"{name}_ms"] = round(times[name], 2)
                 row[f"{name}_MB"] = round(size / 1e6, 1)
             out.append(row)
             print("minilm", json.dumps(row), flush=True)
