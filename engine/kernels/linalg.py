@@ -55,8 +55,15 @@ def linear(ins, outs, attrs):
     code = A.CODES[attrs.get("activation", "none")]
     if isinstance(w, Q.QTensor):
         K, N = w.shape[1], w.shape[0]
-        y = out.reshape(-1, N)
-        Q.quant_matmul(x.reshape(-1, K), w, y, attrs.get("activation_quant", "none"))
+        y, x2 = out.reshape(-1, N), x.reshape(-1, K)
+        aq = attrs.get("activation_quant", "none")
+        if (w.scheme == "int8" and aq == "none" and x2.shape[0] > Q.SMALL_M and GEMM != "blas"
+                and y.flags.c_contiguous and y.size):
+            T.parallel_range(gemm_dequant_panels, -(-N // PANEL), np.ascontiguousarray(x2, np.float32).reshape(-1),
+                             x2.shape[0], K, w.column_panels, w.scale, N, y.reshape(-1), GEMM_KINDS[GEMM],
+                             work=y.size * K)
+        else:
+            Q.quant_matmul(x2, w, y, aq)
         _bias_act_rows(y, b, code)
         return
     io = attrs.get("weight_layout", "oi") == "io"
@@ -157,7 +164,7 @@ def gemm_panels(a, M, K, bp, bias, N, c, code, kind, lo, hi):
             while m < m1:
                 rows = _tile_rows(kind, m1 - m)
                 for g in range(g0, g1):
-                    _panel_store(kind, rows, a, m, K, bp, g, bias, N, c, scratch)
+                    _panel_store(kind, rows, a, m, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, N, c, scratch)
                 if code != 0:
                     _act_rows(c, N, m, m + rows, g0, g1, code)
                 m += rows
@@ -166,7 +173,7 @@ def gemm_panels(a, M, K, bp, bias, N, c, code, kind, lo, hi):
                 m = m0
                 while m < m1:
                     rows = _tile_rows(kind, m1 - m)
-                    _panel_store(kind, rows, a, m, K, bp, g, bias, N, c, scratch)
+                    _panel_store(kind, rows, a, m, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, N, c, scratch)
                     m += rows
             if code != 0:
                 _act_rows(c, N, m0, m1, g0, g1, code)
@@ -182,17 +189,50 @@ def _act_rows(c, N, m0, m1, g0, g1, code):
 
 
 @njit(cache=True, nogil=True)
-def _panel_store(kind, rows, a, m, K, bp, g, bias, N, c, scratch):
-    """Rows ``m .. m + rows`` x panel ``g`` of c = a @ W + bias: straight into c, or through
-    ``scratch`` for the last panel when it ends past N."""
-    n0 = g * PANEL
+def _panel_store(kind, rows, a, m, K, bp, b_off, bias, bias_off, n0, N, c, scratch):
+    """Rows ``m .. m + rows`` x the panel at ``bp[b_off:]`` (output columns ``n0 ..``, bias from
+    ``bias[bias_off:]``) of c = a @ W + bias: straight into c, or through ``scratch`` when the
+    panel ends past N."""
     width = min(PANEL, N - n0)
     if width == PANEL:
-        _panel_rows(kind, rows, a, m * K, K, bp, g * K * PANEL, bias, n0, c, m * N + n0, N, K)
+        _panel_rows(kind, rows, a, m * K, K, bp, b_off, bias, bias_off, c, m * N + n0, N, K)
         return
-    _panel_rows(kind, rows, a, m * K, K, bp, g * K * PANEL, bias, n0, scratch, 0, PANEL, K)
+    _panel_rows(kind, rows, a, m * K, K, bp, b_off, bias, bias_off, scratch, 0, PANEL, K)
     for r in range(rows):
         c[(m + r) * N + n0:(m + r) * N + n0 + width] = scratch[r * PANEL:r * PANEL + width]
+
+
+@njit(cache=True, nogil=True, fastmath=vm.EXP_FLAGS, error_model=vm.NUMPY_ERRORS)
+def gemm_dequant_panels(a, M, K, panels, scale, N, c, kind, lo, hi):
+    """c = a @ dequant(W).T for an int8 weight, panels of 32 output columns ``lo..hi``: each
+    panel is converted into a [K, 32] float32 buffer (in L2) and swept by the row tiles of
+    ``kind`` (`gemm_panels`), so the weight is read once, compressed, and never written out
+    whole as float32.
+
+    a: [M, K] float32, flat C-contiguous; panels: `quant.QTensor.column_panels` [G, K, 32] int8;
+    scale: float32 [N]; c: [M, N] float32, flat C-contiguous, overwritten. The panel is
+    converted to float32 codes and each output column scaled after its sum (sum_k x q, times
+    scale[n]: a float rounding order that differs from dequantise-then-multiply by float32
+    rounding only)."""
+    buf = np.empty(K * PANEL, np.float32)
+    zero = np.zeros(PANEL, np.float32)
+    scratch = np.empty(8 * PANEL, np.float32)
+    for g in range(lo, hi):
+        n0 = g * PANEL
+        width = min(PANEL, N - n0)
+        codes = panels[g].reshape(-1)
+        for i in range(K * PANEL):  # indices from 0 over a slice: no wrap-around check, so it vectorises
+            buf[i] = np.float32(codes[i])
+        s = scale[n0:n0 + width]
+        m = 0
+        while m < M:
+            rows = _tile_rows(kind, M - m)
+            _panel_store(kind, rows, a, m, K, buf, 0, zero, 0, n0, N, c, scratch)
+            for r in range(rows):
+                out = c[(m + r) * N + n0:(m + r) * N + n0 + width]
+                for t in range(width):
+                    out[t] *= s[t]
+            m += rows
 
 
 def gemm(x2: np.ndarray, panels: np.ndarray, bias: np.ndarray, y2: np.ndarray, code: int, kind: int) -> None:

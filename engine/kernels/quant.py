@@ -8,7 +8,10 @@ A quantised parameter reaches kernels as a `QTensor` (stored data + scales + log
   sixteen rows at a time, T-MAC style, `gemv_ternary_lut`; else 2-bit fields unpacked in
   registers, `gemv_ternary`), and with per-token int8 activations (``activation_quant="int8"``):
   int8 x int8 (W8A8) and ternary x int8, both accumulating in int32;
-- many rows (prefill, GEMM): dequantise the weight to float32 in row blocks and call BLAS.
+- many rows (prefill, GEMM): int8 x int8 on VNNI register tiles over int8 weight panels
+  (`gemm_int8_panels`); int8 x float through `linalg.gemm_dequant_panels` (each 32-column panel
+  converted in cache and swept by the float32 GEMM tiles); ternary x float, and every product
+  with ``NAC_GEMM=blas``, dequantise the weight to float32 in row blocks and call BLAS.
 
 Ternary x int8 uses dot(t, a) = dot(t + 1, a) - sum(a): the codes t + 1 are unsigned {0, 1, 2},
 so the products are unsigned x signed byte multiply-adds, which run as AVX512-VNNI ``vpdpbusd``
@@ -76,6 +79,17 @@ class QTensor:
         sums = np.zeros(g * 32, np.int32)
         sums[:n] = 128 * self.data.sum(axis=1, dtype=np.int64)
         return panels, sums
+
+    @functools.cached_property
+    def column_panels(self) -> np.ndarray:
+        """The int8 weight [N, K] as int8 [ceil(N / 32), K, 32], ``column_panels[g, k, t] =
+        data[32 g + t, k]`` (zeros past N): `linalg.gemm_dequant_panels` dequantises one panel
+        with contiguous, vectorised loads and stores. Made once per weight (N * K bytes)."""
+        n, k = self.shape
+        g = -(-n // 32)
+        padded = np.zeros((g * 32, k), np.int8)
+        padded[:n] = self.data
+        return np.ascontiguousarray(padded.reshape(g, 32, k).transpose(0, 2, 1))
 
     @functools.cached_property
     def row_blocks(self) -> np.ndarray:

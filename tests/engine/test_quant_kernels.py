@@ -31,6 +31,31 @@ def test_float_activations(scheme, per_row, m, k):
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("scheme, per_row", [("int8", True), ("ternary", True), ("ternary", False)])
+@pytest.mark.parametrize("gemm", ["avx512", "avx2", "plain", "blas"])
+def test_linear_prefill_dequantises_panel_by_panel(scheme, per_row, gemm, monkeypatch):
+    """The linear kernel with a quantised weight and float activations, at prefill sizes: each
+    panel of 32 output columns is dequantised into cache and swept by the GEMM tiles (every tile
+    kind; "blas" is the dequantise-into-BLAS path), bias and GELU fused after, against float64
+    on the dequantised weight. Shapes with K not a multiple of 4 and a last panel of 5 columns."""
+    import torch
+    import torch.nn.functional as F
+
+    from nac.engine.kernels import KERNELS
+    from nac.engine.kernels import linalg as L
+
+    monkeypatch.setattr(L, "GEMM", gemm)
+    rng = np.random.default_rng(7)
+    for m, k, n in [(9, 131, 37), (40, 64, 64), (130, 5, 70)]:
+        w, deq = qtensor(scheme, n, k, per_row, rng)
+        x = rng.standard_normal((1, m, k)).astype(np.float32)
+        b = rng.standard_normal(n).astype(np.float32)
+        out = np.full((1, m, n), np.nan, np.float32)
+        KERNELS["linear"]([x, w, b], [out], {"activation": "gelu"})
+        want = F.gelu(torch.from_numpy(x.astype(np.float64) @ deq.T + b)).numpy()
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("scheme", ["int8", "ternary"])
 @pytest.mark.parametrize("m, k", [(1, 64), (5, 131), (16, 7), (3, 1000), (2, 4096)])
 def test_int8_activations_are_exact_integer_arithmetic(scheme, m, k):
