@@ -305,11 +305,12 @@ def gemm_int8_panels(xu, M, K4, panels, sums128, xs, scale, out, lo, hi):
         while m < m1:
             rows = 8 if m1 - m >= 8 else (4 if m1 - m >= 4 else 1)
             simd.int8_tile(rows, xu, m * lda, lda, panels, g * K4 * 128, K4, acc)
+            sums, sc = sums128[n0:n0 + width], scale[n0:n0 + width]
             for r in range(rows):
                 s = xs[m + r]
-                o = out[m + r]
-                for t in range(width):
-                    o[n0 + t] = np.float32(np.int32(acc[32 * r + t] - sums128[n0 + t])) * s * scale[n0 + t]
+                o, tile = out[m + r, n0:n0 + width], acc[32 * r:32 * r + width]
+                for t in range(width):  # indices from 0 over slices: no wrap-around checks
+                    o[t] = np.float32(np.int32(tile[t] - sums[t])) * s * sc[t]
             m += rows
 
 
