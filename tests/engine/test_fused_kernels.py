@@ -206,35 +206,25 @@ def test_mm_tile_matches_its_loop_twin():
         assert_close(c2.reshape(7, 37), want, rel=1e-6, what=f"loop twin k={k}")
 
 
-@njit
-def _panel_tile(rows, a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k):
-    if rows == 8:
-        simd.panel_tile_8x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
-    elif rows == 4:
-        simd.panel_tile_4x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
-    elif rows == 3:
-        simd.panel_tile_3x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
-    elif rows == 2:
-        simd.panel_tile_2x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
-    else:
-        simd.panel_tile_1x32(a, ao, lda, b, bo, ldb, bias, biaso, c, co, ldc, k)
-
-
 @pytest.mark.parametrize("rows", [8, 4, 3, 2, 1])
 def test_panel_tiles_match_their_loop_twin(rows):
-    """Each GEMM register tile, at offsets inside larger arrays and with strides wider than the
-    tile, writes exactly its block (bias + product) and nothing else, as its plain twin does."""
+    """Each GEMM register tile (through `linalg._panel_rows`: kind 0 holds the 8-, 4-, 2- and
+    1-row tiles, kind 1 the 3-row one), at offsets inside larger arrays and with output strides
+    wider than the tile, writes exactly its block (bias + product) and nothing else, as its plain
+    twin (kind 2) does."""
+    from nac.engine.kernels import linalg as L
+
     rng = np.random.default_rng(rows)
     a = rng.standard_normal((10, 45)).astype(np.float32)
-    b = rng.standard_normal((45, 40)).astype(np.float32)
+    b = rng.standard_normal((45, L.PANEL)).astype(np.float32)
     bias = rng.standard_normal(40).astype(np.float32)
     for k in (0, 1, 2, 17, 44):  # chained tiles: k below, at and past the chain count, with a remainder
         want = np.full((10, 37), 9.0, np.float32)
-        want[1:1 + rows, 5:37] = bias[3:35] + a[2:2 + rows, 1:1 + k].astype(np.float64) @ b[:k, 3:35]
-        for tile in (_panel_tile, lambda *args: simd.loop_panel_tile(args[0], 32, *args[1:])):
+        want[1:1 + rows, 5:37] = bias[3:35] + a[2:2 + rows, 1:1 + k].astype(np.float64) @ b[:k]
+        for kind in (1 if rows == 3 else 0, 2):
             c = np.full(10 * 37, 9.0, np.float32)
-            tile(rows, a.reshape(-1), 2 * 45 + 1, 45, b.reshape(-1), 3, 40, bias, 3, c, 37 + 5, 37, k)
-            assert_close(c.reshape(10, 37), want, rel=1e-6, what=f"{rows}-row tile k={k}")
+            L._panel_rows(kind, rows, a.reshape(-1), 2 * 45 + 1, 45, b.reshape(-1), 0, bias, 3, c, 37 + 5, 37, k)
+            assert_close(c.reshape(10, 37), want, rel=1e-6, what=f"{rows}-row tile, kind {kind}, k={k}")
 
 
 GEMM_SHAPES = [(1, 7, 5), (3, 64, 32), (5, 33, 64), (13, 300, 100), (8, 1, 33), (130, 40, 31), (300, 3, 1), (17, 96, 96)]
