@@ -61,7 +61,7 @@ def bench(name, hf_model, job, new_tokens, prompt_len, prefill_len, repeat):
                           metadata=job.metadata)
         m = nac.load(path)
         rng = np.random.default_rng(0)
-        vocab = m.metadata["vocab_size"]
+        vocab = m.metadata["generation"]["vocab_size"]
         prompt = rng.integers(100, vocab - 100, prompt_len).tolist()
         eos = []  # no early stop: always 128 tokens
 
@@ -110,7 +110,8 @@ def bench_quantized(name, job, schemes, new_tokens, prompt_len, repeat) -> list[
             path = nac.export(job.module, job.args, Path(tmp) / f"lm-{q}.nac", dynamic_shapes=job.dynamic_shapes,
                               metadata=job.metadata, quantize=q)
             m = nac.load(path)
-            prompt = np.random.default_rng(0).integers(100, m.metadata["vocab_size"] - 100, prompt_len).tolist()
+            vocab = m.metadata["generation"]["vocab_size"]
+            prompt = np.random.default_rng(0).integers(100, vocab - 100, prompt_len).tolist()
 
             def run():
                 return generate(m, prompt, max_new_tokens=new_tokens, eos_token_id=[])

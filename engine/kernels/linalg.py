@@ -3,12 +3,15 @@
 Products with a weight of a loaded model (linear, and the 1x1 and im2col convolutions) run
 `gemm_panels`: the weight is repacked once into panels of 32 output columns (`pack_panels`), and
 register tiles (`simd.panel_tile_8x32` on AVX-512, `simd.panel_tile_3x32` elsewhere) stream
-them with the bias added in registers and the activation applied while the tile is in L1. The
-panels are split over NAC's thread team. Against numpy's OpenBLAS, which packs the weight again
-on every call, this measured 1.2-1.6x faster for MiniLM's and GPT-2's products (``bench/
-bench_kernels.py``), most at the sizes of one prompt, where the weights come from memory.
-Products of two activations, and weights that can change between calls, go to BLAS through
-``numpy.matmul``, with bias and activation applied after it in one fused Numba pass.
+them with the bias added in registers and the activation applied while the tile is in cache.
+The panels are split over NAC's thread team. Against numpy's OpenBLAS, which packs the weight
+again on every call, MiniLM's 36 encoder products at 16 rows took 4.7 instead of 7.5 ms
+(``bench/bench_kernels.py``), and 2-16 rows on a cached weight run 2.5-4x faster; at hundreds of
+rows the two are within ~10 %. Int8 weights with float activations take the same tiles, one
+converted panel at a time (`gemm_dequant_panels`). Products of two activations, single rows
+(OpenBLAS's matrix-vector kernel is faster), shallow convolutions (`GEMM_MIN_DEPTH`) and weights
+that can change between calls go to BLAS through ``numpy.matmul``, with bias and activation
+applied after it in one fused Numba pass.
 ``NAC_GEMM=avx512|avx2|plain|blas`` forces one path (read at import).
 
 Convolutions run channels-last (NHWC memory) whenever the plan stores their output so
@@ -59,9 +62,7 @@ def linear(ins, outs, attrs):
         aq = attrs.get("activation_quant", "none")
         if (w.scheme == "int8" and aq == "none" and x2.shape[0] > Q.SMALL_M and GEMM != "blas"
                 and y.flags.c_contiguous and y.size):
-            T.parallel_range(gemm_dequant_panels, -(-N // PANEL), np.ascontiguousarray(x2, np.float32).reshape(-1),
-                             x2.shape[0], K, w.column_panels, w.scale, N, y.reshape(-1), GEMM_KINDS[GEMM],
-                             work=y.size * K)
+            gemm_dequant(x2, w, y, GEMM_KINDS[GEMM])
         else:
             Q.quant_matmul(x2, w, y, aq)
         _bias_act_rows(y, b, code)
@@ -252,14 +253,31 @@ def gemm(x2: np.ndarray, panels: np.ndarray, bias: np.ndarray, y2: np.ndarray, c
                      code, kind, work=M * N * K)
 
 
+def gemm_dequant(x2: np.ndarray, w: Q.QTensor, y2: np.ndarray, kind: int) -> None:
+    """y2 = x2 @ dequant(w).T for an int8 `quant.QTensor` [N, K] over the thread team
+    (`gemm_dequant_panels`; no bias or activation).
+
+    x2: [M, K] float32 (copied if strided); y2: [M, N] float32 C-contiguous. Raises ValueError if
+    the shapes or layouts disagree (the tiles trust them)."""
+    N, K = w.shape
+    panels = w.column_panels
+    if not (w.scheme == "int8" and x2.ndim == 2 and x2.shape[1] == K and y2.shape == (x2.shape[0], N)
+            and y2.dtype == np.float32 and y2.flags.c_contiguous and panels.shape == (-(-N // PANEL), K, PANEL)
+            and w.scale.shape == (N,) and kind in (0, 1, 2)):
+        raise ValueError(f"gemm_dequant: operands {x2.shape} x {w.scheme} {w.shape} -> {y2.shape} do not agree")
+    T.parallel_range(gemm_dequant_panels, panels.shape[0], np.ascontiguousarray(x2, np.float32).reshape(-1),
+                     x2.shape[0], K, panels, np.ascontiguousarray(w.scale, np.float32), N, y2.reshape(-1), kind,
+                     work=y2.size * K)
+
+
 def _gemm_weight(x2, w, y2, b, code: int, how: str) -> bool:
     """act(x2 @ W + b) into y2 through `gemm` when W (the weight ``w``, packed as ``how``) is a
     loaded model's (read-only, so packed once) and the operands are float32; False (nothing
     written) otherwise, for empty products, and for one row: OpenBLAS's matrix-vector kernel
     measured faster there (48 vs 84 µs for a cached 768 x 2304 weight; at 2-16 rows the panels
     are 2.5-4x faster than OpenBLAS on a transposed weight)."""
-    if GEMM == "blas" or x2.shape[0] == 1 or w.flags.writeable or x2.dtype != np.float32 or y2.dtype != np.float32 or y2.size == 0 \
-            or not y2.flags.c_contiguous or x2.shape[1] == 0:
+    if (GEMM == "blas" or x2.shape[0] == 1 or w.flags.writeable or x2.dtype != np.float32 or y2.dtype != np.float32
+            or y2.size == 0 or not y2.flags.c_contiguous or x2.shape[1] == 0):
         return False
     if b is not None and (b.flags.writeable or b.dtype != np.float32):
         return False

@@ -390,6 +390,8 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
             xq, xu = np.empty((M, K), np.int8), np.empty((M, K), np.uint8)
             quantize_rows(x2, xq, xu, xs)
             if INT8_PANELS and not simd.SIGNED_INT8_DOT and M > SMALL_M:
+                if y.shape != (M, N) or y.dtype != np.float32:  # the tiles do not bounds-check
+                    raise ValueError(f"quant_matmul: output {y.shape} {y.dtype} for [{M}, {K}] x {w.shape}")
                 panels, sums = w.int8_panels
                 if K % 4:
                     xu = np.pad(xu, ((0, 0), (0, 4 * panels.shape[1] - K)), constant_values=128)

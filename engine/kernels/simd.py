@@ -315,7 +315,8 @@ def _vnni_tile(rows: int):
         def codegen(context, builder, signature, args):
             pa, pb, pc = (context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 3, 6))
             i64, i32 = ir.IntType(64), ir.IntType(32)
-            a_off_, lda_, b_off_, k4_ = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 2, 4, 5))
+            a_off_, lda_, b_off_, k4_ = (context.cast(builder, args[i], signature.args[i], types.int64)
+                                         for i in (1, 2, 4, 5))
             dpbusd = _function(builder, "llvm.x86.avx512.vpdpbusd.512", _I32X16, [_I32X16] * 3)
             accs = [[cgutils.alloca_once_value(builder, ir.Constant(_I32X16, [0] * 16)) for _ in range(2)]
                     for _ in range(rows)]
@@ -353,7 +354,8 @@ def loop_int8_tile(rows, a, a_off, lda, b, b_off, k4, c):
             acc = np.int32(0)
             for j in range(k4):
                 for i in range(4):
-                    acc = np.int32(acc + np.int32(a[a_off + r * lda + 4 * j + i]) * np.int32(b[b_off + j * 128 + 4 * t + i]))
+                    x = np.int32(a[a_off + r * lda + 4 * j + i])
+                    acc = np.int32(acc + x * np.int32(b[b_off + j * 128 + 4 * t + i]))
             c[32 * r + t] = acc
 
 
@@ -515,7 +517,8 @@ panel_tile_4x32.__doc__ = "`panel_tile_8x32` for four rows (8 zmm accumulators).
 panel_tile_2x32 = _panel_tile(2, 2, chains=2)
 panel_tile_2x32.__doc__ = "`panel_tile_8x32` for two rows (two chains of four accumulators over consecutive k)."
 panel_tile_3x32 = _panel_tile(3, 2)
-panel_tile_3x32.__doc__ = """`panel_tile_8x32`'s AVX2 form: 3 rows (12 ymm accumulators, two ymm per ``<16 x float>``)."""
+panel_tile_3x32.__doc__ = """`panel_tile_8x32`'s AVX2 form: 3 rows (12 ymm accumulators, two ymm per
+``<16 x float>``)."""
 panel_tile_1x32 = _panel_tile(1, 2, chains=4)
 panel_tile_1x32.__doc__ = """`panel_tile_8x32` for one row (a matrix-vector product's tile): four chains of two
 accumulators over consecutive k, summed at the end (one chain waited on the multiply-add's

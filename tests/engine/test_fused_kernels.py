@@ -227,7 +227,8 @@ def test_panel_tiles_match_their_loop_twin(rows):
             assert_close(c.reshape(10, 37), want, rel=1e-6, what=f"{rows}-row tile, kind {kind}, k={k}")
 
 
-GEMM_SHAPES = [(1, 7, 5), (3, 64, 32), (5, 33, 64), (13, 300, 100), (8, 1, 33), (130, 40, 31), (300, 3, 1), (17, 96, 96)]
+GEMM_SHAPES = [(1, 7, 5), (3, 64, 32), (5, 33, 64), (13, 300, 100), (8, 1, 33), (130, 40, 31), (300, 3, 1),
+               (17, 96, 96)]
 
 
 @pytest.mark.parametrize("kind", ["avx512", "avx2", "plain"])

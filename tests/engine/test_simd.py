@@ -93,7 +93,8 @@ def _int8_tile(rows, a, a_off, lda, b, b_off, k4, c):
     simd.int8_tile(rows, a, a_off, lda, b, b_off, k4, c)
 
 
-@pytest.mark.parametrize("tile", [pytest.param(_int8_tile, id="int8_tile"), pytest.param(simd.loop_int8_tile, id="loop")])
+@pytest.mark.parametrize("tile", [pytest.param(_int8_tile, id="int8_tile"),
+                                  pytest.param(simd.loop_int8_tile, id="loop")])
 @pytest.mark.parametrize("rows", [8, 4, 1])
 @pytest.mark.parametrize("k4", [0, 1, 5, 200])
 def test_int8_tile_against_integer_arithmetic(tile, rows, k4):
