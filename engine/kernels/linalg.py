@@ -2,7 +2,7 @@
 
 Products with a weight of a loaded model (linear, and the 1x1 and im2col convolutions) run
 `gemm_panels`: the weight is repacked once into panels of 32 output columns (`pack_panels`), and
-register tiles (`simd.panel_tile_8x32` on AVX-512, `simd.panel_tile_3x32` elsewhere) stream
+register tiles (`simd.panel_tile_8x32` on AVX-512, `simd.panel_tile_6x16` elsewhere) stream
 them with the bias added in registers and the activation applied while the tile is in cache.
 The panels are split over NAC's thread team. Against numpy's OpenBLAS, which packs the weight
 again on every call, MiniLM's 36 encoder products at 16 rows took 4.7 instead of 7.5 ms
@@ -109,9 +109,12 @@ def pack_panels(wt: np.ndarray) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _panel_rows(kind, rows, a, a_off, lda, bp, b_off, bias, n0, c, c_off, ldc, k):
-    """``rows`` rows (8, 4, 3, 2 or 1, `_tile_rows`) x one panel through ``kind``'s tiles."""
+    """``rows`` rows (8, 6, 4, 3, 2 or 1, `_tile_rows`) x one panel through ``kind``'s tiles."""
     if kind == 2:
         simd.loop_panel_tile(rows, PANEL, a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
+    elif rows == 6:  # AVX2: the panel as two 16-column halves
+        simd.panel_tile_6x16(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
+        simd.panel_tile_6x16(a, a_off, lda, bp, b_off + 16, PANEL, bias, n0 + 16, c, c_off + 16, ldc, k)
     elif rows == 8:
         simd.panel_tile_8x32(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
     elif rows == 4:
@@ -127,9 +130,9 @@ def _panel_rows(kind, rows, a, a_off, lda, bp, b_off, bias, n0, c, c_off, ldc, k
 @njit(cache=True, nogil=True)
 def _tile_rows(kind, left):
     """How many rows the next tile of ``kind`` takes when ``left`` rows remain: AVX-512 (and the
-    plain loop) 8, then 4, 2 and 1; AVX2 3, then 2 and 1."""
+    plain loop) 8, then 4, 2 and 1; AVX2 6, then 3, 2 and 1."""
     if kind == 1:
-        return 3 if left >= 3 else left
+        return 6 if left >= 6 else (3 if left >= 3 else left)
     return 8 if left >= 8 else (4 if left >= 4 else left if left < 3 else 2)
 
 
@@ -141,7 +144,7 @@ def gemm_panels(a, M, K, bp, bias, N, c, code, kind, lo, hi):
     a: [M, K] float32, flat C-contiguous; bp: `pack_panels` of W [K, N], flat; bias: float32,
     ceil(N / 32) * 32 long (zeros past N, or for no bias); c: [M, N] float32, flat C-contiguous,
     overwritten; code: fusable activation (`activation.CODES`); kind: 0 (8 x 32 tiles), 1
-    (3 x 32 tiles) or 2 (the plain loop), `GEMM_KINDS`. Callers check the sizes (the tiles do
+    (6 x 16 tiles, two per panel) or 2 (the plain loop), `GEMM_KINDS`. Callers check the sizes (the tiles do
     not bounds-check).
 
     Within a row block, when this range's panels fit in `GEMM_L2_PANELS` bytes (a small weight,

@@ -18,10 +18,10 @@ against 19 and 13 for the plain loops (VNNI: 160 and 124).
 `lut16_ternary_rows` (``vpermps``, `AVX512` only; callers keep a plain kernel for the rest) is
 the T-MAC table lookup for ternary weights times float activations.
 
-`panel_tile_8x32` (and its 4-, 2- and 1-row forms) and `panel_tile_3x32` are the register tiles of
-the float32 GEMM on prepacked weight panels (`nac.engine.kernels.linalg.gemm_panels`): 8 rows x
-32 columns in 16 zmm accumulators for AVX-512, 3 rows x 32 columns in 12 ymm for AVX2 (the same
-generic code, lowered for each); `loop_panel_tile` is their plain twin.
+`panel_tile_8x32` (and its 4-, 3-, 2- and 1-row forms) and `panel_tile_6x16` are the register
+tiles of the float32 GEMM on prepacked weight panels (`nac.engine.kernels.linalg.gemm_panels`):
+8 rows x 32 columns in 16 zmm accumulators for AVX-512, 6 rows x 16 columns in 12 ymm for AVX2
+(the same generic code, lowered for each); `loop_panel_tile` is their plain twin.
 
 `mm_tile_4x16` is a 4 x 16 float32 register tile of a matrix product in LLVM's generic vector
 type, lowered for whatever the CPU has (the tiled attention's two products); `dw_tile_4x16` is
@@ -478,13 +478,14 @@ def _panel_tile(rows: int, vectors: int, chains: int = 1):
                     for v in range(vectors):
                         builder.store(builder.call(fmuladd, [splat, bv[v], builder.load(acc[r][v])]), acc[r][v])
 
-            trips = builder.udiv(k_, const(chains))
+            trips = builder.udiv(k_, const(chains)) if chains > 1 else k_
             with cgutils.for_range(builder, trips) as loop:
                 for ch in range(chains):
                     step(builder.add(builder.mul(loop.index, const(chains)), const(ch)), accs[ch])
-            done = builder.mul(trips, const(chains))
-            with cgutils.for_range(builder, builder.sub(k_, done)) as loop:
-                step(builder.add(done, loop.index), accs[0])
+            if chains > 1:  # the k left over after the last whole trip
+                done = builder.mul(trips, const(chains))
+                with cgutils.for_range(builder, builder.sub(k_, done)) as loop:
+                    step(builder.add(done, loop.index), accs[0])
             for r in range(rows):
                 row = builder.add(c_off_, builder.mul(const(r), ldc_))
                 for v in range(vectors):
@@ -516,9 +517,13 @@ panel_tile_4x32 = _panel_tile(4, 2)
 panel_tile_4x32.__doc__ = "`panel_tile_8x32` for four rows (8 zmm accumulators)."
 panel_tile_2x32 = _panel_tile(2, 2, chains=2)
 panel_tile_2x32.__doc__ = "`panel_tile_8x32` for two rows (two chains of four accumulators over consecutive k)."
+panel_tile_6x16 = _panel_tile(6, 1)
+panel_tile_6x16.__doc__ = """`panel_tile_8x32`'s AVX2 form: 6 rows x 16 columns (12 ymm accumulators, two per row,
+with two ymm for the weight row and one broadcast: 15 of 16 registers, no spill); a 32-column
+panel is two such tiles side by side."""
 panel_tile_3x32 = _panel_tile(3, 2)
-panel_tile_3x32.__doc__ = """`panel_tile_8x32`'s AVX2 form: 3 rows (12 ymm accumulators, two ymm per
-``<16 x float>``)."""
+panel_tile_3x32.__doc__ = """Three rows of `panel_tile_8x32` (AVX2's remainder tile: 12 ymm accumulators, two ymm
+per ``<16 x float>``)."""
 panel_tile_1x32 = _panel_tile(1, 2, chains=4)
 panel_tile_1x32.__doc__ = """`panel_tile_8x32` for one row (a matrix-vector product's tile): four chains of two
 accumulators over consecutive k, summed at the end (one chain waited on the multiply-add's

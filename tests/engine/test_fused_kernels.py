@@ -206,12 +206,12 @@ def test_mm_tile_matches_its_loop_twin():
         assert_close(c2.reshape(7, 37), want, rel=1e-6, what=f"loop twin k={k}")
 
 
-@pytest.mark.parametrize("rows", [8, 4, 3, 2, 1])
+@pytest.mark.parametrize("rows", [8, 6, 4, 3, 2, 1])
 def test_panel_tiles_match_their_loop_twin(rows):
     """Each GEMM register tile (through `linalg._panel_rows`: kind 0 holds the 8-, 4-, 2- and
-    1-row tiles, kind 1 the 3-row one), at offsets inside larger arrays and with output strides
-    wider than the tile, writes exactly its block (bias + product) and nothing else, as its plain
-    twin (kind 2) does."""
+    1-row tiles, kind 1 the 6-row (two 6 x 16 halves) and 3-row ones), at offsets inside larger
+    arrays and with output strides wider than the tile, writes exactly its block (bias + product)
+    and nothing else, as its plain twin (kind 2) does."""
     from nac.engine.kernels import linalg as L
 
     rng = np.random.default_rng(rows)
@@ -221,7 +221,7 @@ def test_panel_tiles_match_their_loop_twin(rows):
     for k in (0, 1, 2, 17, 44):  # chained tiles: k below, at and past the chain count, with a remainder
         want = np.full((10, 37), 9.0, np.float32)
         want[1:1 + rows, 5:37] = bias[3:35] + a[2:2 + rows, 1:1 + k].astype(np.float64) @ b[:k]
-        for kind in (1 if rows == 3 else 0, 2):
+        for kind in (1 if rows in (6, 3) else 0, 2):
             c = np.full(10 * 37, 9.0, np.float32)
             L._panel_rows(kind, rows, a.reshape(-1), 2 * 45 + 1, 45, b.reshape(-1), 0, bias, 3, c, 37 + 5, 37, k)
             assert_close(c.reshape(10, 37), want, rel=1e-6, what=f"{rows}-row tile, kind {kind}, k={k}")
@@ -407,7 +407,7 @@ for case in ATTENTION_CASES:
 test_mm_tile_matches_its_loop_twin()
 from test_fused_kernels import test_panel_tiles_match_their_loop_twin, test_gemm_on_packed_panels_matches_torch
 from test_fused_kernels import test_gemm_propagates_nan_and_inf_like_blas
-for rows in (8, 4, 3, 2, 1):
+for rows in (8, 6, 4, 3, 2, 1):
     test_panel_tiles_match_their_loop_twin(rows)
 for kind in ("avx512", "avx2", "plain"):
     for act in ("none", "gelu"):
