@@ -5,8 +5,8 @@ Products with a weight of a loaded model (linear, and the 1x1 and im2col convolu
 register tiles (`simd.panel_tile_8x32` on AVX-512, `simd.panel_tile_6x16` elsewhere) stream
 them with the bias added in registers and the activation applied while the tile is in cache.
 The panels are split over NAC's thread team. Against numpy's OpenBLAS, which packs the weight
-again on every call, MiniLM's 36 encoder products at 16 rows took 4.7 instead of 7.5 ms
-(``bench/bench_kernels.py``), and 2-16 rows on a cached weight run 2.5-4x faster; at hundreds of
+again on every call, MiniLM's 36 encoder products at 16 rows took 3.4-4.7 instead of 6.9-7.5 ms
+(``bench/bench_kernels.py``, two runs), and 2-16 rows on a cached weight run 2.5-4x faster; at hundreds of
 rows the two are within ~10 %. Int8 weights with float activations take the same tiles, one
 converted panel at a time (`gemm_dequant_panels`). Products of two activations, single rows
 (OpenBLAS's matrix-vector kernel is faster), shallow convolutions (`GEMM_MIN_DEPTH`) and weights
@@ -144,8 +144,8 @@ def gemm_panels(a, M, K, bp, bias, N, c, code, kind, lo, hi):
     a: [M, K] float32, flat C-contiguous; bp: `pack_panels` of W [K, N], flat; bias: float32,
     ceil(N / 32) * 32 long (zeros past N, or for no bias); c: [M, N] float32, flat C-contiguous,
     overwritten; code: fusable activation (`activation.CODES`); kind: 0 (8 x 32 tiles), 1
-    (6 x 16 tiles, two per panel) or 2 (the plain loop), `GEMM_KINDS`. Callers check the sizes (the tiles do
-    not bounds-check).
+    (6 x 16 tiles, two per panel) or 2 (the plain loop), `GEMM_KINDS`. Callers check the sizes
+    (the tiles do not bounds-check).
 
     Within a row block, when this range's panels fit in `GEMM_L2_PANELS` bytes (a small weight,
     as in most convolutions) each row tile sweeps them all, so the tile's rows of c are written
@@ -174,11 +174,7 @@ def gemm_panels(a, M, K, bp, bias, N, c, code, kind, lo, hi):
                 m += rows
         else:
             for g in range(g0, g1):
-                m = m0
-                while m < m1:
-                    rows = _tile_rows(kind, m1 - m)
-                    _panel_store(kind, rows, a, m, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, N, c, scratch)
-                    m += rows
+                _panel_sweep(kind, a, m0, m1, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, N, c, scratch)
             if code != 0:
                 _act_rows(c, N, m0, m1, g0, g1, code)
         item += g1 - g0
@@ -190,6 +186,16 @@ def _act_rows(c, N, m0, m1, g0, g1, code):
     n0, n1 = g0 * PANEL, min(N, g1 * PANEL)
     for m in range(m0, m1):
         A.bias_act_scalar(c[m * N + n0:m * N + n1], np.float32(0.0), code)
+
+
+@njit(cache=True, nogil=True)
+def _panel_sweep(kind, a, m0, m1, K, bp, b_off, bias, bias_off, n0, N, c, scratch):
+    """Rows ``m0 .. m1`` x one panel (`_panel_store`'s arguments), in ``kind``'s row tiles."""
+    m = m0
+    while m < m1:
+        rows = _tile_rows(kind, m1 - m)
+        _panel_store(kind, rows, a, m, K, bp, b_off, bias, bias_off, n0, N, c, scratch)
+        m += rows
 
 
 @njit(cache=True, nogil=True)
@@ -227,16 +233,12 @@ def gemm_dequant_panels(a, M, K, panels, scale, N, c, kind, lo, hi):
         codes = panels[g].reshape(-1)
         for i in range(K * PANEL):  # indices from 0 over a slice: no wrap-around check, so it vectorises
             buf[i] = np.float32(codes[i])
+        _panel_sweep(kind, a, 0, M, K, buf, 0, zero, 0, n0, N, c, scratch)
         s = scale[n0:n0 + width]
-        m = 0
-        while m < M:
-            rows = _tile_rows(kind, M - m)
-            _panel_store(kind, rows, a, m, K, buf, 0, zero, 0, n0, N, c, scratch)
-            for r in range(rows):
-                out = c[(m + r) * N + n0:(m + r) * N + n0 + width]
-                for t in range(width):
-                    out[t] *= s[t]
-            m += rows
+        for m in range(M):
+            out = c[m * N + n0:m * N + n0 + width]
+            for t in range(width):
+                out[t] *= s[t]
 
 
 def gemm(x2: np.ndarray, panels: np.ndarray, bias: np.ndarray, y2: np.ndarray, code: int, kind: int) -> None:
@@ -480,8 +482,8 @@ _PACKED_LOCK = threading.Lock()
 
 
 def _packed(w: np.ndarray, how: str) -> np.ndarray:
-    """A convolution weight [Cout, Cin/groups, kh, kw] repacked for the channels-last kernels,
-    once per weight of a loaded model (read-only arrays; others are repacked per call):
+    """A weight (convolution [Cout, Cin/groups, kh, kw], linear, or a bias) repacked for a
+    kernel, once per array of a loaded model (read-only arrays; others are repacked per call):
     ``"taps"``: a depthwise weight as [kh, kw, C]; ``"io"``: as [Cin*kh*kw, Cout] (the GEMM's B
     operand in row-major order, which BLAS streams without a transposed pack); ``"panels"``: a
     [Cout, ...] (or linear [N, K]) weight as `pack_panels` of its [K, N] transpose;
