@@ -360,7 +360,7 @@ class _CausalSteps:
         with self.lock:
             logits, k, v = self.method.run({"input_ids": self.ids, "attention_mask": self.mask,
                                             "past_mask": np.zeros((B, 0), np.int64), "past_keys": empty,
-                                            "past_values": empty})
+                                            "past_values": empty}, logits_to_keep=1)
         self.keys[:, :, :, :T] = np.repeat(k, self.rows, axis=1)
         self.values[:, :, :, :T] = np.repeat(v, self.rows, axis=1)
         self.cache_mask[:, :T] = self.prompt_mask

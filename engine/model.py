@@ -13,11 +13,13 @@ import numpy as np
 from nac.errors import NacError, NacInputError, NacRuntimeError
 from nac.engine.kernels import KERNELS
 from nac.engine.kernels.quant import QTensor
+from nac.engine.narrow import keep_last
 from nac.engine.plan import Plan
 from nac.format.container import NacFile, read_nac
 from nac.format.graph import numpy_dtype
 
 MAX_IDLE_PLANS = 8
+MAX_NARROWED = 4  # narrowed graphs kept per method (one per distinct logits_to_keep)
 
 
 def default_max_memory() -> int:
@@ -74,7 +76,8 @@ class Method:
             if v.const is not None:
                 self._constants[name] = np.asarray(v.const, numpy_dtype(v.dtype)).reshape(
                     tuple(int(d) for d in v.shape))
-        self._plans: OrderedDict[tuple, list[Plan]] = OrderedDict()  # idle plans by input shapes
+        self._plans: OrderedDict[tuple, list[Plan]] = OrderedDict()  # idle plans by (k, input shapes)
+        self._narrowed: OrderedDict[int, object] = OrderedDict()  # logits_to_keep -> graph
         self._lock = threading.Lock()
 
     @property
@@ -120,31 +123,54 @@ class Method:
             out[name] = a
         return out
 
-    def plan(self, shapes: Mapping[str, tuple], channels_last: bool = True) -> Plan:
+    def _graph(self, logits_to_keep: int):
+        """The graph that computes ``logits`` for the last ``logits_to_keep`` positions only
+        (`nac.engine.narrow.keep_last`), or the whole graph for 0 or when it cannot be narrowed."""
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise NacInputError(f"logits_to_keep must be an int >= 0, not {logits_to_keep!r}")
+        if not logits_to_keep:
+            return self.graph
+        if "logits" not in self.graph.outputs:
+            raise NacInputError(f"logits_to_keep needs a 'logits' output; {self.name} has {self.output_names}")
+        with self._lock:
+            g = self._narrowed.get(logits_to_keep)
+            if g is None:
+                g = keep_last(self.graph, logits_to_keep) or self.graph
+                self._narrowed[logits_to_keep] = g
+                while len(self._narrowed) > MAX_NARROWED:
+                    self._narrowed.popitem(last=False)
+            return g
+
+    def plan(self, shapes: Mapping[str, tuple], channels_last: bool = True, logits_to_keep: int = 0) -> Plan:
         """A new plan for these input shapes, owned by the caller (see `session` for one that is
         returned to the model's pool afterwards). ``channels_last=False`` keeps every buffer
-        C-contiguous (see `Plan`).
+        C-contiguous (see `Plan`). ``logits_to_keep=k`` (k >= 1) plans the graph that computes the
+        ``logits`` output [B, T, V] for the last k positions only, when the graph allows it
+        (`nac.engine.narrow`); otherwise the plan's ``logits`` stay [B, T, V].
 
         Raises:
-            NacInputError: shapes outside the exported ranges, or a plan above `max_memory`.
+            NacInputError: shapes outside the exported ranges, a plan above `max_memory`, or a bad
+                ``logits_to_keep`` (negative, or no ``logits`` output).
             NacFormatError: the graph disagrees with shape inference for these shapes.
         """
-        return Plan(self.graph, {n: tuple(shapes[n]) for n in self.graph.inputs}, self._constants,
+        graph = self._graph(logits_to_keep)
+        return Plan(graph, {n: tuple(shapes[n]) for n in graph.inputs}, self._constants,
                     self.max_memory, where=str(self.path), channels_last=channels_last)
 
     @contextlib.contextmanager
-    def session(self, shapes: Mapping[str, tuple]):
+    def session(self, shapes: Mapping[str, tuple], logits_to_keep: int = 0):
         """``with model.session(shapes) as plan:`` -- a plan for these input shapes that no other
         thread uses until the block ends; it then goes back to the pool for the next call.
-        Generation holds one for a whole decode loop (its inputs hold the KV cache)."""
-        key = tuple(tuple(int(d) for d in shapes[n]) for n in self.graph.inputs)
+        Generation holds one for a whole decode loop (its inputs hold the KV cache).
+        ``logits_to_keep`` is as in `plan`."""
+        key = (logits_to_keep, tuple(tuple(int(d) for d in shapes[n]) for n in self.graph.inputs))
         with self._lock:  # the pool holds no empty lists: a key is removed with its last idle plan
             idle = self._plans.get(key)
             plan = idle.pop() if idle else None
             if idle is not None and not idle:
                 del self._plans[key]
         if plan is None:
-            plan = self.plan(dict(zip(self.graph.inputs, key)))
+            plan = self.plan(dict(zip(self.graph.inputs, key[1])), logits_to_keep=logits_to_keep)
         try:
             yield plan
         finally:
@@ -159,26 +185,37 @@ class Method:
                     if not self._plans[oldest]:
                         del self._plans[oldest]
 
-    def run(self, inputs) -> list[np.ndarray]:
+    def run(self, inputs, *, logits_to_keep: int = 0) -> list[np.ndarray]:
         """Run the graph.
 
         Args:
             inputs: a dict by input name, a sequence in `input_names` order, or (single-input
                 models) one array. Integer inputs accept any integer dtype; float inputs accept
                 any float dtype (converted to float32); bool inputs need bool.
+            logits_to_keep: 0 (all), or k >= 1: the ``logits`` output [B, T, V] of a causal LM
+                step is returned for the last k positions only, [B, min(T, k), V], as
+                transformers' argument of that name does. Where the graph allows it
+                (`nac.engine.narrow`), the other positions are never computed (the LM head of
+                a 512-token GPT-2 prefill is a third of its work).
         Returns:
             The outputs, in `output_names` order, as new arrays owned by the caller.
         Raises:
             NacInputError: unknown/missing names, wrong dtype or rank, a size that breaks the
-                exported constraints, or data a kernel rejects (token id out of range).
+                exported constraints, data a kernel rejects (token id out of range), or a bad
+                ``logits_to_keep``.
             NacRuntimeError: an internal kernel failure (names the node and its source module).
         """
         arrays = self._normalise(inputs)
-        with self.session({n: a.shape for n, a in arrays.items()}) as plan:
+        narrowed = self._graph(logits_to_keep) is not self.graph
+        with self.session({n: a.shape for n, a in arrays.items()}, logits_to_keep if narrowed else 0) as plan:
             for name, a in arrays.items():
                 np.copyto(plan.inputs[name], a, casting="unsafe")
             plan.run()
-            return [np.array(o, copy=True) for o in plan.outputs]
+            outs = [np.array(o, copy=True) for o in plan.outputs]
+        if logits_to_keep and not narrowed:
+            k = self.output_names.index("logits")
+            outs[k] = np.ascontiguousarray(outs[k][:, -logits_to_keep:])
+        return outs
 
     __call__ = run
 

@@ -270,6 +270,60 @@ def test_attention_reads_the_cache_in_place(lm):
     assert not any(n.op == "cat" and len(n.inputs) == 1 for n in g.nodes)
 
 
+def _prefill_feeds(m, ids):
+    c = m.generation_config.cache
+    empty = np.zeros((c.layers, len(ids), c.kv_heads, 0, c.head_dim), np.float32)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "past_mask": np.zeros((len(ids), 0), np.int64),
+            "past_keys": empty, "past_values": empty}
+
+
+def test_logits_to_keep_computes_only_the_last_rows(lm):
+    """``run(..., logits_to_keep=k)`` returns the last k positions' logits, as transformers'
+    argument of that name does (within 1e-4 of the logit scale), with keys and values unchanged;
+    the narrowed graph's LM head multiplies [B * min(T, k), H], not [B * T, H]."""
+    from nac.engine.narrow import keep_last
+
+    model, m = lm
+    ids = np.array([PROMPTS[0] + [1, 2], PROMPTS[1] + [3, 4]])  # B=2, T=9
+    feeds = _prefill_feeds(m, ids)
+    full = m.run(feeds)
+    for k in (1, 4, 20):
+        got = m.run(feeds, logits_to_keep=k)
+        assert got[0].shape == (2, min(9, k), full[0].shape[2])
+        with torch.no_grad():
+            want = model(torch.from_numpy(ids), logits_to_keep=k).logits.numpy()
+        assert np.abs(got[0] - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+        assert np.abs(got[0] - full[0][:, -k:]).max() <= 1e-5 * max(1.0, np.abs(want).max())
+        assert all(np.array_equal(a, b) for a, b in zip(got[1:], full[1:]))
+    g = keep_last(m.graph, 1)
+    assert g is not None, "the step graph's LM head was not narrowed"
+    plan = m.plan({n: a.shape for n, a in feeds.items()}, logits_to_keep=1)
+    vocab = full[0].shape[2]
+    head = [s for s in plan.steps if s.op == "linear"][-1]
+    assert plan.array(head.outputs[0]).shape[-1] == vocab
+    assert np.prod(plan.array(head.inputs[0]).shape[:-1]) == 2  # a row per sequence
+    assert keep_last(m.graph, 1, output="keys") is None  # the cache is not row-wise in the sequence
+
+
+def test_logits_to_keep_falls_back_and_rejects_bad_values(lm, monkeypatch):
+    """A graph the rewrite does not match still answers (the whole graph, then a slice), and
+    ``logits_to_keep`` must be an int >= 0."""
+    import nac.engine.model as engine_model
+
+    _, m = lm
+    ids = np.array([PROMPTS[2]])
+    feeds = _prefill_feeds(m, ids)
+    full = m.run(feeds)
+    monkeypatch.setattr(engine_model, "keep_last", lambda g, k: None)
+    m._narrowed.clear()
+    got = m.run(feeds, logits_to_keep=2)
+    m._narrowed.clear()
+    assert np.array_equal(got[0], full[0][:, -2:])
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(nac.NacInputError, match="logits_to_keep"):
+            m.run(feeds, logits_to_keep=bad)
+
+
 def test_beam_top_k_picks_what_a_stable_sort_picks():
     """Beam search's partitioned top-k equals a full stable sort, ties included (lower index first)."""
     from nac.apps.generate import _top
