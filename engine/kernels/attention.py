@@ -154,22 +154,45 @@ TILED_MIN_KEYS = 96
 TILED_MIN_ROWS = 32
 
 
+@njit(cache=True, nogil=True)
+def visible_keys(mask, b, h0, heads, r0, rows, n):
+    """1 + the last key column (below ``n``) that any of query rows r0..r0+rows of heads
+    h0..h0+heads keeps in the bool mask [B, H, L, S], or 0 when they keep none: the columns past
+    it are masked for every row of the block, so they add exactly nothing to its softmax."""
+    last = 0
+    for h in range(h0, h0 + heads):
+        for r in range(r0, r0 + rows):
+            mrow = mask[b, h, r]
+            j = n
+            while j > last and not mrow[j - 1]:
+                j -= 1
+            last = j
+            if last == n:
+                return n
+    return last
+
+
 @njit(cache=True, nogil=True, fastmath=EXP_FLAGS, error_model=NUMPY_ERRORS)
 def attend_tiled(q, k1, v1, k2, v2, mask, mode, scale, causal, rep, out, lo, hi):
-    """Fused attention for units ``lo..hi`` of B * H * ceil(L / TILE_ROWS) (a head and a block of
-    up to TILE_ROWS query rows each), with both products in 4 x 16 register tiles
-    (`simd.mm_tile_4x16`).
+    """Fused attention for units ``lo..hi`` of B * Hk * ceil(L / TILE_ROWS) (a key head with its
+    ``rep`` query heads, and a block of up to TILE_ROWS query rows each), with both products in
+    4 x 16 register tiles (`simd.mm_tile_4x16`). Units go first, last, second, ... row block, so
+    the contiguous ranges `threads.parallel_range` hands out get equal work when keys are causal.
 
     q [B, H, L, E]; k1/v1 [B, Hk, S1, E/Ev] and k2/v2 [B, Hk, S2, E/Ev] are the keys/values in
     two segments (S2 may be 0), any strides; mask [B, H, L, S1 + S2] as in `softmax_row`; query
     head h reads key head h // rep; out [B, H, L, Ev] float32. Per unit, the visible keys are
     copied transposed and zero-padded to a multiple of 16 ([E, n16]), the values padded to
-    [n16, Ev16], the queries to a multiple of 4 rows; scores [rows, n16] are normalised row by row
-    in place and multiplied by the values. Memory per thread is O(S (E + Ev + TILE_ROWS)).
+    [n16, Ev16], once for the ``rep`` query heads that share them; the queries are padded to a
+    multiple of 4 rows; scores [rows, n16] are normalised row by row in place and multiplied by
+    the values. Visible means below the causal limit and, with a bool mask, up to the last column
+    a row of the block keeps (`visible_keys`: a causal mask given as a tensor costs what
+    ``is_causal`` does). Memory per thread is O(S (E + Ev + TILE_ROWS)).
     """
     B, H, L, E = q.shape
     S1, S2, Ev = k1.shape[2], k2.shape[2], v1.shape[3]
     S = S1 + S2
+    Hk = H // rep
     chunks = (L + TILE_ROWS - 1) // TILE_ROWS
     S16 = (S + 15) // 16 * 16
     Ev16 = (Ev + 15) // 16 * 16
@@ -179,13 +202,15 @@ def attend_tiled(q, k1, v1, k2, v2, mask, mode, scale, causal, rep, out, lo, hi)
     sc = np.empty(TILE_ROWS * S16, np.float32)
     o = np.empty(TILE_ROWS * Ev16, np.float32)
     for unit in range(lo, hi):
-        bh = unit // chunks
-        b, h = bh // H, bh % H
-        hk = h // rep
-        r0 = (unit % chunks) * TILE_ROWS
+        bh = unit % (B * Hk)
+        b, hk = bh // Hk, bh % Hk
+        slot = unit // (B * Hk)  # blocks 0, C-1, 1, C-2, ...: contiguous unit ranges get equal causal work
+        r0 = (slot // 2 if slot % 2 == 0 else chunks - 1 - slot // 2) * TILE_ROWS
         R = min(L, r0 + TILE_ROWS) - r0
         R4 = (R + 3) // 4 * 4
         n = min(S, r0 + R) if causal else S  # a causal block's last row sees keys < r0 + R
+        if mode == 1:
+            n = visible_keys(mask, b, hk * rep, rep, r0, R, n)
         n16 = (n + 15) // 16 * 16
         for e in range(E):
             row = kt[e * n16:(e + 1) * n16]
@@ -205,26 +230,27 @@ def attend_tiled(q, k1, v1, k2, v2, mask, mode, scale, causal, rep, out, lo, hi)
             else:
                 for c in range(Ev16):
                     row[c] = 0.0
-        for r in range(R4):
-            for e in range(E):
-                qs[r * E + e] = q[b, h, r0 + r, e] if r < R else np.float32(0.0)
-        for rr in range(0, R4, 4):
-            for j0 in range(0, n16, 16):
-                mm_tile_4x16(qs, rr * E, E, kt, j0, n16, sc, rr * n16 + j0, n16, E)
-        for r in range(R):
-            x = sc[r * n16:(r + 1) * n16]
-            softmax_row(x, n, mask, b, h, r0 + r, mode, scale, causal)
-            for j in range(n, n16):
-                x[j] = 0.0
-        for r in range(R, R4):
-            for j in range(n16):
-                sc[r * n16 + j] = 0.0
-        for rr in range(0, R4, 4):
-            for c0 in range(0, Ev16, 16):
-                mm_tile_4x16(sc, rr * n16, n16, vs, c0, Ev16, o, rr * Ev16 + c0, Ev16, n16)
-        for r in range(R):
-            for c in range(Ev):
-                out[b, h, r0 + r, c] = o[r * Ev16 + c]
+        for h in range(hk * rep, (hk + 1) * rep):
+            for r in range(R4):
+                for e in range(E):
+                    qs[r * E + e] = q[b, h, r0 + r, e] if r < R else np.float32(0.0)
+            for rr in range(0, R4, 4):
+                for j0 in range(0, n16, 16):
+                    mm_tile_4x16(qs, rr * E, E, kt, j0, n16, sc, rr * n16 + j0, n16, E)
+            for r in range(R):
+                x = sc[r * n16:(r + 1) * n16]
+                softmax_row(x, n, mask, b, h, r0 + r, mode, scale, causal)
+                for j in range(n, n16):
+                    x[j] = 0.0
+            for r in range(R, R4):
+                for j in range(n16):
+                    sc[r * n16 + j] = 0.0
+            for rr in range(0, R4, 4):
+                for c0 in range(0, Ev16, 16):
+                    mm_tile_4x16(sc, rr * n16, n16, vs, c0, Ev16, o, rr * Ev16 + c0, Ev16, n16)
+            for r in range(R):
+                for c in range(Ev):
+                    out[b, h, r0 + r, c] = o[r * Ev16 + c]
 
 
 def attend_blocked(q, k, v, mask, mode: int, scale, causal: bool, rep: int, out) -> None:
@@ -320,7 +346,7 @@ def sdpa(ins, outs, attrs):
                          work=B * H * L * S * E * 2)
         return
     if E <= TILED_MAX_DIM and out4.shape[-1] <= TILED_MAX_DIM and S >= TILED_MIN_KEYS and L >= TILED_MIN_ROWS:
-        units = B * H * -(-L // TILE_ROWS)
+        units = B * (H // rep) * -(-L // TILE_ROWS)
         T.parallel_range(attend_tiled, units, q4, k4, v4, k5, v5, m4, mode, scale, causal, rep, out4,
                          work=B * H * L * S * (E + out4.shape[-1]))
         return

@@ -134,6 +134,9 @@ ATTENTION_CASES = [  # (B, H, Hk, L, S, E, Ev, mask kind, causal)
     (3, 2, 2, 40, 17, 24, 40, "bool-rows", False),
     (1, 2, 2, 67, 100, 20, 24, "float-inf", False),
     (1, 3, 1, 70, 70, 16, 16, "none", True),
+    # causal + left padding as a bool tensor (what exported decoders pass): batch 1's first block
+    # of 64 query rows keeps no key at all, later blocks see only a prefix of the keys
+    (2, 6, 2, 150, 150, 32, 32, "bool-causal", False),
 ]
 #: ("tiled", None): `attend_tiled`; ("blocked", budget): `attend_blocked` with that score budget
 #: (97: a block of one or a few query rows at a time)
@@ -170,6 +173,9 @@ def test_attention_matches_torch(shape, path, monkeypatch):
     elif kind == "bool-rows":  # padded queries: some rows see no key at all and must give zeros
         mask = rng.random((B, 1, L, S)) < 0.7
         mask[:, :, ::5] = False
+    elif kind == "bool-causal":
+        pad = np.array([0, 70])[:B, None, None, None]
+        mask = np.tril(np.ones((L, S), bool))[None, None] & (np.arange(S) >= pad)
     elif kind == "float-inf":  # additive with -inf entries, some rows entirely -inf
         mask = np.where(rng.random((B, H, L, S)) < 0.3, -np.inf, rng.uniform(-2, 2, (B, H, L, S))).astype(np.float32)
         mask[:, :, ::7] = -np.inf
