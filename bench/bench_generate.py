@@ -172,8 +172,13 @@ def llama_cpp(src: Path, folder: Path, name: str, threads: int, extra_ggufs=(), 
     rows = []
     for kind, f in files:
         res = subprocess.run([str(src / "build" / "bin" / "llama-bench"), "-m", str(f), "-t", str(threads),
-                              "-p", "512", "-n", "128", "-o", "json"], check=True, capture_output=True, text=True)
+                              "-p", "512", "-n", "128", "-o", "json"], capture_output=True, text=True)
         r = {"model": name, "gguf": kind, "bytes": f.stat().st_size}
+        if res.returncode != 0:  # e.g. SIGILL: a -march=native build using AMX the VM does not grant
+            r["error"] = f"llama-bench exited with {res.returncode}: {res.stderr.strip()[-300:]}"
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+            continue
         for t in json.loads(res.stdout):
             key = "prefill_tok_s" if t.get("n_prompt") else "decode_tok_s"
             r[key] = round(float(t["avg_ts"]), 1)
@@ -267,7 +272,7 @@ def main() -> None:
               f"(x{r['vs_float32']} NAC float32)")
     for r in peers:
         print(f"llama.cpp {r['model']} {r['gguf']} ({r['bytes'] / 1e6:.0f} MB): decode {r.get('decode_tok_s')} tok/s, "
-              f"prefill 512 {r.get('prefill_tok_s')} tok/s")
+              f"prefill 512 {r.get('prefill_tok_s')} tok/s" + (f" ({r['error']})" if "error" in r else ""))
 
 
 if __name__ == "__main__":

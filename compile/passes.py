@@ -18,7 +18,7 @@ def optimize(g: Graph) -> dict:
     """Run every pass in order; returns ``{pass name: rewrites}`` plus node counts."""
     report = {"nodes_before": len(g.nodes)}
     for p in (fold_constants, matmul_to_linear, fuse_pad_into_conv, fold_batch_norm, fuse_bias_add, fuse_tanh_gelu,
-              fuse_activation,
+              fuse_silu, fuse_rms_norm, fuse_activation,
               attention_reads_cache_in_place, eliminate_dead_code, deduplicate_parameters, transpose_linear_weights):
         report[p.__name__] = p(g)
     report["nodes_after"] = len(g.nodes)
@@ -207,6 +207,42 @@ def fuse_bias_add(g: Graph) -> int:
     return count
 
 
+def _scalar(g: Graph, v: str, want: float | None = None) -> float | None:
+    """The value of a one-element constant ``v`` (None if ``v`` is not one, or differs from
+    ``want`` by more than 1e-6 relative)."""
+    c = g.const_array(v) if v else None
+    if c is None or c.size != 1:
+        return None
+    x = float(c.reshape(-1)[0])
+    return x if want is None or abs(x - want) <= 1e-6 * abs(want) else None
+
+
+def _split(g: Graph, n: Node | None, op: str, want: float | None) -> str | None:
+    """The non-constant input of ``n`` when it is ``op(x, c)`` or ``op(c, x)`` with ``c`` a
+    one-element constant (equal to ``want`` unless that is None), else None."""
+    if n is None or n.op != op or len(n.inputs) != 2:
+        return None
+    a, b = n.inputs
+    if _scalar(g, b, want) is not None and g.const_array(a) is None:
+        return a
+    if _scalar(g, a, want) is not None and g.const_array(b) is None:
+        return b
+    return None
+
+
+def _only_user(g: Graph, users: dict, v: str, node: Node) -> bool:
+    """Whether ``node`` is the one reader of value ``v`` (and ``v`` is no graph output)."""
+    return v not in g.outputs and [id(u) for u in users.get(v, [])] == [id(node)]
+
+
+def _drop(g: Graph, dead: set, *nodes: Node) -> None:
+    """Mark ``nodes`` dead and forget the values they define."""
+    for n in nodes:
+        dead.add(id(n))
+        for o in n.outputs:
+            g.values.pop(o, None)
+
+
 def fuse_tanh_gelu(g: Graph) -> int:
     """The tanh GELU written out op by op -> one ``gelu(approximate='tanh')`` node.
 
@@ -219,23 +255,14 @@ def fuse_tanh_gelu(g: Graph) -> int:
     """
     users, prod = g.consumers(), g.producers()
 
-    def scalar(v, want: float) -> bool:
-        c = g.const_array(v)
-        return c is not None and c.size == 1 and abs(float(c.reshape(-1)[0]) - want) <= 1e-6 * abs(want)
+    def scalar(v, want):
+        return _scalar(g, v, want)
 
     def split(n, op, want):
-        """(the non-constant input, n) when n is ``op(x, want)`` in either order, else None."""
-        if n is None or n.op != op or len(n.inputs) != 2:
-            return None
-        a, b = n.inputs
-        if scalar(b, want) and g.const_array(a) is None:
-            return a
-        if scalar(a, want) and g.const_array(b) is None:
-            return b
-        return None
+        return _split(g, n, op, want)
 
     def only_user(v, node) -> bool:
-        return v not in g.outputs and [id(u) for u in users.get(v, [])] == [id(node)]
+        return _only_user(g, users, v, node)
 
     count, dead = 0, set()
     for out in g.nodes:
@@ -263,11 +290,78 @@ def fuse_tanh_gelu(g: Graph) -> int:
                      (cubic_v, inner), (pow_v, cubic)]
             if not all(only_user(v, n) for v, n in chain) or g.values[x].shape != g.values[out.outputs[0]].shape:
                 continue
-            for n in (half, one, tanh, scaled, inner, cubic, pw):
-                dead.add(id(n))
-                for o in n.outputs:
-                    g.values.pop(o, None)
+            _drop(g, dead, half, one, tanh, scaled, inner, cubic, pw)
             out.op, out.inputs, out.attrs = "gelu", [x], {"approximate": "tanh"}
+            count += 1
+            break
+    g.nodes = [n for n in g.nodes if id(n) not in dead]
+    return count
+
+
+def fuse_silu(g: Graph) -> int:
+    """``x * sigmoid(x)`` -> ``silu(x)`` (ATen ``silu``; Elfwing et al. 2018), so that
+    `fuse_activation` folds it into the producing linear: torch.export writes Llama's SiLU MLP gate
+    as the two ops, each a pass over the FFN's widest tensor. Operands in either order; the
+    sigmoid must be read by the product alone."""
+    users, prod = g.consumers(), g.producers()
+    count, dead = 0, set()
+    for out in g.nodes:
+        if out.op != "mul" or len(out.inputs) != 2 or g.values[out.outputs[0]].dtype != "float32":
+            continue
+        for x, sig_v in (out.inputs, out.inputs[::-1]):
+            sig = prod.get(sig_v)
+            if (sig is None or sig.op != "sigmoid" or sig.inputs[0] != x or not _only_user(g, users, sig_v, out)
+                    or g.values[x].shape != g.values[out.outputs[0]].shape):
+                continue
+            _drop(g, dead, sig)
+            out.op, out.inputs, out.attrs = "silu", [x], {}
+            count += 1
+            break
+    g.nodes = [n for n in g.nodes if id(n) not in dead]
+    return count
+
+
+def fuse_rms_norm(g: Graph) -> int:
+    """RMSNorm written out op by op -> one ``rms_norm`` node (Zhang & Sennrich 2019; ATen
+    ``rms_norm``): ``w * (x * rsqrt(mean(x ** 2, -1, keepdim) + eps))`` with ``w`` a constant
+    [hidden] (or no ``w``), operands in either order, every intermediate read only by the next op.
+    transformers' Llama, Mistral, Qwen2 and Gemma norms lower to these five or six ops, each a pass
+    over the hidden states; the kernel makes one pass for the sum of squares and one to scale.
+    """
+    users, prod = g.consumers(), g.producers()
+    count, dead = 0, set()
+    for y in g.nodes:
+        if y.op != "mul" or len(y.inputs) != 2 or g.values[y.outputs[0]].dtype != "float32":
+            continue
+        for x, r_v in (y.inputs, y.inputs[::-1]):
+            r = prod.get(r_v)
+            if r is None or r.op != "rsqrt" or not _only_user(g, users, r_v, y):
+                continue
+            add = prod.get(r.inputs[0])
+            m_v = _split(g, add, "add", None)
+            mean = prod.get(m_v) if m_v else None
+            shape = g.values[x].shape
+            if (mean is None or mean.op != "mean" or not mean.attrs.get("keepdim")
+                    or [d % len(shape) for d in mean.attrs.get("dims", [])] != [len(shape) - 1]):
+                continue
+            pw = prod.get(mean.inputs[0])
+            if pw is None or pw.op != "pow" or pw.inputs[0] != x or _scalar(g, pw.inputs[1], 2.0) is None:
+                continue
+            chain = [(r.inputs[0], r), (m_v, add), (mean.inputs[0], mean)]
+            if not all(_only_user(g, users, v, n) for v, n in chain) or shape != g.values[y.outputs[0]].shape:
+                continue
+            eps = _scalar(g, add.inputs[1] if add.inputs[0] == m_v else add.inputs[0])
+            node, weight = y, ""
+            scaled = _single_user(g, y.outputs[0], users)
+            if scaled is not None and scaled.op == "mul" and len(scaled.inputs) == 2:
+                w_v = scaled.inputs[1] if scaled.inputs[0] == y.outputs[0] else scaled.inputs[0]
+                w = g.const_array(w_v)
+                if (w is not None and w.dtype == np.float32 and w.shape == (shape[-1],)
+                        and g.values[scaled.outputs[0]].shape == shape):
+                    node, weight = scaled, w_v
+                    _drop(g, dead, y)
+            _drop(g, dead, pw, mean, add, r)
+            node.op, node.inputs, node.attrs = "rms_norm", [x, weight], {"axes": 1, "eps": eps}
             count += 1
             break
     g.nodes = [n for n in g.nodes if id(n) not in dead]

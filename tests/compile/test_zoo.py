@@ -478,3 +478,47 @@ def test_written_out_tanh_gelu_becomes_one_fused_epilogue(tmp_path):
     near = export_and_compare(FFN(c=0.05).eval(), x, tmp_path, rel=1e-5, name="near.nac")
     assert "tanh" in {n.op for n in near.graph.nodes}
     assert near.metadata["compile"]["passes"]["fuse_tanh_gelu"] == 0
+
+
+def test_written_out_rms_norm_and_silu_become_fused_ops(tmp_path):
+    """transformers' LlamaRMSNorm (pow, mean, add, rsqrt, mul, mul) is recognised as one
+    ``rms_norm`` and Llama's SiLU gate (sigmoid, mul as torch.export writes it) as ``silu``,
+    folded into the gate's linear; a norm with the mean over another axis, a square taken with
+    another exponent and a product with another tensor's sigmoid are left alone. All agree with
+    torch."""
+    from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, hidden_act="silu", rms_norm_eps=1e-5)
+
+    class Block(nn.Module):
+        def __init__(self, kind="fused"):
+            super().__init__()
+            self.norm, self.mlp, self.kind = LlamaRMSNorm(32, eps=1e-5), LlamaMLP(cfg), kind
+            with torch.no_grad():
+                self.norm.weight.uniform_(0.5, 1.5)
+
+        def forward(self, x):
+            if self.kind == "fused":
+                return self.mlp(self.norm(x))
+            if self.kind == "other-axis":
+                h = x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-5)
+            else:  # cube
+                h = x * torch.rsqrt(x.pow(3).mean(-1, keepdim=True) + 1e-5)
+            g = self.mlp.gate_proj(h)
+            return self.mlp.down_proj(g * torch.sigmoid(self.mlp.up_proj(h)))
+
+    x = (torch.randn(2, 7, 32) * 2,)
+    model = export_and_compare(Block().eval(), x, tmp_path, rel=1e-5)
+    ops = [n.op for n in model.graph.nodes]
+    assert not {"pow", "mean", "rsqrt", "sigmoid"} & set(ops) and ops.count("rms_norm") == 1
+    assert [n.attrs.get("activation") for n in model.graph.nodes if n.op == "linear"] == ["silu", "none", "none"]
+    assert model.metadata["compile"]["passes"]["fuse_rms_norm"] == 1
+    assert model.metadata["compile"]["passes"]["fuse_silu"] == 1
+    for kind in ("other-axis", "cube"):
+        near = export_and_compare(Block(kind).eval(), x, tmp_path, rel=1e-5, name=f"{kind}.nac")
+        ops = {n.op for n in near.graph.nodes}
+        assert "rsqrt" in ops and not {"rms_norm", "silu"} & ops, kind
+        assert "silu" not in [n.attrs.get("activation") for n in near.graph.nodes if n.op == "linear"]
+        assert near.metadata["compile"]["passes"]["fuse_rms_norm"] == 0
+        assert near.metadata["compile"]["passes"]["fuse_silu"] == 0
