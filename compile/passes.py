@@ -235,6 +235,12 @@ def _only_user(g: Graph, users: dict, v: str, node: Node) -> bool:
     return v not in g.outputs and [id(u) for u in users.get(v, [])] == [id(node)]
 
 
+def _float_products(g: Graph):
+    """The float32 two-operand ``mul`` nodes, in order, checked as they are reached (a pass may
+    rewrite a later one before the loop gets there)."""
+    return (n for n in g.nodes if n.op == "mul" and len(n.inputs) == 2 and g.values[n.outputs[0]].dtype == "float32")
+
+
 def _drop(g: Graph, dead: set, *nodes: Node) -> None:
     """Mark ``nodes`` dead and forget the values they define."""
     for n in nodes:
@@ -265,9 +271,7 @@ def fuse_tanh_gelu(g: Graph) -> int:
         return _only_user(g, users, v, node)
 
     count, dead = 0, set()
-    for out in g.nodes:
-        if out.op != "mul" or len(out.inputs) != 2 or g.values[out.outputs[0]].dtype != "float32":
-            continue
+    for out in _float_products(g):
         for half_v, one_v in (out.inputs, out.inputs[::-1]):
             half, one = prod.get(half_v), prod.get(one_v)
             x = split(half, "mul", 0.5)
@@ -305,9 +309,7 @@ def fuse_silu(g: Graph) -> int:
     sigmoid must be read by the product alone."""
     users, prod = g.consumers(), g.producers()
     count, dead = 0, set()
-    for out in g.nodes:
-        if out.op != "mul" or len(out.inputs) != 2 or g.values[out.outputs[0]].dtype != "float32":
-            continue
+    for out in _float_products(g):
         for x, sig_v in (out.inputs, out.inputs[::-1]):
             sig = prod.get(sig_v)
             if (sig is None or sig.op != "sigmoid" or sig.inputs[0] != x or not _only_user(g, users, sig_v, out)
@@ -330,9 +332,7 @@ def fuse_rms_norm(g: Graph) -> int:
     """
     users, prod = g.consumers(), g.producers()
     count, dead = 0, set()
-    for y in g.nodes:
-        if y.op != "mul" or len(y.inputs) != 2 or g.values[y.outputs[0]].dtype != "float32":
-            continue
+    for y in _float_products(g):
         for x, r_v in (y.inputs, y.inputs[::-1]):
             r = prod.get(r_v)
             if r is None or r.op != "rsqrt" or not _only_user(g, users, r_v, y):
