@@ -87,6 +87,8 @@ GEMM_L2_PANELS = 256 * 1024
 #: convolutions whose product is shallower than this keep BLAS: with few multiply-adds per
 #: output the tile's loads and stores dominate (K = 24 measured 1.5-2x slower than OpenBLAS)
 GEMM_MIN_DEPTH = 64
+#: products with fewer rows than this stay on BLAS (see `_gemm_weight`)
+GEMM_MIN_ROWS = 2
 #: the panel tiles `gemm_panels` runs: one per run-time ``kind`` argument (one compiled kernel
 #: serves every machine and the tests force each); "blas" sends every product to numpy
 GEMM_KINDS = {"avx512": 0, "avx2": 1, "plain": 2, "blas": -1}
@@ -278,10 +280,11 @@ def gemm_dequant(x2: np.ndarray, w: Q.QTensor, y2: np.ndarray, kind: int) -> Non
 def _gemm_weight(x2, w, y2, b, code: int, how: str) -> bool:
     """act(x2 @ W + b) into y2 through `gemm` when W (the weight ``w``, packed as ``how``) is a
     loaded model's (read-only, so packed once) and the operands are float32; False (nothing
-    written) otherwise, for empty products, and for one row: OpenBLAS's matrix-vector kernel
-    measured faster there (48 vs 84 µs for a cached 768 x 2304 weight; at 2-16 rows the panels
-    are 2.5-4x faster than OpenBLAS on a transposed weight)."""
-    if (GEMM == "blas" or x2.shape[0] == 1 or w.flags.writeable or x2.dtype != np.float32 or y2.dtype != np.float32
+    written) otherwise, for empty products, and for fewer than `GEMM_MIN_ROWS` rows: OpenBLAS's
+    matrix-vector kernel measured faster there (48 vs 84 µs for a cached 768 x 2304 weight; and
+    SmolLM2 decode, weights from memory, 18.3-24.3 tok/s vs 17.1-19.0 on the panels; at 2-16 rows
+    the panels are 2.5-4x faster than OpenBLAS on a transposed weight)."""
+    if (GEMM == "blas" or x2.shape[0] < GEMM_MIN_ROWS or w.flags.writeable or x2.dtype != np.float32 or y2.dtype != np.float32
             or y2.size == 0 or not y2.flags.c_contiguous or x2.shape[1] == 0):
         return False
     if b is not None and (b.flags.writeable or b.dtype != np.float32):

@@ -309,24 +309,26 @@ def test_gemm_rejects_operands_that_disagree():
 @pytest.mark.parametrize("gemm", ["avx512", "avx2", "plain", "blas"])
 def test_linear_with_a_loaded_weight_matches_torch(gemm, monkeypatch):
     """The linear kernel with read-only weights (a loaded model's, which take the packed panels;
-    packed once, reused) in both layouts, with GELU fused, against torch; `NAC_GEMM`'s choices."""
+    packed once, reused) in both layouts, with GELU fused, against torch; `NAC_GEMM`'s choices,
+    for a prefill's rows and a decode step's single row."""
     from nac.engine.kernels import KERNELS
     from nac.engine.kernels import linalg as L
 
     monkeypatch.setattr(L, "GEMM", gemm)
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((2, 7, 96)).astype(np.float32)
     w = rng.standard_normal((80, 96)).astype(np.float32)
     b = rng.standard_normal(80).astype(np.float32)
-    want = F.gelu(F.linear(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b))).numpy()
-    for layout, weight in (("oi", w.copy()), ("io", np.ascontiguousarray(w.T))):
-        weight.flags.writeable = False
-        bias = b.copy()
-        bias.flags.writeable = False
-        for _ in range(2):
-            out = np.full((2, 7, 80), np.nan, np.float32)
-            KERNELS["linear"]([x, weight, bias], [out], {"activation": "gelu", "weight_layout": layout})
-            assert_close(out, want, rel=1e-5, what=f"{gemm} {layout}")
+    for shape in ((2, 7, 96), (1, 1, 96)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        want = F.gelu(F.linear(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b))).numpy()
+        for layout, weight in (("oi", w.copy()), ("io", np.ascontiguousarray(w.T))):
+            weight.flags.writeable = False
+            bias = b.copy()
+            bias.flags.writeable = False
+            for _ in range(2):
+                out = np.full(shape[:2] + (80,), np.nan, np.float32)
+                KERNELS["linear"]([x, weight, bias], [out], {"activation": "gelu", "weight_layout": layout})
+                assert_close(out, want, rel=1e-5, what=f"{gemm} {layout} {shape}")
 
 
 CONV_CASES = [  # (N, C, H, W, Cout, k, stride, padding, dilation, groups)
