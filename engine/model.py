@@ -123,15 +123,24 @@ class Method:
             out[name] = a
         return out
 
-    def _graph(self, logits_to_keep: int):
-        """The graph that computes ``logits`` for the last ``logits_to_keep`` positions only
-        (`nac.engine.narrow.keep_last`), or the whole graph for 0 or when it cannot be narrowed."""
-        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+    @staticmethod
+    def _keep(logits_to_keep) -> int:
+        """``logits_to_keep`` as an int >= 0 (any integer type but bool); NacInputError otherwise."""
+        if isinstance(logits_to_keep, (bool, np.bool_)) or not isinstance(logits_to_keep, (int, np.integer)) \
+                or logits_to_keep < 0:
             raise NacInputError(f"logits_to_keep must be an int >= 0, not {logits_to_keep!r}")
+        return int(logits_to_keep)
+
+    def _graph(self, logits_to_keep: int):
+        """The graph that computes ``logits`` for the last ``logits_to_keep`` (an int, `_keep`)
+        positions only (`nac.engine.narrow.keep_last`), or the whole graph for 0 or when it cannot
+        be narrowed. Raises NacInputError when the method has no [batch, seq, vocab] ``logits``."""
         if not logits_to_keep:
             return self.graph
-        if "logits" not in self.graph.outputs:
-            raise NacInputError(f"logits_to_keep needs a 'logits' output; {self.name} has {self.output_names}")
+        v = self.graph.values.get("logits") if "logits" in self.graph.outputs else None
+        if v is None or len(v.shape) != 3:
+            raise NacInputError(f"logits_to_keep needs a [batch, seq, vocab] 'logits' output; {self.name} has "
+                                f"{[(n, list(self.graph.values[n].shape)) for n in self.output_names]}")
         with self._lock:
             g = self._narrowed.get(logits_to_keep)
             if g is None:
@@ -150,10 +159,10 @@ class Method:
 
         Raises:
             NacInputError: shapes outside the exported ranges, a plan above `max_memory`, or a bad
-                ``logits_to_keep`` (negative, or no ``logits`` output).
+                ``logits_to_keep`` (not an int >= 0, or no [batch, seq, vocab] ``logits`` output).
             NacFormatError: the graph disagrees with shape inference for these shapes.
         """
-        graph = self._graph(logits_to_keep)
+        graph = self._graph(self._keep(logits_to_keep))
         return Plan(graph, {n: tuple(shapes[n]) for n in graph.inputs}, self._constants,
                     self.max_memory, where=str(self.path), channels_last=channels_last)
 
@@ -163,6 +172,7 @@ class Method:
         thread uses until the block ends; it then goes back to the pool for the next call.
         Generation holds one for a whole decode loop (its inputs hold the KV cache).
         ``logits_to_keep`` is as in `plan`."""
+        logits_to_keep = self._keep(logits_to_keep)
         key = (logits_to_keep, tuple(tuple(int(d) for d in shapes[n]) for n in self.graph.inputs))
         with self._lock:  # the pool holds no empty lists: a key is removed with its last idle plan
             idle = self._plans.get(key)
@@ -206,6 +216,7 @@ class Method:
             NacRuntimeError: an internal kernel failure (names the node and its source module).
         """
         arrays = self._normalise(inputs)
+        logits_to_keep = self._keep(logits_to_keep)
         narrowed = self._graph(logits_to_keep) is not self.graph
         with self.session({n: a.shape for n, a in arrays.items()}, logits_to_keep if narrowed else 0) as plan:
             for name, a in arrays.items():

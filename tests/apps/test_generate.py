@@ -319,9 +319,28 @@ def test_logits_to_keep_falls_back_and_rejects_bad_values(lm, monkeypatch):
     got = m.run(feeds, logits_to_keep=2)
     m._narrowed.clear()
     assert np.array_equal(got[0], full[0][:, -2:])
+    assert np.array_equal(m.run(feeds, logits_to_keep=np.int64(2))[0], got[0])
     for bad in (-1, 1.5, True, "1"):
         with pytest.raises(nac.NacInputError, match="logits_to_keep"):
             m.run(feeds, logits_to_keep=bad)
+
+
+def test_logits_to_keep_needs_per_position_logits(tmp_path):
+    """A classifier's ``logits`` [batch, labels] have no positions to keep: an error naming the
+    shapes, never a slice of the labels."""
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return {"logits": self.head(x)}
+
+    m = nac.load(nac.export(Classifier().eval(), (torch.randn(2, 8),), tmp_path / "cls.nac"))
+    x = np.ones((2, 8), np.float32)
+    assert m.output_names == ["logits"] and m.run(x)[0].shape == (2, 3)
+    with pytest.raises(nac.NacInputError, match=r"\[batch, seq, vocab\] 'logits'"):
+        m.run(x, logits_to_keep=1)
 
 
 def test_beam_top_k_picks_what_a_stable_sort_picks():
