@@ -48,8 +48,13 @@ def build_unet(seed: int = 0):
                        norm_num_groups=8, num_class_embeds=10)
 
 
-def train(unet, images: np.ndarray, labels: np.ndarray, minutes: float, seed: int = 0, batch: int = 128):
-    """DDPM training (epsilon prediction, 1,000 linear-beta timesteps) for ``minutes`` of wall time."""
+def train(unet, images: np.ndarray, labels: np.ndarray, minutes: float | None = None, seed: int = 0,
+          batch: int = 128, steps: int | None = None):
+    """DDPM training (epsilon prediction, 1,000 linear-beta timesteps) for ``minutes`` of wall time
+    or ``steps`` optimiser steps, whichever ends first (at least one must be given; a step budget
+    alone gives the same model on any machine, however loaded). Returns (steps, mean loss)."""
+    if minutes is None and steps is None:
+        raise ValueError("train needs minutes or steps")
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
@@ -57,8 +62,9 @@ def train(unet, images: np.ndarray, labels: np.ndarray, minutes: float, seed: in
     opt = torch.optim.AdamW(unet.parameters(), lr=2e-3, weight_decay=1e-4)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
     unet.train()
-    start, steps, losses = time.monotonic(), 0, []
-    while time.monotonic() - start < minutes * 60:
+    start, budget, steps, losses = time.monotonic(), steps, 0, []
+    while ((minutes is None or time.monotonic() - start < minutes * 60)
+           and (budget is None or steps < budget)):
         idx = torch.randint(0, len(x_all), (batch,))
         x0, y = x_all[idx], y_all[idx]
         noise = torch.randn_like(x0)
