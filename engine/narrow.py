@@ -75,7 +75,7 @@ def keep_last(g: Graph, k: int, output: str = "logits") -> Graph | None:
         path.append(n)
         x = n.inputs[0]
         shape = g.values[x].shape
-        if len(shape) == 3 and shape[1] == seq:
+        if len(shape) == 3 and shape[:2] == out_shape[:2]:  # the same [batch, seq] rows as the output
             cut_at = len(path)
         if x in g.outputs or users.get(x) != [n]:
             break  # an intermediate read elsewhere must stay whole
