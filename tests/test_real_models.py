@@ -129,6 +129,8 @@ SMOL_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at
                 "Les trois couleurs du drapeau français sont"]
 
 
+@pytest.mark.heavy
+@pytest.mark.xdist_group("smollm2")  # one export of the real model for both tests
 def test_smollm2_greedy_matches_transformers(smollm2):
     import importlib.util
 
@@ -154,6 +156,8 @@ def test_smollm2_greedy_matches_transformers(smollm2):
     assert "Paris" in tok.decode(generate(model, prompts[-1], max_new_tokens=20)[0][len(prompts[-1]):])
 
 
+@pytest.mark.heavy
+@pytest.mark.xdist_group("smollm2")  # one export of the real model for both tests
 def test_nac_run_smollm2_says_paris(smollm2):
     import subprocess
     import sys

@@ -92,6 +92,7 @@ def test_bad_inputs_are_named(minilm_nac, tmp_path, capsys):
     assert "expected an object with 'text'" in capsys.readouterr().err
 
 
+@pytest.mark.heavy
 def test_ray_pipeline_embeds_ten_thousand_lines(tiny_encoder, tmp_path):
     ray = pytest.importorskip("ray", reason="needs Ray (pip install 'nac[scale]')")
     from nac.apps.batch import run_local, run_ray

@@ -27,6 +27,7 @@ def example():
     return mod
 
 
+@pytest.mark.heavy
 def test_trained_digits_are_drawn_and_recognised(example, tmp_path):
     import torch
 

@@ -329,12 +329,14 @@ def test_bind_converts_half_precision_and_can_quantise(gpt2_files, tmp_path):
 
 
 def test_a_7b_architecture_exports_without_weights(tmp_path):
-    """Llama-2-7B's shape (32 layers, hidden 4096) on the meta device: no weight memory; the file
-    records all 6.7e9 parameters and is well under a megabyte."""
+    """Llama-2-7B's layer shapes (hidden 4096, MLP 11008, 32 heads, 32,000 tokens) on the meta
+    device: no weight memory; the file records every parameter and is well under a megabyte. Four
+    of its 32 identical layers (1.07e9 parameters) keep CI short: export time grows with the layer
+    count (the whole 32-layer model took 55 s here), nothing else does."""
     pytest.importorskip("accelerate", reason="needs accelerate (pip install 'nac[models]')")
     from accelerate import init_empty_weights
 
-    cfg = transformers.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+    cfg = transformers.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=4,
                                    num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, use_cache=False)
     with init_empty_weights():  # parameters on meta; rotary buffers real
         model = Logits(transformers.AutoModelForCausalLM.from_config(cfg).eval())
@@ -347,7 +349,7 @@ def test_a_7b_architecture_exports_without_weights(tmp_path):
 
     tensors = _unbound_file(path)[1]["compile"]["unbound"]["tensors"]
     assert sum(int(np.prod(t["shape"])) for t in tensors.values()) == sum(p.numel() for p in model.parameters())
-    assert sum(int(np.prod(t["shape"])) for t in tensors.values()) > 6.7e9
+    assert sum(int(np.prod(t["shape"])) for t in tensors.values()) > 1.0e9
 
 
 # ------------------------------------------------------------------------------------------------
@@ -404,6 +406,7 @@ def test_verify_without_vectors_says_how(minilm_nac):
 # ------------------------------------------------------------------------------------------------
 # the zoo
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.heavy
 def test_zoo_compiles_verifies_and_reports(tmp_path):
     """The repository's test-model zoo (tests/zoo.toml, entries from tests/arch_zoo.py) through
     `nac zoo`, plus an entry that cannot be built: it is reported and the others complete."""

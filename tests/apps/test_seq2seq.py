@@ -208,6 +208,7 @@ def t5_folder(tmp_path_factory):
     return d
 
 
+@pytest.mark.heavy
 def test_cli_and_pipeline_give_transformers_text(t5_folder, tmp_path):
     from tokenizers import Tokenizer
 

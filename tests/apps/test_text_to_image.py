@@ -73,6 +73,8 @@ def sd(tmp_path_factory):
     return pipe, nac.load(path)
 
 
+@pytest.mark.xdist_group("sd")  # the tests sharing the module's `sd` export run on one worker
+@pytest.mark.heavy
 @pytest.mark.parametrize("kind", list(SCHEDULERS))
 def test_images_match_diffusers(sd, kind):
     pipe, m = sd
@@ -88,6 +90,7 @@ def test_images_match_diffusers(sd, kind):
     assert np.abs(got - want).max() <= 1e-3
 
 
+@pytest.mark.xdist_group("sd")  # the tests sharing the module's `sd` export run on one worker
 def test_no_guidance_and_size(sd):
     """guidance_scale 1 runs the UNet on the prompt alone, as diffusers; another size works."""
     pipe, m = sd
@@ -101,6 +104,7 @@ def test_no_guidance_and_size(sd):
     assert np.abs(got - want).max() <= 1e-3
 
 
+@pytest.mark.xdist_group("sd")  # the tests sharing the module's `sd` export run on one worker
 def test_run_writes_a_png_and_pipeline_api(sd, tmp_path):
     from PIL import Image
 
@@ -116,6 +120,7 @@ def test_run_writes_a_png_and_pipeline_api(sd, tmp_path):
     assert not np.array_equal(np.asarray(pipe("a cat", num_inference_steps=3, seed=1)[0]), np.asarray(img))
 
 
+@pytest.mark.xdist_group("sd")  # the tests sharing the module's `sd` export run on one worker
 def test_bad_requests(sd):
     _, m = sd
     p = TextToImage(m)
@@ -129,6 +134,7 @@ def test_bad_requests(sd):
             p(**{"num_inference_steps": 2, **kw})
 
 
+@pytest.mark.heavy
 def test_export_from_a_pipeline_folder(tmp_path):
     """`nac export FOLDER --task text-to-image` on a saved diffusers pipeline folder."""
     pipe = _pipeline()

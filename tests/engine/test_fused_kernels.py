@@ -428,6 +428,7 @@ print("ok")
 """
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("cpu", ["haswell", "x86-64"])
 def test_isa_builds(cpu, tmp_path):
     """The same checks with the kernels compiled for an AVX2-only CPU (Haswell) and for the x86-64

@@ -15,7 +15,7 @@ from conftest import have
 
 HERE = Path(__file__).parent
 REGRESSIONS = sorted(p for p in (HERE / "regressions").glob("*/*") if p.is_file())
-SMOKE_SECONDS = int(os.environ.get("NAC_FUZZ_SMOKE_SECONDS", "25"))
+SMOKE_SECONDS = int(os.environ.get("NAC_FUZZ_SMOKE_SECONDS", "10"))
 
 REPLAY = """
 import resource, sys
@@ -44,6 +44,7 @@ def test_regression_input(path):
         f"{path.name}: exit status {r.returncode}\n{r.stderr[-3000:]}"
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not have("atheris"), reason="needs atheris (pip install 'nac[test]')")
 @pytest.mark.parametrize("target", ["reader", "tisa"])
 def test_fuzz_smoke(target, tmp_path):

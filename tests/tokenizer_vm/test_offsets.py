@@ -24,6 +24,7 @@ def _diff(ref_encs, our_encs, texts):
     return None
 
 
+@pytest.mark.heavy
 def test_corpus_offsets(pair, corpus):
     name, ref, ours = pair
     lines = corpus[::STRIDE]

@@ -22,6 +22,7 @@ def _assert_same(ref_encs, our_encs, texts, what: str) -> None:
         f"{t[:60]!r}: ref {r[:12]} ours {o[:12]}" for t, r, o in bad[:3])
 
 
+@pytest.mark.heavy
 def test_corpus_parity(pair, corpus):
     """Every line of the 100k-line real corpus: the same ids, type ids, masks; and the same
     decoded text (with and without special tokens) for every 4th line."""

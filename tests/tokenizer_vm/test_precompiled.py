@@ -49,6 +49,7 @@ def pair(request, spm_model):
     return request.param, ref, ours
 
 
+@pytest.mark.heavy
 def test_ids_match_tokenizers_on_the_corpus(pair, corpus):
     """T5 style on every line of the corpus; ALBERT style (lowercased, quotes replaced first) on a third."""
     style, ref, ours = pair

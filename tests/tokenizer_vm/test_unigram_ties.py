@@ -47,6 +47,7 @@ def vocabularies(corpus):
     return out
 
 
+@pytest.mark.heavy
 def test_corpus_and_symbol_runs(vocabularies, corpus):
     rng = random.Random(1)
     texts = corpus[5::25] + _runs(rng, 3000)
