@@ -75,6 +75,12 @@ class Encoding:
         return len(self.ids)
 
 
+#: normaliser instructions that map each character on its own, whatever surrounds it
+PER_CHAR_NORMALIZERS = frozenset({"NORM.NFC", "NORM.NFD", "NORM.NFKC", "NORM.NFKD", "NORM.LOWER", "NORM.DROP",
+                                  "NORM.MAP_SPACE", "NORM.PAD"})
+#: the ``first`` flag array of one segment that does (or, after a left strip, does not) start its text
+_FIRST, _NOT_FIRST = np.ones(1, np.bool_), np.zeros(1, np.bool_)
+
 #: PRE.SPLIT's ``kind`` operand -> the split kernel's mode
 SPLIT_KINDS = {"class": K.SPLIT_CLASS, "literal": K.SPLIT_LITERAL, "gpt2": K.SPLIT_GPT2, "words": K.SPLIT_WORDS}
 
@@ -101,6 +107,7 @@ class Tokenizer:
         self._token_cache: dict[int, str] = {}
         self._vocab_map: dict[str, int] | None = None
         self._norm, self._pre_str, self._model, self._template, self._dec = [], [], None, None, []
+        self._single = None  # the single-text template as (head, tail, type of $A) when it is specials, $A, specials
         #: the array pre-tokeniser steps, as data: (op, split kind, class mask, behaviour, invert,
         #: literal code points, rewrite operands a, b); `kernels.pre_tokenize` runs them in one call
         self._pre_steps: list[tuple] = []
@@ -110,6 +117,8 @@ class Tokenizer:
         for ins in program.code:
             self._load(ins)
         self._pre = self._pre_arrays()
+        self._ascii_norm = None
+        self._ascii_norm = self._ascii_normalizer()
         # what decode shows for an added token: its normalised form if it is matched normalised
         self._added_text = {a["id"]: self._normalize(a["content"])[0] if a["normalized"] and self._norm
                             else a["content"] for a in program.added}
@@ -205,8 +214,31 @@ class Tokenizer:
 
     # -- encoding -------------------------------------------------------------------------------------
     def encode(self, text, pair=None, add_special_tokens: bool = True) -> Encoding:
-        """Encode one text (or a pair): ``Encoding(ids, type_ids, attention_mask, …)``."""
+        """Encode one text (or a pair): ``Encoding(ids, type_ids, attention_mask, …)``.
+
+        Raises:
+            NacInputError: as `encode_batch`.
+        """
+        if pair is None and type(text) is str and not self.padding:
+            # one text, the common per-line call: `encode_batch`'s steps without its lists
+            enc = self._post(self._encode_one(_text(text, 0)), None, add_special_tokens)
+            enc.texts = (text,)
+            return enc
         return self.encode_batch([text if pair is None else (text, pair)], add_special_tokens)[0]
+
+    def _encode_one(self, text: str) -> list[int]:
+        """`_encode_texts` of one text; the same ids, with less per-call work where the text holds no
+        added token (one regular-expression search instead of the split)."""
+        if self._fused is None or self._pre_str or (self._added_re and self._added_re[0].search(text)):
+            return self._encode_texts([text])[0]
+        norm, lost_left = self._normalize(text)
+        if self._added_norm_re and self._added_norm_re[0].search(norm):
+            return self._encode_texts([text])[0]
+        if not norm:
+            return []
+        cps = np.frombuffer(bytearray(norm.encode("utf-32-le", "surrogatepass")), np.int32)
+        ids, _ = self._fused(cps, np.array([len(norm)], np.int64), _FIRST if not lost_left else _NOT_FIRST)
+        return ids.tolist()
 
     def encode_batch(self, inputs: list, add_special_tokens: bool = True) -> list[Encoding]:
         """Encode a list of texts or ``(text, pair)`` tuples; pads them together if padding is on.
@@ -277,11 +309,44 @@ class Tokenizer:
                 yield norm, None, orig0
 
     def _normalize(self, s: str) -> tuple[str, bool]:
+        """The normaliser steps on ``s``: (normalised text, whether a step removed text at its left)."""
+        if self._ascii_norm is not None and s.isascii():
+            lowers, specials, table = self._ascii_norm
+            if specials is None or not specials.search(s):
+                return (s.lower() if lowers else s), False
+            return s.translate(table), False
+        return self._normalize_steps(s)
+
+    def _normalize_steps(self, s: str) -> tuple[str, bool]:
         lost_left = False
         for fn in self._norm:
             s, lost = fn(s)
             lost_left |= lost
         return s, lost_left
+
+    def _ascii_normalizer(self):
+        """For a normaliser whose every step maps each character on its own (`PER_CHAR_NORMALIZERS`),
+        its effect on ASCII text as data: ``(lowers, specials, table)``. ``table`` (for
+        ``str.translate``) is the steps run on each ASCII character; ``lowers`` whether the steps
+        lowercase; ``specials`` matches the characters the table maps to something other than
+        ``str.lower`` (if ``lowers``) or themselves (None if there is none), so text without them is
+        just ``s.lower()`` or ``s``. None when a step is not per character (strip, prepend, a
+        multi-character replacement, SentencePiece's charsmap)."""
+        norm = [i for i in self.program.code if i["op"].startswith("NORM.")]
+        if not norm or not all(i["op"] in PER_CHAR_NORMALIZERS or (
+                i["op"] == "NORM.REPLACE" and i["kind"] == "string" and len(i["pattern"]) == 1) for i in norm):
+            return None
+        lowers = any(i["op"] == "NORM.LOWER" for i in norm)
+        table, specials = {}, []
+        for c in range(128):
+            out, lost = self._normalize_steps(chr(c))
+            if lost:
+                return None
+            table[c] = out
+            if out != (chr(c).lower() if lowers else chr(c)):
+                specials.append(c)
+        pattern = re.compile("[" + "".join(_re_range(c, c) for c in specials) + "]") if specials else None
+        return lowers, pattern, table
 
     def _pre_arrays(self) -> tuple:
         """The array pre-tokeniser steps as `kernels.pre_tokenize`'s step arrays."""
@@ -345,6 +410,12 @@ class Tokenizer:
         """Truncation, then the template. As in the reference, only template (and padding) tokens
         are marked special, not added tokens matched in the text."""
         tpl = self._template if add_special else None
+        if b is None and tpl is not None and not (self.truncation and truncate) and self._single is not None:
+            head, tail, type_a = self._single  # the usual single-text template: specials, $A, specials
+            n = len(a)
+            ids = head[0] + a + tail[0]
+            return Encoding(ids, head[1] + [type_a] * n + tail[1], [1] * len(ids), head[2] + [0] * n + tail[2], self,
+                            head[3] + (("A", range(n)),) + tail[3])
         # truncation keeps a contiguous range of each text's tokens; the ranges record which (offsets)
         ia, ib = range(len(a)), None if b is None else range(len(b))
         if self.truncation and truncate:
@@ -652,6 +723,14 @@ class Tokenizer:
 
     def _op_post_template(self, ins):
         self._template = {"single": ins["single"], "pair": ins["pair"]}
+        items = ins["single"]
+        where = [k for k, item in enumerate(items) if item[0] != "S"]
+        if len(where) == 1 and items[where[0]][0] == "A":  # specials, $A, specials: `_post`'s fast case
+            def side(part):
+                ids = [i for item in part for i in item[1]]
+                return (ids, [item[-1] for item in part for _ in item[1]], [1] * len(ids),
+                        tuple(("S", len(item[1])) for item in part))
+            self._single = side(items[:where[0]]), side(items[where[0] + 1:]), items[where[0]][-1]
 
     def _op_dec_wordpiece(self, ins):
         prefix, cleanup = ins["prefix"], ins["cleanup"]
@@ -957,6 +1036,8 @@ def _text(x, i: int) -> str:
             raise NacInputError(f"input {i}: bytes are not valid UTF-8 ({exc})") from None
     if not isinstance(x, str):
         raise NacInputError(f"input {i}: expected text (str), got {type(x).__name__}")
+    if x.isascii():
+        return x
     try:
         x.encode("utf-8")
     except UnicodeEncodeError as exc:

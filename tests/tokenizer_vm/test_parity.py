@@ -37,6 +37,45 @@ def test_corpus_parity(pair, corpus):
         assert not bad, f"{name}: {len(bad)} decodes differ (skip_special_tokens={skip}); first {bad[0]!r}"
 
 
+#: per-line corners: added tokens in the text, control characters and tabs (BERT's cleaning maps or
+#: drops them), upper case, accents, leading and trailing space, nothing at all
+PER_LINE_CORNERS = ["", " ", "\t", "[CLS] Hello [SEP] world", "<|endoftext|>x y", "A\tB\x00C\x1fD\r\nE", "  lead trail  ",
+                    "ÀÉÎ Ünïcode ﬁ", "MiXeD CaSe 123", "\u3000\u4e2d\u6587 text", "a" * 300]
+
+
+def test_per_line_encode_matches_the_reference(pair, corpus):
+    """`encode` of one text takes its own short path (no batch lists; ASCII text normalised by one
+    translation table): the same ids, type ids and masks as the reference's `encode` on
+    every 9th corpus line and the corners, with and without special tokens and truncation."""
+    name, ref, ours = pair
+    texts = corpus[::9] + PER_LINE_CORNERS
+    for special in (True, False):
+        for t in texts:
+            r, o = ref.encode(t, add_special_tokens=special), ours.encode(t, add_special_tokens=special)
+            assert _fields(o) == _fields(r), f"{name} {t[:60]!r} special={special}"
+    ref.enable_truncation(7)
+    ours.enable_truncation(7)
+    try:
+        for t in texts[:500] + PER_LINE_CORNERS:
+            assert _fields(ours.encode(t)) == _fields(ref.encode(t)), f"{name} {t[:60]!r} truncated to 7"
+    finally:
+        ref.no_truncation()
+        ours.no_truncation()
+
+
+def test_ascii_normaliser_table_is_the_steps(pair):
+    """The ASCII translation table gives what the normaliser steps give, on every ASCII character
+    alone and in random ASCII strings."""
+    name, _, ours = pair
+    if ours._ascii_norm is None:
+        return
+    rng = random.Random(3)
+    texts = [chr(c) for c in range(128)] + ["".join(chr(rng.randrange(128)) for _ in range(rng.randrange(40)))
+                                           for _ in range(2000)]
+    for t in texts:
+        assert ours._normalize(t) == ours._normalize_steps(t), f"{name} {t!r}"
+
+
 def test_one_call_path_and_staged_path_agree(pair, corpus):
     """Programs whose pre-tokeniser runs on arrays encode a batch in one compiled call
     (`kernels.encode_*`); it gives exactly what the stage-by-stage path gives (which programs with
