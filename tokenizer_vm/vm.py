@@ -679,8 +679,8 @@ class Tokenizer:
         prefix = np.array(ins["prefix"], np.int32)
         unk, max_chars = int(ins["unk"]), int(ins["max_chars"])
         self._model = lambda cps, s, e: K.wordpiece(cps, s, e, *keys, prefix, max_chars, unk)
-        self._fused = lambda cps, lens, first: K.encode_wordpiece(cps, lens, first, self._pre, *keys, prefix, max_chars,
-                                                                  unk)
+        tail = (*keys, prefix, max_chars, unk)
+        self._fused = lambda cps, lens, first: K.encode_wordpiece(cps, lens, first, self._pre, *tail)
 
     def _op_model_wordlevel(self, ins):
         keys = self._key_tables(ins)
@@ -703,7 +703,12 @@ class Tokenizer:
             ids, counts, _ = K.bpe(cps, s, e, *keys, *merges, *args)
             return ids, counts
         self._model = run
-        self._fused = lambda cps, lens, first: K.encode_bpe(cps, lens, first, self._pre, *keys, *merges, *args)[:2]
+        tail = (*keys, *merges, *args)
+
+        def fused(cps, lens, first):
+            ids, per_seg, _ = K.encode_bpe(cps, lens, first, self._pre, *tail)
+            return ids, per_seg
+        self._fused = fused
 
     def _op_model_unigram(self, ins):
         t = self.program.tables
@@ -716,7 +721,8 @@ class Tokenizer:
                 raise NacError(f"{self.program.source}: text needs an unknown token but the Unigram model has no unk_id")
             return ids, counts
         self._model = lambda cps, s, e: checked(*K.unigram(cps, s, e, *keys, *args))
-        self._fused = lambda cps, lens, first: checked(*K.encode_unigram(cps, lens, first, self._pre, *keys, *args))
+        tail = (*keys, *args)
+        self._fused = lambda cps, lens, first: checked(*K.encode_unigram(cps, lens, first, self._pre, *tail))
 
     def _op_post_trim_offsets(self, ins):
         self._trim = bool(ins["prefix_space"])
