@@ -390,6 +390,14 @@ class _Placer:
             raise NacError(f"offsets: the tokens of {''.join(map(str, word.chars))[:60]!r} do not cover it")
         return spans
 
+    def value(self, word: Aligned, i: int, a: int, b: int) -> str:
+        """Token ``i``'s text as the reference's ``Encoding.tokens`` has it, for a token on units
+        [a, b) of ``word``: the vocabulary string, but for Unigram's unknown token the (normalised)
+        text it covers, as Hugging Face's Unigram model gives it."""
+        if i == self.unk and self.kind == "MODEL.UNIGRAM":
+            return "".join(map(str, word.chars[a:b]))
+        return self.tok.id_to_token(i) or ""
+
     def _match(self, word: Aligned, token: str, cur: int, k: int) -> int:
         forms = [token]
         if self.prefix and token.startswith(self.prefix) and k > 0:
@@ -492,7 +500,7 @@ def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span], li
                 plan.append(("segment", len(segments)))
                 segments.append((piece, first and s2 == 0))
     words = aligner.pre_tokenise(segments)
-    per_segment: dict[int, tuple[list[int], list[Span], list[int]]] = {}
+    per_segment: dict[int, tuple[list[int], list[Span], list[int], list[str]]] = {}
     if words:
         cps, starts, ends = _code_points(words)
         ids, counts = tok._model(cps, starts, ends)
@@ -500,10 +508,12 @@ def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span], li
         for k, ((w, seg, _), c) in enumerate(zip(words, counts.tolist())):
             wid = ids[at:at + int(c)].tolist()
             at += int(c)
-            got = per_segment.setdefault(seg, ([], [], []))
+            got = per_segment.setdefault(seg, ([], [], [], []))
+            spans = placer.place(w, wid)
             got[0].extend(wid)
-            got[1].extend((w.align[a][0], w.align[b - 1][1]) for a, b in placer.place(w, wid))
+            got[1].extend((w.align[a][0], w.align[b - 1][1]) for a, b in spans)
             got[2].extend([k] * len(wid))
+            got[3].extend(placer.value(w, i, a, b) for i, (a, b) in zip(wid, spans))
     out_ids, out_offsets, values, word_of = [], [], [], []
     word, last = -1, None
     for item in plan:
@@ -515,10 +525,10 @@ def text_offsets(tok: "Tokenizer", text: str) -> tuple[list[int], list[Span], li
             word_of.append(word)
             last = None
         else:
-            i, o, w = per_segment.get(item[1], ([], [], []))
+            i, o, w, v = per_segment.get(item[1], ([], [], [], []))
             out_ids += i
             out_offsets += o
-            values += [tok.id_to_token(x) or "" for x in i]
+            values += v
             for k in w:  # words numbered in order across segments and added tokens
                 if k != last:
                     word, last = word + 1, k

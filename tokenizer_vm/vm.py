@@ -50,11 +50,27 @@ class Encoding:
     texts: tuple = field(repr=False, default=())
     pad_left: int = field(repr=False, default=0)
     pad_right: int = field(repr=False, default=0)
+    pad_token: str = field(repr=False, default="")
     _offsets: list | None = field(repr=False, default=None)
+    _tokens: list | None = field(repr=False, default=None)
 
     @property
     def tokens(self) -> list[str]:
-        return [self.tokenizer.id_to_token(i) or "" for i in self.ids]
+        """Each token's text as the reference's ``Encoding.tokens`` has it: the vocabulary string,
+        except where the reference shows the text a token covers (an added token matched in the
+        text, its stripped spaces included; Unigram's unknown token), which comes from the aligned
+        path that `offsets` uses."""
+        tok = self.tokenizer
+        if self.texts and tok._text_valued and not tok._text_valued.isdisjoint(self.ids):
+            if self._tokens is None:
+                self._offsets, self._tokens = tok._aligned(self)
+            out = list(self._tokens)
+        else:
+            out = [tok.id_to_token(i) or "" for i in self.ids]
+        if self.pad_left or self.pad_right:  # padding shows the padding's pad_token, as the reference's does
+            out[:self.pad_left] = [self.pad_token] * self.pad_left
+            out[len(out) - self.pad_right:] = [self.pad_token] * self.pad_right
+        return out
 
     @property
     def layout(self) -> list:
@@ -68,7 +84,7 @@ class Encoding:
     @property
     def offsets(self) -> list[tuple[int, int]]:
         if self._offsets is None:
-            self._offsets = self.tokenizer._offsets(self)
+            self._offsets, self._tokens = self.tokenizer._aligned(self)
         return self._offsets
 
     def __len__(self) -> int:
@@ -107,6 +123,8 @@ class Tokenizer:
         self._token_cache: dict[int, str] = {}
         self._vocab_map: dict[str, int] | None = None
         self._norm, self._pre_str, self._model, self._template, self._dec = [], [], None, None, []
+        #: ids whose reference ``Encoding.tokens`` entry is the text they cover (added tokens, Unigram's unk)
+        self._text_valued = {a["id"] for a in program.added}
         self._single = None  # the single-text template as (head, tail, type of $A) when it is specials, $A, specials
         #: the array pre-tokeniser steps, as data: (op, split kind, class mask, behaviour, invert,
         #: literal code points, rewrite operands a, b); `kernels.pre_tokenize` runs them in one call
@@ -177,7 +195,8 @@ class Tokenizer:
             else:
                 pad_id = int(base.get("pad_id", 0))
         self.padding = {"length": length, "direction": direction.capitalize(), "pad_id": int(pad_id),
-                        "pad_type_id": pad_type_id, "pad_token": pad_token or "", "pad_to_multiple_of": pad_to_multiple_of}
+                        "pad_type_id": pad_type_id, "pad_token": pad_token or "[PAD]",  # the reference's default
+                        "pad_to_multiple_of": pad_to_multiple_of}
 
     def no_padding(self) -> None:
         self.padding = None
@@ -439,11 +458,12 @@ class Tokenizer:
                 parts.append(("S", len(seq)) if item[0] == "S" else (item[0], ia if item[0] == "A" else ib))
         return Encoding(ids, types, [1] * len(ids), smask, self, tuple(parts))
 
-    def _offsets(self, enc: Encoding) -> list[tuple[int, int]]:
-        """Character spans for ``enc`` (see `Encoding.offsets`), from the aligned slow path."""
+    def _aligned(self, enc: Encoding) -> tuple[list[tuple[int, int]], list[str]]:
+        """Character spans and token texts for ``enc`` (see `Encoding.offsets`, `Encoding.tokens`),
+        from the aligned slow path."""
         from nac.tokenizer_vm.offsets import text_offsets, trim_offsets
 
-        per_text, layout = {}, enc.layout
+        per_text, texts, layout = {}, {}, enc.layout
         for key, text in zip("AB", enc.texts):
             ids, spans, values, _ = text_offsets(self, text)
             kept = [item[1] for item in layout if item and item[0] == key]
@@ -452,8 +472,10 @@ class Tokenizer:
                 raise NacError(f"{self._where}: offsets: the aligned path gives other ids than encode for {text[:60]!r}")
             if self._trim is not None:  # per text, after truncation, as the reference's post-processor
                 spans = dict(zip(kept, trim_offsets([values[k] for k in kept], [spans[k] for k in kept], self._trim)))
-            per_text[key] = spans
-        return [(0, 0) if item is None else tuple(per_text[item[0]][item[1]]) for item in layout]
+            per_text[key], texts[key] = spans, values
+        offsets = [(0, 0) if item is None else tuple(per_text[item[0]][item[1]]) for item in layout]
+        tokens = [self.id_to_token(i) or "" if item is None else texts[item[0]][item[1]] for i, item in zip(enc.ids, layout)]
+        return offsets, tokens
 
     def _pad(self, encs: list[Encoding]) -> None:
         p = self.padding
@@ -466,6 +488,7 @@ class Tokenizer:
             if n <= 0:
                 continue
             pad = ([p["pad_id"]] * n, [p["pad_type_id"]] * n, [0] * n, [1] * n)
+            e.pad_token = p["pad_token"]
             if p["direction"] == "Left":
                 e.ids, e.type_ids, e.attention_mask, e.special_tokens_mask = (
                     pad[0] + e.ids, pad[1] + e.type_ids, pad[2] + e.attention_mask, pad[3] + e.special_tokens_mask)
@@ -715,6 +738,8 @@ class Tokenizer:
         keys = self._key_tables(ins)
         args = (t["scores"], int(ins["max_len"]), int(ins["unk"]), float(ins["unk_score"]), True, t["byte_ids"],
                 bool(ins["byte_fallback"]))
+
+        self._text_valued.add(int(ins["unk"]))
 
         def checked(ids, counts, err):
             if err:

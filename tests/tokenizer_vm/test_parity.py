@@ -37,22 +37,24 @@ def test_corpus_parity(pair, corpus):
         assert not bad, f"{name}: {len(bad)} decodes differ (skip_special_tokens={skip}); first {bad[0]!r}"
 
 
-#: per-line corners: added tokens in the text, control characters and tabs (BERT's cleaning maps or
-#: drops them), upper case, accents, leading and trailing space, nothing at all
-PER_LINE_CORNERS = ["", " ", "\t", "[CLS] Hello [SEP] world", "<|endoftext|>x y", "A\tB\x00C\x1fD\r\nE", "  lead trail  ",
-                    "ÀÉÎ Ünïcode ﬁ", "MiXeD CaSe 123", "\u3000\u4e2d\u6587 text", "a" * 300]
+#: per-line corners: added tokens in the text (one with spaces around), control characters and tabs
+#: (BERT's cleaning maps or drops them), upper case, accents, text Unigram does not know, leading and
+#: trailing space, nothing at all
+PER_LINE_CORNERS = ["", " ", "\t", "[CLS] Hello [SEP] world", "<|endoftext|>x y", " <|endoftext|> z", "ቱኒዚያ",
+                    "A\tB\x00C\x1fD\r\nE", "  lead trail  ", "ÀÉÎ Ünïcode ﬁ", "MiXeD CaSe 123", "\u3000\u4e2d\u6587 text",
+                    "a" * 300]
 
 
 def test_per_line_encode_matches_the_reference(pair, corpus):
     """`encode` of one text takes its own short path (no batch lists; ASCII text normalised by one
-    translation table): the same ids, type ids and masks as the reference's `encode` on
+    translation table): the same ids, type ids, masks and tokens as the reference's `encode` on
     every 9th corpus line and the corners, with and without special tokens and truncation."""
     name, ref, ours = pair
     texts = corpus[::9] + PER_LINE_CORNERS
     for special in (True, False):
         for t in texts:
             r, o = ref.encode(t, add_special_tokens=special), ours.encode(t, add_special_tokens=special)
-            assert _fields(o) == _fields(r), f"{name} {t[:60]!r} special={special}"
+            assert _fields(o) == _fields(r) and o.tokens == r.tokens, f"{name} {t[:60]!r} special={special}"
     ref.enable_truncation(7)
     ours.enable_truncation(7)
     try:
