@@ -35,10 +35,9 @@ demo: setup
 # The suite on every core (pytest-xdist); `$(PY) -m pytest -q -n 0 tests/...` runs a part in one process.
 # Each worker keeps torch and BLAS on one thread (OMP_NUM_THREADS): two workers already fill two cores, and
 # more threads than cores only spin (about 10 % slower). NAC's own thread team keeps its default, so its
-# split kernels are tested as users run them. --dist loadgroup keeps an xdist_group (tests sharing one
-# costly module fixture) on one worker.
+# split kernels are tested as users run them.
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadgroup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto
 
 # Benchmarks unset the Haswell OpenBLAS override so numpy uses this CPU's AVX-512 kernels.
 # Text generation (bench_generate.py, ~10 min) runs with `make bench GENERATE=1`; LLAMACPP=DIR (a built

@@ -13,23 +13,13 @@ from nac.format.container import NacFile
 from nac.format.graph import Graph, Node, dtype_name
 
 
-#: module-scoped fixtures parametrised over models, whose params are ``(name, config)``: the tests
-#: of one model share its export, so they form one xdist group (one worker, one export)
-PER_MODEL_FIXTURES = ("lm", "s2s")
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks (make test: --dist loadgroup)
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``heavy`` (a minute or more each) run first, so that on several pytest-xdist
-    workers the long ones overlap at the start instead of leaving one worker running the last of
-    them alone; the order is otherwise unchanged. Tests of one parameter of a `PER_MODEL_FIXTURES`
-    fixture are grouped onto one worker."""
-    for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        for name in PER_MODEL_FIXTURES:
-            if name in params:
-                item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{params[name][0]}"))
-    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+    """Test modules holding a test marked ``heavy`` (a minute or more) run first, so that on several
+    pytest-xdist workers the long ones start early instead of leaving one worker running the last
+    of them alone. Each module's tests stay together and in pytest's order, so a module-scoped
+    fixture (an exported model) is still built once per worker."""
+    heavy = {item.module for item in items if item.get_closest_marker("heavy")}
+    items.sort(key=lambda item: item.module not in heavy)
 
 
 def have(*modules: str) -> bool:

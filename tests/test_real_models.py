@@ -130,7 +130,6 @@ SMOL_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at
 
 
 @pytest.mark.heavy
-@pytest.mark.xdist_group("smollm2")  # one export of the real model for both tests
 def test_smollm2_greedy_matches_transformers(smollm2):
     import importlib.util
 
@@ -157,7 +156,6 @@ def test_smollm2_greedy_matches_transformers(smollm2):
 
 
 @pytest.mark.heavy
-@pytest.mark.xdist_group("smollm2")  # one export of the real model for both tests
 def test_nac_run_smollm2_says_paris(smollm2):
     import subprocess
     import sys

@@ -73,7 +73,6 @@ def sd(tmp_path_factory):
     return pipe, nac.load(path)
 
 
-@pytest.mark.xdist_group("sd")  # the tests sharing the module's `sd` export run on one worker
 @pytest.mark.heavy
 @pytest.mark.parametrize("kind", list(SCHEDULERS))
 def test_images_match_diffusers(sd, kind):
@@ -90,7 +89,6 @@ def test_images_match_diffusers(sd, kind):
     assert np.abs(got - want).max() <= 1e-3
 
 
-@pytest.mark.xdist_group("sd")  # the tests sharing the module's `sd` export run on one worker
 def test_no_guidance_and_size(sd):
     """guidance_scale 1 runs the UNet on the prompt alone, as diffusers; another size works."""
     pipe, m = sd
@@ -104,7 +102,6 @@ def test_no_guidance_and_size(sd):
     assert np.abs(got - want).max() <= 1e-3
 
 
-@pytest.mark.xdist_group("sd")  # the tests sharing the module's `sd` export run on one worker
 def test_run_writes_a_png_and_pipeline_api(sd, tmp_path):
     from PIL import Image
 
@@ -120,7 +117,6 @@ def test_run_writes_a_png_and_pipeline_api(sd, tmp_path):
     assert not np.array_equal(np.asarray(pipe("a cat", num_inference_steps=3, seed=1)[0]), np.asarray(img))
 
 
-@pytest.mark.xdist_group("sd")  # the tests sharing the module's `sd` export run on one worker
 def test_bad_requests(sd):
     _, m = sd
     p = TextToImage(m)

@@ -48,9 +48,9 @@ PER_LINE_CORNERS = ["", " ", "\t", "[CLS] Hello [SEP] world", "<|endoftext|>x y"
 def test_per_line_encode_matches_the_reference(pair, corpus):
     """`encode` of one text takes its own short path (no batch lists; ASCII text normalised by one
     translation table): the same ids, type ids, masks and tokens as the reference's `encode` on
-    every 9th corpus line and the corners, with and without special tokens and truncation."""
+    every 50th corpus line and the corners, with and without special tokens and truncation."""
     name, ref, ours = pair
-    texts = corpus[::9] + PER_LINE_CORNERS
+    texts = corpus[::50] + PER_LINE_CORNERS
     for special in (True, False):
         for t in texts:
             r, o = ref.encode(t, add_special_tokens=special), ours.encode(t, add_special_tokens=special)
@@ -58,7 +58,7 @@ def test_per_line_encode_matches_the_reference(pair, corpus):
     ref.enable_truncation(7)
     ours.enable_truncation(7)
     try:
-        for t in texts[:500] + PER_LINE_CORNERS:
+        for t in texts[:300] + PER_LINE_CORNERS:
             assert _fields(ours.encode(t)) == _fields(ref.encode(t)), f"{name} {t[:60]!r} truncated to 7"
     finally:
         ref.no_truncation()
