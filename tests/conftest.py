@@ -18,8 +18,8 @@ def pytest_collection_modifyitems(config, items):
     pytest-xdist workers the long ones start early instead of leaving one worker running the last
     of them alone. Each module's tests stay together and in pytest's order, so a module-scoped
     fixture (an exported model) is still built once per worker."""
-    heavy = {item.module for item in items if item.get_closest_marker("heavy")}
-    items.sort(key=lambda item: item.module not in heavy)
+    heavy = {getattr(item, "module", None) for item in items if item.get_closest_marker("heavy")}
+    items.sort(key=lambda item: getattr(item, "module", None) not in heavy)
 
 
 def have(*modules: str) -> bool:
