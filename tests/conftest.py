@@ -149,11 +149,12 @@ def shared_file(tmp_path_factory, name: str, build) -> Path:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # .../pytest-N/popen-gwK -> .../pytest-N, common to the workers
     path = root / "shared" / name
+    done = path.with_name(path.name + ".done")
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        if not (path.parent / (path.name + ".done")).exists():
+        if not done.exists():
             build(path)
-            (path.parent / (path.name + ".done")).touch()
+            done.touch()
     return path
 
 

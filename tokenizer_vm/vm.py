@@ -135,7 +135,6 @@ class Tokenizer:
         for ins in program.code:
             self._load(ins)
         self._pre = self._pre_arrays()
-        self._ascii_norm = None
         self._ascii_norm = self._ascii_normalizer()
         # what decode shows for an added token: its normalised form if it is matched normalised
         self._added_text = {a["id"]: self._normalize(a["content"])[0] if a["normalized"] and self._norm
@@ -255,8 +254,7 @@ class Tokenizer:
             return self._encode_texts([text])[0]
         if not norm:
             return []
-        cps = np.frombuffer(bytearray(norm.encode("utf-32-le", "surrogatepass")), np.int32)
-        ids, _ = self._fused(cps, np.array([len(norm)], np.int64), _FIRST if not lost_left else _NOT_FIRST)
+        ids, _ = self._fused(_code_points(norm), np.array([len(norm)], np.int64), _NOT_FIRST if lost_left else _FIRST)
         return ids.tolist()
 
     def encode_batch(self, inputs: list, add_special_tokens: bool = True) -> list[Encoding]:
@@ -383,9 +381,7 @@ class Tokenizer:
             return []
         if self._fused is not None and not self._pre_str:  # one compiled call for the whole batch
             lens = np.fromiter(map(len, segments), np.int64, len(segments))
-            text = "".join(segments).encode("utf-32-le", "surrogatepass")
-            cps = np.frombuffer(bytearray(text), np.int32)
-            ids, per_seg = self._fused(cps, lens, np.array(first, np.bool_))
+            ids, per_seg = self._fused(_code_points("".join(segments)), lens, np.array(first, np.bool_))
             flat, out, off = ids.tolist(), [], 0
             for n in per_seg.tolist():
                 out.append(flat[off:off + n])
@@ -1057,6 +1053,11 @@ def _choice(v, name: str, choices: tuple[str, ...]) -> str:
     if not isinstance(v, str) or v.lower() not in choices:
         raise NacInputError(f"{name} must be one of {', '.join(choices)}, not {v!r}")
     return v.lower()
+
+
+def _code_points(text: str) -> np.ndarray:
+    """``text``'s code points as a writable int32 array (lone surrogates kept), for the kernels."""
+    return np.frombuffer(bytearray(text.encode("utf-32-le", "surrogatepass")), np.int32)
 
 
 def _text(x, i: int) -> str:
