@@ -6,7 +6,7 @@ NAC     = $(VENV)/bin/nac
 OUT    ?= out
 PHOTOS  = $(shell $(PY) -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))" 2>/dev/null)
 
-.PHONY: setup demo test bench clean toolchain fuzz zoo digits
+.PHONY: setup demo test test-isa bench clean toolchain fuzz zoo digits
 
 setup: $(VENV)/.installed
 
@@ -36,8 +36,15 @@ demo: setup
 # Each worker keeps torch and BLAS on one thread (OMP_NUM_THREADS): two workers already fill two cores, and
 # more threads than cores only spin (about 10 % slower). NAC's own thread team keeps its default, so its
 # split kernels are tested as users run them.
+# Whole modules go to each worker (--dist loadscope, in the order tests/conftest.py gives: heavy ones
+# first), so a module's exported models are built once.
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadscope --no-loadscope-reorder
+
+# The kernel rebuilds for other CPUs: `make test` rebuilds for Haswell (AVX2); this adds the x86-64
+# baseline (SSE2), another ~75 s of compiling.
+test-isa: setup
+	NAC_TEST_ISAS="haswell x86-64" $(PY) -m pytest -q -n auto tests/engine/test_fused_kernels.py -k isa_builds
 
 # Benchmarks unset the Haswell OpenBLAS override so numpy uses this CPU's AVX-512 kernels.
 # Text generation (bench_generate.py, ~10 min) runs with `make bench GENERATE=1`; LLAMACPP=DIR (a built

@@ -14,10 +14,11 @@ from nac.format.graph import Graph, Node, dtype_name
 
 
 def pytest_collection_modifyitems(config, items):
-    """Test modules holding a test marked ``heavy`` (a minute or more) run first, so that on several
-    pytest-xdist workers the long ones start early instead of leaving one worker running the last
-    of them alone. Each module's tests stay together and in pytest's order, so a module-scoped
-    fixture (an exported model) is still built once per worker."""
+    """Test modules holding a test marked ``heavy`` (a minute or more, or a module of several
+    minutes) run first, so that the long ones start early instead of leaving one pytest-xdist
+    worker running the last of them alone. Each module's tests stay together and in pytest's order;
+    `make test` hands out whole modules (``--dist loadscope``), so a module-scoped fixture (an
+    exported model, one per parameter) is built once, not once per worker."""
     heavy = {getattr(item, "module", None) for item in items if item.get_closest_marker("heavy")}
     items.sort(key=lambda item: getattr(item, "module", None) not in heavy)
 
@@ -50,6 +51,22 @@ def nac_without(blocked: tuple[str, ...], *args, timeout: int = 600):
 
     return subprocess.run([sys.executable, "-c", BLOCKED_RUN.format(blocked=set(blocked)), *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
+
+
+def nac_main(*args) -> None:
+    """Run ``nac ARGS`` in this process (the console command's own ``main``), failing the test with
+    its error line unless it exits 0. For steps whose output a test goes on to check, such as an
+    export; a fresh interpreter would re-import torch and transformers (5-10 s each time), and
+    `tests/apps/test_cli.py` covers the command as a process."""
+    import contextlib
+    import io
+
+    from nac.apps.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    assert code == 0, f"nac {' '.join(map(str, args))} exited {code}: {err.getvalue()[-2000:]}"
 
 
 def model_from_graph(g: Graph) -> nac.Model:

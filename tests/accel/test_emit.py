@@ -19,6 +19,8 @@ from torch import nn  # noqa: E402
 from nac.accel import emit, verify  # noqa: E402
 from accel_zoo import ZOO, build as _zoo  # noqa: E402
 
+pytestmark = pytest.mark.heavy  # dozens of C builds, about 3 minutes on 2 cores: the suite starts this module first
+
 RISCV = shutil.which("riscv64-unknown-elf-gcc") is not None and shutil.which("qemu-system-riscv32") is not None
 needs_riscv = pytest.mark.skipif(not RISCV, reason="needs gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf and "
                                                    "qemu-system-misc (apt-get install; .ci/run installs them)")

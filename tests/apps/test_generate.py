@@ -3,20 +3,19 @@ generate, logits at every step within 1e-4 of the logit scale, GPT-2 and Llama (
 configs, left-padded batches, seeded sampling, bad input."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import nac
-from conftest import byte_level_bpe, nac_without
+from conftest import byte_level_bpe, nac_main, nac_without
 from nac.apps.generate import generate, generate_text
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'nac[export]')")
 import torch  # noqa: E402
 
 from nac.apps.sources import causal_lm  # noqa: E402
+
+pytestmark = pytest.mark.heavy  # 11 exported decoder families, about 4 minutes on 2 cores: the suite starts this module first
 
 
 def configs():
@@ -181,9 +180,7 @@ def test_text_in_text_out_from_a_folder(tmp_path, family):
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     model.save_pretrained(folder)
     tok.save(str(folder / "tokenizer.json"))
-    out = subprocess.run([sys.executable, "-m", "nac.apps.cli", "export", str(folder), "-o", str(tmp_path / "g.nac")],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
+    nac_main("export", folder, "-o", tmp_path / "g.nac")
     m = nac.load(tmp_path / "g.nac")
     assert m.metadata["task"] == "text-generation"
     prompt = "Grüße aus"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import nac
-from conftest import byte_level_bpe, have
+from conftest import byte_level_bpe, have, nac_main
 from nac.apps import tasks
 from nac.apps.token_classification import classify_tokens
 from nac.apps.zero_shot import classify_images_zero_shot, classify_zero_shot
@@ -63,9 +63,7 @@ def _bert(cls, folder: Path, **cfg) -> Path:
 
 
 def _export(folder: Path, out: Path, task: str | None = None) -> nac.Model:
-    cmd = [sys.executable, "-m", "nac.apps.cli", "export", str(folder), "-o", str(out)] + (["--task", task] if task else [])
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr
+    nac_main("export", folder, "-o", out, *(["--task", task] if task else []))
     return nac.load(out)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import nac
+from conftest import nac_main
 from nac.apps.generate import text2text
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'nac[export]')")
@@ -214,8 +215,7 @@ def test_cli_and_pipeline_give_transformers_text(t5_folder, tmp_path):
 
     out = tmp_path / "t5.nac"
     nac_cmd = [sys.executable, "-m", "nac.apps.cli"]
-    subprocess.run([*nac_cmd, "export", str(t5_folder), "--task", "translation", "-o", str(out)], check=True,
-                   capture_output=True)
+    nac_main("export", t5_folder, "--task", "translation", "-o", out)
     info = subprocess.run([*nac_cmd, "info", str(out)], check=True, capture_output=True, text=True).stdout
     assert "method encode (default):" in info and "method decode:" in info and "format 1.1" in info
     text = "translate English to German: My name is Wolfgang and I live in Berlin \uff21\u2460"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nac
-from conftest import have
+from conftest import have, nac_main
 from nac.apps import sources, tasks
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'nac[export]')")
@@ -88,10 +88,7 @@ def test_text_classification_matches_transformers(arch, tmp_path):
     torch.manual_seed(1)
     model = transformers.AutoModelForSequenceClassification.from_config(configs(3)[arch]).eval()
     folder = write_folder(tmp_path / arch, model)
-    nac_cli = [sys.executable, "-m", "nac.apps.cli"]
-    out = subprocess.run(nac_cli + ["export", str(folder), "-o", str(tmp_path / "cls.nac")], capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
+    nac_main("export", folder, "-o", tmp_path / "cls.nac")
     texts = ["i love this movie", "it was awful", "the big red dog ran fast over the house"]
     clf = nac.pipeline("text-classification", tmp_path / "cls.nac")
     got = clf(texts)
@@ -108,6 +105,7 @@ def test_text_classification_matches_transformers(arch, tmp_path):
         np.testing.assert_allclose([x.score for x in labels], p[order], atol=1e-5)
     # the CLI: a batch of lines from stdin and from a file, one label per line
     (tmp_path / "lines.txt").write_text("\n".join(texts) + "\n")
+    nac_cli = [sys.executable, "-m", "nac.apps.cli"]
     for extra, stdin in ((["-"], "\n".join(texts)), (["--file", str(tmp_path / "lines.txt")], None)):
         out = subprocess.run(nac_cli + ["run", str(tmp_path / "cls.nac"), *extra], input=stdin, capture_output=True,
                              text=True, timeout=600)

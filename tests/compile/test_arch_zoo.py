@@ -10,6 +10,8 @@ pytest.importorskip("transformers", reason="needs transformers (pip install 'nac
 import arch_zoo  # noqa: E402
 from nac.errors import NacError  # noqa: E402
 
+pytestmark = pytest.mark.heavy  # 32 exports, about 4 minutes on 2 cores: the suite starts this module first
+
 
 @pytest.mark.parametrize("name", list(arch_zoo.ARCHS))
 def test_architecture_matches_torch(name, tmp_path):
