@@ -1,8 +1,8 @@
 """The vectorised float32 math (`vmath`), the fused activation epilogues and the blocked attention,
 against float64 numpy and torch at stated tolerances, including the special values (NaN, +-inf,
 fully masked rows) and the shapes that take each code path (tails of vector loops, several query
-blocks, cache segments, GQA). `test_isa_builds` recompiles them for an AVX2-only CPU and for the
-x86-64 baseline, so the twins this machine does not pick are checked too."""
+blocks, cache segments, GQA). `test_isa_builds` recompiles them for an AVX2-only CPU (and, with
+`make test-isa`, for the x86-64 baseline), so the twins this machine does not pick are checked too."""
 from __future__ import annotations
 
 import os
