@@ -267,7 +267,7 @@ def parallel_range(fn, total: int, *args, work: int | None = None) -> None:
     disjoint outputs for disjoint ranges.
 
     Raises: whatever ``fn`` raised."""
-    # the size test first: `num_threads` reads the environment and the CPU affinity (~1-2 us), and
+    # the size test first: `num_threads` reads the environment and the CPU affinity (1.5 us), and
     # most calls of a decode step are too small to split (SmolLM2: ~120 calls a token)
     if total <= 1 or (total if work is None else work) < _MIN_PARALLEL_WORK or num_threads() <= 1:
         fn(*args, 0, total)
