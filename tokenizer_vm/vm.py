@@ -470,7 +470,7 @@ class Tokenizer:
                 spans = dict(zip(kept, trim_offsets([values[k] for k in kept], [spans[k] for k in kept], self._trim)))
             per_text[key], texts[key] = spans, values
         offsets = [(0, 0) if item is None else tuple(per_text[item[0]][item[1]]) for item in layout]
-        tokens = [self.id_to_token(i) or "" if item is None else texts[item[0]][item[1]] for i, item in zip(enc.ids, layout)]
+        tokens = [(self.id_to_token(i) or "") if item is None else texts[item[0]][item[1]] for i, item in zip(enc.ids, layout)]
         return offsets, tokens
 
     def _pad(self, encs: list[Encoding]) -> None:
