@@ -169,6 +169,11 @@ def run_zoo(zoo, out, *, only: list[str] | None = None, progress: bool | None = 
 # ------------------------------------------------------------------------------------------------
 # Markdown
 # ------------------------------------------------------------------------------------------------
+def _keys_text(key) -> str:
+    """A weight's state_dict key, or its parts' keys joined (a merged weight: a list)."""
+    return " + ".join(key) if isinstance(key, list) else str(key)
+
+
 def _cell(x) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
@@ -234,6 +239,6 @@ def model_report(rec: dict, out: Path) -> str:
         a = g.params[name]
         q = g.values[name].quant
         dtype = f"{q['scheme']} (logical {q['shape']})" if q else g.values[name].dtype
-        lines.append(f"| {_cell(name)} | {dtype} | {list(a.shape)} | {a.nbytes:,} | {_cell(keys.get(name, '—'))} |")
+        lines.append(f"| {_cell(name)} | {dtype} | {list(a.shape)} | {a.nbytes:,} | {_cell(_keys_text(keys.get(name, '—')))} |")
     lines += ["", "</details>"]
     return "\n".join(lines) + "\n"

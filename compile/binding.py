@@ -33,7 +33,7 @@ def finish_graph(graph: Graph, meta: dict, *, optimize_graph: bool = True, quant
     Raises:
         NacExportError: a bad quantisation spec (see `nac.compile.quantize`).
     """
-    from nac.compile.passes import optimize
+    from nac.compile.passes import merge_sibling_linears, optimize
     from nac.compile.quantize import quantize_graph, summarize
 
     step = progress or (lambda stage: None)
@@ -45,7 +45,12 @@ def finish_graph(graph: Graph, meta: dict, *, optimize_graph: bool = True, quant
     report = quantize_graph(graph, quantize)
     if report:
         meta.setdefault("compile", {})["quantize"] = summarize(report, quantize)
-    meta.setdefault("compile", {})["state_dict_keys"] = state_dict_keys(graph, original)
+    merged = {}
+    if optimize_graph:  # after quantisation: each weight is quantised as its own layer
+        count, merged = merge_sibling_linears(graph)
+        meta["compile"]["passes"]["merge_sibling_linears"] = count
+        meta["compile"]["passes"]["nodes_after"] = len(graph.nodes)
+    meta.setdefault("compile", {})["state_dict_keys"] = state_dict_keys(graph, original, merged)
     transformed = sorted({n.inputs[1] for n in graph.nodes if n.op == "linear" and n.attrs.get("weight_layout") == "io"
                           and n.inputs[1] in original})
     if transformed:  # kept their name but are stored transposed ([in, out]) for the kernels
@@ -53,21 +58,29 @@ def finish_graph(graph: Graph, meta: dict, *, optimize_graph: bool = True, quant
     return graph
 
 
-def state_dict_keys(graph: Graph, original: set[str]) -> dict[str, str]:
+def state_dict_keys(graph: Graph, original: set[str], merged: dict[str, list[str]] | None = None
+                    ) -> dict[str, str | list[str]]:
     """For each stored tensor, the state_dict key it came from: its own name if it is one of
     ``original`` (the lowered graph's parameter names, which are state_dict keys), else the
-    longest such key its name extends (``conv.weight.bn_folded``, ``fc.weight.scale``). Tensors
-    computed at export (folded constants) have no key and are left out."""
-    keys: dict[str, str] = {}
+    longest such key its name extends (``conv.weight.bn_folded``, ``fc.weight.scale``). A tensor
+    `merge_sibling_linears` concatenated (``merged``: its name -> the names of its parts) gets the
+    list of its parts' keys. Tensors computed at export (folded constants) have no key and are
+    left out."""
     by_length = sorted((k for k in original if not k.startswith("folded.")), key=len, reverse=True)
-    for name in graph.params:
+
+    def key_of(name: str) -> str | None:
         if name in original and not name.startswith("folded."):
-            keys[name] = name
-            continue
-        for k in by_length:
-            if name.startswith(k + "."):
-                keys[name] = k
-                break
+            return name
+        return next((k for k in by_length if name.startswith(k + ".")), None)
+
+    keys: dict[str, str | list[str]] = {}
+    for name in graph.params:
+        if name in (merged or {}):
+            parts = [key_of(p) for p in merged[name]]
+            if all(parts):
+                keys[name] = parts
+        elif (key := key_of(name)) is not None:
+            keys[name] = key
     return dict(sorted(keys.items()))
 
 

@@ -10,8 +10,9 @@ Document (``"format": "nac-ir"``, ``"version": 1``):
 - ``weights``: one entry per stored tensor: ``name``, ``dtype``, ``shape``, ``bytes``, ``file`` and
   ``offset`` (the byte offset of its data in that file: the `.nac`, or the sibling
   ``.safetensors`` of an external-weights file), ``key`` (the state_dict key it was made from, when
-  the exporter recorded it; null for a constant computed at export), ``derived`` (true when a pass
-  transformed it: batch norm folded in, transposed, quantised), and for a quantised tensor its
+  the exporter recorded it; null for a constant computed at export; a list of keys for a weight
+  concatenated from several, such as attention's Q, K and V), ``derived`` (true when a pass
+  transformed it: batch norm folded in, transposed, quantised, merged), and for a quantised tensor its
   ``quant`` descriptor;
 - ``metadata``: the metadata section.
 

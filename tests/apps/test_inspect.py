@@ -78,7 +78,9 @@ def test_reconstruct_pseudo_code_has_a_line_per_node_with_shapes(minilm_nac):
     node_lines = [ln for ln in text.splitlines() if re.match(r"^    [\w, .]+ = \w+\(.*\)  # ", ln)]
     assert len(node_lines) == len(g.nodes)
     linear = next(ln for ln in node_lines if " = linear(" in ln)
-    assert "encoder.encoder.layer.0.attention.self.query.weight" in linear and "# float32[(batch * seq), 384]" in linear
+    # attention's query, key and value projections are one product (merge_sibling_linears)
+    assert ("encoder.encoder.layer.0.attention.self.{query,key,value}.weight" in linear
+            and "# float32[(batch * seq), 1152]" in linear)
     assert "    # -- encoder.encoder.layer.0.attention.self.query (Linear)" in text
     assert text.splitlines()[3].startswith("def forward(input_ids: int64[batch, seq], attention_mask: int64[batch, seq])")
 
@@ -192,9 +194,13 @@ def test_ir_json_round_trip_and_weight_offsets(minilm_nac, tmp_path):
         a = model.graph.params[w["name"]]
         assert data[w["offset"]:w["offset"] + w["bytes"]] == a.tobytes(), w["name"]
     by_name = {w["name"]: w for w in doc["weights"]}
-    q = by_name["encoder.encoder.layer.0.attention.self.query.weight"]
-    assert q["key"] == "encoder.encoder.layer.0.attention.self.query.weight" and q["derived"]  # stored transposed
-    assert not by_name["encoder.encoder.layer.0.attention.self.query.bias"]["derived"]
+    o = by_name["encoder.encoder.layer.0.attention.output.dense.weight"]
+    assert o["key"] == "encoder.encoder.layer.0.attention.output.dense.weight" and o["derived"]  # stored transposed
+    assert not by_name["encoder.encoder.layer.0.attention.output.dense.bias"]["derived"]
+    prefix = "encoder.encoder.layer.0.attention.self."
+    qkv = by_name[prefix + "{query,key,value}.weight"]  # merged: the three keys, in column order
+    assert qkv["key"] == [prefix + p + ".weight" for p in ("query", "key", "value")] and qkv["derived"]
+    assert qkv["shape"] == [384, 1152]
     assert nac.validate(text) == [] and nac.validate(json.dumps(doc["graph"])) == []
 
 
