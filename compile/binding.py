@@ -38,6 +38,7 @@ def finish_graph(graph: Graph, meta: dict, *, optimize_graph: bool = True, quant
 
     step = progress or (lambda stage: None)
     original = set(graph.params)
+    before = dict(graph.params)  # (references: a pass that changes a tensor stores a new array)
     step("optimising")
     if optimize_graph:
         meta.setdefault("compile", {})["passes"] = optimize(graph)
@@ -51,9 +52,9 @@ def finish_graph(graph: Graph, meta: dict, *, optimize_graph: bool = True, quant
         meta["compile"]["passes"]["merge_sibling_linears"] = count
         meta["compile"]["passes"]["nodes_after"] = len(graph.nodes)
     meta.setdefault("compile", {})["state_dict_keys"] = state_dict_keys(graph, original, merged)
-    transformed = sorted({n.inputs[1] for n in graph.nodes if n.op == "linear" and n.attrs.get("weight_layout") == "io"
-                          and n.inputs[1] in original})
-    if transformed:  # kept their name but are stored transposed ([in, out]) for the kernels
+    transformed = sorted(name for name, a in graph.params.items() if name in before and a is not before[name]
+                         and a.ndim == 2 and a.shape == before[name].shape[::-1] and np.array_equal(a, before[name].T))
+    if transformed:  # kept their name but are stored transposed (see `transpose_linear_weights`)
         meta["compile"]["transposed"] = transformed
     return graph
 

@@ -402,26 +402,40 @@ def fuse_activation(g: Graph) -> int:
     return count
 
 
-def transpose_linear_weights(g: Graph) -> int:
-    """Store a linear's weight as [in, out] (``weight_layout='io'``) when only linears read it.
+def prefer_io(k: int, n: int) -> bool:
+    """Whether a linear's weight, ``k`` inputs by ``n`` outputs, is best stored [in, out]
+    (``weight_layout='io'``) rather than [out, in].
 
-    OpenBLAS multiplies x @ W with W row-major [in, out] 1.2-2x faster than x @ W.T for 16-128
-    rows (bench: M=16, K=384, N=1536: 164 us vs 316 us, one thread). A weight also read by
-    another op (an embedding tied to an LM head) keeps its layout, so it is still stored once.
-    """
+    Products of two or more rows run on panels packed once from either layout, so the layout
+    matters for single rows (decode), which go to OpenBLAS's matrix-vector kernel: for a weight
+    wider than deep (n >= k) [in, out] was 0-15 % faster, for one deeper than wide (a transformer's
+    FFN down projection) [out, in] was 1.7x faster (2 threads, weights from memory: 576 x 1536 at
+    25-27 GB/s against 14-16 GB/s; 1536 x 576 at 24-25 against 21 GB/s)."""
+    return n >= k
+
+
+def transpose_linear_weights(g: Graph) -> int:
+    """Store each linear weight in the layout `prefer_io` picks for its shape, when only linears
+    read it (as their weight). A weight also read by another op (an embedding tied to an LM head)
+    keeps its layout, so it is still stored once. Returns how many weights were transposed."""
     users = g.consumers()
     count = 0
     for name in list(g.params):
         us = users.get(name, [])
-        if not us or name in g.param_aliases.values() or any(
-                u.op != "linear" or u.inputs[1] != name or u.attrs.get("weight_layout", "oi") != "oi"
-                or name in u.inputs[2:] for u in us):
+        if not us or name in g.param_aliases.values() or g.params[name].ndim != 2 or any(
+                u.op != "linear" or u.inputs[1] != name or name in u.inputs[2:] for u in us):
             continue
-        w = g.params[name]
-        g.params[name] = np.ascontiguousarray(w.T)
+        layouts = {u.attrs.get("weight_layout", "oi") for u in us}
+        if len(layouts) != 1:
+            continue
+        io = layouts.pop() == "io"
+        k, n = g.params[name].shape if io else g.params[name].shape[::-1]
+        if prefer_io(k, n) == io:
+            continue
+        g.params[name] = np.ascontiguousarray(g.params[name].T)
         g.values[name].shape = tuple(g.params[name].shape)
         for u in us:
-            u.attrs["weight_layout"] = "io"
+            u.attrs["weight_layout"] = "oi" if io else "io"
         count += 1
     return count
 
@@ -553,8 +567,9 @@ def merge_sibling_linears(g: Graph) -> tuple[int, dict[str, list[str]]]:
     Runs after quantisation (`nac.compile.binding.finish_graph`), so each weight is quantised as
     its own layer: float32 weights of one layout merge, and int8 weights (per output channel: rows
     and scales concatenate) with the same activation quantisation; ternary weights (one scale per
-    tensor) do not. Members need identical attributes (activation, layout), weights read by
-    nothing else, the same input width, and outputs that are not graph outputs.
+    tensor) do not. Members need the same activation (and activation quantisation), weights read
+    by nothing else, and outputs that are not graph outputs; float weights of either layout join,
+    stored as `prefer_io` says for the merged shape.
 
     torch.export gives each linear its own reshape of the shared input (``view`` to 2-D), so
     identical view ops of one value are made one first (`_share_views`).
@@ -579,7 +594,8 @@ def merge_sibling_linears(g: Graph) -> tuple[int, dict[str, list[str]]]:
         if scheme not in ("int8", np.dtype(np.float32).str):
             continue
         out_shape = g.values[n.outputs[0]].shape
-        key = (n.inputs[0], scheme, tuple(sorted((k, str(a)) for k, a in n.attrs.items())), out_shape[:-1])
+        attrs = tuple(sorted((k, str(a)) for k, a in n.attrs.items() if k != "weight_layout"))
+        key = (n.inputs[0], scheme, attrs, out_shape[:-1])
         groups.setdefault(key, []).append(n)
 
     merged: dict[str, list[str]] = {}
@@ -588,14 +604,18 @@ def merge_sibling_linears(g: Graph) -> tuple[int, dict[str, list[str]]]:
     for (x, scheme, _, lead), members in groups.items():
         if len(members) < 2:
             continue
-        io = members[0].attrs.get("weight_layout", "oi") == "io"
-        axis = 1 if io and scheme != "int8" else 0
         names = [m.inputs[1] for m in members]
         widths = [g.values[m.outputs[0]].shape[-1] for m in members]
         if not all(isinstance(d, int) for d in widths):
             continue
-        weight = np.concatenate([g.params[w] for w in names], axis=axis)
-        name = g.add_param(_merged_name(names), weight)
+        if scheme == "int8":  # quantised weights are [out, in] with per-row scales
+            io, weight = False, np.concatenate([g.params[w] for w in names], axis=0)
+        else:  # float: join as [in, out], store as `prefer_io` says for the joined shape
+            weight = np.concatenate([g.params[w] if m.attrs.get("weight_layout", "oi") == "io" else g.params[w].T
+                                     for w, m in zip(names, members)], axis=1)
+            io = prefer_io(*weight.shape)
+            weight = weight if io else weight.T
+        name = g.add_param(_merged_name(names), np.ascontiguousarray(weight))
         merged[name] = names
         if scheme == "int8":
             q = [g.values[w].quant for w in names]
@@ -612,7 +632,8 @@ def merge_sibling_linears(g: Graph) -> tuple[int, dict[str, list[str]]]:
             merged[bias] = [b for b in biases if b]
         first = members[0]
         out = g.add_value(first.outputs[0] + ".merged", g.values[first.outputs[0]].dtype, (*lead, sum(widths)))
-        fused = Node("linear", [x, name, bias], [out], dict(first.attrs), first.source)
+        fused = Node("linear", [x, name, bias], [out], {**first.attrs, "weight_layout": "io" if io else "oi"},
+                     first.source)
         start = 0
         for m, width in zip(members, widths):
             m.op, m.inputs = "slice", [out]

@@ -589,3 +589,33 @@ def test_sibling_linears_become_one_product(tmp_path, monkeypatch):
     assert mixed.metadata["compile"]["passes"]["merge_sibling_linears"] == 1
     ternary = nac.load(nac.export(module, x, tmp_path / "t.nac", dynamic_shapes=dyn, quantize="ternary"))
     assert ternary.metadata["compile"]["passes"]["merge_sibling_linears"] == 0
+
+
+def test_linear_weights_are_stored_in_the_layout_their_shape_prefers(tmp_path):
+    """A linear weight is stored [in, out] when it is at least as wide as deep and [out, in] when
+    deeper than wide (`passes.prefer_io`), from either starting layout: nn.Linear's [out, in] and
+    GPT-2's Conv1D [in, out]. ``compile.transposed`` lists exactly the tensors stored transposed
+    against the state_dict. One row (the matrix-vector path) and several rows agree with torch."""
+    from transformers.pytorch_utils import Conv1D
+
+    from nac.compile.passes import prefer_io
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wide, self.deep = nn.Linear(16, 64), nn.Linear(64, 16)  # [out, in]
+            self.conv_wide, self.conv_deep = Conv1D(48, 16), Conv1D(16, 48)  # [in, out]: 16 -> 48, 48 -> 16
+
+        def forward(self, x):
+            return self.deep(torch.relu(self.wide(x))), self.conv_deep(torch.tanh(self.conv_wide(x)))
+
+    torch.manual_seed(0)
+    module = Mixed().eval()
+    dyn = {"x": {0: Dim("rows", max=64)}}
+    model = export_and_compare(module, (torch.randn(5, 16),), tmp_path, dynamic_shapes=dyn, rel=1e-5,
+                               variants=[((torch.randn(1, 16),), {})])
+    layouts = {n.inputs[1]: n.attrs.get("weight_layout", "oi") for n in model.graph.nodes if n.op == "linear"}
+    assert layouts == {"wide.weight": "io", "deep.weight": "oi", "conv_wide.weight": "io", "conv_deep.weight": "oi"}
+    assert [prefer_io(16, 64), prefer_io(64, 16), prefer_io(32, 32)] == [True, False, True]
+    assert model.metadata["compile"]["transposed"] == ["conv_deep.weight", "wide.weight"]
+    assert model.graph.params["conv_deep.weight"].shape == (16, 48)
