@@ -118,7 +118,7 @@ def main() -> None:
 
     from bench_models import machine
 
-    n = 3 if args.quick else 7
+    n = 3 if args.quick else 15
     info = machine()
     print(json.dumps(info, indent=1))
     rows = []
