@@ -78,8 +78,9 @@ def exports(build, folder: Path, relevant) -> dict:
 
 def rounds(fns: dict, n: int) -> dict:
     """Median seconds per call of each function over ``n`` alternating rounds (one warm-up each).
-    Each round starts one function later than the one before, so that no function always runs
-    first (in a fixed order the first one measured 5-10 % slower on this VM)."""
+    Each round starts one function later than the one before, so that a function's place in the
+    round cannot bias the comparison (in a fixed order, the export with every pass on, always
+    first, measured slower than every variant without one, which is not plausible)."""
     for fn in fns.values():
         fn()
     keys = list(fns)
