@@ -565,11 +565,11 @@ def merge_sibling_linears(g: Graph) -> tuple[int, dict[str, list[str]]]:
     product (2 threads). Prefill and encoder products make one sweep of the input instead of three.
 
     Runs after quantisation (`nac.compile.binding.finish_graph`), so each weight is quantised as
-    its own layer: float32 weights of one layout merge, and int8 weights (per output channel: rows
-    and scales concatenate) with the same activation quantisation; ternary weights (one scale per
-    tensor) do not. Members need the same activation (and activation quantisation), weights read
-    by nothing else, and outputs that are not graph outputs; float weights of either layout join,
-    stored as `prefer_io` says for the merged shape.
+    its own layer. float32 weights merge whatever their layouts (the merged one is stored as
+    `prefer_io` says for its shape), int8 weights (per output channel: rows and scales
+    concatenate) merge when their activation quantisation matches, and ternary weights (one scale
+    per tensor) do not merge. Members need the same activation, weights and float32 biases read by
+    nothing else, and outputs that are not graph outputs.
 
     torch.export gives each linear its own reshape of the shared input (``view`` to 2-D), so
     identical view ops of one value are made one first (`_share_views`).
@@ -588,7 +588,8 @@ def merge_sibling_linears(g: Graph) -> tuple[int, dict[str, list[str]]]:
         bias = n.inputs[2] if len(n.inputs) > 2 else ""
         v = g.values.get(w)
         if (w not in g.params or w in aliased or len(users.get(w, [])) != 1 or v is None
-                or (bias and (g.const_array(bias) is None or len(users.get(bias, [])) != 1 or bias in aliased))):
+                or (bias and (g.const_array(bias) is None or g.const_array(bias).dtype != np.float32
+                              or len(users.get(bias, [])) != 1 or bias in aliased))):
             continue
         scheme = v.quant["scheme"] if v.quant else g.params[w].dtype.str
         if scheme not in ("int8", np.dtype(np.float32).str):
@@ -627,7 +628,7 @@ def merge_sibling_linears(g: Graph) -> tuple[int, dict[str, list[str]]]:
         bias = ""
         if any(biases):
             bias = g.add_param(_merged_name([b for b in biases if b]), np.concatenate(
-                [g.const_array(b).astype(np.float32).reshape(-1) if b else np.zeros(n_, np.float32)
+                [g.const_array(b).reshape(-1) if b else np.zeros(n_, np.float32)
                  for b, n_ in zip(biases, widths)]))
             merged[bias] = [b for b in biases if b]
         first = members[0]
