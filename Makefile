@@ -6,7 +6,7 @@ NAC     = $(VENV)/bin/nac
 OUT    ?= out
 PHOTOS  = $(shell $(PY) -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))" 2>/dev/null)
 
-.PHONY: setup demo test test-isa bench clean toolchain fuzz zoo digits
+.PHONY: setup demo test test-isa bench bench-passes clean toolchain fuzz zoo digits
 
 setup: $(VENV)/.installed
 
@@ -57,6 +57,10 @@ bench: setup
 		bench/bench_accel.py --json bench/results/accel.json; fi
 	if [ -n "$(GENERATE)$(LLAMACPP)" ]; then env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_generate.py \
 		$(if $(LLAMACPP),--llama-cpp $(LLAMACPP)); fi
+
+# What each export pass buys (bench_passes.py, ~12 min): every pass switched off in turn.
+bench-passes: setup
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/bench_passes.py
 
 # Issue 15's real diffusion result: train a class-conditional UNet on scikit-learn's digits (3 CPU minutes),
 # export it, draw 100 images per class with NAC and score them with a classifier of real digits.

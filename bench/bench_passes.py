@@ -13,8 +13,9 @@ above 1.0 the pass makes the model faster. Models:
   ms per token;
 - GPT-2 124M's layer shape with 4 layers (random init, ``gelu_new``): the same decode.
 
-`make bench` does not run it (about 5 minutes on 2 cores); the README quotes its last run.
-``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` are whatever the caller left (the report says).
+`make bench-passes` runs it (about 12 minutes on 2 cores, so `make bench` does not), with
+``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset; run directly, they are whatever the caller
+left (the report's machine record says). The README quotes its last run.
 """
 from __future__ import annotations
 
