@@ -37,8 +37,8 @@ def finish_graph(graph: Graph, meta: dict, *, optimize_graph: bool = True, quant
     from nac.compile.quantize import quantize_graph, summarize
 
     step = progress or (lambda stage: None)
-    original = set(graph.params)
     before = dict(graph.params)  # (references: a pass that changes a tensor stores a new array)
+    original = set(before)
     step("optimising")
     if optimize_graph:
         meta.setdefault("compile", {})["passes"] = optimize(graph)

@@ -626,11 +626,12 @@ def merge_sibling_linears(g: Graph) -> tuple[int, dict[str, list[str]]]:
             merged[scale] = [s["scale"] for s in q]
         biases = [m.inputs[2] if len(m.inputs) > 2 else "" for m in members]
         bias = ""
-        if any(biases):
-            bias = g.add_param(_merged_name([b for b in biases if b]), np.concatenate(
+        present = [b for b in biases if b]
+        if present:
+            bias = g.add_param(_merged_name(present), np.concatenate(
                 [g.const_array(b).reshape(-1) if b else np.zeros(n_, np.float32)
                  for b, n_ in zip(biases, widths)]))
-            merged[bias] = [b for b in biases if b]
+            merged[bias] = present
         first = members[0]
         out = g.add_value(first.outputs[0] + ".merged", g.values[first.outputs[0]].dtype, (*lead, sum(widths)))
         fused = Node("linear", [x, name, bias], [out], {**first.attrs, "weight_layout": "io" if io else "oi"},
