@@ -17,7 +17,8 @@ applied after it in one fused Numba pass.
 Convolutions run channels-last (NHWC memory) whenever the plan stores their output so
 (`nac.engine.plan.channels_last_values`: every convolution whose output only convolutions,
 element-wise ops and pools read): depthwise as a direct stencil vectorised over channels (in
-4-pixel x 16-channel register tiles, `simd.dw_tile_4x16`, where rows are wide), 1x1 as
+4-pixel x 16-channel register tiles, `simd.dw_tile_4x16`, and one-pixel tiles over the taps
+inside the plane at its border, `simd.dw_tile_1x16`, from 16 channels on), 1x1 as
 one GEMM over all pixels with a repacked [Cin, Cout] weight, the rest as NHWC im2col + GEMM, each
 with bias and activation applied to the product's rows. A contiguous (NCHW) output, as in the
 plans `nac emit` compiles, takes the NCHW kernels: a per-plane depthwise stencil, im2col + BLAS,
@@ -403,14 +404,15 @@ def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt,
 
 @njit(cache=True, nogil=True, fastmath=A.FASTMATH, error_model="numpy")
 def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, taps, lo, hi):
-    """Depthwise 2-D cross-correlation in channels-last layout for wide planes, fused bias +
-    activation: interior pixels in `simd.dw_tile_4x16` register tiles (4 pixels x 16 channels,
-    every tap accumulated in registers), the border pixels and the channels past the last full 16
-    one pixel at a time. Rows ``lo..hi`` of N * OH.
+    """Depthwise 2-D cross-correlation in channels-last layout in register tiles, fused bias +
+    activation: runs of 4 interior pixels in `simd.dw_tile_4x16` (4 pixels x 16 channels, every
+    tap accumulated in registers), every other pixel in `simd.dw_tile_1x16` over the taps that
+    fall inside the plane, and the channels past the last full 16 one pixel at a time
+    (`_depthwise_pixel`). Rows ``lo..hi`` of N * OH.
 
     xt: [N, H, W, C] float32; wt: [kh, kw, C]; b: [C] (zeros for no bias); yt: [N, OH, OW, C];
     taps: int64 [kh * kw], tap (i, j)'s offset ``(i dh W + j dw) C`` in xt's elements. Matches
-    `depthwise_conv2d_nhwc` exactly (same summation order per channel)."""
+    `depthwise_conv2d_nhwc` exactly (the same taps summed in the same order per channel)."""
     N, H, W, C = xt.shape
     kh, kw = wt.shape[0], wt.shape[1]
     OH, OW = yt.shape[1], yt.shape[2]
@@ -419,31 +421,44 @@ def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, tap
     ow_lo = min(OW, (pl + sw - 1) // sw)  # first output column whose taps are all inside
     last = W - 1 - (kw - 1) * dw + pl
     ow_hi = max(ow_lo, min(OW, last // sw + 1)) if last >= 0 else ow_lo
+    toff = np.empty(kh * kw, np.int64)  # a border pixel's taps inside the plane: offsets, weight rows
+    trow = np.empty(kh * kw, np.int64)
     for r in range(lo, hi):
         n = r // OH
         oh = r % OH
         ih0 = oh * sh - pt
+        rows_inside = ih0 >= 0 and ih0 + (kh - 1) * dh < H
         ow = 0
-        if ih0 >= 0 and ih0 + (kh - 1) * dh < H:
-            for ow in range(ow_lo):
-                _depthwise_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, dh, dw, yt, 0, C)
-            ow = ow_lo
-            while ow + 4 <= ow_hi:
-                xo = ((n * H + ih0) * W + ow * sw - pl) * C
-                yo = ((n * OH + oh) * OW + ow) * C
+        while ow < OW:
+            iw0 = ow * sw - pl
+            xo = ((n * H + ih0) * W + iw0) * C  # may lie outside xt: only the listed taps are read
+            yo = ((n * OH + oh) * OW + ow) * C
+            if rows_inside and ow >= ow_lo and ow + 4 <= ow_hi:
                 for c0 in range(0, c16, 16):
                     simd.dw_tile_4x16(xf, xo + c0, sw * C, taps, wf, c0, C, b, c0, yf, yo + c0, C)
                 for k in range(4 if c16 < C else 0):
                     _depthwise_pixel(xt, wt, b, n, oh, ow + k, sh, sw, pt, pl, dh, dw, yt, c16, C)
                 ow += 4
-        for o in range(ow, OW):
-            _depthwise_pixel(xt, wt, b, n, oh, o, sh, sw, pt, pl, dh, dw, yt, 0, C)
+                continue
+            cnt = 0
+            for i in range(kh):
+                if 0 <= ih0 + i * dh < H:
+                    for j in range(kw):
+                        if 0 <= iw0 + j * dw < W:
+                            toff[cnt] = taps[i * kw + j]
+                            trow[cnt] = i * kw + j
+                            cnt += 1
+            for c0 in range(0, c16, 16):
+                simd.dw_tile_1x16(xf, xo + c0, toff, trow, cnt, wf, c0, C, b, c0, yf, yo + c0)
+            if c16 < C:
+                _depthwise_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, dh, dw, yt, c16, C)
+            ow += 1
         A.bias_act_scalar(yf[(n * OH + oh) * OW * C:(n * OH + oh + 1) * OW * C], np.float32(0.0), code)
 
 
-#: output rows at least this wide take the register-tiled depthwise kernel (measured faster from
-#: 28 pixels; at 7x7 and 14x14 most pixels touch the border, and channel blocks split better)
-TILED_DEPTHWISE_MIN_WIDTH = 16
+#: depthwise convolutions with at least this many channels take the register-tiled kernel at any
+#: plane size (one 16-channel tile); fewer channels take the stencil over channel blocks
+TILED_DEPTHWISE_MIN_CHANNELS = 16
 
 
 @njit(cache=True, nogil=True)
@@ -555,7 +570,7 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
     xt = x.transpose(0, 2, 3, 1)
     if not xt.flags.c_contiguous or xt.dtype != np.float32:
         xt = np.ascontiguousarray(xt, dtype=np.float32)
-    if depthwise and OW >= TILED_DEPTHWISE_MIN_WIDTH:
+    if depthwise and C >= TILED_DEPTHWISE_MIN_CHANNELS:
         taps = np.array([(i * dh * W + j * dw) * C for i in range(kh) for j in range(kw)], np.int64)
         bvec = np.zeros(C, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32)
         T.parallel_range(depthwise_conv2d_nhwc_tiled, N * OH, xt, _packed(w, "taps"), bvec, sh, sw, pt, pl, dh, dw,

@@ -25,7 +25,8 @@ tiles of the float32 GEMM on prepacked weight panels (`nac.engine.kernels.linalg
 
 `mm_tile_4x16` is a 4 x 16 float32 register tile of a matrix product in LLVM's generic vector
 type, lowered for whatever the CPU has (the tiled attention's two products); `dw_tile_4x16` is
-the same kind of tile for a channels-last depthwise convolution (4 output pixels x 16 channels).
+the same kind of tile for a channels-last depthwise convolution (4 output pixels x 16 channels),
+and `dw_tile_1x16` its one-pixel form over a list of taps (pixels at the plane's border).
 """
 from __future__ import annotations
 
@@ -600,6 +601,56 @@ def dw_tile_4x16(typingctx, x, xo, px, taps, w, wo, ldw, b, bo, y, yo, py):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def dw_tile_1x16(typingctx, x, xo, toff, tw, ntaps, w, wo, ldw, b, bo, y, yo):
+    """One output pixel x 16 channels of a channels-last depthwise convolution over a list of
+    taps, accumulated in one register:
+    y[yo + t] = b[bo + t] + sum_{q < ntaps} w[wo + tw[q] ldw + t] * x[xo + toff[q] + t], t < 16.
+
+    The border pixels' form of `dw_tile_4x16`: the caller lists only the taps inside the plane
+    (toff: their int64 element offsets from ``xo``; tw: their int64 weight rows), in the order
+    of `dw_tile_4x16`'s taps, so each sum is the one the 4-pixel tile (and the plain stencil)
+    forms. The caller keeps every index inside its arrays (no bounds checks).
+    `loop_dw_tile_1x16` is its plain twin.
+    """
+    f32 = types.float32
+    if not (all(_is_array(t, f32, 1) for t in (x, w, b, y)) and all(_is_array(t, types.int64, 1) for t in (toff, tw))
+            and all(isinstance(t, types.Integer) for t in (xo, ntaps, wo, ldw, bo, yo))):
+        return None
+    sig = types.void(x, xo, toff, tw, ntaps, w, wo, ldw, b, bo, y, yo)
+
+    def codegen(context, builder, signature, args):
+        arr = {i: context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 3, 5, 8, 10)}
+        xo_, n_, wo_, ldw_, bo_, yo_ = (context.cast(builder, args[i], signature.args[i], types.int64)
+                                        for i in (1, 4, 6, 7, 9, 11))
+        fmuladd = _function(builder, "llvm.fmuladd.v16f32", _F32X16, [_F32X16] * 3)
+
+        def vec(base, offset):
+            return builder.bitcast(builder.gep(base, [offset]), _F32X16.as_pointer())
+
+        acc = cgutils.alloca_once_value(builder, builder.load(vec(arr[8].data, bo_), align=4))
+        with cgutils.for_range(builder, n_) as loop:
+            q = loop.index
+            row = builder.load(builder.gep(arr[3].data, [q]))
+            wv = builder.load(vec(arr[5].data, builder.add(wo_, builder.mul(row, ldw_))), align=4)
+            xv = builder.load(vec(arr[0].data, builder.add(xo_, builder.load(builder.gep(arr[2].data, [q])))), align=4)
+            builder.store(builder.call(fmuladd, [xv, wv, builder.load(acc)]), acc)
+        builder.store(builder.load(acc), vec(arr[10].data, yo_), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def loop_dw_tile_1x16(x, xo, toff, tw, ntaps, w, wo, ldw, b, bo, y, yo):
+    """The plain-loop twin of `dw_tile_1x16` (same arguments and result, summed in the same order)."""
+    for t in range(16):
+        acc = b[bo + t]
+        for q in range(ntaps):
+            acc += w[wo + tw[q] * ldw + t] * x[xo + toff[q] + t]
+        y[yo + t] = acc
 
 
 @njit(cache=True, nogil=True)

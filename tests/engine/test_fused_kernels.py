@@ -335,10 +335,12 @@ CONV_CASES = [  # (N, C, H, W, Cout, k, stride, padding, dilation, groups)
     (2, 24, 13, 11, 24, 3, 1, 1, 1, 24), (1, 40, 9, 9, 40, 5, 2, 2, 1, 40), (1, 19, 7, 8, 19, 3, 1, 2, 2, 19),
     (2, 16, 10, 9, 24, 1, 1, 0, 1, 1), (1, 8, 12, 12, 12, 1, 2, 0, 1, 1), (2, 3, 17, 15, 16, 3, 2, 1, 1, 1),
     (1, 12, 9, 9, 10, 3, 1, 1, 1, 1), (1, 8, 9, 9, 6, 3, 1, 1, 1, 2), (2, 80, 6, 7, 40, 1, 1, 0, 1, 1),
-    # wide enough for the register-tiled depthwise kernel: 16-channel tiles with a tail of 8,
-    # stride 2, dilation 2, padding wider than the taps reach, fewer channels than one tile
+    # the register-tiled depthwise kernel: 16-channel tiles with a tail of 8, stride 2, dilation
+    # 2, padding wider than the taps reach, fewer channels than one tile, planes of 7x7 and 3x3
+    # (every pixel at the border), a 5x5 kernel larger than the plane
     (1, 40, 20, 24, 40, 3, 1, 1, 1, 40), (2, 32, 18, 37, 32, 5, 2, 2, 1, 32), (1, 16, 17, 21, 16, 3, 1, 2, 2, 16),
-    (1, 7, 5, 19, 7, 3, 1, 3, 1, 7)]
+    (1, 7, 5, 19, 7, 3, 1, 3, 1, 7), (2, 48, 7, 7, 48, 3, 1, 1, 1, 48), (1, 32, 7, 7, 32, 5, 1, 2, 1, 32),
+    (1, 16, 3, 3, 16, 5, 1, 2, 1, 16), (1, 24, 14, 14, 24, 5, 2, 2, 1, 24)]
 
 
 @njit
@@ -364,6 +366,31 @@ def test_dw_tile_matches_its_loop_twin():
             y = np.full(600, 7.0, np.float32)
             fn(x, 17, 80, taps, w, 5, 40, b, 5, y, 3, 40)
             assert_close(y, want, rel=1e-6, what=f"{fn.__name__} taps={taps.size}")
+
+
+@njit
+def _dw_tile_1(x, xo, toff, tw, n, w, wo, ldw, b, bo, y, yo):
+    simd.dw_tile_1x16(x, xo, toff, tw, n, w, wo, ldw, b, bo, y, yo)
+
+
+def test_dw_border_tile_matches_its_loop_twin():
+    """`simd.dw_tile_1x16` (a border pixel over a list of taps) and its plain twin against
+    float64 numpy, at unaligned offsets, with taps skipped, and with none."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(4000).astype(np.float32)
+    w = rng.standard_normal(9 * 40).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    for toff, tw in ((np.array([0, 40, 400, 880], np.int64), np.array([0, 1, 3, 8], np.int64)),
+                     (np.array([7], np.int64), np.array([5], np.int64)), (np.empty(0, np.int64), np.empty(0, np.int64))):
+        want = np.full(60, 7.0, np.float32)
+        acc = b[5:21].astype(np.float64).copy()
+        for off, row in zip(toff, tw):
+            acc += w[5 + row * 40:21 + row * 40].astype(np.float64) * x[17 + off:33 + off]
+        want[3:19] = acc
+        for fn in (_dw_tile_1, simd.loop_dw_tile_1x16):
+            y = np.full(60, 7.0, np.float32)
+            fn(x, 17, toff, tw, toff.size, w, 5, 40, b, 5, y, 3)
+            assert_close(y, want, rel=1e-6, what=f"{fn.__name__} taps={toff.size}")
 
 
 def test_channels_last_convolutions_match_torch():
@@ -422,8 +449,10 @@ for kind in ("avx512", "avx2", "plain"):
         test_gemm_on_packed_panels_matches_torch(kind, act)
 test_gemm_propagates_nan_and_inf_like_blas()
 from test_fused_kernels import test_channels_last_convolutions_match_torch, test_dw_tile_matches_its_loop_twin
+from test_fused_kernels import test_dw_border_tile_matches_its_loop_twin
 test_channels_last_convolutions_match_torch()
 test_dw_tile_matches_its_loop_twin()
+test_dw_border_tile_matches_its_loop_twin()
 print("ok")
 """
 
