@@ -6,6 +6,12 @@ Reports median latency (ms) per model/shape for each runtime (NAC, torch and ONN
 in alternating rounds), the ratio NAC / torch (below 1.0 means NAC is faster), the machine, BLAS settings, and the engine's start-up cost (a fresh
 process's time to its first MiniLM result with a warm Numba cache, and with an empty one).
 
+Two columns say whether the machine's cores were really there: NAC on one thread (alternating
+rounds with NAC on all of them; ``threads speed-up`` = one thread's time / all threads' time),
+and ``steal %``, the share of the cores' time the hypervisor gave to other guests while the case
+ran (/proc/stat; empty elsewhere). On a VM whose second vCPU is mostly stolen, every
+multi-threaded runtime slows down, and ratios between runs stop meaning much.
+
 OPENBLAS_CORETYPE=Haswell (set on these machines) halves numpy's GEMM speed on AVX-512; `make
 bench` unsets it and OPENBLAS_L2_SIZE; the report says which was measured.
 """
@@ -98,6 +104,48 @@ def onnx_session(job, names, dynamic):
         return None, f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
+class Steal:
+    """The share of the cores' time stolen by the hypervisor between `start` and `stop`
+    (the ``steal`` column of /proc/stat; None where there is no /proc/stat)."""
+
+    @staticmethod
+    def _ticks():
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+            return int(fields[8]), time.perf_counter()
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def start(self):
+        self.t0 = self._ticks()
+        return self
+
+    def stop(self):
+        t1 = self._ticks()
+        if self.t0 is None or t1 is None:
+            return None
+        wall = (t1[1] - self.t0[1]) * (os.cpu_count() or 1) * os.sysconf("SC_CLK_TCK")
+        return round(100.0 * (t1[0] - self.t0[0]) / max(wall, 1e-9), 1)
+
+
+def thread_scaling(run, repeat: int, rounds: int = 5) -> tuple[float, float]:
+    """Median ms of ``run`` on one NAC thread (BLAS limited alike) and on all of them, in
+    alternating rounds; returns (one thread, all threads)."""
+    from nac.engine import threads
+
+    n = threads.num_threads()
+    per = {1: [], n: []}
+    try:
+        for _ in range(rounds):
+            for k in per:
+                threads.set_num_threads(k)
+                per[k].append(median_ms(run, max(1, repeat // rounds), warmup=1))
+    finally:
+        threads.set_num_threads(n)
+    return statistics.median(per[1]), statistics.median(per[n])
+
+
 def bench_model(name, job, path, cases, repeat):
     import torch
 
@@ -117,13 +165,19 @@ def bench_model(name, job, path, cases, repeat):
         fns = {"torch": run_torch, "nac": lambda: model.run(list(feeds.values()))}
         if sess:
             fns["ort"] = lambda: sess.run(None, dict(zip(names, feeds.values())))
+        steal = Steal().start()
         t = interleaved(fns, repeat)
         t_torch, t_nac, t_ort = t["torch"], t["nac"], t.get("ort")
+        one, every = thread_scaling(fns["nac"], repeat)
+        stolen = steal.stop()
         rows.append({"model": name, "case": label, "nac_ms": round(t_nac, 3), "torch_ms": round(t_torch, 3),
                      "ort_ms": None if t_ort is None else round(t_ort, 3), "nac_over_torch": round(t_nac / t_torch, 3),
-                     "nac_over_ort": None if t_ort is None else round(t_nac / t_ort, 3)})
+                     "nac_over_ort": None if t_ort is None else round(t_nac / t_ort, 3),
+                     "nac_one_thread_ms": round(one, 3), "threads_speedup": round(one / every, 3),
+                     "steal_pct": stolen})
         print(f"  {name:<18} {label:<14} nac {t_nac:8.2f} ms   torch {t_torch:8.2f} ms   "
-              f"ort {'n/a' if t_ort is None else f'{t_ort:8.2f} ms'}   nac/torch {t_nac / t_torch:5.2f}", flush=True)
+              f"ort {'n/a' if t_ort is None else f'{t_ort:8.2f} ms'}   nac/torch {t_nac / t_torch:5.2f}   "
+              f"nac 1 thread {one:8.2f} ms   steal {stolen}%", flush=True)
     return rows, why
 
 
@@ -217,13 +271,15 @@ def main() -> None:
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
-    print("\n| model | case | NAC ms | torch eager ms | ONNX Runtime ms | NAC / torch | NAC / ONNX Runtime |\n"
-          "|---|---|---|---|---|---|---|")
+    print("\n| model | case | NAC ms | torch eager ms | ONNX Runtime ms | NAC / torch | NAC / ONNX Runtime "
+          "| NAC 1 thread ms | threads speed-up | steal % |\n|---|---|---|---|---|---|---|---|---|---|")
     for x in rows:
         ort = "n/a" if x["ort_ms"] is None else f"{x['ort_ms']:.2f}"
         vs_ort = "n/a" if x["nac_over_ort"] is None else f"{x['nac_over_ort']:.2f}"
+        stolen = "n/a" if x["steal_pct"] is None else f"{x['steal_pct']:.0f}"
         print(f"| {x['model']} | {x['case']} | {x['nac_ms']:.2f} | {x['torch_ms']:.2f} | {ort} | "
-              f"{x['nac_over_torch']:.2f} | {vs_ort} |")
+              f"{x['nac_over_torch']:.2f} | {vs_ort} | {x['nac_one_thread_ms']:.2f} | {x['threads_speedup']:.2f} "
+              f"| {stolen} |")
     print(f"\nwrote {args.json}")
 
 
