@@ -491,6 +491,70 @@ def im2col_nhwc(xt, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, p0, cols, lo, hi):
                         out[c * kk + t] = src[c]
 
 
+#: ungrouped convolutions of an NCHW input whose patch (Cin * kh * kw) is at most this long take
+#: `conv2d_patches` (an image stem: 3 x 3 x 3 = 27); deeper ones, im2col + BLAS
+PATCH_MAX_DEPTH = 256
+
+
+@njit(cache=True, nogil=True, fastmath=vm.EXP_FLAGS, error_model=vm.NUMPY_ERRORS)
+def conv2d_patches(x, kh, kw, sh, sw, pt, pl, dh, dw, bp, bias, code, kind, y, cout, OH, OW, lo, hi):
+    """act(conv(x, W) + bias) into a channels-last output, output rows ``lo..hi`` of N * OH, for
+    an input of few channels in any memory layout (the graph's NCHW image): each output row's
+    patches are gathered into a scratch ([OW, Cin * kh * kw], the column order of an OIHW
+    weight's rows; 12 KiB for a 112-pixel row of 3 x 3 x 3 patches), multiplied by the weight's
+    panels in `gemm_panels`' register tiles of ``kind`` with the bias, and the activation applied
+    to the row while it is in cache: one pass over the output, where im2col + BLAS + a bias pass
+    made three.
+
+    x: [N, C, H, W] float32 (any strides); bp: `pack_panels` of W [C * kh * kw, cout], flat;
+    bias: float32, whole panels (zeros past cout); y: [N, OH, OW, cout] float32, flat
+    C-contiguous. Zero padding (top ``pt``, left ``pl``; bottom and right follow from the
+    shapes). Matches ATen convolution with groups = 1."""
+    N, C, H, W = x.shape
+    K = C * kh * kw
+    G = (cout + PANEL - 1) // PANEL
+    a = np.empty(OW * K, np.float32)  # one output row's patches
+    scratch = np.empty(8 * PANEL, np.float32)
+    for r in range(lo, hi):
+        n = r // OH
+        oh = r % OH
+        for c in range(C):
+            for i in range(kh):
+                ih = oh * sh - pt + i * dh
+                for j in range(kw):
+                    col = (c * kh + i) * kw + j
+                    if ih < 0 or ih >= H:
+                        for ow in range(OW):
+                            a[ow * K + col] = 0.0
+                        continue
+                    xrow = x[n, c, ih]
+                    first = min(OW, max(0, -(-(pl - j * dw) // sw)))  # output columns whose tap is inside
+                    end = max(first, min(OW, (W - 1 + pl - j * dw) // sw + 1)) if W - 1 + pl - j * dw >= 0 else first
+                    for ow in range(first):
+                        a[ow * K + col] = 0.0
+                    for ow in range(first, end):
+                        a[ow * K + col] = xrow[ow * sw - pl + j * dw]
+                    for ow in range(end, OW):
+                        a[ow * K + col] = 0.0
+        ow = 0
+        while ow < OW:
+            rows = _tile_rows(kind, OW - ow)
+            m = (n * OH + oh) * OW + ow
+            for g in range(G):
+                width = min(PANEL, cout - g * PANEL)
+                if width == PANEL:
+                    _panel_rows(kind, rows, a, ow * K, K, bp, g * K * PANEL, bias, g * PANEL, y,
+                                m * cout + g * PANEL, cout, K)
+                else:
+                    _panel_rows(kind, rows, a, ow * K, K, bp, g * K * PANEL, bias, g * PANEL, scratch, 0, PANEL, K)
+                    for q in range(rows):
+                        y[(m + q) * cout + g * PANEL:(m + q) * cout + g * PANEL + width] = \
+                            scratch[q * PANEL:q * PANEL + width]
+            ow += rows
+        if code != 0:  # the row's pixels are adjacent: one pass while they are in cache
+            A.bias_act_scalar(y[r * OW * cout:(r + 1) * OW * cout], np.float32(0.0), code)
+
+
 #: im2col scratch per block of output pixels, in float32 elements (bounds the scratch of a large
 #: convolution: 4 MiB)
 IM2COL_BLOCK = 1 << 20
@@ -555,6 +619,16 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
     if (groups != 1 and not depthwise) or yt.size == 0 or C * kh * kw == 0:  # the NCHW kernels handle the rest
         return False
     bias = _EMPTY if b is None else b
+    if (not depthwise and not (kh == kw == 1) and not is_channels_last(x) and C * kh * kw <= PATCH_MAX_DEPTH
+            and GEMM != "blas" and x.dtype == np.float32 and (b is None or b.dtype == np.float32)):
+        # an NCHW input with few channels (the graph's image, as in a stem): each block of output
+        # pixels gathered and multiplied in registers, bias and activation applied in cache
+        K = C * kh * kw
+        panels = _packed(w, "panels")
+        bvec = _zero_bias(panels.shape[0]) if b is None else _packed(b, "bias")
+        T.parallel_range(conv2d_patches, N * OH, x, kh, kw, sh, sw, pt, pl, dh, dw, panels.reshape(-1), bvec, code,
+                         GEMM_KINDS[GEMM], yt.reshape(-1), cout, OH, OW, work=yt.size * K)
+        return True
     if not depthwise and not (kh == kw == 1) and not is_channels_last(x):
         # an NCHW input (the graph's image): NCHW im2col per image, the product transposed
         x = np.ascontiguousarray(x, dtype=np.float32)

@@ -340,7 +340,9 @@ CONV_CASES = [  # (N, C, H, W, Cout, k, stride, padding, dilation, groups)
     # (every pixel at the border), a 5x5 kernel larger than the plane
     (1, 40, 20, 24, 40, 3, 1, 1, 1, 40), (2, 32, 18, 37, 32, 5, 2, 2, 1, 32), (1, 16, 17, 21, 16, 3, 1, 2, 2, 16),
     (1, 7, 5, 19, 7, 3, 1, 3, 1, 7), (2, 48, 7, 7, 48, 3, 1, 1, 1, 48), (1, 32, 7, 7, 32, 5, 1, 2, 1, 32),
-    (1, 16, 3, 3, 16, 5, 1, 2, 1, 16), (1, 24, 14, 14, 24, 5, 2, 2, 1, 24)]
+    (1, 16, 3, 3, 16, 5, 1, 2, 1, 16), (1, 24, 14, 14, 24, 5, 2, 2, 1, 24),
+    # an NCHW image into `conv2d_patches`: a partial second panel, dilation, a 5x5 patch of 125
+    (2, 3, 16, 15, 40, 3, 2, 1, 2, 1), (1, 5, 9, 11, 33, 5, 1, 2, 1, 1)]
 
 
 @njit
