@@ -88,6 +88,11 @@ GEMM_L2_PANELS = 256 * 1024
 #: convolutions whose product is shallower than this keep BLAS: with few multiply-adds per
 #: output the tile's loads and stores dominate (K = 24 measured 1.5-2x slower than OpenBLAS)
 GEMM_MIN_DEPTH = 64
+#: convolution products over at least this many pixels go to BLAS (+ the bias/activation pass):
+#: EfficientNet-Lite0's 1x1 shapes, one thread, Intel Xeon (2026-12-03): BLAS 1.02-1.63x faster
+#: from 196 pixels (13.5 against 16.9 ms over the 18 shapes), the panels 1.1-1.4x faster at 49
+#: (7x7, deep weights read once); on an AMD EPYC the two were within ~10 % at hundreds of rows
+CONV_BLAS_MIN_ROWS = 128
 #: products with fewer rows than this stay on BLAS (see `_gemm_weight`)
 GEMM_MIN_ROWS = 2
 #: the panel tiles `gemm_panels` runs: one per run-time ``kind`` argument (one compiled kernel
@@ -675,8 +680,9 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
 
 def _product(x2, w, b, code: int, y2) -> None:
     """y2 [M, Cout] = act(x2 [M, Cin*kh*kw] @ w.reshape(Cout, -1).T + b): `gemm` on the weight's
-    panels, or BLAS + the fused bias/activation pass."""
-    if x2.shape[1] < GEMM_MIN_DEPTH or not _gemm_weight(x2, w, y2, b, code, "panels"):
+    panels for few pixels, else BLAS + the fused bias/activation pass (`CONV_BLAS_MIN_ROWS`)."""
+    if (x2.shape[0] >= CONV_BLAS_MIN_ROWS or x2.shape[1] < GEMM_MIN_DEPTH
+            or not _gemm_weight(x2, w, y2, b, code, "panels")):
         np.matmul(x2, _packed(w, "io"), out=y2)
         _bias_act_rows(y2, b, code)
 
