@@ -71,15 +71,24 @@ def median_ms(fn, repeat: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def interleaved(fns: dict, repeat: int, rounds: int = 5) -> dict:
+#: seconds of rest before each runtime's round in `interleaved`: ONNX Runtime's intra-op threads
+#: keep spinning after a call, and NAC measured right after ONNX Runtime's round was 31 % slower
+#: (EfficientNet-Lite0 b1, 2 threads: 27.8 against 21.2 ms; 21.4 ms after a 0.3 s rest)
+SETTLE_S = 0.3
+
+
+def interleaved(fns: dict, repeat: int, rounds: int = 5, settle: float = SETTLE_S) -> dict:
     """Median ms per call of each runtime, measured in ``rounds`` alternating rounds (each the
-    median of ``repeat // rounds`` calls after one warm-up), so that a slow spell of a noisy VM
-    falls on every runtime alike; the result is the median over rounds."""
+    median of ``repeat // rounds`` calls after one warm-up, after ``settle`` seconds in which the
+    other runtimes' idle threads stop spinning), so that a slow spell of a noisy VM falls on
+    every runtime alike and no runtime pays for another's spinning threads; the result is the
+    median over rounds."""
     per = {k: [] for k in fns}
     for fn in fns.values():
         fn()
     for _ in range(rounds):
         for k, fn in fns.items():
+            time.sleep(settle)
             per[k].append(median_ms(fn, max(1, repeat // rounds), warmup=1))
     return {k: statistics.median(v) for k, v in per.items()}
 
