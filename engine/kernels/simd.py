@@ -515,6 +515,9 @@ the panel feeding 16 multiply-adds, each element of a broadcast to two (an 8 x 3
 1.9x faster than 4 x 64 once the panel no longer fits L1: half the panel bytes per
 multiply-add). The caller keeps every index inside its arrays (no bounds checks).
 `loop_panel_tile` is the plain twin it is tested against."""
+panel_tile_8x16 = _panel_tile(8, 1)
+panel_tile_8x16.__doc__ = """`panel_tile_8x32` over 16 columns (8 zmm accumulators): the last, partial panel of a
+product whose width is not a multiple of 32 (EfficientNet's 24, 40, 80, 112, 144, 240)."""
 panel_tile_4x32 = _panel_tile(4, 2)
 panel_tile_4x32.__doc__ = "`panel_tile_8x32` for four rows (8 zmm accumulators)."
 panel_tile_2x32 = _panel_tile(2, 2, chains=2)
