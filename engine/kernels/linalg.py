@@ -7,11 +7,12 @@ them with the bias added in registers and the activation applied while the tile 
 The panels are split over NAC's thread team. Against numpy's OpenBLAS, which packs the weight
 again on every call, MiniLM's 36 encoder products at 16 rows took 3.4-4.7 instead of 6.9-7.5 ms
 (``bench/bench_kernels.py``, two runs), and 2-16 rows on a cached weight run 2.5-4x faster; at hundreds of
-rows the two are within ~10 %. Int8 weights with float activations take the same tiles, one
-converted panel at a time (`gemm_dequant_panels`). Products of two activations, single rows
-(OpenBLAS's matrix-vector kernel is faster), shallow convolutions (`GEMM_MIN_DEPTH`) and weights
-that can change between calls go to BLAS through ``numpy.matmul``, with bias and activation
-applied after it in one fused Numba pass.
+rows the two were within ~10 % on an AMD EPYC, and OpenBLAS 1.1-1.4x ahead on an Intel Xeon. Int8
+weights with float activations take the same tiles, one converted panel at a time
+(`gemm_dequant_panels`). Products of two activations, single rows (OpenBLAS's matrix-vector
+kernel is faster), shallow convolutions (`GEMM_MIN_DEPTH`), convolution products over many
+pixels (`CONV_BLAS_MIN_ROWS`) and weights that can change between calls go to BLAS through
+``numpy.matmul``, with bias and activation applied after it in one fused Numba pass.
 ``NAC_GEMM=avx512|avx2|plain|blas`` forces one path (read at import).
 
 Convolutions run channels-last (NHWC memory) whenever the plan stores their output so
@@ -19,10 +20,11 @@ Convolutions run channels-last (NHWC memory) whenever the plan stores their outp
 element-wise ops and pools read): depthwise as a direct stencil vectorised over channels (in
 4-pixel x 16-channel register tiles, `simd.dw_tile_4x16`, and one-pixel tiles over the taps
 inside the plane at its border, `simd.dw_tile_1x16`, from 16 channels on), 1x1 as
-one GEMM over all pixels with a repacked [Cin, Cout] weight, the rest as NHWC im2col + GEMM, each
-with bias and activation applied to the product's rows. A contiguous (NCHW) output, as in the
-plans `nac emit` compiles, takes the NCHW kernels: a per-plane depthwise stencil, im2col + BLAS,
-and 1x1 stride-1 as a batched GEMM.
+one GEMM over all pixels with a repacked [Cin, Cout] weight, an NCHW image of few channels (a
+stem) one output row of patches at a time in the GEMM's tiles (`conv2d_patches`), the rest as
+NHWC im2col + GEMM, each with bias and activation applied to the product's rows. A contiguous
+(NCHW) output, as in the plans `nac emit` compiles, takes the NCHW kernels: a per-plane
+depthwise stencil, im2col + BLAS, and 1x1 stride-1 as a batched GEMM.
 """
 from __future__ import annotations
 
