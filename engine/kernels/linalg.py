@@ -236,6 +236,9 @@ def _full_tile(kind, rows, a, m, K, bp, g, bias, N, c, scratch):
 def _act_rows(c, N, m0, m1, g0, g1, code):
     """The activation over rows ``m0..m1`` x panels ``g0..g1`` of c (flat [M, N])."""
     n0, n1 = g0 * PANEL, min(N, g1 * PANEL)
+    if n0 == 0 and n1 == N:  # whole rows: one run (a slice per row costs reference counting)
+        A.bias_act_scalar(c[m0 * N:m1 * N], np.float32(0.0), code)
+        return
     for m in range(m0, m1):
         A.bias_act_scalar(c[m * N + n0:m * N + n1], np.float32(0.0), code)
 
