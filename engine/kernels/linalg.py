@@ -199,37 +199,32 @@ def gemm_panels(a, M, K, bp, bias, N, c, code, kind, lo, hi):
 @njit(cache=True, nogil=True, inline="always")
 def _full_tile(kind, rows, a, m, K, bp, g, bias, N, c, scratch):
     """The common tiles of `gemm_panels`, rows ``m..m+rows`` x panel ``g``, called in the
-    caller's frame: a full row tile of ``kind`` (8 rows on AVX-512, 6 on AVX2) as one 32-column
-    tile, or a panel that ends past N as 16-column tiles (the last through ``scratch`` when it
-    ends past N too). Returns False (nothing written) for the other row counts and for the
-    plain loop. Inlined at Numba's level: a call to an njit function that takes the arrays
-    costs reference-count updates per tile, and at the shallow products of convolutions the
-    tiles ran 1.3-1.6x slower for it."""
+    caller's frame: a full row tile of ``kind`` (8 rows on AVX-512, 6 on AVX2), as one 32-column
+    tile on AVX-512 and otherwise as 16-column tiles, the last through ``scratch`` when it ends
+    past N. Returns False (nothing written) for the other row counts and for the plain loop.
+    Inlined at Numba's level: a call to an njit function that takes the arrays costs
+    reference-count updates per tile, and at the shallow products of convolutions the tiles ran
+    1.3-1.6x slower for it."""
     n0 = g * PANEL
-    if kind == 0 and rows == 8:
-        if n0 + PANEL <= N:
-            simd.panel_tile_8x32(a, m * K, K, bp, g * K * PANEL, PANEL, bias, n0, c, m * N + n0, N, K)
-            return True
-        for h in range(0, PANEL, 16):
-            if n0 + h + 16 <= N:
-                simd.panel_tile_8x16(a, m * K, K, bp, g * K * PANEL + h, PANEL, bias, n0 + h, c, m * N + n0 + h, N, K)
-            elif n0 + h < N:
-                simd.panel_tile_8x16(a, m * K, K, bp, g * K * PANEL + h, PANEL, bias, n0 + h, scratch, 0, 16, K)
-                for r in range(8):
-                    for t in range(N - n0 - h):
-                        c[(m + r) * N + n0 + h + t] = scratch[r * 16 + t]
+    if not ((kind == 0 and rows == 8) or (kind == 1 and rows == 6)):
+        return False
+    if kind == 0 and n0 + PANEL <= N:
+        simd.panel_tile_8x32(a, m * K, K, bp, g * K * PANEL, PANEL, bias, n0, c, m * N + n0, N, K)
         return True
-    if kind == 1 and rows == 6:
-        for h in range(0, PANEL, 16):
-            if n0 + h + 16 <= N:
-                simd.panel_tile_6x16(a, m * K, K, bp, g * K * PANEL + h, PANEL, bias, n0 + h, c, m * N + n0 + h, N, K)
-            elif n0 + h < N:
-                simd.panel_tile_6x16(a, m * K, K, bp, g * K * PANEL + h, PANEL, bias, n0 + h, scratch, 0, 16, K)
-                for r in range(6):
-                    for t in range(N - n0 - h):
-                        c[(m + r) * N + n0 + h + t] = scratch[r * 16 + t]
-        return True
-    return False
+    for h in range(0, PANEL, 16):
+        inside = n0 + h + 16 <= N
+        if not inside and n0 + h >= N:
+            break
+        out, at, ld = (c, m * N + n0 + h, N) if inside else (scratch, 0, 16)
+        if kind == 0:
+            simd.panel_tile_8x16(a, m * K, K, bp, g * K * PANEL + h, PANEL, bias, n0 + h, out, at, ld, K)
+        else:
+            simd.panel_tile_6x16(a, m * K, K, bp, g * K * PANEL + h, PANEL, bias, n0 + h, out, at, ld, K)
+        if not inside:
+            for r in range(rows):
+                for t in range(N - n0 - h):
+                    c[(m + r) * N + n0 + h + t] = scratch[r * 16 + t]
+    return True
 
 
 @njit(cache=True, nogil=True, fastmath=vm.EXP_FLAGS, error_model=vm.NUMPY_ERRORS)
