@@ -178,53 +178,17 @@ def gemm_panels(a, M, K, bp, bias, N, c, code, kind, lo, hi):
             while m < m1:
                 rows = _tile_rows(kind, m1 - m)
                 for g in range(g0, g1):
-                    if not _full_tile(kind, rows, a, m, K, bp, g, bias, N, c, scratch):
-                        _panel_store(kind, rows, a, m, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, N, c, scratch)
+                    _panel_store(kind, rows, a, m * K, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, N, c, m,
+                                 scratch)
                 if code != 0:
                     _act_rows(c, N, m, m + rows, g0, g1, code)
                 m += rows
         else:
             for g in range(g0, g1):
-                m = m0
-                while m < m1:
-                    rows = _tile_rows(kind, m1 - m)
-                    if not _full_tile(kind, rows, a, m, K, bp, g, bias, N, c, scratch):
-                        _panel_store(kind, rows, a, m, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, N, c, scratch)
-                    m += rows
+                _panel_sweep(kind, a, m0, m1, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, N, c, scratch)
             if code != 0:
                 _act_rows(c, N, m0, m1, g0, g1, code)
         item += g1 - g0
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _full_tile(kind, rows, a, m, K, bp, g, bias, N, c, scratch):
-    """The common tiles of `gemm_panels`, rows ``m..m+rows`` x panel ``g``, called in the
-    caller's frame: a full row tile of ``kind`` (8 rows on AVX-512, 6 on AVX2), as one 32-column
-    tile on AVX-512 and otherwise as 16-column tiles, the last through ``scratch`` when it ends
-    past N. Returns False (nothing written) for the other row counts and for the plain loop.
-    Inlined at Numba's level: a call to an njit function that takes the arrays costs
-    reference-count updates per tile, and at the shallow products of convolutions the tiles ran
-    1.3-1.6x slower for it."""
-    n0 = g * PANEL
-    if not ((kind == 0 and rows == 8) or (kind == 1 and rows == 6)):
-        return False
-    if kind == 0 and n0 + PANEL <= N:
-        simd.panel_tile_8x32(a, m * K, K, bp, g * K * PANEL, PANEL, bias, n0, c, m * N + n0, N, K)
-        return True
-    for h in range(0, PANEL, 16):
-        inside = n0 + h + 16 <= N
-        if not inside and n0 + h >= N:
-            break
-        out, at, ld = (c, m * N + n0 + h, N) if inside else (scratch, 0, 16)
-        if kind == 0:
-            simd.panel_tile_8x16(a, m * K, K, bp, g * K * PANEL + h, PANEL, bias, n0 + h, out, at, ld, K)
-        else:
-            simd.panel_tile_6x16(a, m * K, K, bp, g * K * PANEL + h, PANEL, bias, n0 + h, out, at, ld, K)
-        if not inside:
-            for r in range(rows):
-                for t in range(N - n0 - h):
-                    c[(m + r) * N + n0 + h + t] = scratch[r * 16 + t]
-    return True
 
 
 @njit(cache=True, nogil=True, fastmath=vm.EXP_FLAGS, error_model=vm.NUMPY_ERRORS)
@@ -244,20 +208,45 @@ def _panel_sweep(kind, a, m0, m1, K, bp, b_off, bias, bias_off, n0, N, c, scratc
     m = m0
     while m < m1:
         rows = _tile_rows(kind, m1 - m)
-        _panel_store(kind, rows, a, m, K, bp, b_off, bias, bias_off, n0, N, c, scratch)
+        _panel_store(kind, rows, a, m * K, K, bp, b_off, bias, bias_off, n0, N, c, m, scratch)
         m += rows
 
 
-@njit(cache=True, nogil=True)
-def _panel_store(kind, rows, a, m, K, bp, b_off, bias, bias_off, n0, N, c, scratch):
-    """Rows ``m .. m + rows`` x the panel at ``bp[b_off:]`` (output columns ``n0 ..``, bias from
-    ``bias[bias_off:]``) of c = a @ W + bias: straight into c, or through ``scratch`` when the
-    panel ends past N."""
+@njit(cache=True, nogil=True, inline="always")
+def _panel_store(kind, rows, a, a_off, K, bp, b_off, bias, bias_off, n0, N, c, m, scratch):
+    """Rows ``m .. m + rows`` of c (flat [M, N]) x the panel at ``bp[b_off:]`` (output columns
+    ``n0 ..``, bias from ``bias[bias_off:]``) of c = a @ W + bias, the rows of a from
+    ``a[a_off:]``, K apart. A full row tile of ``kind`` (8 rows on AVX-512, 6 on AVX2) runs as
+    one 32-column tile on AVX-512 and otherwise as 16-column tiles; other row counts and the
+    plain loop go through `_panel_rows`; what lies past N is computed into ``scratch`` and its
+    first columns copied.
+
+    Inlined at Numba's level, so the tiles run in the caller's frame: a call to an njit function
+    that takes the arrays costs reference-count updates, and per tile, at the shallow products
+    of convolutions, that made the tiles 1.3-1.6x slower."""
+    if (kind == 0 and rows == 8) or (kind == 1 and rows == 6):
+        if kind == 0 and n0 + PANEL <= N:
+            simd.panel_tile_8x32(a, a_off, K, bp, b_off, PANEL, bias, bias_off, c, m * N + n0, N, K)
+            return
+        for h in range(0, PANEL, 16):
+            inside = n0 + h + 16 <= N
+            if not inside and n0 + h >= N:
+                break
+            out, at, ld = (c, m * N + n0 + h, N) if inside else (scratch, 0, 16)
+            if kind == 0:
+                simd.panel_tile_8x16(a, a_off, K, bp, b_off + h, PANEL, bias, bias_off + h, out, at, ld, K)
+            else:
+                simd.panel_tile_6x16(a, a_off, K, bp, b_off + h, PANEL, bias, bias_off + h, out, at, ld, K)
+            if not inside:
+                for r in range(rows):
+                    for t in range(N - n0 - h):
+                        c[(m + r) * N + n0 + h + t] = scratch[r * 16 + t]
+        return
     width = min(PANEL, N - n0)
     if width == PANEL:
-        _panel_rows(kind, rows, a, m * K, K, bp, b_off, bias, bias_off, c, m * N + n0, N, K)
+        _panel_rows(kind, rows, a, a_off, K, bp, b_off, bias, bias_off, c, m * N + n0, N, K)
         return
-    _panel_rows(kind, rows, a, m * K, K, bp, b_off, bias, bias_off, scratch, 0, PANEL, K)
+    _panel_rows(kind, rows, a, a_off, K, bp, b_off, bias, bias_off, scratch, 0, PANEL, K)
     for r in range(rows):
         c[(m + r) * N + n0:(m + r) * N + n0 + width] = scratch[r * PANEL:r * PANEL + width]
 
@@ -588,15 +577,8 @@ def conv2d_patches(x, kh, kw, sh, sw, pt, pl, dh, dw, bp, bias, code, kind, y, c
             rows = _tile_rows(kind, OW - ow)
             m = (n * OH + oh) * OW + ow
             for g in range(G):
-                width = min(PANEL, cout - g * PANEL)
-                if width == PANEL:
-                    _panel_rows(kind, rows, a, ow * K, K, bp, g * K * PANEL, bias, g * PANEL, y,
-                                m * cout + g * PANEL, cout, K)
-                else:
-                    _panel_rows(kind, rows, a, ow * K, K, bp, g * K * PANEL, bias, g * PANEL, scratch, 0, PANEL, K)
-                    for q in range(rows):
-                        y[(m + q) * cout + g * PANEL:(m + q) * cout + g * PANEL + width] = \
-                            scratch[q * PANEL:q * PANEL + width]
+                _panel_store(kind, rows, a, ow * K, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, cout, y, m,
+                             scratch)
             ow += rows
         if code != 0:  # the row's pixels are adjacent: one pass while they are in cache
             A.bias_act_scalar(y[r * OW * cout:(r + 1) * OW * cout], np.float32(0.0), code)
