@@ -445,7 +445,10 @@ def run_reader(data: bytes, scratch: Path | None = None) -> None:
                     if any(d < 0 for d in dims):
                         raise nac.NacInputError("negative")
                     if math.prod(dims) > 1 << 20:  # a huge input costs the harness nothing: one broadcast value
-                        feeds[name] = np.broadcast_to(np.ones(1, dtype), dims)
+                        try:
+                            feeds[name] = np.broadcast_to(np.ones(1, dtype), dims)
+                        except ValueError:  # more elements than numpy can address: no caller can pass it
+                            raise nac.NacInputError("unrepresentable input") from None
                     else:
                         feeds[name] = (rng.normal(size=dims) * 3).astype(dtype) if dtype.startswith("float") else \
                             rng.integers(-2, 12, size=dims).astype(dtype)
