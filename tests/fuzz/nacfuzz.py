@@ -444,14 +444,14 @@ def run_reader(data: bytes, scratch: Path | None = None) -> None:
                     dims = tuple(nac.format.eval_dim(d, env) for d in shape)
                     if any(d < 0 for d in dims):
                         raise nac.NacInputError("negative")
-                    if math.prod(dims) > 1 << 20:  # a huge input costs the harness nothing: one broadcast value
-                        try:
+                    try:
+                        if math.prod(dims) > 1 << 20:  # a huge input costs the harness nothing: one broadcast value
                             feeds[name] = np.broadcast_to(np.ones(1, dtype), dims)
-                        except ValueError:  # more elements than numpy can address: no caller can pass it
-                            raise nac.NacInputError("unrepresentable input") from None
-                    else:
-                        feeds[name] = (rng.normal(size=dims) * 3).astype(dtype) if dtype.startswith("float") else \
-                            rng.integers(-2, 12, size=dims).astype(dtype)
+                        else:
+                            feeds[name] = (rng.normal(size=dims) * 3).astype(dtype) if dtype.startswith("float") \
+                                else rng.integers(-2, 12, size=dims).astype(dtype)
+                    except ValueError:  # a shape numpy cannot make (past its address space, even with a zero
+                        raise nac.NacInputError("unrepresentable input") from None  # dim): no caller can pass it
                 m.run(feeds)
             except nac.NacError:
                 pass
