@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,7 +22,6 @@ from nac.tokenizer_vm.unicode import bytes_to_unicode
 from nac.tokenizer_vm.program import Program
 
 
-@dataclass
 class Encoding:
     """One encoded text (or pair), as Hugging Face ``tokenizers.Encoding`` gives it.
 
@@ -37,22 +35,106 @@ class Encoding:
             text, or of the second for tokens of a pair's second text) that it covers; ``(0, 0)``
             for template and padding tokens. Computed on first use (a slower path that tracks
             alignments through normalisation); raises NacError if it ever disagreed with the ids.
+        parts: the template's pieces in order: ``("S", count)`` for special tokens, ``("A" | "B",
+            range of indices before the template)`` for a text's tokens (a contiguous range after
+            truncation).
+        texts: the text (or the two texts) that was encoded.
+
+    An encoding of one text through a template of specials around ``$A`` (or no template) keeps
+    only its ids and the shared template (``single``: `Tokenizer`'s ``(head, tail, type of $A)``,
+    ``n`` ids of the text); ``type_ids``, the two masks and ``parts`` are built on first read. A
+    list of encodings a caller keeps then holds two objects the garbage collector tracks per
+    text (this and its ids), not seven, and encoding many short lines does not pay for
+    collections of lists nobody reads.
     """
 
-    ids: list[int]
-    type_ids: list[int]
-    attention_mask: list[int]
-    special_tokens_mask: list[int]
-    tokenizer: "Tokenizer" = field(repr=False, default=None)
-    #: the template's pieces in order: ("S", count) for special tokens, ("A" | "B", range of
-    #: indices before the template) for a text's tokens (a contiguous range after truncation)
-    parts: tuple = field(repr=False, default=())
-    texts: tuple = field(repr=False, default=())
-    pad_left: int = field(repr=False, default=0)
-    pad_right: int = field(repr=False, default=0)
-    pad_token: str = field(repr=False, default="")
-    _offsets: list | None = field(repr=False, default=None)
-    _tokens: list | None = field(repr=False, default=None)
+    __slots__ = ("ids", "tokenizer", "pad_left", "pad_right", "pad_token", "_type_ids", "_attention_mask",
+                 "_special_tokens_mask", "_parts", "_texts", "_single", "_n", "_offsets", "_tokens")
+
+    def __init__(self, ids: list[int], type_ids: list[int] | None = None, attention_mask: list[int] | None = None,
+                 special_tokens_mask: list[int] | None = None, tokenizer: "Tokenizer" = None, parts: tuple = (),
+                 texts: tuple | str = (), *, single: tuple | None = None, n: int = 0):
+        self.ids, self.tokenizer = ids, tokenizer
+        if single is not None:
+            type_ids = parts = None  # derived on first read
+        self._type_ids, self._attention_mask, self._special_tokens_mask = type_ids, attention_mask, special_tokens_mask
+        self._parts, self._texts, self._single, self._n = parts, texts, single, n
+        self.pad_left = self.pad_right = 0
+        self.pad_token = ""
+        self._offsets = self._tokens = None
+
+    def __repr__(self) -> str:
+        return (f"Encoding(ids={self.ids!r}, type_ids={self.type_ids!r}, attention_mask={self.attention_mask!r}, "
+                f"special_tokens_mask={self.special_tokens_mask!r})")
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Encoding):
+            return NotImplemented
+        return (self.ids, self.type_ids, self.attention_mask, self.special_tokens_mask, self.parts, self.texts) == (
+            other.ids, other.type_ids, other.attention_mask, other.special_tokens_mask, other.parts, other.texts)
+
+    __hash__ = None
+
+    def _derive(self) -> None:
+        """Build the lists the shared single-text template implies (before any padding: `Tokenizer._pad`
+        reads them through the properties before it extends them)."""
+        head, tail, type_a = self._single
+        n = self._n
+        self._type_ids = head[1] + [type_a] * n + tail[1]
+        self._attention_mask = [1] * (len(head[0]) + n + len(tail[0]))
+        self._special_tokens_mask = head[2] + [0] * n + tail[2]
+
+    @property
+    def type_ids(self) -> list[int]:
+        if self._type_ids is None:
+            self._derive()
+        return self._type_ids
+
+    @type_ids.setter
+    def type_ids(self, v: list[int]) -> None:
+        if self._type_ids is None:
+            self._derive()
+        self._type_ids = v
+
+    @property
+    def attention_mask(self) -> list[int]:
+        if self._type_ids is None:
+            self._derive()
+        return self._attention_mask
+
+    @attention_mask.setter
+    def attention_mask(self, v: list[int]) -> None:
+        if self._type_ids is None:
+            self._derive()
+        self._attention_mask = v
+
+    @property
+    def special_tokens_mask(self) -> list[int]:
+        if self._type_ids is None:
+            self._derive()
+        return self._special_tokens_mask
+
+    @special_tokens_mask.setter
+    def special_tokens_mask(self, v: list[int]) -> None:
+        if self._type_ids is None:
+            self._derive()
+        self._special_tokens_mask = v
+
+    @property
+    def parts(self) -> tuple:
+        if self._parts is None:
+            head, tail, _ = self._single
+            self._parts = head[3] + (("A", range(self._n)),) + tail[3]
+        return self._parts
+
+    @property
+    def texts(self) -> tuple:
+        t = self._texts
+        return t if type(t) is tuple else (t,)
+
+    @texts.setter
+    def texts(self, v) -> None:
+        self._texts = v
 
     @property
     def tokens(self) -> list[str]:
@@ -94,6 +176,11 @@ class Encoding:
 #: normaliser instructions that map each character on its own, whatever surrounds it
 PER_CHAR_NORMALIZERS = frozenset({"NORM.NFC", "NORM.NFD", "NORM.NFKC", "NORM.NFKD", "NORM.LOWER", "NORM.DROP",
                                   "NORM.MAP_SPACE", "NORM.PAD"})
+#: normaliser instructions whose step is a function of each character alone, so that a run of them is
+#: one ``str.translate`` (Unicode normal forms are not: composition and canonical ordering look at neighbours)
+TRANSLATABLE_NORMALIZERS = frozenset({"NORM.LOWER", "NORM.DROP", "NORM.MAP_SPACE", "NORM.PAD"})
+#: `Encoding`'s ``single`` for text without a template: no specials around ``$A``, whose type is 0
+_BARE = (([], [], [], ()), ([], [], [], ()), 0)
 #: the ``first`` flag array of one segment that does (or, after a left strip, does not) start its text
 _FIRST, _NOT_FIRST = np.ones(1, np.bool_), np.zeros(1, np.bool_)
 
@@ -136,6 +223,7 @@ class Tokenizer:
             self._load(ins)
         self._pre = self._pre_arrays()
         self._ascii_norm = self._ascii_normalizer()
+        self._norm_runs = self._translated_runs()
         # what decode shows for an added token: its normalised form if it is matched normalised
         self._added_text = {a["id"]: self._normalize(a["content"])[0] if a["normalized"] and self._norm
                             else a["content"] for a in program.added}
@@ -240,7 +328,7 @@ class Tokenizer:
         if pair is None and type(text) is str and not self.padding:
             # one text, the common per-line call: `encode_batch`'s steps without its lists
             enc = self._post(self._encode_one(_text(text, 0)), None, add_special_tokens)
-            enc.texts = (text,)
+            enc._texts = text
             return enc
         return self.encode_batch([text if pair is None else (text, pair)], add_special_tokens)[0]
 
@@ -283,7 +371,7 @@ class Tokenizer:
                 b = ids[k]
                 k += 1
             out.append(self._post(a, b, add_special_tokens))
-            out[-1].texts = (firsts[i],) if seconds[i] is None else (firsts[i], seconds[i])
+            out[-1]._texts = firsts[i] if seconds[i] is None else (firsts[i], seconds[i])
         if self.padding:
             self._pad(out)
         return out
@@ -332,14 +420,43 @@ class Tokenizer:
             if specials is None or not specials.search(s):
                 return (s.lower() if lowers else s), False
             return s.translate(table), False
-        return self._normalize_steps(s)
+        lost_left = False
+        for fn in self._norm_runs:
+            s, lost = fn(s)
+            lost_left |= lost
+        return s, lost_left
 
     def _normalize_steps(self, s: str) -> tuple[str, bool]:
+        """The normaliser steps one by one: the reference that `_normalize`'s tables are built from."""
         lost_left = False
         for fn in self._norm:
             s, lost = fn(s)
             lost_left |= lost
         return s, lost_left
+
+    def _translated_runs(self) -> list:
+        """`_norm` with each run of two or more consecutive steps that map every character on its own
+        (`TRANSLATABLE_NORMALIZERS`) replaced by one ``str.translate`` through a `_CharMap` of their
+        combined effect: one pass over the text instead of one regular expression per step (BERT's
+        six steps become translate, NFD, translate)."""
+        norm = [i for i in self.program.code if i["op"].startswith("NORM.")]
+        if len(norm) != len(self._norm):  # every NORM op adds one step; anything else keeps the plain list
+            return list(self._norm)
+        out, run = [], []
+        for ins, fn in [*zip(norm, self._norm), (None, None)]:
+            if ins is not None and (ins["op"] in TRANSLATABLE_NORMALIZERS or (
+                    ins["op"] == "NORM.REPLACE" and ins["kind"] == "string" and len(ins["pattern"]) == 1)):
+                run.append(fn)
+                continue
+            if len(run) > 1:
+                table = _CharMap(run)
+                out.append(lambda s, table=table: (s.translate(table), False))
+            else:
+                out += run
+            run = []
+            if fn is not None:
+                out.append(fn)
+        return out
 
     def _ascii_normalizer(self):
         """For a normaliser whose every step maps each character on its own (`PER_CHAR_NORMALIZERS`),
@@ -425,12 +542,12 @@ class Tokenizer:
         """Truncation, then the template. As in the reference, only template (and padding) tokens
         are marked special, not added tokens matched in the text."""
         tpl = self._template if add_special else None
-        if b is None and tpl is not None and not (self.truncation and truncate) and self._single is not None:
-            head, tail, type_a = self._single  # the usual single-text template: specials, $A, specials
-            n = len(a)
-            ids = head[0] + a + tail[0]
-            return Encoding(ids, head[1] + [type_a] * n + tail[1], [1] * len(ids), head[2] + [0] * n + tail[2], self,
-                            head[3] + (("A", range(n)),) + tail[3])
+        if b is None and not (self.truncation and truncate) and (tpl is None or self._single is not None):
+            # one text, no template or the usual one (specials, $A, specials): the rest is derived on read
+            if tpl is None:
+                return Encoding(a, tokenizer=self, single=_BARE, n=len(a))
+            head, tail, _ = self._single
+            return Encoding(head[0] + a + tail[0], tokenizer=self, single=self._single, n=len(a))
         # truncation keeps a contiguous range of each text's tokens; the ranges record which (offsets)
         ia, ib = range(len(a)), None if b is None else range(len(b))
         if self.truncation and truncate:
@@ -922,6 +1039,28 @@ def _integer(v) -> int | None:
     if isinstance(v, np.integer):
         return int(v)
     return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+class _CharMap(dict):
+    """``str.translate``'s table for a run of per-character normaliser steps: code point -> the
+    steps' output for that character alone (None when they delete it), computed on first sight.
+    At most `MAX_ENTRIES` characters are kept, so text holding every code point cannot make it grow
+    past a few MB; the rest are recomputed each time they occur."""
+
+    MAX_ENTRIES = 1 << 16
+
+    def __init__(self, steps: list):
+        super().__init__()
+        self._steps = steps
+
+    def __missing__(self, c: int) -> str | None:
+        s = chr(c)
+        for fn in self._steps:
+            s, _ = fn(s)
+        out = s or None
+        if len(self) < self.MAX_ENTRIES:
+            self[c] = out
+        return out
 
 
 class _Lazy:

@@ -79,6 +79,29 @@ def test_ascii_normaliser_table_is_the_steps(pair):
         assert ours._normalize(t) == ours._normalize_steps(t), f"{name} {t!r}"
 
 
+def test_translated_runs_are_the_steps(pair, corpus, monkeypatch):
+    """Non-ASCII text goes through runs of per-character normaliser steps as one ``str.translate``
+    (`Tokenizer._translated_runs`): the same text and left-strip flag as the steps one by one, on
+    every code point up to U+FFFF alone, random strings over all planes and every 20th corpus line;
+    also with the character table capped at 4 entries (characters past the cap are recomputed)."""
+    from nac.tokenizer_vm import vm
+
+    name, _, ours = pair
+    rng = random.Random(5)
+    texts = ([chr(c) for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF] + corpus[::20]
+             + ["".join(chr(rng.choice([rng.randrange(0x300), rng.randrange(0xD800), rng.randrange(0xE000, 0x110000)]))
+                        for _ in range(rng.randrange(40))) for _ in range(3000)])
+    assert all(ours._normalize(t) == ours._normalize_steps(t) for t in texts), name
+    monkeypatch.setattr(vm._CharMap, "MAX_ENTRIES", 4)
+    capped = type(ours)(ours.program)
+    assert all(capped._normalize(t) == capped._normalize_steps(t) for t in texts[::11]), name
+    tables = [fn.__defaults__[0] for fn in capped._norm_runs
+              if fn.__defaults__ and isinstance(fn.__defaults__[0], vm._CharMap)]
+    assert all(len(t) <= 4 for t in tables), name
+    if name == "wordpiece":  # BERT's normaliser: clean + CJK padding, NFD, accent drop + lowercase
+        assert len(tables) == 2 and len(capped._norm_runs) == 3
+
+
 def test_one_call_path_and_staged_path_agree(pair, corpus):
     """Programs whose pre-tokeniser runs on arrays encode a batch in one compiled call
     (`kernels.encode_*`); it gives exactly what the stage-by-stage path gives (which programs with
