@@ -405,12 +405,76 @@ def _byte_fallback(seq, s, e, pre, suf, byte_ids, byte_mode, out, k):
     return k + n
 
 
+# -- the word cache -------------------------------------------------------------------------------
+#: a cached word has at most CACHE_WORD code points and CACHE_IDS ids
+CACHE_WORD = CACHE_IDS = 16
+#: one row per slot: [word length (-1: empty), number of ids, code points..., ids...]
+CACHE_ROW = 2 + CACHE_WORD + CACHE_IDS
+
+
+def word_cache(slots: int = 8192) -> np.ndarray:
+    """An empty word cache for `wordpiece` / `bpe`: ``int32[slots, CACHE_ROW]``, ``slots`` a power
+    of two (0: no cache). Text repeats its words, and a model's ids for a word depend on the word
+    alone, so the models keep each word's ids (Hugging Face ``tokenizers`` keeps a BPE cache for
+    the same reason, ``models::bpe::Cache``). It is direct-mapped: a word replaces the one in its
+    slot. A cache belongs to one thread at a time (`Tokenizer` keeps one per thread).
+
+    Raises:
+        ValueError: ``slots`` is not 0 or a power of two.
+    """
+    if slots < 0 or slots & (slots - 1):
+        raise ValueError(f"word cache slots must be 0 or a power of two, not {slots}")
+    return np.full((slots, CACHE_ROW), -1, np.int32)
+
+
+@njit(cache=True, nogil=True)
+def _cache_slot(cache, cps, s, e):
+    """The slot of word ``cps[s:e]``, or -1 when there is no cache or the word is too long for it."""
+    if cache.shape[0] == 0 or e - s > CACHE_WORD:
+        return -1
+    h = FNV_OFFSET
+    for i in range(s, e):
+        h = fnv(h, cps[i])
+    return np.int64(h & np.uint64(cache.shape[0] - 1))
+
+
+@njit(cache=True, nogil=True)
+def _cache_get(cache, slot, cps, s, e, ids, k):
+    """Copy the cached ids of ``cps[s:e]`` to ``ids[k:]``; the new end, or -1 if it is not cached."""
+    row = cache[slot]
+    if row[0] != e - s:
+        return -1
+    for i in range(e - s):
+        if row[2 + i] != cps[s + i]:
+            return -1
+    n = row[1]
+    for j in range(n):
+        ids[k + j] = row[2 + CACHE_WORD + j]
+    return k + n
+
+
+@njit(cache=True, nogil=True)
+def _cache_put(cache, slot, cps, s, e, ids, k0, k):
+    """Keep ``ids[k0:k]`` as the ids of ``cps[s:e]`` (if they fit)."""
+    if k - k0 > CACHE_IDS:
+        return
+    row = cache[slot]
+    row[0] = -1  # (one thread owns a cache, so this is only tidiness)
+    for i in range(e - s):
+        row[2 + i] = cps[s + i]
+    for j in range(k - k0):
+        row[2 + CACHE_WORD + j] = ids[k0 + j]
+    row[1] = k - k0
+    row[0] = e - s
+
+
 # -- models --------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
-def wordpiece(cps, starts, ends, keys, koff, kid, htab, prefix, max_chars, unk):
+def wordpiece(cps, starts, ends, keys, koff, kid, htab, prefix, max_chars, unk, cache):
     """WordPiece greedy longest-match-first (Hugging Face ``models::wordpiece``): a word longer
     than ``max_chars`` code points, or one with a piece not in the vocabulary, becomes ``unk``.
-    Returns ``(ids int32[], counts int64[words])``."""
+    ``cache``: a `word_cache` this call may read and fill. Returns ``(ids int32[], counts
+    int64[words])``."""
     empty = np.empty(0, np.int32)
     total = 0
     for w in range(starts.size):
@@ -425,6 +489,13 @@ def wordpiece(cps, starts, ends, keys, koff, kid, htab, prefix, max_chars, unk):
             k += 1
             counts[w] = 1
             continue
+        slot = _cache_slot(cache, cps, s, e)
+        if slot >= 0:
+            k1 = _cache_get(cache, slot, cps, s, e, ids, k)
+            if k1 >= 0:
+                counts[w] = k1 - k
+                k = k1
+                continue
         k0 = k
         start = s
         bad = False
@@ -447,6 +518,8 @@ def wordpiece(cps, starts, ends, keys, koff, kid, htab, prefix, max_chars, unk):
             ids[k] = unk
             k += 1
         counts[w] = k - k0
+        if slot >= 0:
+            _cache_put(cache, slot, cps, s, e, ids, k0, k)
     return ids[:k], counts
 
 
@@ -529,11 +602,11 @@ def _heap_pop(hk, hv, n):
 
 @njit(cache=True, nogil=True)
 def bpe(cps, starts, ends, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, suffix,
-        byte_ids, byte_fallback, unk, fuse_unk, ignore_merges, byte_mode):
+        byte_ids, byte_fallback, unk, fuse_unk, ignore_merges, byte_mode, cache):
     """Byte-pair encoding of every word (Hugging Face ``models::bpe``: initial symbols per
     character with continuing-subword prefix / end-of-word suffix, byte fallback, unknown-token
     fusing, then merges applied lowest rank first, leftmost first among equal ranks).
-    Returns ``(ids int32[], counts int64[words], error)``; error 1 means an unknown character
+    ``cache``: a `word_cache` this call may read and fill. Returns ``(ids int32[], counts int64[words], error)``; error 1 means an unknown character
     with no unknown token."""
     empty = np.empty(0, np.int32)
     total = 0
@@ -554,6 +627,13 @@ def bpe(cps, starts, ends, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, su
     k = 0
     for w in range(starts.size):
         s, e = starts[w], ends[w]
+        slot = _cache_slot(cache, cps, s, e)
+        if slot >= 0:
+            k1 = _cache_get(cache, slot, cps, s, e, ids, k)
+            if k1 >= 0:
+                counts[w] = k1 - k
+                k = k1
+                continue
         if ignore_merges:
             t = lookup(keys, koff, kid, htab, empty, cps, s, e, empty)
             if t >= 0:
@@ -626,6 +706,8 @@ def bpe(cps, starts, ends, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, su
                 ids[k] = sym[i]
                 k += 1
         counts[w] = k - k0
+        if slot >= 0:
+            _cache_put(cache, slot, cps, s, e, ids, k0, k)
     return ids[:k], counts, 0
 
 
@@ -772,21 +854,22 @@ def per_segment(counts, seg, nseg):
 
 
 @njit(cache=True, nogil=True)
-def encode_wordpiece(cps, lens, first, pre, keys, koff, kid, htab, prefix, max_chars, unk):
-    """`pre_tokenize` (``pre``: its step arrays, as a tuple) then `wordpiece`, in one call.
-    Returns ``(ids int32[], tokens per segment int64[])``."""
+def encode_wordpiece(cps, lens, first, pre, cache, keys, koff, kid, htab, prefix, max_chars, unk):
+    """`pre_tokenize` (``pre``: its step arrays, as a tuple) then `wordpiece` (with the word cache
+    ``cache``), in one call. Returns ``(ids int32[], tokens per segment int64[])``."""
     c, s, e, seg = pre_tokenize(cps, lens, first, *pre)
-    ids, counts = wordpiece(c, s, e, keys, koff, kid, htab, prefix, max_chars, unk)
+    ids, counts = wordpiece(c, s, e, keys, koff, kid, htab, prefix, max_chars, unk, cache)
     return ids, per_segment(counts, seg, lens.size)
 
 
 @njit(cache=True, nogil=True)
-def encode_bpe(cps, lens, first, pre, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, suffix, byte_ids,
+def encode_bpe(cps, lens, first, pre, cache, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, suffix, byte_ids,
                byte_fallback, unk, fuse_unk, ignore_merges, byte_mode):
-    """`pre_tokenize` then `bpe`, in one call. Returns ``(ids, tokens per segment, error)``."""
+    """`pre_tokenize` then `bpe` (with the word cache ``cache``), in one call. Returns ``(ids,
+    tokens per segment, error)``."""
     c, s, e, seg = pre_tokenize(cps, lens, first, *pre)
     ids, counts, err = bpe(c, s, e, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, suffix, byte_ids,
-                           byte_fallback, unk, fuse_unk, ignore_merges, byte_mode)
+                           byte_fallback, unk, fuse_unk, ignore_merges, byte_mode, cache)
     return ids, per_segment(counts, seg, lens.size), err
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import unicodedata
 
 import numpy as np
@@ -198,6 +199,9 @@ class Tokenizer:
         NacError: the program needs an unknown token it does not have.
     """
 
+    #: words each thread's word cache holds (a power of two; 0 turns the cache off)
+    WORD_CACHE_SLOTS = 8192
+
     def __init__(self, program: Program):
         self.program = program
         self._where = f"tokenizer {program.source or '(unnamed)'}"
@@ -219,6 +223,7 @@ class Tokenizer:
         self._fused = None  # (cps, lens, first) -> (ids, tokens per segment): pre-tokeniser and model in one call
         self._trim: bool | None = None  # POST.TRIM_OFFSETS: None, or its add_prefix_space
         self._aligner = None  # the offsets path's steps (nac.tokenizer_vm.offsets), built on first use
+        self._threads = threading.local()  # each thread's word cache (`_word_cache`)
         for ins in program.code:
             self._load(ins)
         self._pre = self._pre_arrays()
@@ -231,6 +236,14 @@ class Tokenizer:
         self._added_norm_re = self._added_matcher(normalized=True)
         self.truncation = dict(program.truncation) if program.truncation else None
         self.padding = dict(program.padding) if program.padding else None
+
+    def _word_cache(self) -> np.ndarray:
+        """This thread's `kernels.word_cache` (`WORD_CACHE_SLOTS` words, 1.1 MB), made on its first
+        encode: the kernels write to it, so no two threads share one."""
+        cache = getattr(self._threads, "cache", None)
+        if cache is None:
+            cache = self._threads.cache = K.word_cache(self.WORD_CACHE_SLOTS)
+        return cache
 
     # -- configuration (the Hugging Face names) ----------------------------------------------------
     def enable_truncation(self, max_length: int, stride: int = 0, strategy: str = "longest_first",
@@ -814,9 +827,10 @@ class Tokenizer:
         keys = self._key_tables(ins)
         prefix = np.array(ins["prefix"], np.int32)
         unk, max_chars = int(ins["unk"]), int(ins["max_chars"])
-        self._model = lambda cps, s, e: K.wordpiece(cps, s, e, *keys, prefix, max_chars, unk)
+        self._model = lambda cps, s, e: K.wordpiece(cps, s, e, *keys, prefix, max_chars, unk, self._word_cache())
         tail = (*keys, prefix, max_chars, unk)
-        self._fused = lambda cps, lens, first: K.encode_wordpiece(cps, lens, first, self._pre, *tail)
+        self._fused = lambda cps, lens, first: K.encode_wordpiece(cps, lens, first, self._pre, self._word_cache(),
+                                                                  *tail)
 
     def _op_model_wordlevel(self, ins):
         keys = self._key_tables(ins)
@@ -836,13 +850,13 @@ class Tokenizer:
                 any(i["op"] == "PRE.UTF8" for i in self.program.code))
 
         def run(cps, s, e):
-            ids, counts, _ = K.bpe(cps, s, e, *keys, *merges, *args)
+            ids, counts, _ = K.bpe(cps, s, e, *keys, *merges, *args, self._word_cache())
             return ids, counts
         self._model = run
         tail = (*keys, *merges, *args)
 
         def fused(cps, lens, first):
-            ids, per_seg, _ = K.encode_bpe(cps, lens, first, self._pre, *tail)
+            ids, per_seg, _ = K.encode_bpe(cps, lens, first, self._pre, self._word_cache(), *tail)
             return ids, per_seg
         self._fused = fused
 

@@ -102,6 +102,47 @@ def test_translated_runs_are_the_steps(pair, corpus, monkeypatch):
         assert len(tables) == 2 and len(capped._norm_runs) == 3
 
 
+def test_word_cache_changes_no_id(pair, corpus, monkeypatch):
+    """WordPiece and BPE keep each word's ids in a per-thread cache (`kernels.word_cache`). With a
+    two-slot cache (every other word replaces the last), with none, and with the default one, the
+    ids are the reference's, per line and in a batch; words longer than the cache's 16 code points
+    and words of more than 16 ids are among them."""
+    from nac.tokenizer_vm import Tokenizer, kernels
+
+    name, ref, ours = pair
+    texts = corpus[::13] + ["x" * 40, "supercalifragilisticexpialidocious " * 3, "\u4e2d\u6587" * 12]
+    want = [e.ids for e in ref.encode_batch(texts)]
+    for slots in (2, 0, Tokenizer.WORD_CACHE_SLOTS):
+        monkeypatch.setattr(Tokenizer, "WORD_CACHE_SLOTS", slots)
+        tok = Tokenizer(ours.program)
+        assert [e.ids for e in tok.encode_batch(texts)] == want, f"{name}, {slots} slots, batch"
+        assert [tok.encode(t).ids for t in texts] == want, f"{name}, {slots} slots, per line"
+        if slots and tok._fused is not None and name in ("wordpiece", "gpt2"):
+            assert (tok._word_cache()[:, 0] >= 0).any(), f"{name}: the cache was never filled"
+    with pytest.raises(ValueError, match="power of two"):
+        kernels.word_cache(3)
+
+
+def test_one_tokenizer_from_many_threads(pair, corpus):
+    """One `Tokenizer` encoding from four threads at once (each with its own word cache) gives
+    every thread the ids the reference gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nac.tokenizer_vm import Tokenizer
+
+    name, ref, ours = pair
+    tok = Tokenizer(ours.program)
+    chunks = [corpus[i::997][:150] for i in range(8)]
+    want = [[e.ids for e in ref.encode_batch(c)] for c in chunks]
+
+    def work(k):
+        c = chunks[k]
+        return [tok.encode(t).ids for t in c] if k % 2 else [e.ids for e in tok.encode_batch(c)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(work, range(8)))
+    assert got == want, name
+
+
 def test_one_call_path_and_staged_path_agree(pair, corpus):
     """Programs whose pre-tokeniser runs on arrays encode a batch in one compiled call
     (`kernels.encode_*`); it gives exactly what the stage-by-stage path gives (which programs with
