@@ -803,18 +803,23 @@ def unigram(cps, starts, ends, keys, koff, kid, htab, scores, max_len, unk, unk_
 # -- the whole encode path in one call ---------------------------------------------------------------
 #: the fused pipeline's split step (its rewrite steps are the REWRITE_* codes)
 PRE_SPLIT = 3
+#: `pre_tokenize`'s step columns
+STEP_OP, STEP_KIND, STEP_MASK, STEP_BEHAVIOUR, STEP_INVERT, STEP_LIT, STEP_LIT_END, STEP_A, STEP_B = range(9)
+STEP_COLUMNS = 9
 
 
 @njit(cache=True, nogil=True)
-def pre_tokenize(cps, lens, first, ops, kinds, masks, behaviours, inverts, lit, lit_off, ra, rb, index, blocks):
+def pre_tokenize(cps, lens, first, steps, lit, index, blocks):
     """Every array pre-tokeniser step of a program, in order, in one call.
 
     cps: int32 code points of all segments, back to back; lens: int64 length of each segment;
-    first: whether each segment starts at offset 0 of its text. Step ``k`` is ``ops[k]``:
-    `PRE_SPLIT` (`split_words` with ``kinds[k]``, ``masks[k]``, ``behaviours[k]``,
-    ``inverts[k]`` and the literal ``lit[lit_off[k]:lit_off[k + 1]]``) or a `rewrite_words` op
-    with operands ``ra[k]``, ``rb[k]``. Returns ``(cps, starts, ends, segment)``: the words and
-    the segment each came from (empty segments give no word)."""
+    first: whether each segment starts at offset 0 of its text. ``steps``: int64[steps,
+    `STEP_COLUMNS`], one row per step (its arguments in one array, so a call types and unboxes
+    one array, not eleven). Step ``k`` is ``steps[k, STEP_OP]``: `PRE_SPLIT` (`split_words` with
+    the row's kind, class mask, behaviour, invert flag and the literal ``lit[steps[k,
+    STEP_LIT]:steps[k, STEP_LIT_END]]``) or a `rewrite_words` op with operands ``steps[k, STEP_A]``,
+    ``steps[k, STEP_B]``. Returns ``(cps, starts, ends, segment)``: the words and the segment each
+    came from (empty segments give no word)."""
     n = 0
     for i in range(lens.size):
         n += lens[i] > 0
@@ -832,14 +837,15 @@ def pre_tokenize(cps, lens, first, ops, kinds, masks, behaviours, inverts, lit, 
             wfirst[w] = first[i]
             w += 1
         pos += lens[i]
-    for k in range(ops.size):
-        if ops[k] == PRE_SPLIT:
-            s, e, f, src = split_words(cps, starts, ends, wfirst, kinds[k], index, blocks, masks[k],
-                                       lit[lit_off[k]:lit_off[k + 1]], behaviours[k], inverts[k])
+    for k in range(steps.shape[0]):
+        row = steps[k]
+        if row[STEP_OP] == PRE_SPLIT:
+            s, e, f, src = split_words(cps, starts, ends, wfirst, row[STEP_KIND], index, blocks, row[STEP_MASK],
+                                       lit[row[STEP_LIT]:row[STEP_LIT_END]], row[STEP_BEHAVIOUR], row[STEP_INVERT] != 0)
             starts, ends, wfirst = s, e, f
             seg = seg[src]
         else:
-            c, s, e = rewrite_words(cps, starts, ends, wfirst, ops[k], ra[k], rb[k])
+            c, s, e = rewrite_words(cps, starts, ends, wfirst, row[STEP_OP], row[STEP_A], row[STEP_B])
             cps, starts, ends = c, s, e
     return cps, starts, ends, seg
 
@@ -854,30 +860,30 @@ def per_segment(counts, seg, nseg):
 
 
 @njit(cache=True, nogil=True)
-def encode_wordpiece(cps, lens, first, pre, cache, keys, koff, kid, htab, prefix, max_chars, unk):
-    """`pre_tokenize` (``pre``: its step arrays, as a tuple) then `wordpiece` (with the word cache
-    ``cache``), in one call. Returns ``(ids int32[], tokens per segment int64[])``."""
-    c, s, e, seg = pre_tokenize(cps, lens, first, *pre)
+def encode_wordpiece(cps, lens, first, steps, lit, index, blocks, cache, keys, koff, kid, htab, prefix, max_chars, unk):
+    """`pre_tokenize` (``steps``, ``lit``, ``index``, ``blocks``: its step and class arrays) then
+    `wordpiece` (with the word cache ``cache``), in one call. Returns ``(ids int32[], tokens per segment int64[])``."""
+    c, s, e, seg = pre_tokenize(cps, lens, first, steps, lit, index, blocks)
     ids, counts = wordpiece(c, s, e, keys, koff, kid, htab, prefix, max_chars, unk, cache)
     return ids, per_segment(counts, seg, lens.size)
 
 
 @njit(cache=True, nogil=True)
-def encode_bpe(cps, lens, first, pre, cache, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, suffix, byte_ids,
+def encode_bpe(cps, lens, first, steps, lit, index, blocks, cache, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, suffix, byte_ids,
                byte_fallback, unk, fuse_unk, ignore_merges, byte_mode):
     """`pre_tokenize` then `bpe` (with the word cache ``cache``), in one call. Returns ``(ids,
     tokens per segment, error)``."""
-    c, s, e, seg = pre_tokenize(cps, lens, first, *pre)
+    c, s, e, seg = pre_tokenize(cps, lens, first, steps, lit, index, blocks)
     ids, counts, err = bpe(c, s, e, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, suffix, byte_ids,
                            byte_fallback, unk, fuse_unk, ignore_merges, byte_mode, cache)
     return ids, per_segment(counts, seg, lens.size), err
 
 
 @njit(cache=True, nogil=True)
-def encode_unigram(cps, lens, first, pre, keys, koff, kid, htab, scores, max_len, unk, unk_score, fuse_unk,
+def encode_unigram(cps, lens, first, steps, lit, index, blocks, keys, koff, kid, htab, scores, max_len, unk, unk_score, fuse_unk,
                    byte_ids, byte_fallback):
     """`pre_tokenize` then `unigram`, in one call. Returns ``(ids, tokens per segment, error)``."""
-    c, s, e, seg = pre_tokenize(cps, lens, first, *pre)
+    c, s, e, seg = pre_tokenize(cps, lens, first, steps, lit, index, blocks)
     ids, counts, err = unigram(c, s, e, keys, koff, kid, htab, scores, max_len, unk, unk_score, fuse_unk, byte_ids,
                                byte_fallback)
     return ids, per_segment(counts, seg, lens.size), err

@@ -496,14 +496,15 @@ class Tokenizer:
         return lowers, pattern, table
 
     def _pre_arrays(self) -> tuple:
-        """The array pre-tokeniser steps as `kernels.pre_tokenize`'s step arrays."""
-        steps = self._pre_steps
-        lits = [st[5] for st in steps]
-        lit_off = np.concatenate([[0], np.cumsum([len(x) for x in lits], dtype=np.int64)]).astype(np.int64)
-        col = lambda k, dt: np.array([st[k] for st in steps], dt)  # noqa: E731
+        """The array pre-tokeniser steps as `kernels.pre_tokenize`'s arrays: ``(steps, lit, index, blocks)``."""
+        rows, lits, at = [], [], 0
+        for op, kind, mask, beh, inv, lit, a, b in self._pre_steps:
+            rows.append((op, kind, mask, beh, int(inv), at, at + len(lit), a, b))
+            lits.append(lit)
+            at += len(lit)
+        steps = np.array(rows, np.int64).reshape(-1, K.STEP_COLUMNS)
         lit = np.concatenate(lits).astype(np.int32) if lits else np.empty(0, np.int32)
-        return (col(0, np.int64), col(1, np.int64), col(2, np.int64), col(3, np.int64), col(4, np.bool_), lit, lit_off,
-                col(6, np.int64), col(7, np.int64), *self._cls)
+        return steps, lit, *self._cls
 
     def _segments(self, segments: list[str], first: list[bool]) -> list[list[int]]:
         """Pre-tokenise and run the model over all segments at once; token ids per segment."""
@@ -829,7 +830,7 @@ class Tokenizer:
         unk, max_chars = int(ins["unk"]), int(ins["max_chars"])
         self._model = lambda cps, s, e: K.wordpiece(cps, s, e, *keys, prefix, max_chars, unk, self._word_cache())
         tail = (*keys, prefix, max_chars, unk)
-        self._fused = lambda cps, lens, first: K.encode_wordpiece(cps, lens, first, self._pre, self._word_cache(),
+        self._fused = lambda cps, lens, first: K.encode_wordpiece(cps, lens, first, *self._pre, self._word_cache(),
                                                                   *tail)
 
     def _op_model_wordlevel(self, ins):
@@ -856,7 +857,7 @@ class Tokenizer:
         tail = (*keys, *merges, *args)
 
         def fused(cps, lens, first):
-            ids, per_seg, _ = K.encode_bpe(cps, lens, first, self._pre, self._word_cache(), *tail)
+            ids, per_seg, _ = K.encode_bpe(cps, lens, first, *self._pre, self._word_cache(), *tail)
             return ids, per_seg
         self._fused = fused
 
@@ -874,7 +875,7 @@ class Tokenizer:
             return ids, counts
         self._model = lambda cps, s, e: checked(*K.unigram(cps, s, e, *keys, *args))
         tail = (*keys, *args)
-        self._fused = lambda cps, lens, first: checked(*K.encode_unigram(cps, lens, first, self._pre, *tail))
+        self._fused = lambda cps, lens, first: checked(*K.encode_unigram(cps, lens, first, *self._pre, *tail))
 
     def _op_post_trim_offsets(self, ins):
         self._trim = bool(ins["prefix_space"])
