@@ -413,7 +413,7 @@ CACHE_ROW = 2 + CACHE_WORD + CACHE_IDS
 
 
 def word_cache(slots: int = 8192) -> np.ndarray:
-    """An empty word cache for `wordpiece` / `bpe`: ``int32[slots, CACHE_ROW]``, ``slots`` a power
+    """An empty word cache for `bpe`: ``int32[slots, CACHE_ROW]``, ``slots`` a power
     of two (0: no cache). Text repeats its words, and a model's ids for a word depend on the word
     alone, so the models keep each word's ids (Hugging Face ``tokenizers`` keeps a BPE cache for
     the same reason, ``models::bpe::Cache``). It is direct-mapped: a word replaces the one in its
@@ -470,17 +470,20 @@ def _cache_put(cache, slot, cps, s, e, ids, k0, k):
 
 # -- models --------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
-def wordpiece(cps, starts, ends, keys, koff, kid, htab, prefix, max_chars, unk, cache):
+def wordpiece(cps, starts, ends, keys, koff, kid, htab, prefix, max_chars, unk, longest):
     """WordPiece greedy longest-match-first (Hugging Face ``models::wordpiece``): a word longer
     than ``max_chars`` code points, or one with a piece not in the vocabulary, becomes ``unk``.
-    ``cache``: a `word_cache` this call may read and fill. Returns ``(ids int32[], counts
-    int64[words])``."""
+    ``longest``: the longest vocabulary key, in code points (no longer piece is tried). Each piece
+    hashes its candidate ends in one pass from its start (FNV-1a runs left to right), then probes
+    them longest first, so a word costs O(n * longest) hash steps, not O(n^3). (No word cache:
+    measured on the corpus, looking a word up in it cost more than these probes.) Returns ``(ids int32[], counts int64[words])``."""
     empty = np.empty(0, np.int32)
     total = 0
     for w in range(starts.size):
         total += ends[w] - starts[w] + 1
     ids = np.empty(total, np.int32)
     counts = np.zeros(starts.size, np.int64)
+    hs = np.empty(max(longest, 1), np.uint64)  # hs[j]: the hash of prefix + cps[start:start + j + 1]
     k = 0
     for w in range(starts.size):
         s, e = starts[w], ends[w]
@@ -489,21 +492,21 @@ def wordpiece(cps, starts, ends, keys, koff, kid, htab, prefix, max_chars, unk, 
             k += 1
             counts[w] = 1
             continue
-        slot = _cache_slot(cache, cps, s, e)
-        if slot >= 0:
-            k1 = _cache_get(cache, slot, cps, s, e, ids, k)
-            if k1 >= 0:
-                counts[w] = k1 - k
-                k = k1
-                continue
         k0 = k
         start = s
         bad = False
         while start < e:
-            end = e
+            pre = prefix if start > s else empty
+            end = min(e, start + longest - pre.size)
+            h = FNV_OFFSET
+            for i in range(pre.size):
+                h = fnv(h, pre[i])
+            for i in range(start, end):
+                h = fnv(h, cps[i])
+                hs[i - start] = h
             cur = -1
             while start < end:
-                cur = lookup(keys, koff, kid, htab, prefix if start > s else empty, cps, start, end, empty)
+                cur = probe(hs[end - start - 1], keys, koff, kid, htab, pre, cps, start, end, empty)
                 if cur >= 0:
                     break
                 end -= 1
@@ -518,8 +521,6 @@ def wordpiece(cps, starts, ends, keys, koff, kid, htab, prefix, max_chars, unk, 
             ids[k] = unk
             k += 1
         counts[w] = k - k0
-        if slot >= 0:
-            _cache_put(cache, slot, cps, s, e, ids, k0, k)
     return ids[:k], counts
 
 
@@ -606,8 +607,8 @@ def bpe(cps, starts, ends, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, su
     """Byte-pair encoding of every word (Hugging Face ``models::bpe``: initial symbols per
     character with continuing-subword prefix / end-of-word suffix, byte fallback, unknown-token
     fusing, then merges applied lowest rank first, leftmost first among equal ranks).
-    ``cache``: a `word_cache` this call may read and fill. Returns ``(ids int32[], counts int64[words], error)``; error 1 means an unknown character
-    with no unknown token."""
+    ``cache``: a `word_cache` this call may read and fill. Returns ``(ids int32[], counts
+    int64[words], error)``; error 1 means an unknown character with no unknown token."""
     empty = np.empty(0, np.int32)
     total = 0
     longest = 0
@@ -860,17 +861,18 @@ def per_segment(counts, seg, nseg):
 
 
 @njit(cache=True, nogil=True)
-def encode_wordpiece(cps, lens, first, steps, lit, index, blocks, cache, keys, koff, kid, htab, prefix, max_chars, unk):
+def encode_wordpiece(cps, lens, first, steps, lit, index, blocks, keys, koff, kid, htab, prefix, max_chars, unk,
+                     longest):
     """`pre_tokenize` (``steps``, ``lit``, ``index``, ``blocks``: its step and class arrays) then
-    `wordpiece` (with the word cache ``cache``), in one call. Returns ``(ids int32[], tokens per segment int64[])``."""
+    `wordpiece`, in one call. Returns ``(ids int32[], tokens per segment int64[])``."""
     c, s, e, seg = pre_tokenize(cps, lens, first, steps, lit, index, blocks)
-    ids, counts = wordpiece(c, s, e, keys, koff, kid, htab, prefix, max_chars, unk, cache)
+    ids, counts = wordpiece(c, s, e, keys, koff, kid, htab, prefix, max_chars, unk, longest)
     return ids, per_segment(counts, seg, lens.size)
 
 
 @njit(cache=True, nogil=True)
-def encode_bpe(cps, lens, first, steps, lit, index, blocks, cache, keys, koff, kid, htab, mkeys, mrank, mnew, prefix, suffix, byte_ids,
-               byte_fallback, unk, fuse_unk, ignore_merges, byte_mode):
+def encode_bpe(cps, lens, first, steps, lit, index, blocks, cache, keys, koff, kid, htab, mkeys, mrank, mnew, prefix,
+               suffix, byte_ids, byte_fallback, unk, fuse_unk, ignore_merges, byte_mode):
     """`pre_tokenize` then `bpe` (with the word cache ``cache``), in one call. Returns ``(ids,
     tokens per segment, error)``."""
     c, s, e, seg = pre_tokenize(cps, lens, first, steps, lit, index, blocks)

@@ -828,10 +828,10 @@ class Tokenizer:
         keys = self._key_tables(ins)
         prefix = np.array(ins["prefix"], np.int32)
         unk, max_chars = int(ins["unk"]), int(ins["max_chars"])
-        self._model = lambda cps, s, e: K.wordpiece(cps, s, e, *keys, prefix, max_chars, unk, self._word_cache())
-        tail = (*keys, prefix, max_chars, unk)
-        self._fused = lambda cps, lens, first: K.encode_wordpiece(cps, lens, first, *self._pre, self._word_cache(),
-                                                                  *tail)
+        longest = int(np.diff(keys[1]).max()) if keys[1].size > 1 else 0  # the longest key, in code points
+        self._model = lambda cps, s, e: K.wordpiece(cps, s, e, *keys, prefix, max_chars, unk, longest)
+        tail = (*keys, prefix, max_chars, unk, longest)
+        self._fused = lambda cps, lens, first: K.encode_wordpiece(cps, lens, first, *self._pre, *tail)
 
     def _op_model_wordlevel(self, ins):
         keys = self._key_tables(ins)

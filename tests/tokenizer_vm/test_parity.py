@@ -103,7 +103,7 @@ def test_translated_runs_are_the_steps(pair, corpus, monkeypatch):
 
 
 def test_word_cache_changes_no_id(pair, corpus, monkeypatch):
-    """WordPiece and BPE keep each word's ids in a per-thread cache (`kernels.word_cache`). With a
+    """BPE keeps each word's ids in a per-thread cache (`kernels.word_cache`). With a
     two-slot cache (every other word replaces the last), with none, and with the default one, the
     ids are the reference's, per line and in a batch; words longer than the cache's 16 code points
     and words of more than 16 ids are among them."""
@@ -117,7 +117,7 @@ def test_word_cache_changes_no_id(pair, corpus, monkeypatch):
         tok = Tokenizer(ours.program)
         assert [e.ids for e in tok.encode_batch(texts)] == want, f"{name}, {slots} slots, batch"
         assert [tok.encode(t).ids for t in texts] == want, f"{name}, {slots} slots, per line"
-        if slots and tok._fused is not None and name in ("wordpiece", "gpt2"):
+        if slots and name in ("gpt2", "roberta", "sp_bpe"):
             assert (tok._word_cache()[:, 0] >= 0).any(), f"{name}: the cache was never filled"
     with pytest.raises(ValueError, match="power of two"):
         kernels.word_cache(3)
