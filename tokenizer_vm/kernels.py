@@ -415,8 +415,8 @@ CACHE_ROW = 2 + CACHE_WORD + CACHE_IDS
 def word_cache(slots: int = 8192) -> np.ndarray:
     """An empty word cache for `bpe`: ``int32[slots, CACHE_ROW]``, ``slots`` a power
     of two (0: no cache). Text repeats its words, and a model's ids for a word depend on the word
-    alone, so the models keep each word's ids (Hugging Face ``tokenizers`` keeps a BPE cache for
-    the same reason, ``models::bpe::Cache``). It is direct-mapped: a word replaces the one in its
+    alone, so `bpe` keeps each word's ids (Hugging Face ``tokenizers``' BPE model keeps a word
+    cache for the same reason). It is direct-mapped: a word replaces the one in its
     slot. A cache belongs to one thread at a time (`Tokenizer` keeps one per thread).
 
     Raises:
@@ -476,7 +476,8 @@ def wordpiece(cps, starts, ends, keys, koff, kid, htab, prefix, max_chars, unk, 
     ``longest``: the longest vocabulary key, in code points (no longer piece is tried). Each piece
     hashes its candidate ends in one pass from its start (FNV-1a runs left to right), then probes
     them longest first, so a word costs O(n * longest) hash steps, not O(n^3). (No word cache:
-    measured on the corpus, looking a word up in it cost more than these probes.) Returns ``(ids int32[], counts int64[words])``."""
+    measured on the corpus, looking a word up in it cost more than these probes.) Returns ``(ids
+    int32[], counts int64[words])``."""
     empty = np.empty(0, np.int32)
     total = 0
     for w in range(starts.size):
@@ -882,8 +883,8 @@ def encode_bpe(cps, lens, first, steps, lit, index, blocks, cache, keys, koff, k
 
 
 @njit(cache=True, nogil=True)
-def encode_unigram(cps, lens, first, steps, lit, index, blocks, keys, koff, kid, htab, scores, max_len, unk, unk_score, fuse_unk,
-                   byte_ids, byte_fallback):
+def encode_unigram(cps, lens, first, steps, lit, index, blocks, keys, koff, kid, htab, scores, max_len, unk,
+                   unk_score, fuse_unk, byte_ids, byte_fallback):
     """`pre_tokenize` then `unigram`, in one call. Returns ``(ids, tokens per segment, error)``."""
     c, s, e, seg = pre_tokenize(cps, lens, first, steps, lit, index, blocks)
     ids, counts, err = unigram(c, s, e, keys, koff, kid, htab, scores, max_len, unk, unk_score, fuse_unk, byte_ids,
