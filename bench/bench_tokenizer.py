@@ -1,10 +1,11 @@
 """TISA vs Hugging Face ``tokenizers``: single-threaded encode throughput on the 100k-line corpus,
 and what the tokenizer adds to a warm ``nac run`` start.
 
-    python bench/bench_tokenizer.py [--json bench/results/tokenizer.json]
+    python bench/bench_tokenizer.py [--threads=N] [--json bench/results/tokenizer.json]
 
-Both run in this process on one thread (``RAYON_NUM_THREADS=1``, set before ``tokenizers`` is
-imported). Throughput is reported for whole-corpus batches (``encode_batch`` in batches of 1,000
+Both run in this process on one thread (``RAYON_NUM_THREADS=1`` and ``NAC_NUM_THREADS=1``, set
+before either is imported), or on ``N`` with ``--threads=N`` (each tokenizer's ``encode_batch``
+then splits a batch over its threads). Throughput is reported for whole-corpus batches (``encode_batch`` in batches of 1,000
 lines) and for one ``encode`` call per line, in MB/s of UTF-8 input and tokens/s, with the ratio
 TISA / tokenizers (above 1.0 means TISA is faster). Start-up: two fresh processes with a warm
 Numba cache load real MiniLM and embed two sentences, then time loading the file's TISA
@@ -14,15 +15,18 @@ from __future__ import annotations
 
 import os
 
-os.environ["RAYON_NUM_THREADS"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
+import sys  # noqa: E402
+
+#: threads for both tokenizers: read here, before either library is imported and reads its variable
+THREADS = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--threads=")), 1)
+os.environ["RAYON_NUM_THREADS"] = os.environ["NAC_NUM_THREADS"] = str(THREADS)
+os.environ["TOKENIZERS_PARALLELISM"] = "true" if THREADS > 1 else "false"
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import lzma  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -89,7 +93,7 @@ def start_up(repeat: int) -> dict:
         pre = repr([e.ids for e in nac.load(path).tokenizer.encode_batch(["A man is eating food.", "A man is riding a horse."])])
         engine, tokenizer = [], []
         # as an installed NAC runs: bytecode cached (these machines set PYTHONDONTWRITEBYTECODE)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "NAC_NUM_THREADS")}
         for i in range(repeat + 1):  # the first run warms the Numba and bytecode caches
             out = subprocess.run([sys.executable, "-c", START, str(path), pre], capture_output=True, text=True,
                                  check=True, env=env)
@@ -105,13 +109,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--threads", type=int, default=1, help="threads for both tokenizers (give it as --threads=N)")
     args = ap.parse_args()
     from conftest import build_reference  # the same references the parity tests use
 
     from nac.tokenizer_vm import Tokenizer, compile_tokenizer
 
     lines = corpus()
-    report = {"machine": {"cpu": _cpu(), "python": sys.version.split()[0], "threads": 1,
+    report = {"machine": {"cpu": _cpu(), "python": sys.version.split()[0], "threads": THREADS,
                           "tokenizers": __import__("tokenizers").__version__}, "results": []}
     with tempfile.TemporaryDirectory() as d:
         for name in ("wordpiece", "gpt2"):

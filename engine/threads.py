@@ -261,6 +261,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_team)
 
 
+def split_range(fn, total: int, *args) -> None:
+    """Run ``fn(*args, lo, hi)`` over ``[0, total)`` in one contiguous range per thread, whatever
+    its size: for a caller that has already judged the work worth splitting (the tokenizer's
+    ``encode_batch``). ``fn`` should release the GIL for most of its time and write disjoint
+    outputs for disjoint ranges. Serial when there is one thread or the team is busy.
+
+    Raises: whatever ``fn`` raised."""
+    if total <= 1 or num_threads() <= 1:
+        fn(*args, 0, total)
+        return
+    _get_team().run(fn, total, args)
+
+
 def parallel_range(fn, total: int, *args, work: int | None = None) -> None:
     """Run ``fn(*args, lo, hi)`` over ``[0, total)``, split into one contiguous range per thread
     when ``work`` (default: ``total``) is large enough; ``fn`` must release the GIL and write

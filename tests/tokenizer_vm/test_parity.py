@@ -143,6 +143,25 @@ def test_one_tokenizer_from_many_threads(pair, corpus):
     assert got == want, name
 
 
+def test_encode_batch_split_over_the_engine_threads(pair, corpus, monkeypatch):
+    """A large `encode_batch` runs one compiled call per engine thread on parts of about equal
+    code points (`Tokenizer._parts_of`): with three threads and parts of 64+ code points, the
+    same ids as the reference, and the parts cover the batch in order."""
+    import numpy as np
+
+    from nac.tokenizer_vm import Tokenizer, vm
+
+    name, ref, ours = pair
+    monkeypatch.setattr(vm, "num_threads", lambda: 3)
+    monkeypatch.setattr(Tokenizer, "PARALLEL_MIN_CHARS", 64)
+    tok = Tokenizer(ours.program)
+    texts = corpus[::11]
+    parts = tok._parts_of(np.array([len(t) for t in texts], np.int64))
+    assert len(parts) == 4 and parts[0] == 0 and parts[-1] == len(texts) and parts == sorted(parts), parts
+    assert tok._parts_of(np.array([5, 5], np.int64)) == [0, 2]  # too little text to split
+    assert [e.ids for e in tok.encode_batch(texts)] == [e.ids for e in ref.encode_batch(texts)], name
+
+
 def test_one_call_path_and_staged_path_agree(pair, corpus):
     """Programs whose pre-tokeniser runs on arrays encode a batch in one compiled call
     (`kernels.encode_*`); it gives exactly what the stage-by-stage path gives (which programs with
