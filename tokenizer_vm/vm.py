@@ -24,6 +24,27 @@ from nac.tokenizer_vm.unicode import bytes_to_unicode
 from nac.tokenizer_vm.program import Program
 
 
+class _Derived:
+    """An `Encoding` list (``type_ids``, ``attention_mask``, ``special_tokens_mask``) held in the
+    slot of the same name with a leading underscore, built from the shared template on first
+    read (or before the first assignment, so that the other two are built too)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, enc, owner=None):
+        if enc is None:
+            return self
+        if enc._type_ids is None:
+            enc._derive()
+        return getattr(enc, self.slot)
+
+    def __set__(self, enc, value: list[int]) -> None:
+        if enc._type_ids is None:
+            enc._derive()
+        setattr(enc, self.slot, value)
+
+
 class Encoding:
     """One encoded text (or pair), as Hugging Face ``tokenizers.Encoding`` gives it.
 
@@ -57,8 +78,13 @@ class Encoding:
                  special_tokens_mask: list[int] | None = None, tokenizer: "Tokenizer" = None, parts: tuple = (),
                  texts: tuple | str = (), *, single: tuple | None = None, n: int = 0):
         self.ids, self.tokenizer = ids, tokenizer
+        if single is None and type_ids is None:  # ids alone: one text without a template
+            single, n = _BARE, len(ids)
         if single is not None:
             type_ids = parts = None  # derived on first read
+        else:
+            attention_mask = [1] * len(ids) if attention_mask is None else attention_mask
+            special_tokens_mask = [0] * len(ids) if special_tokens_mask is None else special_tokens_mask
         self._type_ids, self._attention_mask, self._special_tokens_mask = type_ids, attention_mask, special_tokens_mask
         self._parts, self._texts, self._single, self._n = parts, texts, single, n
         self.pad_left = self.pad_right = 0
@@ -86,41 +112,9 @@ class Encoding:
         self._attention_mask = [1] * (len(head[0]) + n + len(tail[0]))
         self._special_tokens_mask = head[2] + [0] * n + tail[2]
 
-    @property
-    def type_ids(self) -> list[int]:
-        if self._type_ids is None:
-            self._derive()
-        return self._type_ids
-
-    @type_ids.setter
-    def type_ids(self, v: list[int]) -> None:
-        if self._type_ids is None:
-            self._derive()
-        self._type_ids = v
-
-    @property
-    def attention_mask(self) -> list[int]:
-        if self._type_ids is None:
-            self._derive()
-        return self._attention_mask
-
-    @attention_mask.setter
-    def attention_mask(self, v: list[int]) -> None:
-        if self._type_ids is None:
-            self._derive()
-        self._attention_mask = v
-
-    @property
-    def special_tokens_mask(self) -> list[int]:
-        if self._type_ids is None:
-            self._derive()
-        return self._special_tokens_mask
-
-    @special_tokens_mask.setter
-    def special_tokens_mask(self, v: list[int]) -> None:
-        if self._type_ids is None:
-            self._derive()
-        self._special_tokens_mask = v
+    type_ids = _Derived()
+    attention_mask = _Derived()
+    special_tokens_mask = _Derived()
 
     @property
     def parts(self) -> tuple:
