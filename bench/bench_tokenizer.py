@@ -5,8 +5,8 @@ and what the tokenizer adds to a warm ``nac run`` start.
 
 Both run in this process on one thread (``RAYON_NUM_THREADS=1`` and ``NAC_NUM_THREADS=1``, set
 before either is imported), or on ``N`` with ``--threads=N`` (each tokenizer's ``encode_batch``
-then splits a batch over its threads). Throughput is reported for whole-corpus batches (``encode_batch`` in batches of 1,000
-lines) and for one ``encode`` call per line, in MB/s of UTF-8 input and tokens/s, with the ratio
+then splits a batch over its threads). Throughput is reported for whole-corpus batches
+(``encode_batch`` in batches of 1,000 lines) and for one ``encode`` call per line, in MB/s of UTF-8 input and tokens/s, with the ratio
 TISA / tokenizers (above 1.0 means TISA is faster). Start-up: two fresh processes with a warm
 Numba cache load real MiniLM and embed two sentences, then time loading the file's TISA
 tokenizer and encoding the sentences: what the tokenizer adds to a `nac run`.
@@ -14,8 +14,7 @@ tokenizer and encoding the sentences: what the tokenizer adds to a `nac run`.
 from __future__ import annotations
 
 import os
-
-import sys  # noqa: E402
+import sys
 
 #: threads for both tokenizers: read here, before either library is imported and reads its variable
 THREADS = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--threads=")), 1)

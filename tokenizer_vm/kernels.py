@@ -410,9 +410,11 @@ def _byte_fallback(seq, s, e, pre, suf, byte_ids, byte_mode, out, k):
 CACHE_WORD = CACHE_IDS = 16
 #: one row per slot: [word length (-1: empty), number of ids, code points..., ids...]
 CACHE_ROW = 2 + CACHE_WORD + CACHE_IDS
+#: the default number of slots (words)
+CACHE_SLOTS = 8192
 
 
-def word_cache(slots: int = 8192) -> np.ndarray:
+def word_cache(slots: int = CACHE_SLOTS) -> np.ndarray:
     """An empty word cache for `bpe`: ``int32[slots, CACHE_ROW]``, ``slots`` a power
     of two (0: no cache). Text repeats its words, and a model's ids for a word depend on the word
     alone, so `bpe` keeps each word's ids (Hugging Face ``tokenizers``' BPE model keeps a word
@@ -459,7 +461,6 @@ def _cache_put(cache, slot, cps, s, e, ids, k0, k):
     if k - k0 > CACHE_IDS:
         return
     row = cache[slot]
-    row[0] = -1  # (one thread owns a cache, so this is only tidiness)
     for i in range(e - s):
         row[2 + i] = cps[s + i]
     for j in range(k - k0):

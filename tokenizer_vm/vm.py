@@ -195,7 +195,7 @@ class Tokenizer:
     """
 
     #: words each thread's word cache holds (a power of two; 0 turns the cache off)
-    WORD_CACHE_SLOTS = 8192
+    WORD_CACHE_SLOTS = K.CACHE_SLOTS
     #: code points of a batch per engine thread below which `encode_batch` runs on the calling
     #: thread alone (about 0.3 ms of work; a hand-off to the engine's team costs a few us)
     PARALLEL_MIN_CHARS = 8192
@@ -455,8 +455,7 @@ class Tokenizer:
             return list(self._norm)
         out, run = [], []
         for ins, fn in [*zip(norm, self._norm), (None, None)]:
-            if ins is not None and (ins["op"] in TRANSLATABLE_NORMALIZERS or (
-                    ins["op"] == "NORM.REPLACE" and ins["kind"] == "string" and len(ins["pattern"]) == 1)):
+            if ins is not None and _each_char(ins, TRANSLATABLE_NORMALIZERS):
                 run.append(fn)
                 continue
             if len(run) > 1:
@@ -478,8 +477,7 @@ class Tokenizer:
         just ``s.lower()`` or ``s``. None when a step is not per character (strip, prepend, a
         multi-character replacement, SentencePiece's charsmap)."""
         norm = [i for i in self.program.code if i["op"].startswith("NORM.")]
-        if not norm or not all(i["op"] in PER_CHAR_NORMALIZERS or (
-                i["op"] == "NORM.REPLACE" and i["kind"] == "string" and len(i["pattern"]) == 1) for i in norm):
+        if not norm or not all(_each_char(i, PER_CHAR_NORMALIZERS) for i in norm):
             return None
         lowers = any(i["op"] == "NORM.LOWER" for i in norm)
         table, specials = {}, []
@@ -509,6 +507,8 @@ class Tokenizer:
         of about equal code points, when it holds at least `PARALLEL_MIN_CHARS` per part; else
         ``[0, len(lens)]``."""
         total = int(lens.sum())
+        if total < 2 * self.PARALLEL_MIN_CHARS:  # first: `num_threads` reads the environment and the affinity
+            return [0, lens.size]
         n = min(num_threads(), lens.size, total // self.PARALLEL_MIN_CHARS)
         if n <= 1:
             return [0, lens.size]
@@ -1074,6 +1074,12 @@ def _integer(v) -> int | None:
     if isinstance(v, np.integer):
         return int(v)
     return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _each_char(ins: dict, ops: frozenset) -> bool:
+    """Whether normaliser instruction ``ins`` maps each character on its own: its op is in ``ops``,
+    or it replaces one character by a string."""
+    return ins["op"] in ops or (ins["op"] == "NORM.REPLACE" and ins["kind"] == "string" and len(ins["pattern"]) == 1)
 
 
 class _CharMap(dict):
