@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nac.errors import NacInputError, NacRuntimeError
-from nac.engine.kernels import KERNELS, VIEW_OPS
+from nac.engine.kernels import KERNELS, VIEW_OPS, simd
 from nac.engine.kernels.attention import SCORE_BUDGET
 from nac.format.graph import Graph, numpy_dtype
 from nac.format.ops import DIM_ATTRS  # noqa: F401  (re-exported for the exporter's passes)
@@ -370,14 +370,14 @@ class Plan:
                 size = -(-int(np.prod(vshape[dead], dtype=np.int64)) * dtype[dead].itemsize // ALIGN) * ALIGN
                 _release(free, offsets[dead], size)
         self.arena_bytes, self.naive_bytes = top, naive
-        self.arena = np.empty(max(top, 1), np.uint8)
+        self.arena = simd.aligned_empty(max(top, 1), np.uint8, ALIGN)
         self.constants = constants
 
         # 5. real arrays and pre-bound steps
         arrays = dict(constants)
         self.inputs = {}
         for name in graph.inputs:
-            arrays[name] = self.inputs[name] = np.empty(vshape[name], dtype[name])
+            arrays[name] = self.inputs[name] = simd.aligned_empty(vshape[name], dtype[name], ALIGN)
         self.steps: list[Step] = []
         for k, (n, at, view) in enumerate(zip(graph.nodes, attrs, is_view)):
             ins = [arrays[i] if i else None for i in n.inputs]

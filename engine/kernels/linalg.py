@@ -10,8 +10,7 @@ again on every call, MiniLM's 36 encoder products at 16 rows took 3.4-4.7 instea
 rows the two were within ~10 % on an AMD EPYC, and OpenBLAS 1.1-1.4x ahead on an Intel Xeon. Int8
 weights with float activations take the same tiles, one converted panel at a time
 (`gemm_dequant_panels`). Products of two activations, single rows (OpenBLAS's matrix-vector
-kernel is faster), shallow convolutions (`GEMM_MIN_DEPTH`), convolution products over many
-pixels (`CONV_BLAS_MIN_ROWS`) and weights that can change between calls go to BLAS through
+kernel is faster) and weights that can change between calls go to BLAS through
 ``numpy.matmul``, with bias and activation applied after it in one fused Numba pass.
 ``NAC_GEMM=avx512|avx2|plain|blas`` forces one path (read at import).
 
@@ -87,14 +86,6 @@ GEMM_ROW_BLOCK = 128
 #: a thread's panels of one row block up to this many bytes are swept by each row tile in turn
 #: (they stay in L2); larger ones are swept row tile by row tile, one panel at a time
 GEMM_L2_PANELS = 256 * 1024
-#: convolutions whose product is shallower than this keep BLAS: with few multiply-adds per
-#: output the tile's loads and stores dominate (K = 24 measured 1.5-2x slower than OpenBLAS)
-GEMM_MIN_DEPTH = 64
-#: convolution products over at least this many pixels go to BLAS (+ the bias/activation pass):
-#: EfficientNet-Lite0's 1x1 shapes, one thread, Intel Xeon (2026-12-03): BLAS 1.02-1.63x faster
-#: from 196 pixels (13.5 against 16.9 ms over the 18 shapes), the panels 1.1-1.4x faster at 49
-#: (7x7, deep weights read once); on an AMD EPYC the two were within ~10 % at hundreds of rows
-CONV_BLAS_MIN_ROWS = 128
 #: products with fewer rows than this stay on BLAS (see `_gemm_weight`)
 GEMM_MIN_ROWS = 2
 #: the panel tiles `gemm_panels` runs: one per run-time ``kind`` argument (one compiled kernel
@@ -110,7 +101,8 @@ def pack_panels(wt: np.ndarray) -> np.ndarray:
     is padded with zero columns."""
     K, N = wt.shape
     full, rest = divmod(N, PANEL)
-    out = np.zeros((full + (rest > 0), K, PANEL), np.float32)
+    out = simd.aligned_empty((full + (rest > 0), K, PANEL))
+    out[full:] = 0.0
     out[:full] = wt[:, :full * PANEL].reshape(K, full, PANEL).transpose(1, 0, 2)
     if rest:
         out[full, :, :rest] = wt[:, full * PANEL:]
@@ -178,8 +170,10 @@ def gemm_panels(a, M, K, bp, bias, N, c, code, kind, lo, hi):
             while m < m1:
                 rows = _tile_rows(kind, m1 - m)
                 for g in range(g0, g1):
-                    _panel_store(kind, rows, a, m * K, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, N, c, m,
-                                 scratch)
+                    if not simd.panel_tile_fast(kind, rows, N - g * PANEL, a, m * K, K, bp, g * K * PANEL, PANEL, bias,
+                                                g * PANEL, c, m * N + g * PANEL, N, K):
+                        _panel_edge(kind, rows, a, m * K, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, N, c, m,
+                                    scratch)
                 if code != 0:
                     _act_rows(c, N, m, m + rows, g0, g1, code)
                 m += rows
@@ -204,30 +198,27 @@ def _act_rows(c, N, m0, m1, g0, g1, code):
 
 @njit(cache=True, nogil=True)
 def _panel_sweep(kind, a, m0, m1, K, bp, b_off, bias, bias_off, n0, N, c, scratch):
-    """Rows ``m0 .. m1`` x one panel (`_panel_store`'s arguments), in ``kind``'s row tiles."""
+    """Rows ``m0 .. m1`` x one panel (`_panel_edge`'s arguments), in ``kind``'s row tiles."""
     m = m0
     while m < m1:
         rows = _tile_rows(kind, m1 - m)
-        _panel_store(kind, rows, a, m * K, K, bp, b_off, bias, bias_off, n0, N, c, m, scratch)
+        if not simd.panel_tile_fast(kind, rows, N - n0, a, m * K, K, bp, b_off, PANEL, bias, bias_off, c, m * N + n0,
+                                    N, K):
+            _panel_edge(kind, rows, a, m * K, K, bp, b_off, bias, bias_off, n0, N, c, m, scratch)
         m += rows
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _panel_store(kind, rows, a, a_off, K, bp, b_off, bias, bias_off, n0, N, c, m, scratch):
+@njit(cache=True, nogil=True)
+def _panel_edge(kind, rows, a, a_off, K, bp, b_off, bias, bias_off, n0, N, c, m, scratch):
     """Rows ``m .. m + rows`` of c (flat [M, N]) x the panel at ``bp[b_off:]`` (output columns
     ``n0 ..``, bias from ``bias[bias_off:]``) of c = a @ W + bias, the rows of a from
-    ``a[a_off:]``, K apart. A full row tile of ``kind`` (8 rows on AVX-512, 6 on AVX2) runs as
-    one 32-column tile on AVX-512 and otherwise as 16-column tiles; other row counts and the
-    plain loop go through `_panel_rows`; what lies past N is computed into ``scratch`` and its
-    first columns copied.
+    ``a[a_off:]``, K apart, where `simd.panel_tile_fast` declines (``scratch``: 8 x 32 floats).
+    A full row tile over a panel that ends past N runs as 16-column tiles, the one that crosses N
+    computed into ``scratch`` and its first columns copied; other row counts and the plain loop
+    go through `_panel_rows`, into ``scratch`` when the panel ends past N.
 
-    Inlined at Numba's level, so the tiles run in the caller's frame: a call to an njit function
-    that takes the arrays costs reference-count updates, and per tile, at the shallow products
-    of convolutions, that made the tiles 1.3-1.6x slower."""
+    Called, not inlined, once per tile the fast path leaves: only edges and the plain loop."""
     if (kind == 0 and rows == 8) or (kind == 1 and rows == 6):
-        if kind == 0 and n0 + PANEL <= N:
-            simd.panel_tile_8x32(a, a_off, K, bp, b_off, PANEL, bias, bias_off, c, m * N + n0, N, K)
-            return
         for h in range(0, PANEL, 16):
             inside = n0 + h + 16 <= N
             if not inside and n0 + h >= N:
@@ -335,7 +326,8 @@ def _gemm_weight(x2, w, y2, b, code: int, how: str) -> bool:
 @functools.lru_cache(maxsize=None)
 def _zero_bias(groups: int) -> np.ndarray:
     """The zero bias of a product without one, ``groups`` panels wide (read-only, made once)."""
-    z = np.zeros(groups * PANEL, np.float32)
+    z = simd.aligned_empty(groups * PANEL)
+    z[:] = 0.0
     z.flags.writeable = False
     return z
 
@@ -439,16 +431,19 @@ def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt,
 
 
 @njit(cache=True, nogil=True, fastmath=A.FASTMATH, error_model="numpy")
-def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, taps, lo, hi):
+def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, taps, cblock, lo, hi):
     """Depthwise 2-D cross-correlation in channels-last layout in register tiles, fused bias +
     activation: runs of 4 interior pixels in `simd.dw_tile_4x16` (4 pixels x 16 channels, every
     tap accumulated in registers), every other pixel in `simd.dw_tile_1x16` over the taps that
     fall inside the plane, and the channels past the last full 16 one pixel at a time
-    (`_depthwise_pixel`). Rows ``lo..hi`` of N * OH.
+    (`_depthwise_pixel`). Rows ``lo..hi`` of N * OH; each row is swept once per block of
+    ``cblock`` channels (a multiple of 16, `DEPTHWISE_BLOCK`), so a block's weights stay in L1.
 
-    xt: [N, H, W, C] float32; wt: [kh, kw, C]; b: [C] (zeros for no bias); yt: [N, OH, OW, C];
-    taps: int64 [kh * kw], tap (i, j)'s offset ``(i dh W + j dw) C`` in xt's elements. Matches
-    `depthwise_conv2d_nhwc` exactly (the same taps summed in the same order per channel)."""
+    xt: [N, H, W, C] float32; wt: [kh, kw, C]; b: [C] or longer (zeros for no bias); yt:
+    [N, OH, OW, C]; taps: int64 [kh * kw], tap (i, j)'s offset ``(i dh W + j dw) C`` in xt's
+    elements. Matches `depthwise_conv2d_nhwc` exactly at interior pixels (the same taps summed in
+    the same order per channel) and within float32 rounding at the border (`simd.dw_tile_1x16`
+    sums in four chains)."""
     N, H, W, C = xt.shape
     kh, kw = wt.shape[0], wt.shape[1]
     OH, OW = yt.shape[1], yt.shape[2]
@@ -464,33 +459,42 @@ def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, tap
         oh = r % OH
         ih0 = oh * sh - pt
         rows_inside = ih0 >= 0 and ih0 + (kh - 1) * dh < H
-        ow = 0
-        while ow < OW:
-            iw0 = ow * sw - pl
-            xo = ((n * H + ih0) * W + iw0) * C  # may lie outside xt: only the listed taps are read
-            yo = ((n * OH + oh) * OW + ow) * C
-            if rows_inside and ow >= ow_lo and ow + 4 <= ow_hi:
-                for c0 in range(0, c16, 16):
-                    simd.dw_tile_4x16(xf, xo + c0, sw * C, taps, wf, c0, C, b, c0, yf, yo + c0, C)
-                for k in range(4 if c16 < C else 0):
-                    _depthwise_pixel(xt, wt, b, n, oh, ow + k, sh, sw, pt, pl, dh, dw, yt, c16, C)
-                ow += 4
-                continue
-            cnt = 0
-            for i in range(kh):
-                if 0 <= ih0 + i * dh < H:
-                    for j in range(kw):
-                        if 0 <= iw0 + j * dw < W:
-                            toff[cnt] = taps[i * kw + j]
-                            trow[cnt] = i * kw + j
-                            cnt += 1
-            for c0 in range(0, c16, 16):
-                simd.dw_tile_1x16(xf, xo + c0, toff, trow, cnt, wf, c0, C, b, c0, yf, yo + c0)
-            if c16 < C:
-                _depthwise_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, dh, dw, yt, c16, C)
-            ow += 1
+        for cb0 in range(0, C, cblock):  # a block of channels across the whole row
+            cb1 = min(C, cb0 + cblock)
+            t1 = min(cb1, c16)  # the block's full 16-channel tiles end here; the tail, one pixel at a time
+            ow = 0
+            while ow < OW:
+                iw0 = ow * sw - pl
+                xo = ((n * H + ih0) * W + iw0) * C  # may lie outside xt: only the listed taps are read
+                yo = ((n * OH + oh) * OW + ow) * C
+                if rows_inside and ow >= ow_lo and ow + 4 <= ow_hi:
+                    for c0 in range(cb0, t1, 16):
+                        simd.dw_tile_4x16(xf, xo + c0, sw * C, taps, wf, c0, C, b, c0, yf, yo + c0, C)
+                    for k in range(4 if t1 < cb1 else 0):
+                        _depthwise_pixel(xt, wt, b, n, oh, ow + k, sh, sw, pt, pl, dh, dw, yt, t1, cb1)
+                    ow += 4
+                    continue
+                cnt = 0
+                for i in range(kh):
+                    if 0 <= ih0 + i * dh < H:
+                        for j in range(kw):
+                            if 0 <= iw0 + j * dw < W:
+                                toff[cnt] = taps[i * kw + j]
+                                trow[cnt] = i * kw + j
+                                cnt += 1
+                for c0 in range(cb0, t1, 16):
+                    simd.dw_tile_1x16(xf, xo + c0, toff, trow, cnt, wf, c0, C, b, c0, yf, yo + c0)
+                if t1 < cb1:
+                    _depthwise_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, dh, dw, yt, t1, cb1)
+                ow += 1
         A.bias_act_scalar(yf[(n * OH + oh) * OW * C:(n * OH + oh + 1) * OW * C], np.float32(0.0), code)
 
+
+#: channels of `depthwise_conv2d_nhwc_tiled`'s blocks: a block sweeps a whole output row, so its
+#: weights (128 channels x 25 taps: 12.5 KiB) stay in L1, where one pixel over all channels read
+#: them from L2 (EfficientNet-Lite0's 5x5 at 1,152 channels: 115 KiB). Over EfficientNet-Lite0's
+#: 16 depthwise convolutions, one thread: 3.72 ms, against 4.06 with 64 and 3.91 unblocked
+DEPTHWISE_BLOCK = 128
 
 #: depthwise convolutions with at least this many channels take the register-tiled kernel at any
 #: plane size (one 16-channel tile); fewer channels take the stencil over channel blocks
@@ -577,8 +581,10 @@ def conv2d_patches(x, kh, kw, sh, sw, pt, pl, dh, dw, bp, bias, code, kind, y, c
             rows = _tile_rows(kind, OW - ow)
             m = (n * OH + oh) * OW + ow
             for g in range(G):
-                _panel_store(kind, rows, a, ow * K, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, cout, y, m,
-                             scratch)
+                if not simd.panel_tile_fast(kind, rows, cout - g * PANEL, a, ow * K, K, bp, g * K * PANEL, PANEL, bias,
+                                            g * PANEL, y, m * cout + g * PANEL, cout, K):
+                    _panel_edge(kind, rows, a, ow * K, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, cout, y, m,
+                                scratch)
             ow += rows
         if code != 0:  # the row's pixels are adjacent: one pass while they are in cache
             A.bias_act_scalar(y[r * OW * cout:(r + 1) * OW * cout], np.float32(0.0), code)
@@ -606,17 +612,18 @@ def _packed(w: np.ndarray, how: str) -> np.ndarray:
     hit = _PACKED.get(key)
     if hit is not None and hit[0]() is w:
         return hit[1]
-    if how == "taps":
-        packed = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0), dtype=np.float32)
-    elif how == "panels":
+    if how == "panels":
         packed = pack_panels(w.reshape(w.shape[0], -1).T)
     elif how == "panels_io":
         packed = pack_panels(w)
     elif how == "bias":
-        packed = np.zeros(-(-w.shape[0] // PANEL) * PANEL, np.float32)
+        packed = simd.aligned_empty(-(-w.shape[0] // PANEL) * PANEL)
         packed[:w.shape[0]] = w
+        packed[w.shape[0]:] = 0.0
     else:
-        packed = np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype=np.float32)
+        src = w[:, 0].transpose(1, 2, 0) if how == "taps" else w.reshape(w.shape[0], -1).T
+        packed = simd.aligned_empty(src.shape)
+        packed[...] = src
     if not w.flags.writeable:
         with _PACKED_LOCK:
             _PACKED[key] = (weakref.ref(w), packed)
@@ -675,9 +682,9 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
         xt = np.ascontiguousarray(xt, dtype=np.float32)
     if depthwise and C >= TILED_DEPTHWISE_MIN_CHANNELS:
         taps = np.array([(i * dh * W + j * dw) * C for i in range(kh) for j in range(kw)], np.int64)
-        bvec = np.zeros(C, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32)
+        bvec = _zero_bias(-(-C // PANEL)) if b is None else _packed(b, "bias")
         T.parallel_range(depthwise_conv2d_nhwc_tiled, N * OH, xt, _packed(w, "taps"), bvec, sh, sw, pt, pl, dh, dw,
-                         code, yt, taps, work=yt.size * kh * kw)
+                         code, yt, taps, DEPTHWISE_BLOCK, work=yt.size * kh * kw)
         return True
     if depthwise:
         rows = N * OH
@@ -704,9 +711,14 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
 
 def _product(x2, w, b, code: int, y2) -> None:
     """y2 [M, Cout] = act(x2 [M, Cin*kh*kw] @ w.reshape(Cout, -1).T + b): `gemm` on the weight's
-    panels for few pixels, else BLAS + the fused bias/activation pass (`CONV_BLAS_MIN_ROWS`)."""
-    if (x2.shape[0] >= CONV_BLAS_MIN_ROWS or x2.shape[1] < GEMM_MIN_DEPTH
-            or not _gemm_weight(x2, w, y2, b, code, "panels")):
+    panels, bias and activation in the tiles; BLAS + the fused bias/activation pass where
+    `_gemm_weight` declines (a weight that may change, ``NAC_GEMM=blas``).
+
+    The panels at every depth and pixel count: once the tiles were free of reference counting
+    (`simd.panel_tile_fast`), they beat OpenBLAS + the pass on all of EfficientNet-Lite0's 1x1
+    shapes taken together (one thread, Intel Xeon: 11.6 against 14.2 ms over the 32; 0.36-0.67x
+    the time at 12,544 and 3,136 pixels of depth 16-32), and at depths 3-16 (0.33-0.62x)."""
+    if not _gemm_weight(x2, w, y2, b, code, "panels"):
         np.matmul(x2, _packed(w, "io"), out=y2)
         _bias_act_rows(y2, b, code)
 

@@ -242,11 +242,15 @@ def _storage(plan, t):
 
 
 def test_plan_arena_buffers_never_overlap_while_live(two_input_model, view_model):
-    """Two arena buffers whose live ranges intersect never share a byte."""
+    """Two arena buffers whose live ranges intersect never share a byte, and each starts on a
+    64-byte boundary of memory (the arena itself is aligned: numpy's own allocation is 16 bytes
+    off as often as not)."""
     for model, shapes in ((two_input_model, {"a": (3, 7, 4), "ids": (3, 7)}), (view_model, {"x": (4, 5, 4)})):
         plan = model.plan(shapes)
         owners = [t for t in plan.tensors.values() if t.live is not None]
         assert owners
+        assert plan.arena.ctypes.data % 64 == 0
+        assert all(a.ctypes.data % 64 == 0 for a in plan.inputs.values() if a.size)
         for i, a in enumerate(owners):
             assert a.region == "arena" and a.buffer == a.name and a.offset % 64 == 0
             assert a.offset + a.nbytes <= plan.arena_bytes

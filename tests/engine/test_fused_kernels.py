@@ -254,6 +254,52 @@ def test_half_panel_tile_matches_its_loop_twin():
             assert_close(c.reshape(10, 37), want, rel=1e-6, what=f"8 x 16 tile, k={k}")
 
 
+@njit
+def _fast_tile(kind, rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k):
+    return simd.panel_tile_fast(kind, rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k)
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_fast_panel_tile_takes_its_cases_and_declines_the_rest(kind):
+    """`simd.panel_tile_fast` computes a full row tile of ``kind`` (8 rows x 32 columns for kind
+    0, also 8 x 16 for a last panel of exactly 16 columns; 6 x 32 for kind 1) exactly as the
+    plain loop does, bias included, writing nothing outside its block; for every other row count,
+    width and kind (the plain loop's 2) it returns False and writes nothing."""
+    rng = np.random.default_rng(40 + kind)
+    a = rng.standard_normal((10, 45)).astype(np.float32)
+    b = rng.standard_normal((45, 32)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    for rows in (8, 6, 4, 3, 2, 1):
+        for width in (1, 8, 15, 16, 17, 24, 31, 32, 33, 40):
+            for k in (0, 1, 44):
+                c = np.full(10 * 48, 9.0, np.float32)
+                done = _fast_tile(kind, rows, width, a.reshape(-1), 2 * 45 + 1, 45, b.reshape(-1), 0, 32, bias, 3, c,
+                                  48 + 5, 48, k)
+                full = (kind, rows) in ((0, 8), (1, 6))
+                cols = 32 if full and width >= 32 else (16 if (kind, rows, width) == (0, 8, 16) else 0)
+                want = np.full((10, 48), 9.0, np.float32)
+                if cols:
+                    want[1:1 + rows, 5:5 + cols] = bias[3:3 + cols] + a[2:2 + rows, 1:1 + k].astype(np.float64) @ b[:k, :cols]
+                assert done == bool(cols), (kind, rows, width)
+                assert_close(c.reshape(10, 48), want, rel=1e-6, what=f"kind {kind}, {rows} rows, width {width}, k={k}")
+
+
+def test_aligned_empty_starts_on_a_cache_line():
+    """`simd.aligned_empty` returns a C-contiguous array of the asked shape and dtype whose first
+    byte is 64-byte aligned (when it has one), for sizes that numpy itself would place 16 bytes
+    off; the plan aligns its arena to the same boundary."""
+    from nac.engine.plan import ALIGN
+
+    for shape, dtype in (((3, 5), np.float32), (7, np.uint8), ((2, 1, 33), np.int64), ((0,), np.float32),
+                         ((1000, 17), np.float32)):
+        for _ in range(8):  # several allocations: a lucky numpy address must not pass the test
+            a = simd.aligned_empty(shape, dtype)
+            assert a.shape == ((shape,) if isinstance(shape, int) else shape) and a.dtype == dtype
+            assert a.flags.c_contiguous and a.flags.writeable
+            assert a.size == 0 or a.ctypes.data % simd.VECTOR_ALIGN == 0  # an empty array has no element to load
+    assert ALIGN == simd.VECTOR_ALIGN
+
+
 GEMM_SHAPES = [(1, 7, 5), (3, 64, 32), (5, 33, 64), (13, 300, 100), (8, 1, 33), (130, 40, 31), (300, 3, 1),
                (17, 96, 96), (24, 20, 48), (9, 70, 24), (14, 16, 40)]  # last panels of 16, 24 and 8 columns
 
@@ -469,6 +515,9 @@ for rows in (8, 6, 4, 3, 2, 1):
     test_panel_tiles_match_their_loop_twin(rows)
 from test_fused_kernels import test_half_panel_tile_matches_its_loop_twin
 test_half_panel_tile_matches_its_loop_twin()
+from test_fused_kernels import test_fast_panel_tile_takes_its_cases_and_declines_the_rest
+for kind in (0, 1, 2):
+    test_fast_panel_tile_takes_its_cases_and_declines_the_rest(kind)
 for kind in ("avx512", "avx2", "plain"):
     for act in ("none", "gelu"):
         test_gemm_on_packed_panels_matches_torch(kind, act)
