@@ -212,27 +212,11 @@ def _panel_sweep(kind, a, m0, m1, K, bp, b_off, bias, bias_off, n0, N, c, scratc
 def _panel_edge(kind, rows, a, a_off, K, bp, b_off, bias, bias_off, n0, N, c, m, scratch):
     """Rows ``m .. m + rows`` of c (flat [M, N]) x the panel at ``bp[b_off:]`` (output columns
     ``n0 ..``, bias from ``bias[bias_off:]``) of c = a @ W + bias, the rows of a from
-    ``a[a_off:]``, K apart, where `simd.panel_tile_fast` declines (``scratch``: 8 x 32 floats).
-    A full row tile over a panel that ends past N runs as 16-column tiles, the one that crosses N
-    computed into ``scratch`` and its first columns copied; other row counts and the plain loop
-    go through `_panel_rows`, into ``scratch`` when the panel ends past N.
+    ``a[a_off:]``, K apart, where `simd.panel_tile_fast` declines: fewer rows than ``kind``'s
+    full tile, and the plain loop. Through `_panel_rows`; a panel that ends past N is computed
+    into ``scratch`` (8 x 32 floats) and its first columns copied.
 
-    Called, not inlined, once per tile the fast path leaves: only edges and the plain loop."""
-    if (kind == 0 and rows == 8) or (kind == 1 and rows == 6):
-        for h in range(0, PANEL, 16):
-            inside = n0 + h + 16 <= N
-            if not inside and n0 + h >= N:
-                break
-            out, at, ld = (c, m * N + n0 + h, N) if inside else (scratch, 0, 16)
-            if kind == 0:
-                simd.panel_tile_8x16(a, a_off, K, bp, b_off + h, PANEL, bias, bias_off + h, out, at, ld, K)
-            else:
-                simd.panel_tile_6x16(a, a_off, K, bp, b_off + h, PANEL, bias, bias_off + h, out, at, ld, K)
-            if not inside:
-                for r in range(rows):
-                    for t in range(N - n0 - h):
-                        c[(m + r) * N + n0 + h + t] = scratch[r * 16 + t]
-        return
+    Called, not inlined: only the last rows of a product and the plain loop come here."""
     width = min(PANEL, N - n0)
     if width == PANEL:
         _panel_rows(kind, rows, a, a_off, K, bp, b_off, bias, bias_off, c, m * N + n0, N, K)

@@ -457,11 +457,14 @@ def mm_tile_4x16(typingctx, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, k):
 
 
 def _emit_panel_tile(builder, rows, vectors, chains, pa, pb, pbias, pc, a_off_, lda_, b_off_, ldb_, bias_off_,
-                     c_off_, ldc_, k_):
+                     c_off_, ldc_, k_, width_=None):
     """Emit, at ``builder``, the IR of a ``rows`` x ``16 vectors`` tile of a product with a packed
     B (see `panel_tile_8x32`): pointers to float, offsets, strides and k as i64. With ``chains``
     > 1, consecutive k go to separate accumulators, summed at the end, so that a tile with few
-    accumulators does not wait on each multiply-add's latency."""
+    accumulators does not wait on each multiply-add's latency. With ``width_`` (an i64), only
+    each row's first ``width_`` columns are stored (``llvm.masked.store``: a masked ``vmovups``
+    on AVX-512, ``vmaskmovps`` on AVX2); the whole tile is still computed and read, so the
+    panel and bias must hold all ``16 vectors`` columns (zeros past the product's last)."""
     i64 = ir.IntType(64)
     fmuladd = _function(builder, "llvm.fmuladd.v16f32", _F32X16, [_F32X16] * 3)
 
@@ -497,13 +500,27 @@ def _emit_panel_tile(builder, rows, vectors, chains, pa, pb, pbias, pc, a_off_, 
         done = builder.mul(trips, const(chains))
         with cgutils.for_range(builder, builder.sub(k_, done)) as loop:
             step(builder.add(done, loop.index), accs[0])
+    masks = None
+    if width_ is not None:
+        i1x16 = ir.VectorType(ir.IntType(1), 16)
+        masked_store = _function(builder, "llvm.masked.store.v16f32.p0", ir.VoidType(),
+                                 [_F32X16, _F32X16.as_pointer(), ir.IntType(32), i1x16])
+        limit = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(ir.VectorType(i64, 16), ir.Undefined), width_, ir.Constant(ir.IntType(32), 0)),
+            ir.Constant(ir.VectorType(i64, 16), ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+        masks = [builder.icmp_signed("<", ir.Constant(ir.VectorType(i64, 16), [16 * v + t for t in range(16)]), limit)
+                 for v in range(vectors)]
     for r in range(rows):
         row = builder.add(c_off_, builder.mul(const(r), ldc_))
         for v in range(vectors):
             total = builder.load(accs[0][r][v])
             for ch in range(1, chains):
                 total = builder.fadd(total, builder.load(accs[ch][r][v]))
-            builder.store(total, vec(pc, builder.add(row, const(16 * v))), align=4)
+            at = vec(pc, builder.add(row, const(16 * v)))
+            if masks is None:
+                builder.store(total, at, align=4)
+            else:
+                builder.call(masked_store, [total, at, ir.Constant(ir.IntType(32), 4), masks[v]])
 
 
 def _panel_operands(context, builder, signature, args, first: int):
@@ -547,17 +564,20 @@ def _panel_tile(rows: int, vectors: int, chains: int = 1):
 
 @intrinsic
 def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k):
-    """The common register tile of the packed GEMM, chosen at run time, or nothing: returns True
-    after computing `panel_tile_8x32`'s block (same operands) when ``kind`` is 0 (AVX-512) and
-    ``rows`` 8 with ``width`` (the columns of c left from ``c_off``'s column) at least 32, or
-    its first 16 columns when ``width`` is exactly 16; when ``kind`` is 1 (AVX2), ``rows`` 6 and
-    ``width`` at least 32, the 6 x 32 block as two `panel_tile_6x16`; False, with nothing
-    written, for everything else (the caller's remainder path).
+    """The full-height register tile of the packed GEMM, chosen at run time, or nothing:
+    computes `panel_tile_8x32`'s block (same operands) and returns True when ``kind`` is 0
+    (AVX-512) and ``rows`` 8, or ``kind`` 1 (AVX2) and ``rows`` 6 (as two `panel_tile_6x16`),
+    storing only the first ``width`` columns (the columns of c left from ``c_off``'s, at most
+    32) when ``width`` < 32: a masked store, or the 16-column tile alone when ``width`` <= 16.
+    Returns False, with nothing written, for every other kind, row count, or ``width`` <= 0
+    (the caller's remainder path). The panel and the bias must hold 32 columns from their
+    offsets (`linalg.pack_panels` pads them with zeros).
 
     One intrinsic rather than an njit function choosing among the tiles: Numba's reference
     counting of the arrays such a function takes (inlined or called) cost ten atomic updates a
     tile, which made the tiles of shallow convolution products 2-2.6x slower (1,568 x 16 x 96 on
-    AVX-512: 150 against 64 us)."""
+    AVX-512: 150 against 64 us). The masked last panel spares a scratch tile and its copy
+    (EfficientNet's 24 and 40 channels)."""
     ints = (kind, rows, width)
     if not (all(isinstance(x, types.Integer) for x in ints)
             and _panel_signature_ok(a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k)):
@@ -580,18 +600,31 @@ def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, 
         avx512 = both(builder.icmp_signed("==", kind_, const(0)), builder.icmp_signed("==", rows_, const(8)))
         avx2 = both(builder.icmp_signed("==", kind_, const(1)), builder.icmp_signed("==", rows_, const(6)))
         full = builder.icmp_signed(">=", width_, const(32))
-        with builder.if_then(both(avx512, full)):
-            _emit_panel_tile(builder, 8, 2, 1, pa, pb, pbias, pc, a_off_, lda_, b_off_, ldb_, bias_off_, c_off_,
-                             ldc_, k_)
-            builder.store(cgutils.true_bit, done)
-        with builder.if_then(both(avx512, builder.icmp_signed("==", width_, const(16)))):
-            _emit_panel_tile(builder, 8, 1, 1, pa, pb, pbias, pc, a_off_, lda_, b_off_, ldb_, bias_off_, c_off_,
-                             ldc_, k_)
-            builder.store(cgutils.true_bit, done)
-        with builder.if_then(both(avx2, full)):
-            for h in (0, 16):
-                _emit_panel_tile(builder, 6, 1, 1, pa, pb, pbias, pc, a_off_, lda_, builder.add(b_off_, const(h)),
-                                 ldb_, builder.add(bias_off_, const(h)), builder.add(c_off_, const(h)), ldc_, k_)
+        upper = both(builder.icmp_signed(">", width_, const(16)), builder.icmp_signed("<", width_, const(32)))
+        half = builder.icmp_signed("==", width_, const(16))
+        lower = both(builder.icmp_signed(">", width_, const(0)), builder.icmp_signed("<", width_, const(16)))
+        operands = (pa, pb, pbias, pc, a_off_, lda_, b_off_, ldb_, bias_off_, c_off_, ldc_, k_)
+
+        def shifted(h):  # the operands of the panel's columns from h on
+            return (pa, pb, pbias, pc, a_off_, lda_, builder.add(b_off_, const(h)), ldb_,
+                    builder.add(bias_off_, const(h)), builder.add(c_off_, const(h)), ldc_, k_)
+
+        for when, rows, vectors, width in ((full, 8, 2, None), (upper, 8, 2, width_), (half, 8, 1, None),
+                                           (lower, 8, 1, width_)):
+            with builder.if_then(both(avx512, when)):
+                _emit_panel_tile(builder, rows, vectors, 1, *operands, width_=width)
+                builder.store(cgutils.true_bit, done)
+        with builder.if_then(both(avx2, builder.icmp_signed(">", width_, const(0)))):
+            first = builder.icmp_signed(">=", width_, const(16))
+            with builder.if_else(first) as (whole, part):
+                with whole:
+                    _emit_panel_tile(builder, 6, 1, 1, *operands)
+                with part:
+                    _emit_panel_tile(builder, 6, 1, 1, *operands, width_=width_)
+            with builder.if_then(full):
+                _emit_panel_tile(builder, 6, 1, 1, *shifted(16))
+            with builder.if_then(upper):
+                _emit_panel_tile(builder, 6, 1, 1, *shifted(16), width_=builder.sub(width_, const(16)))
             builder.store(cgutils.true_bit, done)
         return builder.load(done)
 
