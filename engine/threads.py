@@ -20,6 +20,7 @@ to it (threadpoolctl), so ``num_threads=1`` keeps a model on one core.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import platform
@@ -38,6 +39,12 @@ from numba.extending import intrinsic
 _MIN_PARALLEL_WORK = 1 << 18
 #: how long an idle team member spins before it sleeps (microseconds)
 SPIN_US = 50.0
+#: how long a member that has seen a new job waits (spinning, without the GIL) before it takes
+#: the GIL, so that the caller has finished calling its own share (a Numba dispatch holds the
+#: GIL for a few microseconds) and the GIL is free: a member that asks for it while the caller
+#: holds it sleeps in the GIL's condition variable and wakes 10-40 us later on a VM. Two ranges
+#: of ~5 us each took 50 us without the wait, 15 with 3 us; 2 x ~20 us, 84 against 37 us.
+GIL_SETTLE_US = 4.0
 
 
 _requested: int | None = None
@@ -85,6 +92,44 @@ def _pause(typingctx):
     return types.void(), codegen
 
 
+@intrinsic
+def _atomic_store(typingctx, arr, idx, value):
+    """arr[idx] = value for a 1-D int64 array, as a release store (every write before it is
+    visible to a thread that reads the value with `_atomic_load`)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1
+            and isinstance(idx, types.Integer) and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        v = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(v, builder.gep(a.data, [args[1]]), "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, value), codegen
+
+
+@njit(cache=True, nogil=True)
+def publish_and_spin(flags, done, seen, spins, settle_spins):
+    """A team member's wait, without the GIL: flags[done] = ``seen`` (the range it just ran in
+    job ``seen`` is finished; nothing if ``done`` < 0), then at most ``spins`` reads until
+    flags[0] differs from ``seen`` (a new job), then `settle`. Returns the last flags[0] read
+    (``seen``: no job came). flags: 1-D int64, `Team.flags`."""
+    if done >= 0:
+        _atomic_store(flags, done, seen)
+    epoch = spin(flags, 0, seen, False, spins)
+    if epoch != seen:
+        settle(settle_spins)
+    return epoch
+
+
+@njit(cache=True, nogil=True)
+def settle(spins):
+    """Spin ``spins`` ``pause`` hints without the GIL (`GIL_SETTLE_US`)."""
+    for _ in range(spins):
+        _pause()
+
+
 @njit(cache=True, nogil=True)
 def spin(flags, i, value, until, spins):
     """Spin (without the GIL), at most ``spins`` reads, until flags[i] == value (``until``) or
@@ -124,13 +169,15 @@ class Team:
         self._sleepers = 0
         self._busy = threading.Lock()
         self.spins = _spins_for(SPIN_US)
+        self.settle_spins = _spins_for(GIL_SETTLE_US, floor=1)
         for k in range(n - 1):
             threading.Thread(target=self._member, name=f"nac-{k + 1}", daemon=True).start()
 
     def _member(self) -> None:
         seen = 0
+        done = -1  # the flag of the last range this member ran, published without the GIL
         while not self._closed:
-            epoch = spin(self.flags, 0, seen, False, self.spins)
+            epoch = publish_and_spin(self.flags, done, seen, self.spins, self.settle_spins)
             if epoch == seen:
                 with self._cond:
                     self._sleepers += 1
@@ -138,16 +185,25 @@ class Team:
                         self._cond.wait()
                     self._sleepers -= 1
                 epoch = int(self.flags[0])
+                settle(self.settle_spins)
             seen = epoch
             job = self._job
+            done = -1
             if job is not None and job.epoch == epoch:
-                self._work(job, caller=False)
+                done = self._work(job, caller=False)
 
-    def _work(self, job: _Job, caller: bool) -> None:
+    def _work(self, job: _Job, caller: bool) -> int:
+        """Run ranges of ``job`` until none is left to claim. A member marks each range it ran
+        finished, except the last, whose flag index it returns (-1 if none) for
+        `publish_and_spin` to set once the member has let go of the GIL: the caller, spinning
+        on that flag, then finds the GIL free."""
         b = job.bounds
+        last = -1
         for k in job.claim:
             if k >= len(b) - 1:
-                return
+                break
+            if last >= 0:
+                self.flags[last] = job.epoch
             try:
                 job.fn(*job.args, b[k], b[k + 1])
             except BaseException as exc:  # handed to the caller, which raises it
@@ -155,7 +211,8 @@ class Team:
             if caller:
                 job.mine.append(k)
             else:
-                self.flags[1 + k] = job.epoch
+                last = 1 + k
+        return last
 
     def close(self) -> None:
         """Let the members exit (after any job in progress)."""
@@ -192,15 +249,20 @@ class Team:
             self._busy.release()
 
 
-def _spins_for(us: float) -> int:
-    """How many `spin` reads take about ``us`` microseconds on this CPU (``pause`` costs
-    from ~10 to ~140 cycles depending on the core)."""
+@functools.lru_cache(maxsize=None)
+def _seconds_per_spin() -> float:
+    """What one `spin` read takes on this CPU (``pause`` costs from ~10 to ~140 cycles depending
+    on the core), measured once."""
     probe = np.zeros(1, np.int64)
     spin(probe, 0, 0, False, 1)  # compile / load
     t = time.perf_counter()
     spin(probe, 0, 0, False, 20000)
-    per = (time.perf_counter() - t) / 20000
-    return max(100, int(us * 1e-6 / max(per, 1e-9)))
+    return max((time.perf_counter() - t) / 20000, 1e-9)
+
+
+def _spins_for(us: float, floor: int = 100) -> int:
+    """How many `spin` reads take about ``us`` microseconds (at least ``floor``)."""
+    return max(floor, int(us * 1e-6 / _seconds_per_spin()))
 
 
 _team: Team | None = None
