@@ -7,7 +7,10 @@ them with the bias added in registers and the activation applied while the tile 
 The panels are split over NAC's thread team. Against numpy's OpenBLAS, which packs the weight
 again on every call, MiniLM's 36 encoder products at 16 rows took 3.4-4.7 instead of 6.9-7.5 ms
 (``bench/bench_kernels.py``, two runs), and 2-16 rows on a cached weight run 2.5-4x faster; at hundreds of
-rows the two were within ~10 % on an AMD EPYC, and OpenBLAS 1.1-1.4x ahead on an Intel Xeon. Int8
+rows the two were within ~10 % on an AMD EPYC, and OpenBLAS 1.1-1.4x ahead on an Intel Xeon, until
+the tiles shed Numba's reference counting (`simd.panel_tile_fast`): on that Xeon the panels then
+took 0.73-0.92x OpenBLAS's time at 128-1,024 rows of MiniLM's shapes (one thread), and 1.10x at
+512 x 768 x 2304. Int8
 weights with float activations take the same tiles, one converted panel at a time
 (`gemm_dequant_panels`). Products of two activations, single rows (OpenBLAS's matrix-vector
 kernel is faster) and weights that can change between calls go to BLAS through
