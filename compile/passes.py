@@ -17,8 +17,8 @@ _INLINE_CONST_MAX = 16  # folded results with at most this many elements live in
 def optimize(g: Graph) -> dict:
     """Run every pass in order; returns ``{pass name: rewrites}`` plus node counts."""
     report = {"nodes_before": len(g.nodes)}
-    for p in (fold_constants, matmul_to_linear, fuse_pad_into_conv, fold_batch_norm, fuse_bias_add, fuse_tanh_gelu,
-              fuse_silu, fuse_rms_norm, fuse_activation,
+    for p in (fold_constants, matmul_to_linear, fuse_pad_into_conv, fold_batch_norm, fuse_bias_add,
+              fuse_residual_add, fuse_tanh_gelu, fuse_silu, fuse_rms_norm, fuse_activation,
               attention_reads_cache_in_place, eliminate_dead_code, deduplicate_parameters, transpose_linear_weights):
         report[p.__name__] = p(g)
     report["nodes_after"] = len(g.nodes)
@@ -200,6 +200,45 @@ def fuse_bias_add(g: Graph) -> int:
             p.inputs[2] = add.inputs[other]
             del g.values[p.outputs[0]]
             p.outputs = [add.outputs[0]]
+            dead.add(id(add))
+            count += 1
+            break
+    g.nodes = [n for n in g.nodes if id(n) not in dead]
+    return count
+
+
+def fuse_residual_add(g: Graph) -> int:
+    """``conv2d(x, W, b) + r`` -> ``conv2d(x, W, b, residual=r)``: the skip connection of a
+    ResNet block or an inverted-residual (MobileNetV2, EfficientNet) block joins the
+    convolution's epilogue, so the sum is never written and read back on its own. Matched when
+    the convolution has no activation yet and no other reader, ``r`` is float32 of the
+    convolution's output shape (no broadcasting) and is defined before the convolution runs (a
+    graph input, a constant, or an earlier node's output). `fuse_activation` (after this pass)
+    may then fold a following ReLU: conv2d's activation applies after the residual, as in
+    ``relu(bn(conv(x)) + x)``."""
+    users, prod = g.consumers(), g.producers()
+    order = {id(n): k for k, n in enumerate(g.nodes)}
+    count, dead = 0, set()
+    for add in g.nodes:
+        if add.op != "add" or len(add.inputs) != 2 or g.values[add.outputs[0]].dtype != "float32":
+            continue
+        for mine, other in ((0, 1), (1, 0)):
+            p, r = prod.get(add.inputs[mine]), add.inputs[other]
+            if (p is None or p.op != "conv2d" or id(p) in dead or p.attrs.get("activation", "none") != "none"
+                    or (len(p.inputs) > 3 and p.inputs[3]) or r == add.inputs[mine]):
+                continue
+            if _single_user(g, p.outputs[0], users) is None:
+                continue
+            rv, pv = g.values[r], g.values[p.outputs[0]]
+            if rv.dtype != "float32" or rv.shape != pv.shape or g.values[add.outputs[0]].shape != pv.shape:
+                continue
+            maker = prod.get(r)
+            if maker is not None and order[id(maker)] > order[id(p)]:
+                continue  # r is computed after the convolution: it could not read it
+            p.inputs = (list(p.inputs) + ["", ""])[:3] + [r]
+            del g.values[p.outputs[0]]
+            p.outputs = [add.outputs[0]]
+            prod[add.outputs[0]] = p
             dead.add(id(add))
             count += 1
             break

@@ -134,10 +134,11 @@ _op("linear", ["x", "weight", "bias?"], {"activation": "one of ACTIVATIONS, defa
                                                               "(a quantised weight only)"},
     "act(x @ W.T + bias) with W = weight [out, in], or act(x @ weight + bias) for layout 'io'", "[*, out]",
     "aten.addmm / aten.mm with a transposed weight", quantised=(1,))
-_op("conv2d", ["x", "weight", "bias?"],
+_op("conv2d", ["x", "weight", "bias?", "residual?"],
     {"stride": "[sh, sw]", "padding": "[top, bottom, left, right]", "dilation": "[dh, dw]", "groups": "int",
      "activation": "one of ACTIVATIONS"},
-    "act(cross-correlation + bias), NCHW; weight [Cout, Cin/groups, kh, kw]; zero padding may be asymmetric",
+    "act(cross-correlation + bias + residual), NCHW; weight [Cout, Cin/groups, kh, kw]; zero padding may be "
+    "asymmetric; residual (a skip connection) has the output's shape",
     "[N, Cout, (H + pt + pb - dh*(kh-1) - 1)//sh + 1, (W + ...)//sw + 1]", "aten.convolution (2-D)")
 
 _family = "attention"

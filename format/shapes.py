@@ -239,6 +239,11 @@ def _conv2d(op, ins, dts, attrs):
     ow = (wd + pads[2] + pads[3] - dw * (kw - 1) - 1) // sw + 1
     if oh < 1 or ow < 1 or kh < 1 or kw < 1:
         raise ShapeError(f"conv2d: output size {oh}x{ow} is empty for input {list(x)} and weight {list(w)}")
+    if len(ins) > 3 and ins[3] is not None:
+        if tuple(ins[3]) != (n, co, oh, ow):
+            raise ShapeError(f"conv2d: residual {list(ins[3])} should be the output's shape {[n, co, oh, ow]}")
+        if dts[3] != "float32":
+            raise ShapeError(f"conv2d: residual is {dts[3]}, not float32")
     return [((n, co, oh, ow), "float32")]
 
 

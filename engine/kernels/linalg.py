@@ -142,15 +142,16 @@ def _tile_rows(kind, left):
 
 
 @njit(cache=True, nogil=True, fastmath=vm.EXP_FLAGS, error_model=vm.NUMPY_ERRORS)
-def gemm_panels(a, M, K, bp, bias, N, c, code, kind, lo, hi):
-    """c = act(a @ W + bias) for a packed weight, work items ``lo..hi``: (block of
+def gemm_panels(a, M, K, bp, bias, N, c, code, res, has_res, kind, lo, hi):
+    """c = act(a @ W + bias [+ res]) for a packed weight, work items ``lo..hi``: (block of
     `GEMM_ROW_BLOCK` rows, panel) pairs, row block major.
 
     a: [M, K] float32, flat C-contiguous; bp: `pack_panels` of W [K, N], flat; bias: float32,
     ceil(N / 32) * 32 long (zeros past N, or for no bias); c: [M, N] float32, flat C-contiguous,
-    overwritten; code: fusable activation (`activation.CODES`); kind: 0 (8 x 32 tiles), 1
-    (6 x 16 tiles, two per panel) or 2 (the plain loop), `GEMM_KINDS`. Callers check the sizes
-    (the tiles do not bounds-check).
+    overwritten; code: fusable activation (`activation.CODES`); res: [M, N] float32, flat
+    C-contiguous, added before the activation when ``has_res`` (a residual connection; read
+    while the rows are in cache); kind: 0 (8 x 32 tiles), 1 (6 x 16 tiles, two per panel) or 2
+    (the plain loop), `GEMM_KINDS`. Callers check the sizes (the tiles do not bounds-check).
 
     Within a row block, when this range's panels fit in `GEMM_L2_PANELS` bytes (a small weight,
     as in most convolutions) each row tile sweeps them all, so the tile's rows of c are written
@@ -177,25 +178,32 @@ def gemm_panels(a, M, K, bp, bias, N, c, code, kind, lo, hi):
                                                 g * PANEL, c, m * N + g * PANEL, N, K):
                         _panel_edge(kind, rows, a, m * K, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, N, c, m,
                                     scratch)
-                if code != 0:
-                    _act_rows(c, N, m, m + rows, g0, g1, code)
+                if code != 0 or has_res:
+                    _act_rows(c, N, m, m + rows, g0, g1, code, res, has_res)
                 m += rows
         else:
             for g in range(g0, g1):
                 _panel_sweep(kind, a, m0, m1, K, bp, g * K * PANEL, bias, g * PANEL, g * PANEL, N, c, scratch)
-            if code != 0:
-                _act_rows(c, N, m0, m1, g0, g1, code)
+            if code != 0 or has_res:
+                _act_rows(c, N, m0, m1, g0, g1, code, res, has_res)
         item += g1 - g0
 
 
 @njit(cache=True, nogil=True, fastmath=vm.EXP_FLAGS, error_model=vm.NUMPY_ERRORS)
-def _act_rows(c, N, m0, m1, g0, g1, code):
-    """The activation over rows ``m0..m1`` x panels ``g0..g1`` of c (flat [M, N])."""
+def _act_rows(c, N, m0, m1, g0, g1, code, res, has_res):
+    """The residual (``res``, flat [M, N], when ``has_res``) and then the activation over rows
+    ``m0..m1`` x panels ``g0..g1`` of c (flat [M, N])."""
     n0, n1 = g0 * PANEL, min(N, g1 * PANEL)
     if n0 == 0 and n1 == N:  # whole rows: one run (a slice per row costs reference counting)
+        if has_res:
+            for i in range(m0 * N, m1 * N):
+                c[i] += res[i]
         A.bias_act_scalar(c[m0 * N:m1 * N], np.float32(0.0), code)
         return
     for m in range(m0, m1):
+        if has_res:
+            for i in range(m * N + n0, m * N + n1):
+                c[i] += res[i]
         A.bias_act_scalar(c[m * N + n0:m * N + n1], np.float32(0.0), code)
 
 
@@ -258,21 +266,25 @@ def gemm_dequant_panels(a, M, K, panels, scale, N, c, kind, lo, hi):
                 out[t] *= s[t]
 
 
-def gemm(x2: np.ndarray, panels: np.ndarray, bias: np.ndarray, y2: np.ndarray, code: int, kind: int) -> None:
-    """y2 = act(x2 @ W + bias) over the thread team, W given as its `pack_panels` [G, K, 32].
+def gemm(x2: np.ndarray, panels: np.ndarray, bias: np.ndarray, y2: np.ndarray, code: int, kind: int,
+         res2: np.ndarray | None = None) -> None:
+    """y2 = act(x2 @ W + bias [+ res2]) over the thread team, W given as its `pack_panels`
+    [G, K, 32].
 
     x2: [M, K] float32 C-contiguous; bias: float32 [G * 32]; y2: [M, N] float32 C-contiguous,
-    N <= G * 32. Raises ValueError if the shapes or layouts disagree (the tiles trust them)."""
+    N <= G * 32; res2: None or [M, N] float32 C-contiguous (a residual added before the
+    activation). Raises ValueError if the shapes or layouts disagree (the tiles trust them)."""
     M, K = x2.shape
     N = y2.shape[1]
     G = panels.shape[0]
     if not (x2.dtype == y2.dtype == panels.dtype == bias.dtype == np.float32 and x2.flags.c_contiguous
             and y2.flags.c_contiguous and y2.shape[0] == M and panels.shape[1:] == (K, PANEL)
-            and (N + PANEL - 1) // PANEL == G and bias.shape == (G * PANEL,) and kind in (0, 1, 2)):
+            and (N + PANEL - 1) // PANEL == G and bias.shape == (G * PANEL,) and kind in (0, 1, 2)
+            and (res2 is None or (res2.shape == y2.shape and res2.dtype == np.float32 and res2.flags.c_contiguous))):
         raise ValueError(f"gemm: operands [{M}, {K}] x panels {panels.shape} -> {y2.shape} do not agree")
     blocks = (M + GEMM_ROW_BLOCK - 1) // GEMM_ROW_BLOCK
     T.parallel_range(gemm_panels, blocks * G, x2.reshape(-1), M, K, panels.reshape(-1), bias, N, y2.reshape(-1),
-                     code, kind, work=M * N * K)
+                     code, _EMPTY if res2 is None else res2.reshape(-1), res2 is not None, kind, work=M * N * K)
 
 
 def gemm_dequant(x2: np.ndarray, w: Q.QTensor, y2: np.ndarray, kind: int) -> None:
@@ -292,8 +304,8 @@ def gemm_dequant(x2: np.ndarray, w: Q.QTensor, y2: np.ndarray, kind: int) -> Non
                      work=y2.size * K)
 
 
-def _gemm_weight(x2, w, y2, b, code: int, how: str) -> bool:
-    """act(x2 @ W + b) into y2 through `gemm` when W (the weight ``w``, packed as ``how``) is a
+def _gemm_weight(x2, w, y2, b, code: int, how: str, res2=None) -> bool:
+    """act(x2 @ W + b [+ res2]) into y2 through `gemm` when W (the weight ``w``, packed as ``how``) is a
     loaded model's (read-only, so packed once) and the operands are float32; False (nothing
     written) otherwise, for empty products, and for fewer than `GEMM_MIN_ROWS` rows: OpenBLAS's
     matrix-vector kernel measured faster there (48 vs 84 µs for a cached 768 x 2304 weight; and
@@ -306,7 +318,7 @@ def _gemm_weight(x2, w, y2, b, code: int, how: str) -> bool:
         return False
     panels = _packed(w, how)
     bias = _zero_bias(panels.shape[0]) if b is None else _packed(b, "bias")
-    gemm(np.ascontiguousarray(x2), panels, bias, y2, code, GEMM_KINDS[GEMM])
+    gemm(np.ascontiguousarray(x2), panels, bias, y2, code, GEMM_KINDS[GEMM], res2)
     return True
 
 
@@ -629,11 +641,14 @@ def _geometry(attrs) -> tuple:
     return tuple(attrs["stride"]), tuple(attrs["padding"]), tuple(attrs["dilation"]), attrs["groups"]
 
 
-def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
+def _conv2d_nhwc(x, w, b, code, attrs, yt, res_t=None) -> bool:
     """Convolution into the channels-last output ``yt`` [N, OH, OW, Cout] (contiguous), fused
     bias + activation. Depthwise: a direct kernel; 1x1: one GEMM over all pixels; other
     ungrouped kernels: NHWC im2col in blocks of pixels + GEMM. Returns False (nothing written)
-    for grouped convolutions that are not depthwise, and for empty inputs or outputs."""
+    for grouped convolutions that are not depthwise, and for empty inputs or outputs.
+
+    ``res_t``: a residual [N, OH, OW, Cout] float32 (contiguous), added before the activation
+    in the GEMM's epilogue; the caller passes one only for an unpadded 1x1 convolution."""
     N, C, H, W = x.shape
     cout, cg, kh, kw = w.shape
     (sh, sw), (pt, pb, pl, pr), (dh, dw), groups = _geometry(attrs)
@@ -684,7 +699,7 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
     y2 = yt.reshape(N * OH * OW, cout)
     if kh == kw == 1 and pt == pb == pl == pr == 0:
         src = xt if sh == sw == 1 else np.ascontiguousarray(xt[:, ::sh, ::sw][:, :OH, :OW])
-        _product(src.reshape(-1, C), w, b, code, y2)
+        _product(src.reshape(-1, C), w, b, code, y2, None if res_t is None else res_t.reshape(-1, cout))
         return True
     pixels = N * OH * OW
     step = max(1, min(pixels, IM2COL_BLOCK // (C * kh * kw)))
@@ -696,17 +711,20 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt) -> bool:
     return True
 
 
-def _product(x2, w, b, code: int, y2) -> None:
-    """y2 [M, Cout] = act(x2 [M, Cin*kh*kw] @ w.reshape(Cout, -1).T + b): `gemm` on the weight's
-    panels, bias and activation in the tiles; BLAS + the fused bias/activation pass where
-    `_gemm_weight` declines (a weight that may change, ``NAC_GEMM=blas``).
+def _product(x2, w, b, code: int, y2, res2=None) -> None:
+    """y2 [M, Cout] = act(x2 [M, Cin*kh*kw] @ w.reshape(Cout, -1).T + b [+ res2 [M, Cout]]):
+    `gemm` on the weight's panels, bias, residual and activation in the tiles' epilogue; BLAS +
+    the fused bias/activation pass where `_gemm_weight` declines (a weight that may change,
+    ``NAC_GEMM=blas``).
 
     The panels at every depth and pixel count: once the tiles were free of reference counting
     (`simd.panel_tile_fast`), they beat OpenBLAS + the pass on all of EfficientNet-Lite0's 1x1
     shapes taken together (one thread, Intel Xeon: 11.6 against 14.2 ms over the 32; 0.36-0.67x
     the time at 12,544 and 3,136 pixels of depth 16-32), and at depths 3-16 (0.33-0.62x)."""
-    if not _gemm_weight(x2, w, y2, b, code, "panels"):
+    if not _gemm_weight(x2, w, y2, b, code, "panels", res2):
         np.matmul(x2, _packed(w, "io"), out=y2)
+        if res2 is not None:
+            y2 += res2
         _bias_act_rows(y2, b, code)
 
 
@@ -742,16 +760,34 @@ def im2col(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, cols, lo, hi):
 
 @kernel("conv2d")
 def conv2d(ins, outs, attrs):
-    """ATen convolution (2-D, NCHW): act(conv(x, weight, stride, padding, dilation, groups) + bias).
+    """ATen convolution (2-D, NCHW): act(conv(x, weight, stride, padding, dilation, groups) + bias
+    + residual).
 
-    x [N, Cin, H, W], weight [Cout, Cin/groups, kh, kw], bias [Cout] or None, padding
-    [top, bottom, left, right]; out [N, Cout, OH, OW].
+    x [N, Cin, H, W], weight [Cout, Cin/groups, kh, kw], bias [Cout] or None, residual
+    [N, Cout, OH, OW] or None (any memory layout; a skip connection, `fuse_residual_add`),
+    padding [top, bottom, left, right]; out [N, Cout, OH, OW]. An unpadded 1x1 convolution into
+    a channels-last output adds a channels-last residual in its GEMM's epilogue; the others add
+    it after the convolution, then apply the activation.
     """
-    x, w, b = ins
+    x, w, b = ins[0], ins[1], ins[2] if len(ins) > 2 else None
+    res = ins[3] if len(ins) > 3 else None
     out = outs[0]
     channels_last = is_channels_last(out)
     if not out.flags.c_contiguous and not channels_last:
         raise ValueError("conv2d writes a contiguous or channels-last output")
+    if res is not None:
+        code = A.CODES[attrs.get("activation", "none")]
+        rt = res.transpose(0, 2, 3, 1)
+        if (channels_last and rt.flags.c_contiguous and res.dtype == np.float32 and w.shape[2:] == (1, 1)
+                and attrs["groups"] == 1 and not any(attrs["padding"])
+                and _conv2d_nhwc(x, w, b, code, attrs, out.transpose(0, 2, 3, 1), rt)):
+            return
+        conv2d([x, w, b], outs, {**attrs, "activation": "none"})
+        np.add(out, res, out=out)
+        if code:
+            flat = out.transpose(0, 2, 3, 1) if channels_last else out
+            _bias_act_rows(flat.reshape(-1, flat.shape[-1]), None, code)
+        return
     if channels_last and _conv2d_nhwc(x, w, b, A.CODES[attrs.get("activation", "none")], attrs,
                                       out.transpose(0, 2, 3, 1)):
         return

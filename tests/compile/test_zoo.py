@@ -152,6 +152,48 @@ def test_residual_cnn_with_batch_norm(tmp_path):
     ops = {n.op for n in model.graph.nodes}
     assert "batch_norm" not in ops  # folded into the convolutions
     assert model.metadata["compile"]["passes"]["fold_batch_norm"] == 3
+    # relu(x + block(x)): the skip joins the block's last convolution, and the ReLU after it
+    assert model.metadata["compile"]["passes"]["fuse_residual_add"] == 1
+    joined = [n for n in model.graph.nodes if n.op == "conv2d" and len(n.inputs) > 3 and n.inputs[3]]
+    assert len(joined) == 1 and joined[0].attrs["activation"] == "relu"
+
+
+class InvertedResiduals(nn.Module):
+    """Two MobileNetV2 blocks (1x1 expand, depthwise, 1x1 project + skip): the first block's skip
+    is the graph's NCHW input, the second's a channels-last value inside the plan. Then two adds a
+    convolution must not absorb: one broadcasting a [1, C, 1, 1] tensor, one whose convolution
+    output is also read elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(8, 32, 1), nn.ReLU6(), nn.Conv2d(32, 32, 3, 1, 1, groups=32),
+                                                  nn.ReLU6(), nn.Conv2d(32, 8, 1)) for _ in range(2))
+        self.shift = nn.Parameter(torch.randn(1, 8, 1, 1))
+        self.head = nn.Conv2d(8, 8, 1)
+        self.tail = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        y = self.head(x) + self.shift  # broadcasting: stays an add
+        z = self.tail(y)
+        return z + x, z * 2  # z is read twice: stays an add
+
+
+def test_residual_adds_join_the_convolution(tmp_path):
+    """`fuse_residual_add` moves each inverted-residual block's skip into its projection: the
+    engine adds an NCHW skip after the product and a channels-last one in the GEMM's epilogue,
+    both matching torch; adds that broadcast or whose convolution has another reader stay."""
+    m = InvertedResiduals().eval()
+    model = export_and_compare(m, (torch.randn(2, 8, 12, 12),), tmp_path,
+                               dynamic_shapes=({0: Dim("batch", min=1, max=4)},),
+                               variants=[((torch.randn(1, 8, 12, 12),), {})])
+    assert model.metadata["compile"]["passes"]["fuse_residual_add"] == 2
+    assert sum(n.op == "add" for n in model.graph.nodes) == 2
+    joined = [n for n in model.graph.nodes if n.op == "conv2d" and len(n.inputs) > 3 and n.inputs[3]]
+    assert [model.graph.values[n.inputs[3]].shape for n in joined] == [model.graph.values[n.outputs[0]].shape
+                                                                      for n in joined]
+    assert joined[0].inputs[3] == model.graph.inputs[0]
 
 
 def test_recurrent_cells_unrolled(tmp_path):
