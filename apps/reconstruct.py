@@ -277,6 +277,8 @@ def _call(n, g: Graph, ins: list[str]) -> str:
     if op == "conv2d":
         y = (f"_conv2d({x}, {ins[1]}, {ins[2] if len(ins) > 2 else 'None'}, {_ints(a.get('stride', [1, 1]))}, "
              f"{_ints(a.get('padding', [0, 0, 0, 0]))}, {_ints(a.get('dilation', [1, 1]))}, {_int(a.get('groups', 1))})")
+        if len(ins) > 3 and ins[3] != "None":  # the residual (skip connection), before the activation
+            y = f"({y} + {ins[3]})"
         act = a.get("activation", "none")
         return y if act == "none" else f"_activation({y}, {act!r})"
     if op == "scaled_dot_product_attention":

@@ -242,7 +242,7 @@ def _conv2d(op, ins, dts, attrs):
     if len(ins) > 3 and ins[3] is not None:
         if tuple(ins[3]) != (n, co, oh, ow):
             raise ShapeError(f"conv2d: residual {list(ins[3])} should be the output's shape {[n, co, oh, ow]}")
-        if dts[3] != "float32":
+        if len(dts) > 3 and dts[3] not in (None, "float32"):
             raise ShapeError(f"conv2d: residual is {dts[3]}, not float32")
     return [((n, co, oh, ow), "float32")]
 

@@ -180,9 +180,13 @@ def conv2d(draw, op):
     b = arr(draw, (cout,)) if draw(st.booleans()) else None
     act = draw(st.sampled_from(ACTIVATIONS))
     xt = F.pad(T(x), (pads[2], pads[3], pads[0], pads[1]))
-    ref = torch_act(F.conv2d(xt, T(w), None if b is None else T(b), (sh, sw), 0, (dh, dw), groups), act)
-    return [x, w, b], {"stride": [sh, sw], "padding": pads, "dilation": [dh, dw], "groups": groups,
-                       "activation": act}, ref
+    pre = F.conv2d(xt, T(w), None if b is None else T(b), (sh, sw), 0, (dh, dw), groups)
+    ins = [x, w, b]
+    if draw(st.booleans()):  # a residual (skip connection), added before the activation
+        r = arr(draw, tuple(pre.shape))
+        pre, ins = pre + T(r), [x, w, b, r]
+    return ins, {"stride": [sh, sw], "padding": pads, "dilation": [dh, dw], "groups": groups,
+                 "activation": act}, torch_act(pre, act)
 
 
 @case("scaled_dot_product_attention")
@@ -546,7 +550,8 @@ def _stored(a: np.ndarray, channels_last: bool) -> np.ndarray:
 def test_conv_layouts(kind, layout, data):
     """Every convolution path (NCHW per-plane depthwise / im2col / 1x1 GEMM; channels-last
     depthwise stencil / NHWC im2col / 1x1 GEMM over pixels / NCHW im2col into an NHWC output;
-    the grouped fallback) agrees with torch for either input and output memory format, within
+    the grouped fallback) agrees with torch for either input and output memory format, with or
+    without a residual in either memory format (the 1x1 GEMM's epilogue or the add after), within
     1e-5 of the largest pre-activation value."""
     from nac.engine.kernels import KERNELS
 
@@ -560,16 +565,21 @@ def test_conv_layouts(kind, layout, data):
     w, b = arr(data.draw, (cout, c // groups, k, k)), arr(data.draw, (cout,))
     use_bias = data.draw(st.booleans())
     act = data.draw(st.sampled_from(ACTIVATIONS))
+    residual = data.draw(st.sampled_from([None, "nchw", "nhwc"]))  # a skip connection in either memory format
     xt = F.pad(T(x), (pads[2], pads[3], pads[0], pads[1]))
     pre = F.conv2d(xt, T(w), T(b) if use_bias else None, s, 0, d, groups)
+    extra = []
+    if residual:
+        r = arr(data.draw, tuple(pre.shape))
+        pre, extra = pre + T(r), [_stored(r, residual == "nhwc")]
     ref = torch_act(pre, act).numpy()
     attrs = {"stride": [s, s], "padding": pads, "dilation": [d, d], "groups": groups, "activation": act}
     # float32 sums in another order: the error scales with the pre-activation, not the output
     scale = max(1.0, float(pre.abs().max())) if pre.numel() else 1.0
     out = _stored(np.full(ref.shape, np.nan, np.float32), layout in ("nhwc", "nhwc-out"))
     w.flags.writeable = False  # as a loaded model's weights: the repacked forms are cached
-    KERNELS["conv2d"]([_stored(x, layout in ("nhwc", "nhwc-in")), w, b if use_bias else None], [out], attrs)
-    assert_close(out, ref, 1e-5 * scale, f"{kind} conv, {layout}")
+    KERNELS["conv2d"]([_stored(x, layout in ("nhwc", "nhwc-in")), w, b if use_bias else None, *extra], [out], attrs)
+    assert_close(out, ref, 1e-5 * scale, f"{kind} conv, {layout}, residual {residual}")
 
 
 @pytest.mark.parametrize("op", sorted(OPS))

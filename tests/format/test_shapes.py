@@ -17,6 +17,8 @@ def test_every_op_has_a_shape_rule():
     ("linear", [(2, 5), (3, 4), None], {}, "x has 5 features"),
     ("conv2d", [(1, 3, 8, 8), (4, 2, 3, 3), None], {"stride": [1, 1], "padding": [0, 0, 0, 0], "groups": 1},
      "do not fit"),
+    ("conv2d", [(1, 4, 8, 8), (4, 4, 1, 1), None, (1, 4, 8, 1)], {"stride": [1, 1], "padding": [0, 0, 0, 0],
+                                                                 "groups": 1}, "residual .* the output's shape"),
     ("reshape", [(2, 3)], {"shape": [4, -1, -1]}, "more than one -1"),
     ("reshape", [(2, 3)], {"shape": [-99]}, "below -1"),
     ("reshape", [(2, 3)], {"shape": [4, -1]}, "cannot infer"),
