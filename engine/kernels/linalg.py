@@ -142,9 +142,9 @@ def _tile_rows(kind, left):
 
 
 @njit(cache=True, nogil=True, fastmath=vm.EXP_FLAGS, error_model=vm.NUMPY_ERRORS)
-def gemm_panels(a, M, K, bp, bias, N, c, code, res, has_res, kind, lo, hi):
-    """c = act(a @ W + bias [+ res]) for a packed weight, work items ``lo..hi``: (block of
-    `GEMM_ROW_BLOCK` rows, panel) pairs, row block major.
+def gemm_panels(a, M, K, bp, bias, N, c, code, res, has_res, kind, rb, lo, hi):
+    """c = act(a @ W + bias [+ res]) for a packed weight, work items ``lo..hi``: (block of ``rb``
+    rows, panel) pairs, row block major (`row_block` picks ``rb``).
 
     a: [M, K] float32, flat C-contiguous; bp: `pack_panels` of W [K, N], flat; bias: float32,
     ceil(N / 32) * 32 long (zeros past N, or for no bias); c: [M, N] float32, flat C-contiguous,
@@ -167,8 +167,8 @@ def gemm_panels(a, M, K, bp, bias, N, c, code, res, has_res, kind, lo, hi):
         blk = item // G
         g0 = item % G
         g1 = min(G, g0 + hi - item)
-        m0 = blk * GEMM_ROW_BLOCK
-        m1 = min(M, m0 + GEMM_ROW_BLOCK)
+        m0 = blk * rb
+        m1 = min(M, m0 + rb)
         if (g1 - g0) * K * PANEL * 4 <= GEMM_L2_PANELS:
             m = m0
             while m < m1:
@@ -282,9 +282,22 @@ def gemm(x2: np.ndarray, panels: np.ndarray, bias: np.ndarray, y2: np.ndarray, c
             and (N + PANEL - 1) // PANEL == G and bias.shape == (G * PANEL,) and kind in (0, 1, 2)
             and (res2 is None or (res2.shape == y2.shape and res2.dtype == np.float32 and res2.flags.c_contiguous))):
         raise ValueError(f"gemm: operands [{M}, {K}] x panels {panels.shape} -> {y2.shape} do not agree")
-    blocks = (M + GEMM_ROW_BLOCK - 1) // GEMM_ROW_BLOCK
-    T.parallel_range(gemm_panels, blocks * G, x2.reshape(-1), M, K, panels.reshape(-1), bias, N, y2.reshape(-1),
-                     code, _EMPTY if res2 is None else res2.reshape(-1), res2 is not None, kind, work=M * N * K)
+    rb = row_block(M)
+    T.parallel_range(gemm_panels, -(-M // rb) * G, x2.reshape(-1), M, K, panels.reshape(-1), bias, N, y2.reshape(-1),
+                     code, _EMPTY if res2 is None else res2.reshape(-1), res2 is not None, kind, rb, work=M * N * K)
+
+
+def row_block(M: int) -> int:
+    """Rows per block of `gemm_panels` for an M-row product: `GEMM_ROW_BLOCK`, except that a
+    product of two or three blocks takes blocks of about equal size (a multiple of 8 rows, the
+    AVX-512 tile). The thread team splits the (block, panel) items evenly, so at 196 rows (a
+    14 x 14 plane) blocks of 128 and 68 gave one thread two thirds of the work; blocks of 104
+    and 92 ran 1.0-1.2x faster on two threads (EfficientNet-Lite0's 14 x 14 shapes). At 784 rows,
+    seven blocks of 112 measured slower than 128s, so larger products keep 128."""
+    blocks = max(1, -(-M // GEMM_ROW_BLOCK))
+    if blocks == 1 or blocks > 3:
+        return GEMM_ROW_BLOCK
+    return -(-(-(-M // blocks)) // 8) * 8
 
 
 def gemm_dequant(x2: np.ndarray, w: Q.QTensor, y2: np.ndarray, kind: int) -> None:
@@ -435,8 +448,10 @@ def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, tap
     activation: runs of 4 interior pixels in `simd.dw_tile_4x16` (4 pixels x 16 channels, every
     tap accumulated in registers), every other pixel in `simd.dw_tile_1x16` over the taps that
     fall inside the plane, and the channels past the last full 16 one pixel at a time
-    (`_depthwise_pixel`). Rows ``lo..hi`` of N * OH; each row is swept once per block of
-    ``cblock`` channels (a multiple of 16, `DEPTHWISE_BLOCK`), so a block's weights stay in L1.
+    (`_depthwise_pixel`). Work items ``lo..hi`` of N * OH * ceil(C / cblock), rows major: one
+    output row of one block of ``cblock`` channels (a multiple of 16, `DEPTHWISE_BLOCK`) each,
+    so a block's weights stay in L1 while it sweeps the row, and a split of few rows can still
+    be even (7 rows of 9 blocks: 31 and 32 items, not 3 and 4 rows).
 
     xt: [N, H, W, C] float32; wt: [kh, kw, C]; b: [C] or longer (zeros for no bias); yt:
     [N, OH, OW, C]; taps: int64 [kh * kw], tap (i, j)'s offset ``(i dh W + j dw) C`` in xt's
@@ -453,40 +468,50 @@ def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, tap
     ow_hi = max(ow_lo, min(OW, last // sw + 1)) if last >= 0 else ow_lo
     toff = np.empty(kh * kw, np.int64)  # a border pixel's taps inside the plane: offsets, weight rows
     trow = np.empty(kh * kw, np.int64)
-    for r in range(lo, hi):
+    rows = N * OH
+    nb = (C + cblock - 1) // cblock
+    for item in range(lo, hi):
+        r, blk = item // nb, item % nb
         n = r // OH
         oh = r % OH
         ih0 = oh * sh - pt
         rows_inside = ih0 >= 0 and ih0 + (kh - 1) * dh < H
-        for cb0 in range(0, C, cblock):  # a block of channels across the whole row
-            cb1 = min(C, cb0 + cblock)
-            t1 = min(cb1, c16)  # the block's full 16-channel tiles end here; the tail, one pixel at a time
-            ow = 0
-            while ow < OW:
-                iw0 = ow * sw - pl
-                xo = ((n * H + ih0) * W + iw0) * C  # may lie outside xt: only the listed taps are read
-                yo = ((n * OH + oh) * OW + ow) * C
-                if rows_inside and ow >= ow_lo and ow + 4 <= ow_hi:
-                    for c0 in range(cb0, t1, 16):
-                        simd.dw_tile_4x16(xf, xo + c0, sw * C, taps, wf, c0, C, b, c0, yf, yo + c0, C)
-                    for k in range(4 if t1 < cb1 else 0):
-                        _depthwise_pixel(xt, wt, b, n, oh, ow + k, sh, sw, pt, pl, dh, dw, yt, t1, cb1)
-                    ow += 4
-                    continue
-                cnt = 0
-                for i in range(kh):
-                    if 0 <= ih0 + i * dh < H:
-                        for j in range(kw):
-                            if 0 <= iw0 + j * dw < W:
-                                toff[cnt] = taps[i * kw + j]
-                                trow[cnt] = i * kw + j
-                                cnt += 1
+        cb0 = blk * cblock  # a block of channels across the whole row
+        cb1 = min(C, cb0 + cblock)
+        t1 = min(cb1, c16)  # the block's full 16-channel tiles end here; the tail, one pixel at a time
+        ow = 0
+        while ow < OW:
+            iw0 = ow * sw - pl
+            xo = ((n * H + ih0) * W + iw0) * C  # may lie outside xt: only the listed taps are read
+            yo = ((n * OH + oh) * OW + ow) * C
+            if rows_inside and ow >= ow_lo and ow + 4 <= ow_hi:
                 for c0 in range(cb0, t1, 16):
-                    simd.dw_tile_1x16(xf, xo + c0, toff, trow, cnt, wf, c0, C, b, c0, yf, yo + c0)
-                if t1 < cb1:
-                    _depthwise_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, dh, dw, yt, t1, cb1)
-                ow += 1
-        A.bias_act_scalar(yf[(n * OH + oh) * OW * C:(n * OH + oh + 1) * OW * C], np.float32(0.0), code)
+                    simd.dw_tile_4x16(xf, xo + c0, sw * C, taps, wf, c0, C, b, c0, yf, yo + c0, C)
+                for k in range(4 if t1 < cb1 else 0):
+                    _depthwise_pixel(xt, wt, b, n, oh, ow + k, sh, sw, pt, pl, dh, dw, yt, t1, cb1)
+                ow += 4
+                continue
+            cnt = 0
+            for i in range(kh):
+                if 0 <= ih0 + i * dh < H:
+                    for j in range(kw):
+                        if 0 <= iw0 + j * dw < W:
+                            toff[cnt] = taps[i * kw + j]
+                            trow[cnt] = i * kw + j
+                            cnt += 1
+            for c0 in range(cb0, t1, 16):
+                simd.dw_tile_1x16(xf, xo + c0, toff, trow, cnt, wf, c0, C, b, c0, yf, yo + c0)
+            if t1 < cb1:
+                _depthwise_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, dh, dw, yt, t1, cb1)
+            ow += 1
+        if code == 0:
+            continue
+        row0 = (n * OH + oh) * OW * C
+        if nb == 1:  # the whole row: one run
+            A.bias_act_scalar(yf[row0:row0 + OW * C], np.float32(0.0), code)
+        else:
+            for ow in range(OW):
+                A.bias_act_scalar(yf[row0 + ow * C + cb0:row0 + ow * C + cb1], np.float32(0.0), code)
 
 
 #: channels of `depthwise_conv2d_nhwc_tiled`'s blocks: a block sweeps a whole output row, so its
@@ -685,8 +710,8 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt, res_t=None) -> bool:
     if depthwise and C >= TILED_DEPTHWISE_MIN_CHANNELS:
         taps = np.array([(i * dh * W + j * dw) * C for i in range(kh) for j in range(kw)], np.int64)
         bvec = _zero_bias(-(-C // PANEL)) if b is None else _packed(b, "bias")
-        T.parallel_range(depthwise_conv2d_nhwc_tiled, N * OH, xt, _packed(w, "taps"), bvec, sh, sw, pt, pl, dh, dw,
-                         code, yt, taps, DEPTHWISE_BLOCK, work=yt.size * kh * kw)
+        T.parallel_range(depthwise_conv2d_nhwc_tiled, N * OH * -(-C // DEPTHWISE_BLOCK), xt, _packed(w, "taps"), bvec,
+                         sh, sw, pt, pl, dh, dw, code, yt, taps, DEPTHWISE_BLOCK, work=yt.size * kh * kw)
         return True
     if depthwise:
         rows = N * OH

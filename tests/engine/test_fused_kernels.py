@@ -283,6 +283,20 @@ def test_fast_panel_tile_takes_its_cases_and_declines_the_rest(kind):
                 assert_close(c.reshape(10, 48), want, rel=1e-6, what=f"kind {kind}, {rows} rows, width {width}, k={k}")
 
 
+def test_row_blocks_cover_the_product_evenly():
+    """`linalg.row_block`: blocks of at most `GEMM_ROW_BLOCK` rows that cover every row; two or
+    three blocks are multiples of 8 rows and differ by less than 8 + 8 rows from each other."""
+    from nac.engine.kernels import linalg as L
+
+    for M in range(1, 2000):
+        rb = L.row_block(M)
+        blocks = -(-M // rb)
+        assert 0 < rb <= L.GEMM_ROW_BLOCK and blocks * rb >= M > (blocks - 1) * rb, M
+        if 2 <= -(-M // L.GEMM_ROW_BLOCK) <= 3:
+            assert rb % 8 == 0 and blocks == -(-M // L.GEMM_ROW_BLOCK), M
+            assert rb - (M - (blocks - 1) * rb) < 16 + 8 * (blocks - 2), M
+
+
 def test_aligned_empty_starts_on_a_cache_line():
     """`simd.aligned_empty` returns a C-contiguous array of the asked shape and dtype whose first
     byte is 64-byte aligned (when it has one), for sizes that numpy itself would place 16 bytes
@@ -329,12 +343,13 @@ def test_gemm_on_packed_panels_matches_torch(kind, act):
             y = np.full((M, N), np.nan, np.float32)
             L.gemm(x, panels, padded, y, A.CODES[act], kid)
             assert_close(y, want, rel=2e-6 * max(8, K) ** 0.5, what=f"{kind} {act} {M, K, N}")
-            items = -(-M // L.GEMM_ROW_BLOCK) * panels.shape[0]
+            rb = L.row_block(M)
+            items = -(-M // rb) * panels.shape[0]
             cuts = sorted({0, items, *rng.integers(0, items + 1, 3).tolist()})
             split = np.full((M, N), np.nan, np.float32)
             for lo, hi in zip(cuts, cuts[1:]):
                 L.gemm_panels(x.reshape(-1), M, K, panels.reshape(-1), padded, N, split.reshape(-1), A.CODES[act],
-                              L._EMPTY, False, kid, lo, hi)
+                              L._EMPTY, False, kid, rb, lo, hi)
             np.testing.assert_array_equal(split, y)
             res = rng.standard_normal((M, N)).astype(np.float32)  # a residual, added before the activation
             y = np.full((M, N), np.nan, np.float32)
@@ -412,6 +427,9 @@ CONV_CASES = [  # (N, C, H, W, Cout, k, stride, padding, dilation, groups)
     (1, 40, 20, 24, 40, 3, 1, 1, 1, 40), (2, 32, 18, 37, 32, 5, 2, 2, 1, 32), (1, 16, 17, 21, 16, 3, 1, 2, 2, 16),
     (1, 7, 5, 19, 7, 3, 1, 3, 1, 7), (2, 48, 7, 7, 48, 3, 1, 1, 1, 48), (1, 32, 7, 7, 32, 5, 1, 2, 1, 32),
     (1, 16, 3, 3, 16, 5, 1, 2, 1, 16), (1, 24, 14, 14, 24, 5, 2, 2, 1, 24),
+    # more channels than one block of `DEPTHWISE_BLOCK` (the last block partial, with a tail of
+    # 8): few rows (work split by channel blocks) and 33 rows (split by rows)
+    (2, 280, 7, 7, 280, 5, 1, 2, 1, 280), (1, 152, 33, 6, 152, 3, 1, 1, 1, 152),
     # an NCHW image into `conv2d_patches`: a partial second panel, dilation, a 5x5 patch of 125
     (2, 3, 16, 15, 40, 3, 2, 1, 2, 1), (1, 5, 9, 11, 33, 5, 1, 2, 1, 1)]
 
