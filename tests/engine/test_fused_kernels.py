@@ -356,6 +356,11 @@ def test_gemm_on_packed_panels_matches_torch(kind, act):
             L.gemm(x, panels, padded, y, A.CODES[act], kid, res)
             want = TORCH_ACT[act]((pre + torch.from_numpy(res).double()).float()).numpy()
             assert_close(y, want, rel=2e-6 * max(8, K) ** 0.5, what=f"{kind} {act} {M, K, N} + residual")
+            split = np.full((M, N), np.nan, np.float32)  # each element gets the residual once, whatever the cuts
+            for lo, hi in zip(cuts, cuts[1:]):
+                L.gemm_panels(x.reshape(-1), M, K, panels.reshape(-1), padded, N, split.reshape(-1), A.CODES[act],
+                              res.reshape(-1), True, kid, rb, lo, hi)
+            np.testing.assert_array_equal(split, y)
 
 
 def test_gemm_propagates_nan_and_inf_like_blas():
