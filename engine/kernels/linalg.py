@@ -673,7 +673,8 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt, res_t=None) -> bool:
     for grouped convolutions that are not depthwise, and for empty inputs or outputs.
 
     ``res_t``: a residual [N, OH, OW, Cout] float32 (contiguous), added before the activation
-    in the GEMM's epilogue; the caller passes one only for an unpadded 1x1 convolution."""
+    in the GEMM's epilogue of an unpadded 1x1 convolution; for any other (a one-channel 1x1
+    convolution is depthwise) returns False with nothing written."""
     N, C, H, W = x.shape
     cout, cg, kh, kw = w.shape
     (sh, sw), (pt, pb, pl, pr), (dh, dw), groups = _geometry(attrs)
@@ -681,6 +682,8 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt, res_t=None) -> bool:
     depthwise = groups == C and cout == C and cg == 1
     if (groups != 1 and not depthwise) or yt.size == 0 or C * kh * kw == 0:  # the NCHW kernels handle the rest
         return False
+    if res_t is not None and (depthwise or not (kh == kw == 1 and pt == pb == pl == pr == 0)):
+        return False  # only the 1x1 product adds a residual (one channel in, one out is "depthwise" too)
     bias = _EMPTY if b is None else b
     if (not depthwise and not (kh == kw == 1) and not is_channels_last(x) and C * kh * kw <= PATCH_MAX_DEPTH
             and GEMM != "blas" and x.dtype == np.float32 and (b is None or b.dtype == np.float32)):

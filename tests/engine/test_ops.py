@@ -582,6 +582,26 @@ def test_conv_layouts(kind, layout, data):
     assert_close(out, ref, 1e-5 * scale, f"{kind} conv, {layout}, residual {residual}")
 
 
+@pytest.mark.parametrize("c,h,w", [(1, 1, 2), (1, 3, 4), (5, 1, 1)])
+def test_residual_reaches_convolutions_whose_output_is_both_layouts(c, h, w):
+    """An output of one channel (or one pixel) is contiguous and channels-last at once, and a
+    one-channel 1x1 convolution counts as depthwise: the residual is still added (it was dropped
+    once, found by `test_conv_layouts`)."""
+    from nac.engine.kernels import KERNELS
+
+    rng = np.random.default_rng(c * 100 + h * 10 + w)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((c, c, 1, 1)).astype(np.float32)
+    wt.flags.writeable = False
+    r = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    want = F.relu(F.conv2d(T(x), T(wt)) + T(r)).numpy()
+    attrs = {"stride": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1], "groups": 1, "activation": "relu"}
+    for residual in (r, _stored(r, True)):
+        out = np.full(want.shape, np.nan, np.float32)
+        KERNELS["conv2d"]([x, wt, None, residual], [out], attrs)
+        assert_close(out, want, 1e-5, f"1x1 conv of {c} channels over {h}x{w} + residual")
+
+
 @pytest.mark.parametrize("op", sorted(OPS))
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
