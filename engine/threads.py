@@ -43,7 +43,7 @@ SPIN_US = 50.0
 #: the GIL, so that the caller has finished calling its own share (a Numba dispatch holds the
 #: GIL for a few microseconds) and the GIL is free: a member that asks for it while the caller
 #: holds it sleeps in the GIL's condition variable and wakes 10-40 us later on a VM. Two ranges
-#: of ~5 us each took 50 us without the wait, 15 with 3 us; 2 x ~20 us, 84 against 37 us.
+#: of ~3 us each took 50 us without the wait, 15 with 3 us; 2 x ~12 us, 84 against 37 us.
 GIL_SETTLE_US = 4.0
 
 
