@@ -229,8 +229,9 @@ def fuse_residual_add(g: Graph) -> int:
                 continue
             if _single_user(g, p.outputs[0], users) is None:
                 continue
-            rv, pv = g.values[r], g.values[p.outputs[0]]
-            if rv.dtype != "float32" or rv.shape != pv.shape or g.values[add.outputs[0]].shape != pv.shape:
+            rv, pv = g.values.get(r), g.values[p.outputs[0]]
+            if (rv is None or rv.dtype != "float32" or rv.shape != pv.shape
+                    or g.values[add.outputs[0]].shape != pv.shape):
                 continue
             maker = prod.get(r)
             if maker is not None and order[id(maker)] > order[id(p)]:
