@@ -2,7 +2,7 @@
 
 Products with a weight of a loaded model (linear, and the 1x1 and im2col convolutions) run
 `gemm_panels`: the weight is repacked once into panels of 32 output columns (`pack_panels`), and
-register tiles (`simd.panel_tile_8x32` on AVX-512, `simd.panel_tile_6x16` elsewhere) stream
+register tiles (`simd.panel_tile_fast`: 8 x 32 on AVX-512, 6 x 16 elsewhere) stream
 them with the bias added in registers and the activation applied while the tile is in cache.
 The panels are split over NAC's thread team. Against numpy's OpenBLAS, which packs the weight
 again on every call, MiniLM's 36 encoder products at 16 rows took 3.4-4.7 instead of 6.9-7.5 ms
@@ -114,14 +114,12 @@ def pack_panels(wt: np.ndarray) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _panel_rows(kind, rows, a, a_off, lda, bp, b_off, bias, n0, c, c_off, ldc, k):
-    """``rows`` rows (8, 6, 4, 3, 2 or 1, `_tile_rows`) x one panel through ``kind``'s tiles."""
+    """``rows`` rows (8, 6, 4, 3, 2 or 1, `_tile_rows`) x one whole panel through ``kind``'s tiles
+    (the full-height ones through `simd.panel_tile_fast`)."""
     if kind == 2:
         simd.loop_panel_tile(rows, PANEL, a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
-    elif rows == 6:  # AVX2: the panel as two 16-column halves
-        simd.panel_tile_6x16(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
-        simd.panel_tile_6x16(a, a_off, lda, bp, b_off + 16, PANEL, bias, n0 + 16, c, c_off + 16, ldc, k)
-    elif rows == 8:
-        simd.panel_tile_8x32(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
+    elif simd.panel_tile_fast(kind, rows, PANEL, a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k):
+        pass
     elif rows == 4:
         simd.panel_tile_4x32(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
     elif rows == 3:

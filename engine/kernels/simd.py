@@ -18,7 +18,8 @@ against 19 and 13 for the plain loops (VNNI: 160 and 124).
 `lut16_ternary_rows` (``vpermps``, `AVX512` only; callers keep a plain kernel for the rest) is
 the T-MAC table lookup for ternary weights times float activations.
 
-`panel_tile_8x32` (and its 4-, 3-, 2- and 1-row forms) and `panel_tile_6x16` are the register
+`panel_tile_fast` (8 x 32 or 6 x 16 tiles, chosen at run time) and `panel_tile_4x32`,
+`panel_tile_3x32`, `panel_tile_2x32` and `panel_tile_1x32` (the rows left over) are the register
 tiles of the float32 GEMM on prepacked weight panels (`nac.engine.kernels.linalg.gemm_panels`):
 8 rows x 32 columns in 16 zmm accumulators for AVX-512, 6 rows x 16 columns in 12 ymm for AVX2
 (the same generic code, lowered for each); `loop_panel_tile` is their plain twin.
@@ -459,7 +460,7 @@ def mm_tile_4x16(typingctx, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, k):
 def _emit_panel_tile(builder, rows, vectors, chains, pa, pb, pbias, pc, a_off_, lda_, b_off_, ldb_, bias_off_,
                      c_off_, ldc_, k_, width_=None):
     """Emit, at ``builder``, the IR of a ``rows`` x ``16 vectors`` tile of a product with a packed
-    B (see `panel_tile_8x32`): pointers to float, offsets, strides and k as i64. With ``chains``
+    B (see `panel_tile_fast`): pointers to float, offsets, strides and k as i64. With ``chains``
     > 1, consecutive k go to separate accumulators, summed at the end, so that a tile with few
     accumulators does not wait on each multiply-add's latency. With ``width_`` (an i64), only
     each row's first ``width_`` columns are stored (``llvm.masked.store``: a masked ``vmovups``
@@ -541,7 +542,7 @@ def _panel_signature_ok(a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, 
 
 def _panel_tile(rows: int, vectors: int, chains: int = 1):
     """The intrinsic for a ``rows`` x ``16 vectors`` tile of a product with a packed B
-    (`_emit_panel_tile`; see `panel_tile_8x32`)."""
+    (`_emit_panel_tile`; see `panel_tile_fast`)."""
 
     @intrinsic
     def tile(typingctx, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k):
@@ -565,13 +566,24 @@ def _panel_tile(rows: int, vectors: int, chains: int = 1):
 @intrinsic
 def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k):
     """The full-height register tile of the packed GEMM, chosen at run time, or nothing:
-    computes `panel_tile_8x32`'s block (same operands) and returns True when ``kind`` is 0
-    (AVX-512) and ``rows`` 8, or ``kind`` 1 (AVX2) and ``rows`` 6 (as two `panel_tile_6x16`),
+    computes an 8 x 32 block (``kind`` 0, AVX-512, ``rows`` 8) or a 6 x 32 block as two 6 x 16
+    tiles (``kind`` 1, AVX2, ``rows`` 6: 12 ymm accumulators, two ymm for the weight row and one
+    broadcast, 15 of 16 registers, no spill) of a float32 product with a packed B plus a bias,
+    accumulated in registers, and returns True: for r < rows, t < 32,
+    c[c_off + r ldc + t] = bias[bias_off + t] + sum_{q < k} a[a_off + r lda + q] * b[b_off + q ldb + t],
     storing only the first ``width`` columns (the columns of c left from ``c_off``'s, at most
     32) when ``width`` < 32: a masked store, or the 16-column tile alone when ``width`` <= 16.
     Returns False, with nothing written, for every other kind, row count, or ``width`` <= 0
     (the caller's remainder path). The panel and the bias must hold 32 columns from their
     offsets (`linalg.pack_panels` pads them with zeros).
+
+    a, b, bias, c: 1-D C-contiguous float32 arrays (flat views); offsets and strides in elements;
+    c is overwritten. b is a weight panel, 32 columns of each of k rows, ``ldb`` apart. LLVM's
+    generic ``<16 x float>`` and ``llvm.fmuladd``: with AVX-512, 16 zmm accumulators, each
+    32-column row of the panel feeding 16 multiply-adds, each element of a broadcast to two (an
+    8 x 32 tile measured 1.9x faster than 4 x 64 once the panel no longer fits L1: half the
+    panel bytes per multiply-add). The caller keeps every index inside its arrays (no bounds
+    checks). `loop_panel_tile` is the plain twin it is tested against.
 
     One intrinsic rather than an njit function choosing among the tiles: Numba's reference
     counting of the arrays such a function takes (inlined or called) cost ten atomic updates a
@@ -631,34 +643,15 @@ def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, 
     return sig, codegen
 
 
-panel_tile_8x32 = _panel_tile(8, 2)
-panel_tile_8x32.__doc__ = """An 8 x 32 block of a float32 matrix product with a packed B, plus a bias, accumulated in
-registers: for r < 8, t < 32,
-c[c_off + r ldc + t] = bias[bias_off + t] + sum_{q < k} a[a_off + r lda + q] * b[b_off + q ldb + t].
-
-a, b, bias, c: 1-D C-contiguous float32 arrays (flat views); offsets and strides in elements; c
-is overwritten. b is a weight panel, 32 columns of each of k rows, ``ldb`` apart. LLVM's generic
-``<16 x float>`` and ``llvm.fmuladd``: 16 zmm accumulators with AVX-512, each 32-column row of
-the panel feeding 16 multiply-adds, each element of a broadcast to two (an 8 x 32 tile measured
-1.9x faster than 4 x 64 once the panel no longer fits L1: half the panel bytes per
-multiply-add). The caller keeps every index inside its arrays (no bounds checks).
-`loop_panel_tile` is the plain twin it is tested against."""
-panel_tile_8x16 = _panel_tile(8, 1)
-panel_tile_8x16.__doc__ = """`panel_tile_8x32` over 16 columns (8 zmm accumulators): the last, partial panel of a
-product whose width is not a multiple of 32 (EfficientNet's 24, 40, 80, 112, 144, 240)."""
 panel_tile_4x32 = _panel_tile(4, 2)
-panel_tile_4x32.__doc__ = "`panel_tile_8x32` for four rows (8 zmm accumulators)."
+panel_tile_4x32.__doc__ = "`panel_tile_fast`'s AVX-512 tile for four rows (8 zmm accumulators)."
 panel_tile_2x32 = _panel_tile(2, 2, chains=2)
-panel_tile_2x32.__doc__ = "`panel_tile_8x32` for two rows (two chains of four accumulators over consecutive k)."
-panel_tile_6x16 = _panel_tile(6, 1)
-panel_tile_6x16.__doc__ = """`panel_tile_8x32`'s AVX2 form: 6 rows x 16 columns (12 ymm accumulators, two per row,
-with two ymm for the weight row and one broadcast: 15 of 16 registers, no spill); a 32-column
-panel is two such tiles side by side."""
+panel_tile_2x32.__doc__ = "`panel_tile_fast`'s AVX-512 tile for two rows (two chains of four accumulators over consecutive k)."
 panel_tile_3x32 = _panel_tile(3, 2)
-panel_tile_3x32.__doc__ = """Three rows of `panel_tile_8x32` (AVX2's remainder tile: 12 ymm accumulators, two ymm
+panel_tile_3x32.__doc__ = """Three rows of `panel_tile_fast`'s AVX-512 tile (AVX2's remainder tile: 12 ymm accumulators, two ymm
 per ``<16 x float>``)."""
 panel_tile_1x32 = _panel_tile(1, 2, chains=4)
-panel_tile_1x32.__doc__ = """`panel_tile_8x32` for one row: four chains of two accumulators over consecutive k,
+panel_tile_1x32.__doc__ = """`panel_tile_fast`'s AVX-512 tile for one row: four chains of two accumulators over consecutive k,
 summed at the end (with one chain it waited on each multiply-add's latency: 133 against 65-84 µs
 for a one-row product with a cached 768 x 2304 weight)."""
 
@@ -666,7 +659,7 @@ for a one-row product with a cached 768 x 2304 weight)."""
 @njit(cache=True, nogil=True)
 def loop_panel_tile(rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k):
     """The plain-loop twin of the panel tiles: ``rows`` x ``width`` (same arguments and result as
-    `panel_tile_8x32` with those sizes; summed in the same order as the tiles without accumulator
+    `panel_tile_fast` with those sizes; summed in the same order as the tiles without accumulator
     chains, equal within float32 rounding to the chained one- and two-row tiles)."""
     for r in range(rows):
         for t in range(width):

@@ -215,7 +215,8 @@ def test_mm_tile_matches_its_loop_twin():
 @pytest.mark.parametrize("rows", [8, 6, 4, 3, 2, 1])
 def test_panel_tiles_match_their_loop_twin(rows):
     """Each GEMM register tile (through `linalg._panel_rows`: kind 0 holds the 8-, 4-, 2- and
-    1-row tiles, kind 1 the 6-row (two 6 x 16 halves) and 3-row ones), at offsets inside larger
+    1-row tiles, kind 1 the 6-row (two 6 x 16 halves, both through `simd.panel_tile_fast`) and
+    3-row ones), at offsets inside larger
     arrays and with output strides wider than the tile, writes exactly its block (bias + product)
     and nothing else, as its plain twin (kind 2) does."""
     from nac.engine.kernels import linalg as L
@@ -231,27 +232,6 @@ def test_panel_tiles_match_their_loop_twin(rows):
             c = np.full(10 * 37, 9.0, np.float32)
             L._panel_rows(kind, rows, a.reshape(-1), 2 * 45 + 1, 45, b.reshape(-1), 0, bias, 3, c, 37 + 5, 37, k)
             assert_close(c.reshape(10, 37), want, rel=1e-6, what=f"{rows}-row tile, kind {kind}, k={k}")
-
-
-@njit
-def _tile_8x16(a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k):
-    simd.panel_tile_8x16(a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k)
-
-
-def test_half_panel_tile_matches_its_loop_twin():
-    """`simd.panel_tile_8x16` (the 16-column tile of a panel that ends past N) writes exactly its
-    8 x 16 block, reading the first 16 columns of a 32-column panel, as the plain loop does."""
-    rng = np.random.default_rng(16)
-    a = rng.standard_normal((10, 45)).astype(np.float32)
-    b = rng.standard_normal((45, 32)).astype(np.float32)
-    bias = rng.standard_normal(40).astype(np.float32)
-    for k in (0, 1, 44):
-        want = np.full((10, 37), 9.0, np.float32)
-        want[1:9, 5:21] = bias[3:19] + a[2:10, 1:1 + k].astype(np.float64) @ b[:k, 16:32]
-        for fn in (_tile_8x16, lambda *args: simd.loop_panel_tile(8, 16, *args)):
-            c = np.full(10 * 37, 9.0, np.float32)
-            fn(a.reshape(-1), 2 * 45 + 1, 45, b.reshape(-1), 16, 32, bias, 3, c, 37 + 5, 37, k)
-            assert_close(c.reshape(10, 37), want, rel=1e-6, what=f"8 x 16 tile, k={k}")
 
 
 @njit
@@ -540,8 +520,6 @@ from test_fused_kernels import test_panel_tiles_match_their_loop_twin, test_gemm
 from test_fused_kernels import test_gemm_propagates_nan_and_inf_like_blas
 for rows in (8, 6, 4, 3, 2, 1):
     test_panel_tiles_match_their_loop_twin(rows)
-from test_fused_kernels import test_half_panel_tile_matches_its_loop_twin
-test_half_panel_tile_matches_its_loop_twin()
 from test_fused_kernels import test_fast_panel_tile_takes_its_cases_and_declines_the_rest
 for kind in (0, 1, 2):
     test_fast_panel_tile_takes_its_cases_and_declines_the_rest(kind)
