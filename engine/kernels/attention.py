@@ -32,52 +32,61 @@ from nac.engine.kernels.vmath import EXP_FLAGS, NUMPY_ERRORS, exp_shifted_sum, r
 DECODE_ROWS = 4
 
 
-@njit(cache=True, nogil=True)
+#: the decode attention's flags: `EXP_FLAGS` plus reassociation, so that each query-key dot
+#: product is summed in vector lanes (the exp itself is `vmath.exp_shifted_sum`'s, compiled with
+#: its own flags); infinities and NaN keep their meaning (no ``ninf``/``nnan``)
+DECODE_FLAGS = EXP_FLAGS | {"reassoc"}
+
+
+@njit(cache=True, nogil=True, fastmath=DECODE_FLAGS, error_model=NUMPY_ERRORS)
 def attend_segments(q, k1, v1, k2, v2, mask, mode, scale, causal, rep, out, lo, hi):
     """Attention for a few query rows over keys/values in two segments (a KV cache and the new
     tokens), reading both where they lie. q [B, H, L, E]; k1/v1 [B, Hk, S1, *]; k2/v2 [B, Hk, S2, *];
     mask [B, H, L, S1 + S2] (any strides) with ``mode`` 0 none, 1 bool keep, 2 additive; query head
-    h reads key head h // rep; out [B, H, L, Ev]. Rows whose every key is masked give zeros.
-    Parallel over ``lo..hi`` of B * H."""
+    h reads key head h // rep; out [B, H, L, Ev]. Rows whose every key is masked give zeros
+    (ATen's math path); a NaN score makes its row NaN. Parallel over ``lo..hi`` of B * H.
+
+    A key that the bool mask (or causality) drops costs no dot product (a decode step's cache has
+    free slots up to its capacity); each dot product is summed in vector lanes, the exponentials
+    are `vmath.exp_shifted_sum`'s, and each kept value row is added once, scaled by its weight.
+    SmolLM2's decode attention (9 heads, 160 slots, 96 filled) went from ~90 to ~XX us a layer."""
     B, H, L, E = q.shape
     S1, S2, Ev = k1.shape[2], k2.shape[2], v1.shape[3]
     S = S1 + S2
     s = np.empty(S, np.float32)
+    qv = np.empty(E, np.float32)
     acc = np.empty(Ev, np.float32)
     for bh in range(lo, hi):
         b, h = bh // H, bh % H
         hk = h // rep
         for i in range(L):
-            mx = -np.inf
+            for e in range(E):
+                qv[e] = q[b, h, i, e]
             for j in range(S):
+                if (mode == 1 and not mask[b, h, i, j]) or (causal and j > i):
+                    s[j] = -np.inf
+                    continue
                 x = np.float32(0.0)
                 if j < S1:
                     for e in range(E):
-                        x += q[b, h, i, e] * k1[b, hk, j, e]
+                        x += qv[e] * k1[b, hk, j, e]
                 else:
                     for e in range(E):
-                        x += q[b, h, i, e] * k2[b, hk, j - S1, e]
+                        x += qv[e] * k2[b, hk, j - S1, e]
                 x *= scale
-                if mode == 1:
-                    if not mask[b, h, i, j]:
-                        x = -np.inf
-                elif mode == 2:
+                if mode == 2:
                     x += mask[b, h, i, j]
-                if causal and j > i:
-                    x = -np.inf
                 s[j] = x
-                if x > mx:
-                    mx = x
-            for e in range(Ev):
-                acc[e] = 0.0
-            if mx == -np.inf or mx != mx:
+            top = row_max(s, S)
+            if not top > -np.inf:  # every key masked (or no keys): zeros
                 for e in range(Ev):
                     out[b, h, i, e] = 0.0
                 continue
-            total = np.float32(0.0)
+            total = exp_shifted_sum(s, S, top, np.float32(1.0))
+            for e in range(Ev):
+                acc[e] = 0.0
             for j in range(S):
-                p = np.float32(math.exp(s[j] - mx))
-                total += p
+                p = s[j]
                 if p == 0.0:
                     continue
                 if j < S1:
@@ -86,8 +95,9 @@ def attend_segments(q, k1, v1, k2, v2, mask, mode, scale, causal, rep, out, lo, 
                 else:
                     for e in range(Ev):
                         acc[e] += p * v2[b, hk, j - S1, e]
+            inv = np.float32(1.0) / total
             for e in range(Ev):
-                out[b, h, i, e] = acc[e] / total
+                out[b, h, i, e] = acc[e] * inv
 
 
 #: score elements (rows x keys, all heads) held at once by the blocked prefill attention: 16 MB

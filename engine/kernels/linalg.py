@@ -12,8 +12,9 @@ the tiles shed Numba's reference counting (`simd.panel_tile_fast`): on that Xeon
 took 0.73-0.92x OpenBLAS's time at 128-1,024 rows of MiniLM's shapes (one thread), and 1.10x at
 512 x 768 x 2304. Int8
 weights with float activations take the same tiles, one converted panel at a time
-(`gemm_dequant_panels`). Products of two activations, single rows (OpenBLAS's matrix-vector
-kernel is faster) and weights that can change between calls go to BLAS through
+(`gemm_dequant_panels`). Single rows (a decode step) take a one-row tile that streams each
+panel's contiguous K x 128 bytes. Products of two activations and weights that can change
+between calls go to BLAS through
 ``numpy.matmul``, with bias and activation applied after it in one fused Numba pass.
 ``NAC_GEMM=avx512|avx2|plain|blas`` forces one path (read at import).
 
@@ -89,8 +90,9 @@ GEMM_ROW_BLOCK = 128
 #: a thread's panels of one row block up to this many bytes are swept by each row tile in turn
 #: (they stay in L2); larger ones are swept row tile by row tile, one panel at a time
 GEMM_L2_PANELS = 256 * 1024
-#: products with fewer rows than this stay on BLAS (see `_gemm_weight`)
-GEMM_MIN_ROWS = 2
+#: products with fewer rows than this stay on BLAS (see `_gemm_weight`); one-row products (a
+#: decode step's) take the panels' one-row tile
+GEMM_MIN_ROWS = 1
 #: the panel tiles `gemm_panels` runs: one per run-time ``kind`` argument (one compiled kernel
 #: serves every machine and the tests force each); "blas" sends every product to numpy
 GEMM_KINDS = {"avx512": 0, "avx2": 1, "plain": 2, "blas": -1}
@@ -318,10 +320,14 @@ def gemm_dequant(x2: np.ndarray, w: Q.QTensor, y2: np.ndarray, kind: int) -> Non
 def _gemm_weight(x2, w, y2, b, code: int, how: str, res2=None) -> bool:
     """act(x2 @ W + b [+ res2]) into y2 through `gemm` when W (the weight ``w``, packed as ``how``) is a
     loaded model's (read-only, so packed once) and the operands are float32; False (nothing
-    written) otherwise, for empty products, and for fewer than `GEMM_MIN_ROWS` rows: OpenBLAS's
-    matrix-vector kernel measured faster there (48 vs 84 µs for a cached 768 x 2304 weight; and
-    SmolLM2 decode, weights from memory, 18.3-24.3 tok/s vs 17.1-19.0 on the panels; at 2-16 rows
-    the panels are 2.5-4x faster than OpenBLAS on a transposed weight)."""
+    written) otherwise, for empty products, and for fewer than `GEMM_MIN_ROWS` rows.
+
+    One-row products (decode) come here too since the one-row tile no longer pays Numba's
+    reference counting per panel (`simd.panel_tile_fast`): SmolLM2's decode step, one thread,
+    took 30.4 ms on the panels against 38.9 ms through OpenBLAS's matrix-vector kernel (AMD EPYC
+    VM, 8 alternating rounds); on two threads the two were within this VM's noise (27.9-29.6 ms),
+    its memory giving two cores little more bandwidth than one (24 against 29 GB/s). At 2-16
+    rows the panels are 2.5-4x faster than OpenBLAS on a transposed weight."""
     if (GEMM == "blas" or x2.shape[0] < GEMM_MIN_ROWS or w.flags.writeable or x2.dtype != np.float32 or y2.dtype != np.float32
             or y2.size == 0 or not y2.flags.c_contiguous or x2.shape[1] == 0):
         return False

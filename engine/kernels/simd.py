@@ -568,8 +568,9 @@ def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, 
     """The full-height register tile of the packed GEMM, chosen at run time, or nothing:
     computes an 8 x 32 block (``kind`` 0, AVX-512, ``rows`` 8) or a 6 x 32 block as two 6 x 16
     tiles (``kind`` 1, AVX2, ``rows`` 6: 12 ymm accumulators, two ymm for the weight row and one
-    broadcast, 15 of 16 registers, no spill) of a float32 product with a packed B plus a bias,
-    accumulated in registers, and returns True: for r < rows, t < 32,
+    broadcast, 15 of 16 registers, no spill) or a 1 x 32 block (``kind`` 0 or 1, ``rows`` 1: a
+    decode step's product, `panel_tile_1x32`'s four accumulator chains) of a float32 product with
+    a packed B plus a bias, accumulated in registers, and returns True: for r < rows, t < 32,
     c[c_off + r ldc + t] = bias[bias_off + t] + sum_{q < k} a[a_off + r lda + q] * b[b_off + q ldb + t],
     storing only the first ``width`` columns (the columns of c left from ``c_off``'s, at most
     32) when ``width`` < 32: a masked store, or the 16-column tile alone when ``width`` <= 16.
@@ -589,7 +590,9 @@ def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, 
     counting of the arrays such a function takes (inlined or called) cost ten atomic updates a
     tile, which made the tiles of shallow convolution products 2-2.6x slower (1,568 x 16 x 96 on
     AVX-512: 150 against 64 us). The masked last panel spares a scratch tile and its copy
-    (EfficientNet's 24 and 40 channels)."""
+    (EfficientNet's 24 and 40 channels). The one-row tile streams the panel (K x 128
+    contiguous bytes), so a one-row product reads its weight at memory speed, split by panels
+    over the thread team."""
     ints = (kind, rows, width)
     if not (all(isinstance(x, types.Integer) for x in ints)
             and _panel_signature_ok(a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k)):
@@ -609,13 +612,23 @@ def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, 
             return builder.and_(x, y)
 
         done = cgutils.alloca_once_value(builder, cgutils.false_bit)
+        operands = (pa, pb, pbias, pc, a_off_, lda_, b_off_, ldb_, bias_off_, c_off_, ldc_, k_)
+        vector_kind = builder.icmp_signed("<", kind_, const(2))
+        single = both(both(vector_kind, builder.icmp_signed("==", rows_, const(1))),
+                      builder.icmp_signed(">", width_, const(0)))
+        with builder.if_then(single):  # one row (a decode step's product): four chains, 32 columns
+            with builder.if_else(builder.icmp_signed(">=", width_, const(32))) as (whole, part):
+                with whole:
+                    _emit_panel_tile(builder, 1, 2, 4, *operands)
+                with part:
+                    _emit_panel_tile(builder, 1, 2, 4, *operands, width_=width_)
+            builder.store(cgutils.true_bit, done)
         avx512 = both(builder.icmp_signed("==", kind_, const(0)), builder.icmp_signed("==", rows_, const(8)))
         avx2 = both(builder.icmp_signed("==", kind_, const(1)), builder.icmp_signed("==", rows_, const(6)))
         full = builder.icmp_signed(">=", width_, const(32))
         upper = both(builder.icmp_signed(">", width_, const(16)), builder.icmp_signed("<", width_, const(32)))
         half = builder.icmp_signed("==", width_, const(16))
         lower = both(builder.icmp_signed(">", width_, const(0)), builder.icmp_signed("<", width_, const(16)))
-        operands = (pa, pb, pbias, pc, a_off_, lda_, b_off_, ldb_, bias_off_, c_off_, ldc_, k_)
 
         def shifted(h):  # the operands of the panel's columns from h on
             return (pa, pb, pbias, pc, a_off_, lda_, builder.add(b_off_, const(h)), ldb_,

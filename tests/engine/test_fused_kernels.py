@@ -242,9 +242,9 @@ def _fast_tile(kind, rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, 
 @pytest.mark.parametrize("kind", [0, 1, 2])
 def test_fast_panel_tile_takes_its_cases_and_declines_the_rest(kind):
     """`simd.panel_tile_fast` computes a full row tile of ``kind`` (8 rows for kind 0, 6 for kind
-    1) exactly as the plain loop does, bias included, and stores only the first ``width``
-    columns (up to 32; a masked store below 32), writing nothing else; for every other row count
-    and kind (the plain loop's 2) it returns False and writes nothing."""
+    1) and the one-row tile of either exactly as the plain loop does, bias included, and stores
+    only the first ``width`` columns (up to 32; a masked store below 32), writing nothing else;
+    for every other row count and kind (the plain loop's 2) it returns False and writes nothing."""
     rng = np.random.default_rng(40 + kind)
     a = rng.standard_normal((10, 45)).astype(np.float32)
     b = rng.standard_normal((45, 32)).astype(np.float32)
@@ -255,7 +255,7 @@ def test_fast_panel_tile_takes_its_cases_and_declines_the_rest(kind):
                 c = np.full(10 * 48, 9.0, np.float32)
                 done = _fast_tile(kind, rows, width, a.reshape(-1), 2 * 45 + 1, 45, b.reshape(-1), 0, 32, bias, 3, c,
                                   48 + 5, 48, k)
-                cols = min(width, 32) if (kind, rows) in ((0, 8), (1, 6)) else 0
+                cols = min(width, 32) if (kind, rows) in ((0, 8), (1, 6), (0, 1), (1, 1)) else 0
                 want = np.full((10, 48), 9.0, np.float32)
                 if cols:
                     want[1:1 + rows, 5:5 + cols] = bias[3:3 + cols] + a[2:2 + rows, 1:1 + k].astype(np.float64) @ b[:k, :cols]
