@@ -49,7 +49,8 @@ def attend_segments(q, k1, v1, k2, v2, mask, mode, scale, causal, rep, out, lo, 
     A key that the bool mask (or causality) drops costs no dot product (a decode step's cache has
     free slots up to its capacity); each dot product is summed in vector lanes, the exponentials
     are `vmath.exp_shifted_sum`'s, and each kept value row is added once, scaled by its weight.
-    SmolLM2's decode attention (9 heads, 160 slots, 96 filled) went from ~90 to ~XX us a layer."""
+    SmolLM2's decode attention (9 heads, 160 slots, 96 filled, one thread): 63 -> 12.5 us for
+    this kernel, 90-110 -> 34-39 us for the whole step (AMD EPYC VM)."""
     B, H, L, E = q.shape
     S1, S2, Ev = k1.shape[2], k2.shape[2], v1.shape[3]
     S = S1 + S2

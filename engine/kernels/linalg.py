@@ -93,6 +93,12 @@ GEMM_L2_PANELS = 256 * 1024
 #: products with fewer rows than this stay on BLAS (see `_gemm_weight`); one-row products (a
 #: decode step's) take the panels' one-row tile
 GEMM_MIN_ROWS = 1
+#: a one-row product (a decode step's) is split over the thread team only when its packed weight
+#: has at least this many bytes (a language model's head). Smaller ones are bound by memory
+#: bandwidth, which one core nearly saturates on the AMD EPYC VM (24 of 29 GB/s): splitting them
+#: too took SmolLM2's two-thread decode from 35.3 to 32.9 tok/s (6 alternating rounds), and GPT-2's
+#: was within noise (45.2 against 44.1)
+GEMV_SPLIT_BYTES = 16 << 20
 #: the panel tiles `gemm_panels` runs: one per run-time ``kind`` argument (one compiled kernel
 #: serves every machine and the tests force each); "blas" sends every product to numpy
 GEMM_KINDS = {"avx512": 0, "avx2": 1, "plain": 2, "blas": -1}
@@ -283,8 +289,9 @@ def gemm(x2: np.ndarray, panels: np.ndarray, bias: np.ndarray, y2: np.ndarray, c
             and (res2 is None or (res2.shape == y2.shape and res2.dtype == np.float32 and res2.flags.c_contiguous))):
         raise ValueError(f"gemm: operands [{M}, {K}] x panels {panels.shape} -> {y2.shape} do not agree")
     rb = row_block(M)
+    work = M * N * K if M > 1 or panels.nbytes >= GEMV_SPLIT_BYTES else 0
     T.parallel_range(gemm_panels, -(-M // rb) * G, x2.reshape(-1), M, K, panels.reshape(-1), bias, N, y2.reshape(-1),
-                     code, _EMPTY if res2 is None else res2.reshape(-1), res2 is not None, kind, rb, work=M * N * K)
+                     code, _EMPTY if res2 is None else res2.reshape(-1), res2 is not None, kind, rb, work=work)
 
 
 def row_block(M: int) -> int:
