@@ -37,7 +37,7 @@ import threading
 import weakref
 
 import numpy as np
-from numba import njit
+from numba import carray, njit
 
 from nac.engine import threads as T
 from nac.engine.kernels import activation as A
@@ -93,12 +93,6 @@ GEMM_L2_PANELS = 256 * 1024
 #: products with fewer rows than this stay on BLAS (see `_gemm_weight`); one-row products (a
 #: decode step's) take the panels' one-row tile
 GEMM_MIN_ROWS = 1
-#: a one-row product (a decode step's) is split over the thread team only when its packed weight
-#: has at least this many bytes (a language model's head). Smaller ones are bound by memory
-#: bandwidth, which one core nearly saturates on the AMD EPYC VM (24 of 29 GB/s): splitting them
-#: too took SmolLM2's two-thread decode from 35.3 to 32.9 tok/s (6 alternating rounds), and GPT-2's
-#: was within noise (45.2 against 44.1)
-GEMV_SPLIT_BYTES = 16 << 20
 #: the panel tiles `gemm_panels` runs: one per run-time ``kind`` argument (one compiled kernel
 #: serves every machine and the tests force each); "blas" sends every product to numpy
 GEMM_KINDS = {"avx512": 0, "avx2": 1, "plain": 2, "blas": -1}
@@ -289,9 +283,64 @@ def gemm(x2: np.ndarray, panels: np.ndarray, bias: np.ndarray, y2: np.ndarray, c
             and (res2 is None or (res2.shape == y2.shape and res2.dtype == np.float32 and res2.flags.c_contiguous))):
         raise ValueError(f"gemm: operands [{M}, {K}] x panels {panels.shape} -> {y2.shape} do not agree")
     rb = row_block(M)
-    work = M * N * K if M > 1 or panels.nbytes >= GEMV_SPLIT_BYTES else 0
-    T.parallel_range(gemm_panels, -(-M // rb) * G, x2.reshape(-1), M, K, panels.reshape(-1), bias, N, y2.reshape(-1),
-                     code, _EMPTY if res2 is None else res2.reshape(-1), res2 is not None, kind, rb, work=work)
+    T.parallel_native(gemm_panels, _pack_gemm, -(-M // rb) * G, x2.reshape(-1), M, K, panels.reshape(-1), bias, N,
+                      y2.reshape(-1), code, _EMPTY if res2 is None else res2.reshape(-1), res2 is not None, kind, rb,
+                      work=M * N * K)
+
+
+@njit(cache=True, nogil=True)
+def _pack_gemm(words, a, M, K, bp, bias, N, c, code, res, has_res, kind, rb):
+    """Publish `gemm_panels`' arguments in the team's words (`threads.Team.run`'s ``pack``):
+    the arrays as addresses and lengths, the rest as integers, from ``threads.WORD_ARGS`` on."""
+    w = T.WORD_ARGS
+    words[w + 0], words[w + 1] = T.data_address(a), a.size
+    words[w + 2], words[w + 3] = T.data_address(bp), bp.size
+    words[w + 4], words[w + 5] = T.data_address(bias), bias.size
+    words[w + 6], words[w + 7] = T.data_address(c), c.size
+    words[w + 8], words[w + 9] = T.data_address(res), res.size
+    words[w + 10], words[w + 11], words[w + 12], words[w + 13] = M, K, N, code
+    words[w + 14], words[w + 15], words[w + 16] = has_res, kind, rb
+
+
+@njit(cache=True, nogil=True)
+def _words_array(words, i):
+    return carray(T.float32_at(words[T.WORD_ARGS + i]), words[T.WORD_ARGS + i + 1])
+
+
+@njit(cache=True, nogil=True)
+def gemm_member_wait(flags, words, done, seen, spins, settle_spins):
+    """A team member's wait (`threads.publish_and_spin`'s contract) that also runs native jobs:
+    the ranges of a `gemm_panels` job it can claim (`threads.claim_native`), with the arguments
+    `_pack_gemm` published, each marked finished in ``flags`` as it ends, all without the GIL,
+    so that neither the hand-off nor the return waits for the caller's Python. Returns for a
+    Python job (its epoch) or after ``spins`` idle reads (``seen``)."""
+    if done >= 0:
+        T._atomic_store(flags, done, seen)
+    while True:
+        epoch = T.spin(flags, 0, seen, False, spins)
+        if epoch == seen:
+            return seen
+        seen = epoch
+        w = T._atomic_load(words, 0)
+        if (w >> T.CLAIM_SHIFT) != epoch:
+            continue  # a newer job is being posted: flags[0] shows it next
+        if not (w & T.NATIVE_JOB):
+            T.settle(settle_spins)
+            return epoch
+        while True:
+            k = T.claim_native(words, epoch)
+            if k < 0:
+                break
+            n, total = words[1], words[2]
+            a, bp, bias = _words_array(words, 0), _words_array(words, 2), _words_array(words, 4)
+            c, res = _words_array(words, 6), _words_array(words, 8)
+            v = T.WORD_ARGS + 10
+            gemm_panels(a, words[v], words[v + 1], bp, bias, words[v + 2], c, words[v + 3], res, words[v + 4] != 0,
+                        words[v + 5], words[v + 6], total * k // n, total * (k + 1) // n)
+            T._atomic_store(flags, 1 + k, epoch)
+
+
+T.member_wait = gemm_member_wait
 
 
 def row_block(M: int) -> int:

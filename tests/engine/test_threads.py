@@ -120,3 +120,71 @@ def test_a_forked_child_gets_its_own_team(two_threads):
     p.start()
     p.join(60)
     assert p.exitcode == 0 and q.get(timeout=5) == 1000
+
+
+def _gemm_case(rng, M, K, N):
+    from nac.engine.kernels import linalg as L
+
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    panels = L.pack_panels(rng.standard_normal((K, N)).astype(np.float32))
+    bias = np.zeros(panels.shape[0] * L.PANEL, np.float32)
+    bias[:N] = rng.standard_normal(N)
+    res = rng.standard_normal((M, N)).astype(np.float32)
+    want = np.empty((M, N), np.float32)  # the same kernel over the whole product on this thread
+    rb = L.row_block(M)
+    L.gemm_panels(x.reshape(-1), M, K, panels.reshape(-1), bias, N, want.reshape(-1), 1, res.reshape(-1), True,
+                  L.GEMM_KINDS[L.GEMM], rb, 0, -(-M // rb) * panels.shape[0])
+    return x, panels, bias, res, want
+
+
+def test_native_jobs_are_run_by_members_and_match_one_thread(two_threads):
+    """`linalg.gemm` posts native jobs (`threads.parallel_native`): members claim and run ranges
+    inside their wait, without the GIL; the caller does not run every range itself, and the
+    result is bit-identical to the whole product on one thread, also after the members slept."""
+    from nac.engine.kernels import linalg as L
+
+    assert T.member_wait is L.gemm_member_wait
+    rng = np.random.default_rng(7)
+    x, panels, bias, res, want = _gemm_case(rng, 96, 384, 1536)
+    members_ran = 0
+    for k in range(300):
+        if k == 150:
+            time.sleep(0.05)  # the member is asleep now, and must still wake for a native job
+        y = np.full(want.shape, np.nan, np.float32)
+        L.gemm(x, panels, bias, y, 1, L.GEMM_KINDS[L.GEMM], res)
+        np.testing.assert_array_equal(y, want)
+        members_ran += len(two_threads._job.mine) < 2
+    assert members_ran > 0
+
+
+def test_native_and_python_jobs_from_many_caller_threads(two_threads):
+    """Callers on several threads at once alternate native GEMM jobs and Python-dispatched ranges
+    (the team runs one job at a time; a caller that finds it busy runs serially): every result
+    is exact and no range runs twice."""
+    from nac.engine.kernels import linalg as L
+
+    errors = []
+
+    def caller(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(40):
+                M, K, N = (int(v) for v in rng.integers(1, 200, 3))
+                x, panels, bias, res, want = _gemm_case(rng, M, K, N)
+                y = np.full(want.shape, np.nan, np.float32)
+                L.T.parallel_native(L.gemm_panels, L._pack_gemm, -(-M // L.row_block(M)) * panels.shape[0],
+                                    x.reshape(-1), M, K, panels.reshape(-1), bias, N, y.reshape(-1), 1,
+                                    res.reshape(-1), True, L.GEMM_KINDS[L.GEMM], L.row_block(M), work=1 << 30)
+                np.testing.assert_array_equal(y, want)
+                hits = np.zeros(500 + seed, np.int64)
+                T.parallel_range(_count, hits.size, hits, work=1 << 30)
+                assert (hits == 1).all()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not errors and not any(t.is_alive() for t in ts)
