@@ -70,24 +70,33 @@ def test_an_error_in_any_range_reaches_the_caller(two_threads):
     assert (hits == 1).all()
 
 
-def test_many_caller_threads(two_threads):
+def _callers(body, n: int, timeout: float) -> None:
+    """Run ``body(seed)`` on ``n`` threads at once; every one must finish in ``timeout`` seconds
+    without raising."""
     errors = []
 
     def caller(seed):
         try:
-            for _ in range(100):
-                hits = np.zeros(777 + seed, np.int64)
-                T.parallel_range(_count, hits.size, hits, work=1 << 30)
-                assert (hits == 1).all()
+            body(seed)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    ts = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+    ts = [threading.Thread(target=caller, args=(k,)) for k in range(n)]
     for t in ts:
         t.start()
     for t in ts:
-        t.join(60)
+        t.join(timeout)
     assert not errors and not any(t.is_alive() for t in ts)
+
+
+def test_many_caller_threads(two_threads):
+    def body(seed):
+        for _ in range(100):
+            hits = np.zeros(777 + seed, np.int64)
+            T.parallel_range(_count, hits.size, hits, work=1 << 30)
+            assert (hits == 1).all()
+
+    _callers(body, 8, 60)
 
 
 def test_set_num_threads_validates_and_limits_blas(two_threads):
@@ -163,28 +172,18 @@ def test_native_and_python_jobs_from_many_caller_threads(two_threads):
     is exact and no range runs twice."""
     from nac.engine.kernels import linalg as L
 
-    errors = []
-
-    def caller(seed):
+    def body(seed):
         rng = np.random.default_rng(seed)
-        try:
-            for _ in range(40):
-                M, K, N = (int(v) for v in rng.integers(1, 200, 3))
-                x, panels, bias, res, want = _gemm_case(rng, M, K, N)
-                y = np.full(want.shape, np.nan, np.float32)
-                L.T.parallel_native(L.gemm_panels, L._pack_gemm, -(-M // L.row_block(M)) * panels.shape[0],
-                                    x.reshape(-1), M, K, panels.reshape(-1), bias, N, y.reshape(-1), 1,
-                                    res.reshape(-1), True, L.GEMM_KINDS[L.GEMM], L.row_block(M), work=1 << 30)
-                np.testing.assert_array_equal(y, want)
-                hits = np.zeros(500 + seed, np.int64)
-                T.parallel_range(_count, hits.size, hits, work=1 << 30)
-                assert (hits == 1).all()
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        for _ in range(40):
+            M, K, N = (int(v) for v in rng.integers(1, 200, 3))
+            x, panels, bias, res, want = _gemm_case(rng, M, K, N)
+            y = np.full(want.shape, np.nan, np.float32)
+            L.T.parallel_native(L.gemm_panels, L._pack_gemm, -(-M // L.row_block(M)) * panels.shape[0],
+                                x.reshape(-1), M, K, panels.reshape(-1), bias, N, y.reshape(-1), 1,
+                                res.reshape(-1), True, L.GEMM_KINDS[L.GEMM], L.row_block(M), work=1 << 30)
+            np.testing.assert_array_equal(y, want)
+            hits = np.zeros(500 + seed, np.int64)
+            T.parallel_range(_count, hits.size, hits, work=1 << 30)
+            assert (hits == 1).all()
 
-    ts = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(120)
-    assert not errors and not any(t.is_alive() for t in ts)
+    _callers(body, 6, 120)
