@@ -312,6 +312,8 @@ class Team:
             return
         try:
             n = min(self.n, total)
+            if n >= NATIVE_JOB:  # more ranges than the claim word counts: members take them with the GIL
+                pack = None
             epoch = int(self.flags[0]) + 1
             job = _Job(fn, args, [total * k // n for k in range(n + 1)], epoch, pack is not None)
             self._job = job
@@ -328,8 +330,11 @@ class Team:
             else:
                 b = job.bounds
                 while (k := claim_native(self.words, epoch)) >= 0:
-                    fn(*args, b[k], b[k + 1])
                     job.mine.append(k)
+                    try:
+                        fn(*args, b[k], b[k + 1])
+                    except BaseException as exc:  # raised once the members' ranges are finished
+                        job.errors.append(exc)
             for k in range(n):  # ranges a member claimed: wait for them (they are running)
                 if k not in job.mine:
                     while spin(self.flags, 1 + k, epoch, True, self.spins) != epoch:
