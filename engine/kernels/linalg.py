@@ -117,7 +117,7 @@ def pack_panels(wt: np.ndarray) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def _panel_rows(kind, rows, a, a_off, lda, bp, b_off, bias, n0, c, c_off, ldc, k):
     """``rows`` rows (8, 6, 4, 3, 2 or 1, `_tile_rows`) x one whole panel through ``kind``'s tiles
-    (the full-height ones through `simd.panel_tile_fast`)."""
+    (the full-height and one-row ones through `simd.panel_tile_fast`)."""
     if kind == 2:
         simd.loop_panel_tile(rows, PANEL, a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
     elif simd.panel_tile_fast(kind, rows, PANEL, a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k):
@@ -126,10 +126,8 @@ def _panel_rows(kind, rows, a, a_off, lda, bp, b_off, bias, n0, c, c_off, ldc, k
         simd.panel_tile_4x32(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
     elif rows == 3:
         simd.panel_tile_3x32(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
-    elif rows == 2:
+    else:  # two rows (one went to panel_tile_fast)
         simd.panel_tile_2x32(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
-    else:
-        simd.panel_tile_1x32(a, a_off, lda, bp, b_off, PANEL, bias, n0, c, c_off, ldc, k)
 
 
 @njit(cache=True, nogil=True)
@@ -304,6 +302,7 @@ def _pack_gemm(words, a, M, K, bp, bias, N, c, code, res, has_res, kind, rb):
 
 @njit(cache=True, nogil=True)
 def _words_array(words, i):
+    """The float32 array `_pack_gemm` published at word ``i`` (address) and ``i + 1`` (length)."""
     return carray(T.float32_at(words[T.WORD_ARGS + i]), words[T.WORD_ARGS + i + 1])
 
 

@@ -18,8 +18,8 @@ against 19 and 13 for the plain loops (VNNI: 160 and 124).
 `lut16_ternary_rows` (``vpermps``, `AVX512` only; callers keep a plain kernel for the rest) is
 the T-MAC table lookup for ternary weights times float activations.
 
-`panel_tile_fast` (8 x 32 or 6 x 16 tiles, chosen at run time) and `panel_tile_4x32`,
-`panel_tile_3x32`, `panel_tile_2x32` and `panel_tile_1x32` (the rows left over) are the register
+`panel_tile_fast` (8 x 32, 6 x 16 or one-row tiles, chosen at run time) and `panel_tile_4x32`,
+`panel_tile_3x32` and `panel_tile_2x32` (the rows left over) are the register
 tiles of the float32 GEMM on prepacked weight panels (`nac.engine.kernels.linalg.gemm_panels`):
 8 rows x 32 columns in 16 zmm accumulators for AVX-512, 6 rows x 16 columns in 12 ymm for AVX2
 (the same generic code, lowered for each); `loop_panel_tile` is their plain twin.
@@ -569,7 +569,9 @@ def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, 
     computes an 8 x 32 block (``kind`` 0, AVX-512, ``rows`` 8) or a 6 x 32 block as two 6 x 16
     tiles (``kind`` 1, AVX2, ``rows`` 6: 12 ymm accumulators, two ymm for the weight row and one
     broadcast, 15 of 16 registers, no spill) or a 1 x 32 block (``kind`` 0 or 1, ``rows`` 1: a
-    decode step's product, `panel_tile_1x32`'s four accumulator chains) of a float32 product with
+    decode step's product: four chains of two accumulators over consecutive k, summed at the
+    end; with one chain it waited on each multiply-add's latency, 133 against 65-84 us for a
+    cached 768 x 2304 weight) of a float32 product with
     a packed B plus a bias, accumulated in registers, and returns True: for r < rows, t < 32,
     c[c_off + r ldc + t] = bias[bias_off + t] + sum_{q < k} a[a_off + r lda + q] * b[b_off + q ldb + t],
     storing only the first ``width`` columns (the columns of c left from ``c_off``'s, at most
@@ -663,10 +665,6 @@ panel_tile_2x32.__doc__ = "`panel_tile_fast`'s AVX-512 tile for two rows (two ch
 panel_tile_3x32 = _panel_tile(3, 2)
 panel_tile_3x32.__doc__ = """Three rows of `panel_tile_fast`'s AVX-512 tile (AVX2's remainder tile: 12 ymm accumulators, two ymm
 per ``<16 x float>``)."""
-panel_tile_1x32 = _panel_tile(1, 2, chains=4)
-panel_tile_1x32.__doc__ = """`panel_tile_fast`'s AVX-512 tile for one row: four chains of two accumulators over consecutive k,
-summed at the end (with one chain it waited on each multiply-add's latency: 133 against 65-84 µs
-for a one-row product with a cached 768 x 2304 weight)."""
 
 
 @njit(cache=True, nogil=True)
