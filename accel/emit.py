@@ -49,7 +49,7 @@ SUPPORTED = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_REDUCE) | frozen
     "logical_not", "where", "cast", "cat", "pad", "repeat", "full", "arange", "linear", "matmul", "conv2d",
     "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "layer_norm", "rms_norm", "softmax",
     "log_softmax", "argmax", "argmin", "cumsum", "embedding", "index_select", "gather", "index", "var",
-    "scaled_dot_product_attention", "sort", "topk", "upsample2d"}
+    "scaled_dot_product_attention", "rotary_embedding", "sort", "topk", "upsample2d"}
 
 
 @dataclass
@@ -641,6 +641,12 @@ class _Generator:
         self.emit(f"nac_sdpa({b}, {hq}, {hkv}, {l}, {s}, {e}, {ev}, {self.contiguous(q)}, {kp or self.contiguous(k)}, "
                   f"{vp or self.contiguous(v)}, {kind}, {mptr}, {_ints(ms)}, {_flt(scale)}, {int(bool(at.get('is_causal')))}, "
                   f"(float *){sc}, {self.ptr(out, False)});")
+
+    def op_rotary_embedding(self, ins, out, at, outs):
+        x, c, s = ins
+        cs, ss = (self.strides(np.broadcast_to(t, x.shape)) for t in (c, s))
+        self.emit(f"nac_rotary_f32({x.ndim}, {_ints(x.shape)}, {self.ptr(x)}, {_ints(self.strides(x))}, {self.ptr(c)}, "
+                  f"{_ints(cs)}, {self.ptr(s)}, {_ints(ss)}, {self.ptr(out, False)});")
 
     # -- files --------------------------------------------------------------------------------------
     def write(self, d: Path, target: str, rvv: bool = False) -> None:

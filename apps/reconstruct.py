@@ -138,6 +138,12 @@ def _topk(x, k, dim, largest):
     return values.narrow(dim, 0, k), indices.narrow(dim, 0, k)
 
 
+def _rotary(x, cos, sin):
+    """NAC's rotary_embedding: x * cos + rotate_half(x) * sin (transformers' half-split layout)."""
+    h = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., h:], x[..., :h]], dim=-1) * sin
+
+
 def _dequantize(data, scale, scheme, shape):
     """A quantised weight as float32 [N, K]: int8 rows times their scale, or 2-bit ternary codes
     (t + 1, four to a byte, least significant first) times the per-row or per-tensor scale."""
@@ -155,7 +161,7 @@ class _Names:
     generated code uses itself)."""
 
     RESERVED = {"torch", "F", "self", "max", "min", "float", "int", "range", "_attention", "_activation",
-                "_quantize_rows", "_conv2d", "_topk", "_dequantize", "None", "True", "False"}
+                "_quantize_rows", "_conv2d", "_topk", "_rotary", "_dequantize", "None", "True", "False"}
 
     def __init__(self, taken=()):
         self.taken = set(self.RESERVED) | set(taken)
@@ -316,6 +322,8 @@ def _call(n, g: Graph, ins: list[str]) -> str:
         return f"_topk({x}, {_dim(a['k'])}, {_int(a['dim'])}, {bool(a.get('largest', True))})"
     if op in ("softmax", "log_softmax"):
         return f"torch.{op}({x}, dim={_int(a['dim'])})"
+    if op == "rotary_embedding":
+        return f"_rotary({x}, {ins[1]}, {ins[2]})"
     if op == "layer_norm":
         axes = int(_int(a.get("axes", 1)))
         return f"F.layer_norm({x}, {x}.shape[-{axes}:], {ins[1]}, {ins[2]}, eps={a['eps']!r})"
@@ -364,7 +372,7 @@ def _call(n, g: Graph, ins: list[str]) -> str:
 #: every op `torch_source` writes (the registry test checks this covers the op table).
 TORCH_OPS = frozenset(_BINARY) | frozenset(_UNARY) | {
     "gelu", "clamp", "leaky_relu", "elu", "cast", "where", "matmul", "linear", "conv2d",
-    "scaled_dot_product_attention", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "upsample2d", "sum", "mean",
+    "scaled_dot_product_attention", "rotary_embedding", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "upsample2d", "sum", "mean",
     "amax", "amin", "prod", "any", "all", "var", "argmax", "argmin", "cumsum", "sort", "topk", "softmax",
     "log_softmax", "layer_norm", "rms_norm", "batch_norm", "embedding", "gather", "index_select", "index", "reshape",
     "permute", "expand", "slice", "select", "flip", "cat", "pad", "repeat", "copy", "arange", "full"}

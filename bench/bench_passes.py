@@ -41,7 +41,8 @@ warnings.filterwarnings("ignore")
 #: the passes switched off one at a time (those with a speed effect; constant folding and dead-code
 #: elimination are prerequisites of the others rather than speed-ups of their own)
 PASSES = ("merge_sibling_linears", "fuse_activation", "fuse_bias_add", "fuse_residual_add", "fuse_rms_norm",
-          "fuse_silu", "fuse_tanh_gelu", "attention_reads_cache_in_place", "transpose_linear_weights")
+          "fuse_rotary_embedding", "fuse_silu", "fuse_tanh_gelu", "attention_reads_cache_in_place",
+          "transpose_linear_weights")
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ def optimize(g: Graph) -> dict:
     """Run every pass in order; returns ``{pass name: rewrites}`` plus node counts."""
     report = {"nodes_before": len(g.nodes)}
     for p in (fold_constants, matmul_to_linear, fuse_pad_into_conv, fold_batch_norm, fuse_bias_add,
-              fuse_residual_add, fuse_tanh_gelu, fuse_silu, fuse_rms_norm, fuse_activation,
+              fuse_residual_add, fuse_tanh_gelu, fuse_silu, fuse_rms_norm, fuse_rotary_embedding, fuse_activation,
               attention_reads_cache_in_place, eliminate_dead_code, deduplicate_parameters, transpose_linear_weights):
         report[p.__name__] = p(g)
     report["nodes_after"] = len(g.nodes)
@@ -404,6 +404,79 @@ def fuse_rms_norm(g: Graph) -> int:
             node.op, node.inputs, node.attrs = "rms_norm", [x, weight], {"axes": 1, "eps": eps}
             count += 1
             break
+    g.nodes = [n for n in g.nodes if id(n) not in dead]
+    return count
+
+
+def _half_slice(g: Graph, n: Node | None, rank: int, start: int, stop: int) -> str | None:
+    """The sliced value when ``n`` is ``x[..., start:stop]`` on the last axis, step 1 (an ``end``
+    at or past the axis' length counts as ``stop``), else None."""
+    if n is None or n.op != "slice" or n.attrs.get("step", 1) != 1:
+        return None
+    dim, a, b = n.attrs.get("dim"), n.attrs.get("start", 0), n.attrs.get("end")
+    if not all(type(t) is int for t in (dim, a, b)) or dim % rank != rank - 1 or a != start:
+        return None
+    return n.inputs[0] if b == stop or (stop == g.values[n.inputs[0]].shape[-1] and b >= stop) else None
+
+
+def _rotate_half(g: Graph, prod: dict, users: dict, v: str) -> tuple[str, list[Node]] | None:
+    """(x, the nodes that compute it) when value ``v`` is transformers' ``rotate_half(x)`` =
+    ``cat([neg(x[..., D/2:]), x[..., :D/2]], -1)`` with D static and even, each intermediate read
+    only by the next op; else None."""
+    cat = prod.get(v)
+    if cat is None or cat.op != "cat" or len(cat.inputs) != 2:
+        return None
+    neg, lo = prod.get(cat.inputs[0]), prod.get(cat.inputs[1])
+    if neg is None or neg.op != "neg" or lo is None:
+        return None
+    hi = prod.get(neg.inputs[0])
+    x = lo.inputs[0] if lo.op == "slice" else None
+    shape = g.values[x].shape if x in g.values else ()
+    if not shape or type(shape[-1]) is not int or shape[-1] % 2 or cat.attrs.get("dim", 0) % len(shape) != len(shape) - 1:
+        return None
+    d, rank = shape[-1], len(shape)
+    if _half_slice(g, lo, rank, 0, d // 2) != x or _half_slice(g, hi, rank, d // 2, d) != x:
+        return None
+    if not all(_only_user(g, users, i, n) for i, n in ((cat.inputs[0], cat), (cat.inputs[1], cat), (neg.inputs[0], neg))):
+        return None
+    return x, [cat, neg, lo, hi]
+
+
+def fuse_rotary_embedding(g: Graph) -> int:
+    """The rotary position embedding written out op by op -> one ``rotary_embedding`` node.
+
+    transformers' ``apply_rotary_pos_emb`` (Llama, Mistral, Qwen2, Gemma, GPT-NeoX, Phi) computes
+    ``q * cos + rotate_half(q) * sin`` (and the same for k), ``rotate_half(x) = cat(-x[..., D/2:],
+    x[..., :D/2])`` (Su et al. 2021, in the half-split layout): seven ops per tensor, five of them
+    kernels, for every layer of every decode step (SmolLM2: 300 of a step's ~650 kernels). Matched:
+    add(mul(x, cos), mul(rotate_half(x), sin)), operands of each mul and the add in either order,
+    x, cos and sin float32, cos and sin not enlarging x, every intermediate read only by the next
+    op. The node computes the same float32 products and sum, so results are bit-identical.
+    """
+    users, prod = g.consumers(), g.producers()
+    count, dead = 0, set()
+    f32 = lambda v: g.values[v].dtype == "float32"  # noqa: E731
+    for add in [n for n in g.nodes if n.op == "add" and len(n.inputs) == 2 and f32(n.outputs[0])]:
+        out_shape = g.values[add.outputs[0]].shape
+        for a_v, b_v in (add.inputs, add.inputs[::-1]):
+            a, b = prod.get(a_v), prod.get(b_v)
+            if a is None or b is None or a.op != "mul" or b.op != "mul" or len(a.inputs) != 2 or len(b.inputs) != 2:
+                continue
+            for rot_v, sin in (b.inputs, b.inputs[::-1]):
+                found = _rotate_half(g, prod, users, rot_v)
+                if found is None or found[0] not in a.inputs:
+                    continue
+                x, nodes = found
+                cos = a.inputs[1] if a.inputs[0] == x else a.inputs[0]
+                if (not all(f32(v) for v in (x, cos, sin)) or g.values[x].shape != out_shape
+                        or not all(_only_user(g, users, v, n) for v, n in ((a_v, add), (b_v, add), (rot_v, b)))):
+                    continue
+                _drop(g, dead, a, b, *nodes)
+                add.op, add.inputs, add.attrs = "rotary_embedding", [x, cos, sin], {}
+                count += 1
+                break
+            if add.op == "rotary_embedding":
+                break
     g.nodes = [n for n in g.nodes if id(n) not in dead]
     return count
 

@@ -148,6 +148,11 @@ _op("scaled_dot_product_attention", ["q", "k", "v", "attn_mask?", "k_tail?", "v_
     "j <= i; a row with every position masked gives 0; with enable_gqa, k/v heads are shared by groups of q heads; "
     "k_tail/v_tail (both or neither) are further keys/values after k/v (a KV cache read in place)",
     "[*batch, L, Ev]", "aten.scaled_dot_product_attention (kept whole at export)")
+_op("rotary_embedding", ["x", "cos", "sin"], {},
+    "x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x[..., D/2:], x[..., :D/2]) (rotary position "
+    "embedding, Su et al. 2021, in the half-split layout of GPT-NeoX and transformers' Llama); cos and sin "
+    "broadcast to x", SAME + ", with D = x.shape[-1] even",
+    "transformers' apply_rotary_pos_emb: mul, slice, neg, cat, mul, add (fused at export)")
 
 # -- pooling ---------------------------------------------------------------------------------------
 _family = "pooling"

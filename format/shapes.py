@@ -279,6 +279,20 @@ def _sdpa(op, ins, dts, attrs):
     return [(q[:-3] + (H, L, v[-1]), "float32")]
 
 
+@rule("rotary_embedding")
+def _rotary(op, ins, dts, attrs):
+    x, c, s = _need(ins, 0, op), _need(ins, 1, op), _need(ins, 2, op)
+    if not x or x[-1] % 2:
+        raise ShapeError(f"rotary_embedding needs an even last axis, got {list(x)}")
+    for k, name in enumerate(("x", "cos", "sin")):
+        if len(dts) > k and dts[k] not in (None, "float32"):
+            raise ShapeError(f"rotary_embedding: {name} is {dts[k]}, not float32")
+    for name, t in (("cos", c), ("sin", s)):
+        if broadcast(t, x) != x:
+            raise ShapeError(f"rotary_embedding: {name} {list(t)} does not broadcast to x {list(x)}")
+    return [(x, "float32")]
+
+
 def _pool_out(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
     """ATen pooling_output_shape: windows that start in the padding on the right are dropped."""
     span = n + 2 * p - d * (k - 1) - 1

@@ -602,6 +602,22 @@ void nac_batch_norm(int64_t n, int64_t c, int64_t hw, const float *x, const floa
         }
 }
 
+void nac_rotary_f32(int rank, const int64_t *shape, const float *x, const int64_t *xs, const float *c,
+                    const int64_t *cs, const float *s, const int64_t *ss, float *out) {
+    const int lead = rank - 1;
+    const int64_t d = shape[lead], h = d / 2, xj = xs[lead], cj = cs[lead], sj = ss[lead];
+    NAC_ITER_BEGIN(lead, shape)
+        const float *xr = x + nac_offset(lead, idx_, xs), *cr = c + nac_offset(lead, idx_, cs);
+        const float *sr = s + nac_offset(lead, idx_, ss);
+        float *o = out + i_ * d;
+        for (int64_t j = 0; j < h; ++j) {
+            const float x1 = xr[j * xj], x2 = xr[(j + h) * xj];
+            o[j] = x1 * cr[j * cj] + (-x2) * sr[j * sj];
+            o[j + h] = x2 * cr[(j + h) * cj] + x1 * sr[(j + h) * sj];
+        }
+    NAC_ITER_END(lead, shape)
+}
+
 void nac_softmax(int64_t outer, int64_t n, int64_t inner, const float *x, int log, float *out) {
     NAC_OMP("omp parallel for schedule(static) if (outer * n * inner > 16384)")
     for (int64_t p = 0; p < outer; ++p)

@@ -92,6 +92,10 @@ void nac_rms_norm(int64_t rows, int64_t cols, const float *x, const float *w, fl
 void nac_batch_norm(int64_t n, int64_t c, int64_t hw, const float *x, const float *w, const float *b,
                     const float *mean, const float *var, float eps, float *out);
 void nac_softmax(int64_t outer, int64_t n, int64_t inner, const float *x, int log, float *out);
+/* rotary position embedding, half-split layout: out = x * c + cat(-x[.., D/2:], x[.., :D/2]) * s over rows
+   of D = shape[rank - 1] (even); x, c, s strided (c and s broadcast to x: stride 0), out contiguous */
+void nac_rotary_f32(int rank, const int64_t *shape, const float *x, const int64_t *xs, const float *c,
+                    const int64_t *cs, const float *s, const int64_t *ss, float *out);
 
 /* reductions and scans */
 void nac_reduce_f32(int op, int rank, const int64_t *shape, const uint8_t *reduced, const float *x,

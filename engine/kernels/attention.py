@@ -101,6 +101,52 @@ def attend_segments(q, k1, v1, k2, v2, mask, mode, scale, causal, rep, out, lo, 
                 out[b, h, i, e] = acc[e] * inv
 
 
+@njit(cache=True, nogil=True, error_model=NUMPY_ERRORS)
+def rotary_rows(x, c, s, out, lo, hi):
+    """Rows ``lo..hi`` of the rotary position embedding over x [A, B, C, D] (any strides; D even):
+    out = x * c + rotate_half(x) * s, rotate_half(x) = cat(-x[..., D/2:], x[..., :D/2]), with c and
+    s 4-D, each axis x's length or 1 (broadcast here: numpy's broadcast_to costs ~2.5 us a call,
+    more than a decode step's whole rotation). Row r is (r // (B*C), r // C % B, r % C). Each
+    output is two float32 products and a sum, rounded as the unfused ops round them (no
+    contraction to FMA), so the result is bit-identical to mul, neg, cat, mul, add."""
+    _, B, C, D = x.shape
+    h = D // 2
+    for r in range(lo, hi):
+        a, b, i = r // (B * C), (r // C) % B, r % C
+        xr, o = x[a, b, i], out[a, b, i]
+        cr = c[min(a, c.shape[0] - 1), min(b, c.shape[1] - 1), min(i, c.shape[2] - 1)]
+        sr = s[min(a, s.shape[0] - 1), min(b, s.shape[1] - 1), min(i, s.shape[2] - 1)]
+        cj, sj = 1 if cr.shape[0] > 1 else 0, 1 if sr.shape[0] > 1 else 0
+        for j in range(h):
+            x1, x2 = xr[j], xr[j + h]
+            o[j] = x1 * cr[j * cj] + (-x2) * sr[j * sj]
+            o[j + h] = x2 * cr[(j + h) * cj] + x1 * sr[(j + h) * sj]
+
+
+def rotary_reference(x, c, s) -> np.ndarray:
+    """The unfused rotary embedding (numpy, float32) the kernel is tested against and the rare
+    rank-5+ input runs on: x * c + cat(-x[..., D/2:], x[..., :D/2]) * s, c and s broadcasting to x."""
+    h = x.shape[-1] // 2
+    rot = np.concatenate([np.negative(x[..., h:]), x[..., :h]], axis=-1)
+    return np.add(np.multiply(x, c, dtype=np.float32), np.multiply(rot, s, dtype=np.float32), dtype=np.float32)
+
+
+@kernel("rotary_embedding")
+def rotary_embedding(ins, outs, attrs):
+    """x [*, D] float32 (D even), cos and sin broadcasting to x -> out [*, D] float32: the rotary
+    position embedding in transformers' half-split layout (Su et al. 2021, "RoFormer", eq. 34;
+    transformers' ``apply_rotary_pos_emb`` / ``rotate_half``). One pass, rows split across the
+    thread team; the shape rule has checked the shapes and dtypes."""
+    x, c, s = ins
+    out = outs[0]
+    if x.ndim > 4:
+        out[...] = rotary_reference(x, c, s)
+        return
+    x4, c4, s4, o4 = (t if t.ndim == 4 else t.reshape((1,) * (4 - t.ndim) + t.shape) for t in (x, c, s, out))
+    rows = x4.shape[0] * x4.shape[1] * x4.shape[2]
+    T.parallel_range(rotary_rows, rows, x4, c4, s4, o4, work=x.size * 2)
+
+
 #: score elements (rows x keys, all heads) held at once by the blocked prefill attention: 16 MB
 SCORE_BUDGET = 1 << 22
 

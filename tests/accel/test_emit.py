@@ -215,7 +215,8 @@ def test_issue12_ops_in_c(tmp_path):
 
 def test_decode_step_with_the_cache_read_in_place(tmp_path):
     """A Llama decode step (GQA; attention over the cache and the new token as two segments, as
-    the export pass leaves it) runs in the emitted C as in the engine."""
+    the export pass leaves it; q and k through the fused rotary embedding) runs in the emitted C as
+    in the engine."""
     transformers = pytest.importorskip("transformers", reason="the decoder is a transformers Llama")
     from nac.apps.sources import causal_lm
 
@@ -226,6 +227,7 @@ def test_decode_step_with_the_cache_read_in_place(tmp_path):
     p = nac.export(job.module, job.args, tmp_path / "l.nac", dynamic_shapes=job.dynamic_shapes, metadata=job.metadata)
     m = nac.load(p)
     assert any(len(n.inputs) == 6 for n in m.graph.nodes if n.op == "scaled_dot_product_attention")
+    assert sum(n.op == "rotary_embedding" for n in m.graph.nodes) == 4  # q and k of each layer
     rng = np.random.default_rng(0)
     past = rng.standard_normal((2, 1, 2, 5, 8)).astype(np.float32)
     inputs = [np.array([[7]]), np.ones((1, 1), np.int64), np.array([[0, 1, 1, 1, 1]]), past, past * 0.5]

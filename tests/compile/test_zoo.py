@@ -567,6 +567,69 @@ def test_written_out_rms_norm_and_silu_become_fused_ops(tmp_path):
         assert near.metadata["compile"]["passes"]["fuse_silu"] == 0
 
 
+def test_rotary_embedding_becomes_one_op(tmp_path, monkeypatch):
+    """transformers' Llama rotary embedding (`LlamaRotaryEmbedding` for cos/sin,
+    `apply_rotary_pos_emb` on q and k: mul, slice, slice, neg, cat, mul, add each) becomes one
+    ``rotary_embedding`` node per tensor. Agrees with torch at 1e-5 for several sequence lengths,
+    and is bit-identical to the same export with the pass switched off. Left alone: rotate_half with
+    the halves the other way round (another rotation), and a rotate_half whose result is also a graph
+    output."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    from nac.compile import passes
+
+    cfg = LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+
+    class Rope(nn.Module):
+        def __init__(self, kind="llama"):
+            super().__init__()
+            self.q, self.k, self.kind = nn.Linear(32, 32), nn.Linear(32, 16), kind
+            self.rotary = LlamaRotaryEmbedding(cfg)
+
+        def forward(self, x, position_ids):
+            b, s, _ = x.shape
+            q = self.q(x).view(b, s, 4, 8).transpose(1, 2)
+            k = self.k(x).view(b, s, 2, 8).transpose(1, 2)
+            cos, sin = self.rotary(x, position_ids)
+            if self.kind == "llama":
+                return apply_rotary_pos_emb(q, k, cos, sin)
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+            if self.kind == "swapped":  # cat(x1, -x2): the inverse rotation, not the one the op computes
+                return q * cos + torch.cat([q[..., :4], -q[..., 4:]], dim=-1) * sin
+            rot = torch.cat([-k[..., 4:], k[..., :4]], dim=-1)  # "shared": the rotation is read twice
+            return k * cos + rot * sin, rot
+
+    torch.manual_seed(0)
+    x, pos = torch.randn(2, 5, 32), torch.arange(3, 8).expand(2, 5)
+    batch, seq = Dim("batch", max=8), Dim("seq", max=64)
+    dyn = {"x": {0: batch, 1: seq}, "position_ids": {0: batch, 1: seq}}
+    variants = [((torch.randn(1, 1, 32), torch.tensor([[40]])), {}), ((torch.randn(3, 17, 32), torch.arange(17).expand(3, 17)), {})]
+    module = Rope().eval()
+    fused = export_and_compare(module, (x, pos), tmp_path, dynamic_shapes=dyn, rel=1e-5, variants=variants)
+    ops = [n.op for n in fused.graph.nodes]
+    assert ops.count("rotary_embedding") == 2 and "neg" not in ops
+    assert ops.count("cat") == 1  # the angles' cat(freqs, freqs), before cos and sin
+    assert fused.metadata["compile"]["passes"]["fuse_rotary_embedding"] == 2
+
+    def off(g):
+        return 0
+
+    off.__name__ = "fuse_rotary_embedding"
+    with monkeypatch.context() as mp:
+        mp.setattr(passes, "fuse_rotary_embedding", off)
+        apart = nac.load(nac.export(module, (x, pos), tmp_path / "apart.nac", dynamic_shapes=dyn))
+    assert "rotary_embedding" not in {n.op for n in apart.graph.nodes}
+    for feeds in ([x.numpy(), pos.numpy()], [v.numpy() for v in variants[1][0]]):
+        for got, want in zip(fused.run(feeds), apart.run(feeds)):
+            np.testing.assert_array_equal(got, want)
+    for kind in ("swapped", "shared"):
+        near = export_and_compare(Rope(kind).eval(), (x, pos), tmp_path, dynamic_shapes=dyn, rel=1e-5,
+                                  name=f"{kind}.nac", variants=variants[:1])
+        assert "rotary_embedding" not in {n.op for n in near.graph.nodes}, kind
+        assert near.metadata["compile"]["passes"]["fuse_rotary_embedding"] == 0, kind
+
+
 def test_sibling_linears_become_one_product(tmp_path, monkeypatch):
     """Linears reading one input (attention's Q, K and V; here with a bias on two of the three)
     become one linear over the concatenated weights, whose output slices feed the old readers;

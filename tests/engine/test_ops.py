@@ -211,6 +211,22 @@ def sdpa(draw, op):
     return [q, k, v, mask], attrs, ref
 
 
+@case("rotary_embedding")
+def rotary(draw, op):
+    lead = draw(array_shapes(min_dims=0, max_dims=4, min_side=1, max_side=4))
+    shape = lead + (2 * draw(st.integers(0, 8)),)
+    x = arr(draw, shape)
+    if len(shape) >= 3 and draw(st.booleans()):  # a transposed view, as q and k reach it
+        x = np.swapaxes(np.ascontiguousarray(np.swapaxes(x, -2, -3)), -2, -3)
+    def angle():  # cos/sin: each axis of x's or 1, maybe fewer leading axes
+        keep = draw(st.integers(0, len(shape)))
+        return arr(draw, tuple(n if draw(st.booleans()) else 1 for n in shape[len(shape) - keep:]), -1, 1)
+    c, s = angle(), angle()
+    h = shape[-1] // 2
+    ref = T(x) * T(c) + torch.cat([-T(x)[..., h:], T(x)[..., :h]], dim=-1) * T(s)
+    return [x, c, s], {}, ref
+
+
 # -- pooling -----------------------------------------------------------------------------------------------
 def image(draw, lo=1, hi=9):
     return arr(draw, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(lo, hi)),
