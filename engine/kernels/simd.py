@@ -458,16 +458,22 @@ def mm_tile_4x16(typingctx, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, k):
 
 
 def _emit_panel_tile(builder, rows, vectors, chains, pa, pb, pbias, pc, a_off_, lda_, b_off_, ldb_, bias_off_,
-                     c_off_, ldc_, k_, width_=None):
+                     c_off_, ldc_, k_, width_=None, pf_=None):
     """Emit, at ``builder``, the IR of a ``rows`` x ``16 vectors`` tile of a product with a packed
     B (see `panel_tile_fast`): pointers to float, offsets, strides and k as i64. With ``chains``
     > 1, consecutive k go to separate accumulators, summed at the end, so that a tile with few
     accumulators does not wait on each multiply-add's latency. With ``width_`` (an i64), only
     each row's first ``width_`` columns are stored (``llvm.masked.store``: a masked ``vmovups``
     on AVX-512, ``vmaskmovps`` on AVX2); the whole tile is still computed and read, so the
-    panel and bias must hold all ``16 vectors`` columns (zeros past the product's last)."""
+    panel and bias must hold all ``16 vectors`` columns (zeros past the product's last). With
+    ``pf_`` (an i64 offset into ``pb``), step q also prefetches into L2 the ``16 vectors`` floats
+    at ``pf_ + q ldb`` (``llvm.prefetch``: ``prefetcht1``): the next panel, read while this tile
+    computes."""
     i64 = ir.IntType(64)
     fmuladd = _function(builder, "llvm.fmuladd.v16f32", _F32X16, [_F32X16] * 3)
+    i32 = ir.IntType(32)
+    i8p = ir.IntType(8).as_pointer()
+    prefetch = _function(builder, "llvm.prefetch.p0", ir.VoidType(), [i8p, i32, i32, i32]) if pf_ is not None else None
 
     def vec(base, offset):
         return builder.bitcast(builder.gep(base, [offset]), _F32X16.as_pointer())
@@ -486,6 +492,11 @@ def _emit_panel_tile(builder, rows, vectors, chains, pa, pb, pbias, pc, a_off_, 
     def step(q, acc):
         at = builder.add(b_off_, builder.mul(q, ldb_))
         bv = [builder.load(vec(pb, builder.add(at, const(16 * v))), align=4) for v in range(vectors)]
+        if prefetch is not None:
+            ahead = builder.add(pf_, builder.mul(q, ldb_))
+            for v in range(vectors):
+                ptr = builder.bitcast(builder.gep(pb, [builder.add(ahead, const(16 * v))]), i8p)
+                builder.call(prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
         for r in range(rows):
             av = builder.load(builder.gep(pa, [builder.add(row_at[r], q)]))
             splat = builder.shuffle_vector(builder.insert_element(undef, av, ir.Constant(ir.IntType(32), 0)),
@@ -564,7 +575,7 @@ def _panel_tile(rows: int, vectors: int, chains: int = 1):
 
 
 @intrinsic
-def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k):
+def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k, pf):
     """The full-height register tile of the packed GEMM, chosen at run time, or nothing:
     computes an 8 x 32 block (``kind`` 0, AVX-512, ``rows`` 8) or a 6 x 32 block as two 6 x 16
     tiles (``kind`` 1, AVX2, ``rows`` 6: 12 ymm accumulators, two ymm for the weight row and one
@@ -578,7 +589,9 @@ def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, 
     32) when ``width`` < 32: a masked store, or the 16-column tile alone when ``width`` <= 16.
     Returns False, with nothing written, for every other kind, row count, or ``width`` <= 0
     (the caller's remainder path). The panel and the bias must hold 32 columns from their
-    offsets (`linalg.pack_panels` pads them with zeros).
+    offsets (`linalg.pack_panels` pads them with zeros). While it computes, the tile prefetches
+    into L2 the k rows of 32 floats ``ldb`` apart from ``b[pf]`` (another panel: the next one a
+    sweep reads; ``pf = b_off`` for none), which changes no value.
 
     a, b, bias, c: 1-D C-contiguous float32 arrays (flat views); offsets and strides in elements;
     c is overwritten. b is a weight panel, 32 columns of each of k rows, ``ldb`` apart. LLVM's
@@ -595,14 +608,15 @@ def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, 
     (EfficientNet's 24 and 40 channels). The one-row tile streams the panel (K x 128
     contiguous bytes), so a one-row product reads its weight at memory speed, split by panels
     over the thread team."""
-    ints = (kind, rows, width)
+    ints = (kind, rows, width, pf)
     if not (all(isinstance(x, types.Integer) for x in ints)
             and _panel_signature_ok(a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k)):
         return None
-    sig = types.boolean(kind, rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k)
+    sig = types.boolean(kind, rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k, pf)
 
     def codegen(context, builder, signature, args):
         kind_, rows_, width_ = (context.cast(builder, args[i], signature.args[i], types.int64) for i in range(3))
+        pf_ = context.cast(builder, args[15], signature.args[15], types.int64)
         (pa, pb, pbias, pc), (a_off_, lda_, b_off_, ldb_, bias_off_, c_off_, ldc_, k_) = _panel_operands(
             context, builder, signature, args, 3)
         i64 = ir.IntType(64)
@@ -621,9 +635,9 @@ def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, 
         with builder.if_then(single):  # one row (a decode step's product): four chains, 32 columns
             with builder.if_else(builder.icmp_signed(">=", width_, const(32))) as (whole, part):
                 with whole:
-                    _emit_panel_tile(builder, 1, 2, 4, *operands)
+                    _emit_panel_tile(builder, 1, 2, 4, *operands, pf_=pf_)
                 with part:
-                    _emit_panel_tile(builder, 1, 2, 4, *operands, width_=width_)
+                    _emit_panel_tile(builder, 1, 2, 4, *operands, width_=width_, pf_=pf_)
             builder.store(cgutils.true_bit, done)
         avx512 = both(builder.icmp_signed("==", kind_, const(0)), builder.icmp_signed("==", rows_, const(8)))
         avx2 = both(builder.icmp_signed("==", kind_, const(1)), builder.icmp_signed("==", rows_, const(6)))
@@ -639,19 +653,20 @@ def panel_tile_fast(typingctx, kind, rows, width, a, a_off, lda, b, b_off, ldb, 
         for when, rows, vectors, width in ((full, 8, 2, None), (upper, 8, 2, width_), (half, 8, 1, None),
                                            (lower, 8, 1, width_)):
             with builder.if_then(both(avx512, when)):
-                _emit_panel_tile(builder, rows, vectors, 1, *operands, width_=width)
+                _emit_panel_tile(builder, rows, vectors, 1, *operands, width_=width, pf_=pf_)
                 builder.store(cgutils.true_bit, done)
         with builder.if_then(both(avx2, builder.icmp_signed(">", width_, const(0)))):
             first = builder.icmp_signed(">=", width_, const(16))
+            pf16 = builder.add(pf_, const(16))
             with builder.if_else(first) as (whole, part):
                 with whole:
-                    _emit_panel_tile(builder, 6, 1, 1, *operands)
+                    _emit_panel_tile(builder, 6, 1, 1, *operands, pf_=pf_)
                 with part:
-                    _emit_panel_tile(builder, 6, 1, 1, *operands, width_=width_)
+                    _emit_panel_tile(builder, 6, 1, 1, *operands, width_=width_, pf_=pf_)
             with builder.if_then(full):
-                _emit_panel_tile(builder, 6, 1, 1, *shifted(16))
+                _emit_panel_tile(builder, 6, 1, 1, *shifted(16), pf_=pf16)
             with builder.if_then(upper):
-                _emit_panel_tile(builder, 6, 1, 1, *shifted(16), width_=builder.sub(width_, const(16)))
+                _emit_panel_tile(builder, 6, 1, 1, *shifted(16), width_=builder.sub(width_, const(16)), pf_=pf16)
             builder.store(cgutils.true_bit, done)
         return builder.load(done)
 

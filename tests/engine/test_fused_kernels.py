@@ -236,7 +236,8 @@ def test_panel_tiles_match_their_loop_twin(rows):
 
 @njit
 def _fast_tile(kind, rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k):
-    return simd.panel_tile_fast(kind, rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k)
+    # the prefetch of another panel (here b's start) has no effect on any value
+    return simd.panel_tile_fast(kind, rows, width, a, a_off, lda, b, b_off, ldb, bias, bias_off, c, c_off, ldc, k, 0)
 
 
 @pytest.mark.parametrize("kind", [0, 1, 2])
@@ -294,7 +295,8 @@ def test_aligned_empty_starts_on_a_cache_line():
 
 
 GEMM_SHAPES = [(1, 7, 5), (1, 203, 70), (1, 64, 32), (3, 64, 32), (5, 33, 64), (13, 300, 100), (8, 1, 33), (130, 40, 31), (300, 3, 1),
-               (17, 96, 96), (24, 20, 48), (9, 70, 24), (14, 16, 40)]  # last panels of 16, 24 and 8 columns
+               (17, 96, 96), (24, 20, 48), (9, 70, 24), (14, 16, 40),  # last panels of 16, 24 and 8 columns
+               (19, 520, 150)]  # panels past GEMM_L2_PANELS: each panel sweeps the row tiles, prefetching the next
 
 
 @pytest.mark.parametrize("kind", ["avx512", "avx2", "plain"])
@@ -308,6 +310,7 @@ def test_gemm_on_packed_panels_matches_torch(kind, act):
 
     rng = np.random.default_rng(len(act))
     kid = L.GEMM_KINDS[kind]
+    assert any(-(-N // L.PANEL) * K * L.PANEL * 4 > L.GEMM_L2_PANELS for _, K, N in GEMM_SHAPES)  # both paths
     for M, K, N in GEMM_SHAPES:
         x = rng.standard_normal((M, K)).astype(np.float32)
         w = rng.standard_normal((K, N)).astype(np.float32)
