@@ -23,11 +23,12 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from nac.errors import NacInputError, NacRuntimeError
-from nac.engine.kernels import KERNELS, VIEW_OPS, simd
+from nac.engine.kernels import BINDERS, KERNELS, VIEW_OPS, simd
 from nac.engine.kernels.attention import SCORE_BUDGET
 from nac.format.graph import Graph, numpy_dtype
 from nac.format.ops import DIM_ATTRS  # noqa: F401  (re-exported for the exporter's passes)
@@ -246,7 +247,8 @@ class Step:
         inputs: input value names, None for an absent optional input (see `Plan.tensors`).
         outputs: output value names.
         attrs: its attributes with dimension expressions evaluated (what the kernel receives).
-        call: the kernel pre-bound to the arrays of those values; ``call()`` runs the step.
+        call: the kernel pre-bound to the arrays of those values (or its binder's call,
+            `nac.engine.kernels.registry.binder`); ``call()`` runs the step.
     """
 
     index: int
@@ -255,7 +257,7 @@ class Step:
     inputs: tuple
     outputs: tuple
     attrs: dict
-    call: functools.partial
+    call: Callable[[], None]
 
     def to_dict(self) -> dict:
         """JSON-ready form (without `call`)."""
@@ -393,8 +395,10 @@ class Plan:
                     a = np.ndarray(vshape[o], dtype[o], buffer=self.arena, offset=offsets[o])
                 arrays[o] = a
                 outs.append(a)
+            bind = BINDERS.get(n.op)
+            call = bind(ins, outs, at) if bind is not None else None
             self.steps.append(Step(k, n.op, n.source, tuple(n.inputs), tuple(n.outputs), at,
-                                   functools.partial(KERNELS[n.op], ins, outs, at)))
+                                   call or functools.partial(KERNELS[n.op], ins, outs, at)))
         self.output_names = list(graph.outputs)
         self.outputs = [arrays[o] for o in graph.outputs]
         self._arrays = arrays

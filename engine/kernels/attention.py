@@ -18,13 +18,14 @@ tested against.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from numba import njit
 
 from nac.engine import threads as T
-from nac.engine.kernels.registry import kernel
+from nac.engine.kernels.registry import binder, kernel
 from nac.engine.kernels.simd import mm_tile_4x16
 from nac.engine.kernels.vmath import EXP_FLAGS, NUMPY_ERRORS, exp_shifted_sum, row_max
 
@@ -142,9 +143,20 @@ def rotary_embedding(ins, outs, attrs):
     if x.ndim > 4:
         out[...] = rotary_reference(x, c, s)
         return
+    T.parallel_range(*_rotary_job(x, c, s, out), work=x.size * 2)
+
+
+def _rotary_job(x, c, s, out) -> tuple:
+    """`rotary_rows`' `parallel_range` arguments for x of rank <= 4: every operand as a 4-D view."""
     x4, c4, s4, o4 = (t if t.ndim == 4 else t.reshape((1,) * (4 - t.ndim) + t.shape) for t in (x, c, s, out))
-    rows = x4.shape[0] * x4.shape[1] * x4.shape[2]
-    T.parallel_range(rotary_rows, rows, x4, c4, s4, o4, work=x.size * 2)
+    return rotary_rows, x4.shape[0] * x4.shape[1] * x4.shape[2], x4, c4, s4, o4
+
+
+@binder("rotary_embedding")
+def bind_rotary(ins, outs, attrs):
+    """A plan's rotary_embedding step with its 4-D views made once (None above rank 4)."""
+    x = ins[0]
+    return None if x.ndim > 4 else functools.partial(T.parallel_range, *_rotary_job(*ins, outs[0]), work=x.size * 2)
 
 
 #: score elements (rows x keys, all heads) held at once by the blocked prefill attention: 16 MB
@@ -398,18 +410,48 @@ def sdpa(ins, outs, attrs):
     m4 = _NO_MASK if m4 is None else m4
     q4, k4, v4, k5, v5 = (a if a.dtype == np.float32 else a.astype(np.float32) for a in (q4, k4, v4, k5, v5))
     scale, causal = np.float32(attrs["scale"]), bool(attrs.get("is_causal"))
-    if L <= DECODE_ROWS:
-        T.parallel_range(attend_segments, B * H, q4, k4, v4, k5, v5, m4, mode, scale, causal, rep, out4,
-                         work=B * H * L * S * E * 2)
-        return
-    if E <= TILED_MAX_DIM and out4.shape[-1] <= TILED_MAX_DIM and S >= TILED_MIN_KEYS and L >= TILED_MIN_ROWS:
-        units = B * (H // rep) * -(-L // TILE_ROWS)
-        T.parallel_range(attend_tiled, units, q4, k4, v4, k5, v5, m4, mode, scale, causal, rep, out4,
-                         work=B * H * L * S * (E + out4.shape[-1]))
+    job = _attend_job(q4, k4, v4, k5, v5, m4, mode, scale, causal, rep, out4)
+    if job is not None:
+        T.parallel_range(*job[:-1], work=job[-1])
         return
     if k5.shape[2]:  # a prompt after a cache: join the two segments
         k4, v4 = np.concatenate([k4, k5], axis=2), np.concatenate([v4, v5], axis=2)
     attend_blocked(q4, k4, v4, m4, mode, scale, causal, rep, out4)
+
+
+def _attend_job(q4, k4, v4, k5, v5, m4, mode, scale, causal, rep, out4) -> tuple | None:
+    """The `parallel_range` arguments (kernel, units, its arguments..., work) of the attention
+    kernel that reads q/k/v in place for these 4-D operands (`attend_segments` for a decode
+    step, `attend_tiled` for a transformer-sized prefill), or None for `attend_blocked`."""
+    B, H, L, E = q4.shape
+    S = k4.shape[2] + k5.shape[2]
+    args = (q4, k4, v4, k5, v5, m4, mode, scale, causal, rep, out4)
+    if L <= DECODE_ROWS:
+        return (attend_segments, B * H, *args, B * H * L * S * E * 2)
+    if E <= TILED_MAX_DIM and out4.shape[-1] <= TILED_MAX_DIM and S >= TILED_MIN_KEYS and L >= TILED_MIN_ROWS:
+        return (attend_tiled, B * (H // rep) * -(-L // TILE_ROWS), *args, B * H * L * S * (E + out4.shape[-1]))
+    return None
+
+
+@binder("scaled_dot_product_attention")
+def bind_sdpa(ins, outs, attrs):
+    """A plan's attention step with the mask's broadcast view (~5 us a call) and the kernel's
+    arguments made once, where the kernel reads everything in place: 4-D float32 q/k/v (and
+    tails) of one batch and a bool or float32 mask; None otherwise (the plan calls `sdpa`)."""
+    q, k, v, mask = ins[:4]
+    k_tail, v_tail = (ins + [None, None])[4:6]
+    B, H, L, E = q.shape if q.ndim == 4 else (0, 0, 0, 0)
+    kv = [a for a in (k, v, k_tail, v_tail) if a is not None]
+    if (q.ndim != 4 or any(a.dtype != np.float32 for a in [q, *kv]) or any(a.shape[0] != B for a in kv)
+            or (mask is not None and mask.dtype not in (np.bool_, np.float32))):
+        return None
+    Hk = k.shape[1]
+    rep = H // Hk if attrs.get("enable_gqa") and Hk != H else 1
+    k5, v5 = (k_tail, v_tail) if k_tail is not None else (_no_keys(k), _no_keys(v))
+    mode, m4 = _mask4(mask, (B,), (B, H, L, k.shape[2] + k5.shape[2]))
+    job = _attend_job(q, k, v, k5, v5, _NO_MASK if m4 is None else m4, mode, np.float32(attrs["scale"]),
+                      bool(attrs.get("is_causal")), rep, outs[0])
+    return None if job is None else functools.partial(T.parallel_range, *job[:-1], work=job[-1])
 
 
 _NO_MASK = np.broadcast_to(np.zeros(1, np.float32), (1, 1, 1, 1))

@@ -1,6 +1,7 @@
 """Normalisation, softmax, pooling, reductions and indexing kernels."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ from numba import njit
 from nac.engine import threads as T
 from nac.engine.kernels import quant as Q
 from nac.errors import NacInputError
-from nac.engine.kernels.registry import kernel
+from nac.engine.kernels.registry import binder, kernel
 from nac.engine.kernels.vmath import EXP_FLAGS, NUMPY_ERRORS, exp_shifted_sum, row_max, row_sum
 
 
@@ -138,6 +139,23 @@ def rms_norm(ins, outs, attrs):
     x2 = _rows(x, attrs["axes"])
     T.parallel_range(rms_norm_rows, x2.shape[0], x2, _EMPTY if w is None else w.reshape(-1), w is not None, attrs["eps"],
                      outs[0].reshape(x2.shape), work=x2.size * 3)
+
+
+@binder("layer_norm", "rms_norm")
+def bind_norm(ins, outs, attrs):
+    """A plan's layer_norm / rms_norm step with its row views and weights worked out once (the
+    same `parallel_range` call as the kernel's); None (the plan calls the kernel) when the input
+    or output is not contiguous float32, where the kernel would copy."""
+    x, out, k = ins[0], outs[0], attrs["axes"]
+    if x.dtype != np.float32 or not x.flags.c_contiguous or not out.flags.c_contiguous:
+        return None
+    x2 = _rows(x, k)
+    flat = [_EMPTY if t is None else t.reshape(-1) for t in ins[1:]]
+    if len(ins) == 3:  # layer_norm
+        args = (layer_norm_rows, x2.shape[0], x2, *flat, ins[1] is not None, ins[2] is not None)
+    else:
+        args = (rms_norm_rows, x2.shape[0], x2, flat[0], ins[1] is not None)
+    return functools.partial(T.parallel_range, *args, attrs["eps"], out.reshape(x2.shape), work=x2.size * 3)
 
 
 def _softmax(ins, outs, attrs, log):

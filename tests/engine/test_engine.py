@@ -341,3 +341,61 @@ def test_channels_last_plan_matches_torch(tmp_path):
     for got, w in zip(model.run({"x": xin}), want):
         assert got.flags.c_contiguous
         np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-5)
+
+
+def test_bound_steps_compute_what_their_kernels_compute(tmp_path, monkeypatch):
+    """A plan's steps call their op's binder (`registry.binder`) where it has one: a Llama step
+    graph (linear, rms_norm, rotary_embedding, attention over the KV cache) gives bit-identical
+    outputs with and without binders, for a decode step (one token after 7 cached) and a prompt
+    (19 tokens, no cache); a bound linear still answers correctly after `NAC_GEMM`'s choice
+    changes under it (it falls back to the kernel)."""
+    transformers = pytest.importorskip("transformers", reason="the decoder is a transformers Llama")
+    import functools
+
+    from nac.apps.generate import _cache_shapes
+    from nac.apps.sources import causal_lm
+    from nac.engine import plan as P
+    from nac.engine.kernels import KERNELS
+    from nac.engine.kernels import linalg as L
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
+                                   intermediate_size=96, vocab_size=80, max_position_embeddings=64)
+    job = causal_lm(transformers.AutoModelForCausalLM.from_config(cfg).eval(), "llama")
+    m = nac.load(nac.export(job.module, job.args, tmp_path / "l.nac", dynamic_shapes=job.dynamic_shapes,
+                            metadata=job.metadata))
+    gen = m.generation_config
+    step = m.methods[gen.methods["step"]]
+    rng = np.random.default_rng(0)
+    for seq, past in ((1, 8), (19, 0)):
+        shapes = {"input_ids": (1, seq), "attention_mask": (1, seq), **_cache_shapes(gen.cache, 1, past)}
+        feeds = {"input_ids": rng.integers(0, 80, (1, seq)), "attention_mask": np.ones((1, seq), np.int64),
+                 "past_mask": (np.arange(past) < past - 1)[None].astype(np.int64)}
+        for name in ("past_keys", "past_values"):
+            feeds[name] = rng.standard_normal(shapes[name]).astype(np.float32)
+        outs = {}
+        for bound in (True, False):
+            with monkeypatch.context() as mp:
+                if not bound:
+                    mp.setattr(P, "BINDERS", {})
+                plan = step.plan(shapes)
+            kinds = {s.op for s in plan.steps if not (isinstance(s.call, functools.partial)
+                                                      and s.call.func is KERNELS[s.op])}
+            # a 19-token prompt's attention takes the blocked kernel, which copies: it stays unbound
+            want_kinds = {"linear", "rms_norm", "rotary_embedding"}
+            if seq == 1:
+                want_kinds.add("scaled_dot_product_attention")
+            assert kinds == (want_kinds if bound else set())
+            for name, a in feeds.items():
+                plan.inputs[name][...] = a
+            plan.run()
+            outs[bound] = [o.copy() for o in plan.outputs]
+            if bound:
+                with monkeypatch.context() as mp:
+                    mp.setattr(L, "GEMM", "plain")  # the bound products now call the kernel
+                    plan.run()
+                for got, want in zip(plan.outputs, outs[True]):
+                    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        for got, want in zip(outs[True], outs[False]):
+            np.testing.assert_array_equal(got, want)
