@@ -842,6 +842,53 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt, res_t=None) -> bool:
     return True
 
 
+@binder("conv2d")
+def bind_conv2d(ins, outs, attrs):
+    """A plan's convolution step with its job worked out once, for the two kinds that make up
+    a MobileNet-style network, both channels-last in and out (float32, a loaded model's
+    weights): an unpadded stride-1 1x1 convolution (`gemm` on the panels, bias, residual and
+    activation in the epilogue) and a depthwise one of at least `TILED_DEPTHWISE_MIN_CHANNELS`
+    channels (`depthwise_conv2d_nhwc_tiled`); None for the rest (the plan calls `conv2d`). The
+    call falls back to `conv2d` if `GEMM` changes after binding."""
+    x, w, out = ins[0], ins[1], outs[0]
+    b = ins[2] if len(ins) > 2 else None
+    res = ins[3] if len(ins) > 3 else None
+    if (GEMM == "blas" or not (is_channels_last(x) and is_channels_last(out)) or out.size == 0 or x.dtype != np.float32
+            or w.dtype != np.float32 or w.flags.writeable or 0 in w.shape
+            or (b is not None and (b.dtype != np.float32 or b.flags.writeable))):
+        return None
+    N, C = x.shape[:2]
+    cout, cg, kh, kw = w.shape
+    (sh, sw), (pt, pb, pl, pr), (dh, dw), groups = _geometry(attrs)
+    code = A.CODES[attrs.get("activation", "none")]
+    xt, yt = x.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1)
+    bias = _zero_bias(-(-cout // PANEL)) if b is None else _packed(b, "bias")
+    depthwise = groups == C == cout and cg == 1  # first, as in `_conv2d_nhwc` (1 channel in and out is depthwise)
+    if not depthwise and groups == 1 and kh == kw == 1 and sh == sw == 1 and not any((pt, pb, pl, pr)):
+        rt = None if res is None else res.transpose(0, 2, 3, 1)
+        if rt is not None and not (rt.flags.c_contiguous and res.dtype == np.float32):
+            return None
+        job = _gemm_job(xt.reshape(-1, C), _packed(w, "panels"), bias, yt.reshape(-1, cout), code, GEMM_KINDS[GEMM],
+                        None if rt is None else rt.reshape(-1, cout))
+        fn, work = T.parallel_native, yt.size * C
+    elif depthwise and C >= TILED_DEPTHWISE_MIN_CHANNELS and res is None:
+        W = x.shape[3]
+        taps = np.array([(i * dh * W + j * dw) * C for i in range(kh) for j in range(kw)], np.int64)
+        job = (depthwise_conv2d_nhwc_tiled, N * out.shape[2] * -(-C // DEPTHWISE_BLOCK), xt, _packed(w, "taps"), bias,
+               sh, sw, pt, pl, dh, dw, code, yt, taps, DEPTHWISE_BLOCK)
+        fn, work = T.parallel_range, yt.size * kh * kw
+    else:
+        return None
+    bound, generic = GEMM, functools.partial(conv2d, ins, outs, attrs)
+
+    def call():
+        if GEMM != bound:
+            return generic()
+        fn(*job, work=work)
+
+    return call
+
+
 def _product(x2, w, b, code: int, y2, res2=None) -> None:
     """y2 [M, Cout] = act(x2 [M, Cin*kh*kw] @ w.reshape(Cout, -1).T + b [+ res2 [M, Cout]]):
     `gemm` on the weight's panels, bias, residual and activation in the tiles' epilogue; BLAS +
