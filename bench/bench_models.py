@@ -4,7 +4,8 @@
 
 Reports median latency (ms) per model/shape for each runtime (NAC, torch and ONNX Runtime measured
 in alternating rounds), the ratio NAC / torch (below 1.0 means NAC is faster), the machine, BLAS settings, and the engine's start-up cost (a fresh
-process's time to its first MiniLM result with a warm Numba cache, and with an empty one).
+process's time to its first MiniLM result with a warm Numba cache, and with an empty one; NAC's
+modules byte-compiled first, as an installed copy is).
 
 Two columns say whether the machine's cores were really there: NAC on one thread (alternating
 rounds with NAC on all of them; ``threads speed-up`` = one thread's time / all threads' time),
@@ -197,11 +198,24 @@ _NO_SCIPY = ("import importlib.abc, sys\n"
              "sys.meta_path.insert(0, B())\n")
 
 
+def _compile_bytecode() -> None:
+    """Write the ``.pyc`` files of NAC's modules, as ``pip install`` does for a wheel: an editable
+    install under ``PYTHONDONTWRITEBYTECODE`` (set on these machines) would otherwise compile
+    NAC's source in every fresh process, ~0.1 s that no installed copy pays."""
+    import compileall
+    import importlib.util
+
+    for pkg in ("nac", "nac.engine", "nac.format", "nac.compile", "nac.tokenizer_vm", "nac.apps", "nac.accel"):
+        for folder in importlib.util.find_spec(pkg).submodule_search_locations:
+            compileall.compile_dir(folder, quiet=1)
+
+
 def start_up(path: Path) -> dict:
     """Seconds from a fresh interpreter's start to its first MiniLM result (import, load, plan, run):
     with an empty Numba cache, with a warm one, and with a warm one where scipy cannot be imported
     (a machine with only NAC's runtime dependencies: Numba imports scipy.linalg on its first
     dispatch when scipy is installed, ~0.2 s)."""
+    _compile_bytecode()
     code = ("import time; t=time.perf_counter()\n%s"
             "import numpy as np, nac; m=nac.load(%r); "
             "m.run({'input_ids': np.array([[101, 7592, 102]]), 'attention_mask': np.ones((1, 3), np.int64)}); "
