@@ -1,4 +1,4 @@
-"""The registry itself (kept apart so kernel modules can import the decorator)."""
+"""The registry itself (kept apart so kernel modules can import the decorators)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -10,15 +10,21 @@ KERNELS: dict[str, Callable] = {}
 BINDERS: dict[str, Callable] = {}
 
 
-def kernel(*ops: str):
-    """Register the decorated function as the kernel of each op in ``ops``."""
+def _register(table: dict, what: str, ops: tuple):
     def deco(fn):
         for op in ops:
-            if op in KERNELS:
-                raise ValueError(f"kernel for {op!r} registered twice")
-            KERNELS[op] = fn
+            if op in table:
+                raise ValueError(f"{what} for {op!r} registered twice")
+            table[op] = fn
         return fn
     return deco
+
+
+def kernel(*ops: str):
+    """Register the decorated function as the kernel of each op in ``ops``.
+
+    Raises: ValueError (at import) if an op already has one."""
+    return _register(KERNELS, "kernel", ops)
 
 
 def binder(*ops: str):
@@ -29,11 +35,7 @@ def binder(*ops: str):
     broadcast views, work splits) can be derived once, when the plan is built: ``bind`` returns a
     no-argument callable that does what ``kernel(ins, outs, attrs)`` would, or None where it
     cannot (the plan then calls the kernel). A decode step runs ~400 kernels of a few
-    microseconds each, so the Python that this saves is a measurable part of a token."""
-    def deco(fn):
-        for op in ops:
-            if op in BINDERS:
-                raise ValueError(f"binder for {op!r} registered twice")
-            BINDERS[op] = fn
-        return fn
-    return deco
+    microseconds each, so the Python that this saves is a measurable part of a token.
+
+    Raises: ValueError (at import) if an op already has one."""
+    return _register(BINDERS, "binder", ops)
