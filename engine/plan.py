@@ -395,8 +395,7 @@ class Plan:
                     a = np.ndarray(vshape[o], dtype[o], buffer=self.arena, offset=offsets[o])
                 arrays[o] = a
                 outs.append(a)
-            bind = BINDERS.get(n.op)
-            call = bind(ins, outs, at) if bind is not None else None
+            call = _bound(n, ins, outs, at)
             self.steps.append(Step(k, n.op, n.source, tuple(n.inputs), tuple(n.outputs), at,
                                    call or functools.partial(KERNELS[n.op], ins, outs, at)))
         self.output_names = list(graph.outputs)
@@ -465,6 +464,24 @@ class Plan:
         except Exception as exc:
             raise NacRuntimeError(f"node {step.index} ({step.op}, from {step.source or '?'}) failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
+
+
+def _bound(n, ins: list, outs: list, at: dict):
+    """The call `registry.binder` makes for node ``n``'s step, or None (no binder, or it declined).
+
+    Raises:
+        NacInputError: binding ran out of memory (a weight repacked for its kernel).
+        NacRuntimeError: any other failure, naming the node, its op and source module."""
+    bind = BINDERS.get(n.op)
+    if bind is None:
+        return None
+    try:
+        return bind(ins, outs, at)
+    except MemoryError:
+        raise NacInputError(f"{n.op} ({n.source or '?'}) ran out of memory preparing its kernel") from None
+    except Exception as exc:
+        raise NacRuntimeError(f"{n.op} (from {n.source or '?'}) could not be prepared: "
+                              f"{type(exc).__name__}: {exc}") from exc
 
 
 def _address(a: np.ndarray) -> int:

@@ -144,10 +144,11 @@ def rms_norm(ins, outs, attrs):
 @binder("layer_norm", "rms_norm")
 def bind_norm(ins, outs, attrs):
     """A plan's layer_norm / rms_norm step with its row views and weights worked out once (the
-    same `parallel_range` call as the kernel's); None (the plan calls the kernel) when the input
-    or output is not contiguous float32, where the kernel would copy."""
+    same `parallel_range` call as the kernel's); None (the plan calls the kernel) when the input,
+    output, weight or bias is not contiguous (float32 input), where a reshape would copy."""
     x, out, k = ins[0], outs[0], attrs["axes"]
-    if x.dtype != np.float32 or not x.flags.c_contiguous or not out.flags.c_contiguous:
+    if (x.dtype != np.float32 or not x.flags.c_contiguous or not out.flags.c_contiguous
+            or any(t is not None and not t.flags.c_contiguous for t in ins[1:])):
         return None
     x2 = _rows(x, k)
     flat = [_EMPTY if t is None else t.reshape(-1) for t in ins[1:]]

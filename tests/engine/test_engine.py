@@ -452,3 +452,23 @@ def test_bound_convolutions_compute_what_their_kernel_computes(tmp_path, monkeyp
     np.testing.assert_array_equal(outs[True], outs[False])
     with torch.no_grad():
         np.testing.assert_allclose(outs[True], net(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_failing_binder_is_named(two_input_model, monkeypatch):
+    """A binder that raises while a plan is built gives `NacRuntimeError` naming the op (and
+    `NacInputError` when it runs out of memory), never a bare exception."""
+    from nac.engine import plan as P
+    from nac.errors import NacInputError, NacRuntimeError
+
+    def broken(ins, outs, attrs):
+        raise ValueError("bad operands")
+
+    def hungry(ins, outs, attrs):
+        raise MemoryError
+
+    monkeypatch.setitem(P.BINDERS, "softmax", broken)
+    with pytest.raises(NacRuntimeError, match="softmax .*bad operands"):
+        two_input_model.plan({"a": (2, 5, 4), "ids": (2, 5)})
+    monkeypatch.setitem(P.BINDERS, "softmax", hungry)
+    with pytest.raises(NacInputError, match="softmax .*out of memory"):
+        two_input_model.plan({"a": (2, 5, 4), "ids": (2, 5)})
