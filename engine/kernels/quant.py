@@ -432,6 +432,36 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
         np.matmul(x2, wf.T, out=y[:, r0:r1])
 
 
+def bind_a8(x2: np.ndarray, w: QTensor, y: np.ndarray):
+    """``quant_matmul(x2, w, y, "int8")`` for up to `SMALL_M` rows (a decode step's products) as
+    one call with its int8 activation buffers allocated once (a plan's binder, see
+    `registry.binder`), or None where it does not apply (more rows, or operands that are not
+    contiguous float32 of matching shapes)."""
+    M, K = x2.shape
+    N = w.shape[0]
+    if (M > SMALL_M or x2.dtype != np.float32 or not x2.flags.c_contiguous or y.shape != (M, N)
+            or y.dtype != np.float32 or not y.flags.c_contiguous):
+        return None
+    work = M * N * K // _MACS_PER_WORK[w.scheme, "int8"]
+    xs = np.empty(M, np.float32)
+    if w.scheme == "int8":
+        xq, xu = np.empty((M, K), np.int8), np.empty((M, K), np.uint8)
+        quantize = functools.partial(quantize_rows, x2, xq, xu, xs)
+        product = functools.partial(T.parallel_range, gemm_int8_a8, N, xq, xu, xs, w.data, w.block_row_sums, w.scale,
+                                    y, simd.SIGNED_INT8_DOT, work=work)
+    else:
+        x4q, xsum = np.empty((M, 4, w.data.shape[1]), np.int8), np.empty(M, np.int32)
+        quantize = functools.partial(quantize_rows_deinterleaved, x2, x4q, xs, xsum)
+        product = functools.partial(T.parallel_range, gemm_ternary_a8, N, x4q, xsum, xs, w.data, w.scale, w.per_row,
+                                    y, work=work)
+
+    def call():
+        quantize()
+        product()
+
+    return call
+
+
 def quant_embedding(w: QTensor, idx: np.ndarray, out: np.ndarray) -> None:
     """out[...] = dequant(w)[idx] for a quantised table [V, D] (only the rows looked up)."""
     flat = idx.reshape(-1)

@@ -343,12 +343,14 @@ def test_channels_last_plan_matches_torch(tmp_path):
         np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-5)
 
 
-def test_bound_steps_compute_what_their_kernels_compute(tmp_path, monkeypatch):
+@pytest.mark.parametrize("quantize", [None, "int8+a8", "ternary+a8"])
+def test_bound_steps_compute_what_their_kernels_compute(quantize, tmp_path, monkeypatch):
     """A plan's steps call their op's binder (`registry.binder`) where it has one: a Llama step
-    graph (linear, rms_norm, rotary_embedding, attention over the KV cache) gives bit-identical
-    outputs with and without binders, for a decode step (one token after 7 cached) and a prompt
-    (19 tokens, no cache); a bound linear still answers correctly after `NAC_GEMM`'s choice
-    changes under it (it falls back to the kernel)."""
+    graph (linear, rms_norm, rotary_embedding, attention over the KV cache), float32 or with
+    quantised weights and int8 activations, gives bit-identical outputs with and without
+    binders, for a decode step (one token after 7 cached) and a prompt (19 tokens, no cache);
+    a bound linear still answers correctly after `NAC_GEMM`'s choice changes under it (it falls
+    back to the kernel)."""
     transformers = pytest.importorskip("transformers", reason="the decoder is a transformers Llama")
     import functools
 
@@ -364,7 +366,7 @@ def test_bound_steps_compute_what_their_kernels_compute(tmp_path, monkeypatch):
                                    intermediate_size=96, vocab_size=80, max_position_embeddings=64)
     job = causal_lm(transformers.AutoModelForCausalLM.from_config(cfg).eval(), "llama")
     m = nac.load(nac.export(job.module, job.args, tmp_path / "l.nac", dynamic_shapes=job.dynamic_shapes,
-                            metadata=job.metadata))
+                            metadata=job.metadata, quantize=quantize))
     gen = m.generation_config
     step = m.methods[gen.methods["step"]]
     rng = np.random.default_rng(0)
@@ -382,11 +384,19 @@ def test_bound_steps_compute_what_their_kernels_compute(tmp_path, monkeypatch):
                 plan = step.plan(shapes)
             kinds = {s.op for s in plan.steps if not (isinstance(s.call, functools.partial)
                                                       and s.call.func is KERNELS[s.op])}
-            # a 19-token prompt's attention takes the blocked kernel, which copies: it stays unbound
-            want_kinds = {"linear", "rms_norm", "rotary_embedding"}
+            # a 19-token prompt's attention takes the blocked kernel, which copies, and its quantised
+            # products dequantise into BLAS: those stay unbound
+            want_kinds = {"rms_norm", "rotary_embedding"}
+            if seq == 1 or quantize is None:
+                want_kinds.add("linear")
             if seq == 1:
                 want_kinds.add("scaled_dot_product_attention")
             assert kinds == (want_kinds if bound else set())
+            if bound and quantize and seq == 1:  # the quantised products themselves are bound
+                from nac.engine.kernels.quant import QTensor
+
+                assert any(isinstance(plan.constants.get(s.inputs[1]), QTensor)
+                           and not isinstance(s.call, functools.partial) for s in plan.steps if s.op == "linear")
             for name, a in feeds.items():
                 plan.inputs[name][...] = a
             plan.run()
