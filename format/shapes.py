@@ -288,7 +288,11 @@ def _rotary(op, ins, dts, attrs):
         if len(dts) > k and dts[k] not in (None, "float32"):
             raise ShapeError(f"rotary_embedding: {name} is {dts[k]}, not float32")
     for name, t in (("cos", c), ("sin", s)):
-        if broadcast(t, x) != x:
+        try:
+            fits = broadcast(t, x) == x
+        except ShapeError:
+            fits = False
+        if not fits:
             raise ShapeError(f"rotary_embedding: {name} {list(t)} does not broadcast to x {list(x)}")
     return [(x, "float32")]
 

@@ -30,6 +30,9 @@ def test_every_op_has_a_shape_rule():
     ("max_pool2d", [(1, 1, 2, 2)], {"kernel": [3, 3], "stride": [1, 1], "padding": [0, 0]}, "empty"),
     ("scaled_dot_product_attention", [(1, 4, 5, 8), (1, 3, 5, 8), (1, 3, 5, 8), None],
      {"scale": 1.0, "enable_gqa": True}, "divisor"),
+    ("rotary_embedding", [(1, 4, 5, 7), (1, 1, 5, 7), (1, 1, 5, 7)], {}, "even last axis"),
+    ("rotary_embedding", [(1, 4, 5, 8), (1, 2, 5, 8), (1, 1, 5, 8)], {}, "cos .* does not broadcast"),
+    ("rotary_embedding", [(4, 5, 8), (1, 1, 5, 8), (5, 8)], {}, "cos .* does not broadcast"),
     ("softmax", [(2, 3)], {"dim": "1"}, "must be an integer"),
     ("full", [], {"shape": [2, 2], "value": "x", "dtype": "float32"}, "must be a number"),
     ("arange", [], {"start": 0, "end": 5, "step": 0, "dtype": "int64"}, "no finite range"),
@@ -49,3 +52,14 @@ def test_defaults_are_written_for_the_kernel():
 
 def test_broadcast():
     assert broadcast((2, 1, 3), (4, 1), ()) == (2, 4, 3)
+
+
+def test_rotary_embedding_takes_float32_only():
+    """The rotary kernel computes in float32: another dtype for x, cos or sin is refused by name."""
+    shapes = [(1, 2, 3, 4), (1, 1, 3, 4), (1, 1, 3, 4)]
+    assert infer("rotary_embedding", shapes, ["float32"] * 3, {}) == [((1, 2, 3, 4), "float32")]
+    for k, name in enumerate(("x", "cos", "sin")):
+        dts = ["float32"] * 3
+        dts[k] = "float64" if k else "int64"
+        with pytest.raises(ShapeError, match=f"{name} is {dts[k]}, not float32"):
+            infer("rotary_embedding", shapes, dts, {})
