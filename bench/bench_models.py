@@ -76,21 +76,35 @@ def median_ms(fn, repeat: int, warmup: int = 3) -> float:
 #: keep spinning after a call, and NAC measured right after ONNX Runtime's round was 31 % slower
 #: (EfficientNet-Lite0 b1, 2 threads: 27.8 against 21.2 ms; 21.4 ms after a 0.3 s rest)
 SETTLE_S = 0.3
+#: seconds each runtime runs untimed at the start of its round, after the rest: on these VMs the
+#: first ~5 calls after a 0.3 s rest ran 40-60 % slower than the rest (MiniLM b1 seq16, NAC on one
+#: or two threads: 6-8 against 4.5-5 ms; 2026-12-03), and a round of 4 timed calls after one
+#: warm-up measured that instead of the runtime
+WARM_S = 0.05
+
+
+def warm(fn, seconds: float = WARM_S) -> None:
+    """Call ``fn`` until ``seconds`` have passed (at least once)."""
+    end = time.perf_counter() + seconds
+    fn()
+    while time.perf_counter() < end:
+        fn()
 
 
 def interleaved(fns: dict, repeat: int, rounds: int = 5, settle: float = SETTLE_S) -> dict:
     """Median ms per call of each runtime, measured in ``rounds`` alternating rounds (each the
-    median of ``repeat // rounds`` calls after one warm-up, after ``settle`` seconds in which the
+    median of ``repeat // rounds`` calls after a warm-up, after ``settle`` seconds in which the
     other runtimes' idle threads stop spinning), so that a slow spell of a noisy VM falls on
     every runtime alike and no runtime pays for another's spinning threads; the result is the
-    median over rounds."""
+    median over rounds. Each round first runs its runtime untimed for `WARM_S` seconds."""
     per = {k: [] for k in fns}
     for fn in fns.values():
         fn()
     for _ in range(rounds):
         for k, fn in fns.items():
             time.sleep(settle)
-            per[k].append(median_ms(fn, max(1, repeat // rounds), warmup=1))
+            warm(fn)
+            per[k].append(median_ms(fn, max(1, repeat // rounds), warmup=0))
     return {k: statistics.median(v) for k, v in per.items()}
 
 
