@@ -395,7 +395,7 @@ def sdpa(ins, outs, attrs):
     rep = H // Hk if attrs.get("enable_gqa") and Hk != H else 1
     lead = q.shape[:-3]
     B = math.prod(lead)
-    if q.ndim == 4 and k.shape[0] == B and (k_tail is None or k_tail.shape[0] == B):
+    if q.ndim == 4 and all(a is None or a.shape[0] == B for a in (k, v, k_tail, v_tail)):
         q4, k4, v4, out4 = q, k, v, out
         k5, v5 = (k_tail, v_tail) if k_tail is not None else (_no_keys(k), _no_keys(v))
     else:  # other batch ranks, or keys broadcast over the batch: flatten (copies)

@@ -193,6 +193,22 @@ def test_attention_matches_torch(shape, path, monkeypatch):
     assert_close(seg, out, rel=1e-6, what="segments")
 
 
+@pytest.mark.parametrize("L", [1, 70])
+def test_attention_with_keys_or_values_shared_by_the_batch(L):
+    """Keys, or only values, with batch 1 against queries of batch 2 (the shape rule lets them
+    broadcast): every path reads them as broadcast, never past their one batch row. The
+    in-place paths had checked only the keys' batch; values of batch 1 were read as batch 2."""
+    rng = np.random.default_rng(L)
+    q = rng.standard_normal((2, 3, L, 16)).astype(np.float32)
+    for kb, vb in ((2, 1), (1, 1), (1, 2)):
+        k = rng.standard_normal((kb, 3, 80, 16)).astype(np.float32)
+        v = rng.standard_normal((vb, 3, 80, 8)).astype(np.float32)
+        out = np.full((2, 3, L, 8), np.nan, np.float32)
+        AT.sdpa([q, k, v, None], [out], {"scale": 0.25, "is_causal": False, "enable_gqa": False})
+        want = AT.sdpa_reference(q, k, v, None, 0.25, False, False)
+        assert_close(out, want, rel=1e-5, what=f"keys batch {kb}, values batch {vb}")
+
+
 @njit
 def _tile(a, ao, lda, b, bo, ldb, c, co, ldc, k):
     simd.mm_tile_4x16(a, ao, lda, b, bo, ldb, c, co, ldc, k)
