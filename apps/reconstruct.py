@@ -372,8 +372,9 @@ def _call(n, g: Graph, ins: list[str]) -> str:
 #: every op `torch_source` writes (the registry test checks this covers the op table).
 TORCH_OPS = frozenset(_BINARY) | frozenset(_UNARY) | {
     "gelu", "clamp", "leaky_relu", "elu", "cast", "where", "matmul", "linear", "conv2d",
-    "scaled_dot_product_attention", "rotary_embedding", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "upsample2d", "sum", "mean",
-    "amax", "amin", "prod", "any", "all", "var", "argmax", "argmin", "cumsum", "sort", "topk", "softmax",
+    "scaled_dot_product_attention", "rotary_embedding", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+    "upsample2d", "sum", "mean", "amax", "amin", "prod", "any", "all", "var", "argmax", "argmin", "cumsum", "sort",
+    "topk", "softmax",
     "log_softmax", "layer_norm", "rms_norm", "batch_norm", "embedding", "gather", "index_select", "index", "reshape",
     "permute", "expand", "slice", "select", "flip", "cat", "pad", "repeat", "copy", "arange", "full"}
 

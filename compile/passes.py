@@ -18,8 +18,9 @@ def optimize(g: Graph) -> dict:
     """Run every pass in order; returns ``{pass name: rewrites}`` plus node counts."""
     report = {"nodes_before": len(g.nodes)}
     for p in (fold_constants, matmul_to_linear, fuse_pad_into_conv, fold_batch_norm, fuse_bias_add,
-              fuse_residual_add, fuse_tanh_gelu, fuse_silu, fuse_rms_norm, fuse_rotary_embedding, fuse_activation,
-              attention_reads_cache_in_place, eliminate_dead_code, deduplicate_parameters, transpose_linear_weights):
+              fuse_residual_add, fuse_tanh_gelu, fuse_silu, fuse_rms_norm, fuse_rotary_embedding,
+              fuse_activation, attention_reads_cache_in_place, eliminate_dead_code, deduplicate_parameters,
+              transpose_linear_weights):
         report[p.__name__] = p(g)
     report["nodes_after"] = len(g.nodes)
     return report
@@ -432,12 +433,14 @@ def _rotate_half(g: Graph, prod: dict, users: dict, v: str) -> tuple[str, list[N
     hi = prod.get(neg.inputs[0])
     x = lo.inputs[0] if lo.op == "slice" else None
     shape = g.values[x].shape if x in g.values else ()
-    if not shape or type(shape[-1]) is not int or shape[-1] % 2 or cat.attrs.get("dim", 0) % len(shape) != len(shape) - 1:
+    if (not shape or type(shape[-1]) is not int or shape[-1] % 2
+            or cat.attrs.get("dim", 0) % len(shape) != len(shape) - 1):
         return None
     d, rank = shape[-1], len(shape)
     if _half_slice(g, lo, rank, 0, d // 2) != x or _half_slice(g, hi, rank, d // 2, d) != x:
         return None
-    if not all(_only_user(g, users, i, n) for i, n in ((cat.inputs[0], cat), (cat.inputs[1], cat), (neg.inputs[0], neg))):
+    chain = ((cat.inputs[0], cat), (cat.inputs[1], cat), (neg.inputs[0], neg))
+    if not all(_only_user(g, users, i, n) for i, n in chain):
         return None
     return x, [cat, neg, lo, hi]
 

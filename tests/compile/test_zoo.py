@@ -604,7 +604,8 @@ def test_rotary_embedding_becomes_one_op(tmp_path, monkeypatch):
     x, pos = torch.randn(2, 5, 32), torch.arange(3, 8).expand(2, 5)
     batch, seq = Dim("batch", max=8), Dim("seq", max=64)
     dyn = {"x": {0: batch, 1: seq}, "position_ids": {0: batch, 1: seq}}
-    variants = [((torch.randn(1, 1, 32), torch.tensor([[40]])), {}), ((torch.randn(3, 17, 32), torch.arange(17).expand(3, 17)), {})]
+    variants = [((torch.randn(1, 1, 32), torch.tensor([[40]])), {}),
+                ((torch.randn(3, 17, 32), torch.arange(17).expand(3, 17)), {})]
     module = Rope().eval()
     fused = export_and_compare(module, (x, pos), tmp_path, dynamic_shapes=dyn, rel=1e-5, variants=variants)
     ops = [n.op for n in fused.graph.nodes]
