@@ -99,19 +99,22 @@ def bind_linear(ins, outs, attrs):
     io = attrs.get("weight_layout", "oi") == "io"
     K, N = w.shape if io else w.shape[::-1]
     x2, y2 = x.reshape(-1, K), out.reshape(-1, N)
-    if (GEMM == "blas" or x2.shape[0] < GEMM_MIN_ROWS or w.flags.writeable or x2.dtype != np.float32
-            or y2.dtype != np.float32 or y2.size == 0 or K == 0
-            or (b is not None and (b.flags.writeable or b.dtype != np.float32))):
+    packed = _panel_operands(x2, w, y2, b, "panels_io" if io else "panels")
+    if packed is None:
         return None
-    panels = _packed(w, "panels_io" if io else "panels")
-    bias = _zero_bias(panels.shape[0]) if b is None else _packed(b, "bias")
-    job = _gemm_job(x2, panels, bias, y2, A.CODES[attrs.get("activation", "none")], GEMM_KINDS[GEMM])
-    bound, work, generic = GEMM, x2.size * N, functools.partial(linear, ins, outs, attrs)
+    job = _gemm_job(x2, *packed, y2, A.CODES[attrs.get("activation", "none")], GEMM_KINDS[GEMM])
+    return _while_gemm_holds(T.parallel_native, job, x2.size * N, functools.partial(linear, ins, outs, attrs))
+
+
+def _while_gemm_holds(fn, job: tuple, work: int, kernel):
+    """A bound step: ``fn(*job, work=work)`` while `GEMM` is what it was at binding (the job was
+    built for its tiles), else ``kernel()`` (the step's kernel call, which reads `GEMM` anew)."""
+    bound = GEMM
 
     def call():
         if GEMM != bound:
-            return generic()
-        T.parallel_native(*job, work=work)
+            return kernel()
+        fn(*job, work=work)
 
     return call
 
@@ -454,15 +457,24 @@ def _gemm_weight(x2, w, y2, b, code: int, how: str, res2=None) -> bool:
     VM, 8 alternating rounds); on two threads the two were within this VM's noise (27.9-29.6 ms),
     its memory giving two cores little more bandwidth than one (24 against 29 GB/s). At 2-16
     rows the panels are 2.5-4x faster than OpenBLAS on a transposed weight."""
+    packed = _panel_operands(x2, w, y2, b, how)
+    if packed is None:
+        return False
+    gemm(np.ascontiguousarray(x2), *packed, y2, code, GEMM_KINDS[GEMM], res2)
+    return True
+
+
+def _panel_operands(x2, w, y2, b, how: str) -> tuple | None:
+    """(panels, bias) of ``w`` packed as ``how`` and of ``b``, when `gemm` takes this product (see
+    `_gemm_weight`: a read-only weight, float32 operands, a contiguous output, at least
+    `GEMM_MIN_ROWS` rows, `GEMM` not "blas"); None otherwise."""
     if (GEMM == "blas" or x2.shape[0] < GEMM_MIN_ROWS or w.flags.writeable or x2.dtype != np.float32 or y2.dtype != np.float32
             or y2.size == 0 or not y2.flags.c_contiguous or x2.shape[1] == 0):
-        return False
+        return None
     if b is not None and (b.flags.writeable or b.dtype != np.float32):
-        return False
+        return None
     panels = _packed(w, how)
-    bias = _zero_bias(panels.shape[0]) if b is None else _packed(b, "bias")
-    gemm(np.ascontiguousarray(x2), panels, bias, y2, code, GEMM_KINDS[GEMM], res2)
-    return True
+    return panels, (_zero_bias(panels.shape[0]) if b is None else _packed(b, "bias"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -841,10 +853,7 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt, res_t=None) -> bool:
     if not xt.flags.c_contiguous or xt.dtype != np.float32:
         xt = np.ascontiguousarray(xt, dtype=np.float32)
     if depthwise and C >= TILED_DEPTHWISE_MIN_CHANNELS:
-        taps = np.array([(i * dh * W + j * dw) * C for i in range(kh) for j in range(kw)], np.int64)
-        bvec = _zero_bias(-(-C // PANEL)) if b is None else _packed(b, "bias")
-        T.parallel_range(depthwise_conv2d_nhwc_tiled, N * OH * -(-C // DEPTHWISE_BLOCK), xt, _packed(w, "taps"), bvec,
-                         sh, sw, pt, pl, dh, dw, code, yt, taps, DEPTHWISE_BLOCK, work=yt.size * kh * kw)
+        T.parallel_range(*_depthwise_tiled_job(xt, w, b, attrs, code, yt), work=yt.size * kh * kw)
         return True
     if depthwise:
         rows = N * OH
@@ -884,36 +893,39 @@ def bind_conv2d(ins, outs, attrs):
             or w.dtype != np.float32 or w.flags.writeable or 0 in w.shape
             or (b is not None and (b.dtype != np.float32 or b.flags.writeable))):
         return None
-    N, C = x.shape[:2]
+    C = x.shape[1]
     cout, cg, kh, kw = w.shape
-    (sh, sw), (pt, pb, pl, pr), (dh, dw), groups = _geometry(attrs)
+    (sh, sw), (pt, pb, pl, pr), _, groups = _geometry(attrs)
     code = A.CODES[attrs.get("activation", "none")]
     xt, yt = x.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1)
-    bias = _zero_bias(-(-cout // PANEL)) if b is None else _packed(b, "bias")
     depthwise = groups == C == cout and cg == 1  # first, as in `_conv2d_nhwc` (1 channel in and out is depthwise)
     if not depthwise and groups == 1 and kh == kw == 1 and sh == sw == 1 and not any((pt, pb, pl, pr)):
         rt = None if res is None else res.transpose(0, 2, 3, 1)
         if rt is not None and not (rt.flags.c_contiguous and res.dtype == np.float32):
             return None
-        job = _gemm_job(xt.reshape(-1, C), _packed(w, "panels"), bias, yt.reshape(-1, cout), code, GEMM_KINDS[GEMM],
-                        None if rt is None else rt.reshape(-1, cout))
+        x2, y2 = xt.reshape(-1, C), yt.reshape(-1, cout)
+        packed = _panel_operands(x2, w, y2, b, "panels")
+        if packed is None:
+            return None
+        job = _gemm_job(x2, *packed, y2, code, GEMM_KINDS[GEMM], None if rt is None else rt.reshape(-1, cout))
         fn, work = T.parallel_native, yt.size * C
     elif depthwise and C >= TILED_DEPTHWISE_MIN_CHANNELS and res is None:
-        W = x.shape[3]
-        taps = np.array([(i * dh * W + j * dw) * C for i in range(kh) for j in range(kw)], np.int64)
-        job = (depthwise_conv2d_nhwc_tiled, N * out.shape[2] * -(-C // DEPTHWISE_BLOCK), xt, _packed(w, "taps"), bias,
-               sh, sw, pt, pl, dh, dw, code, yt, taps, DEPTHWISE_BLOCK)
-        fn, work = T.parallel_range, yt.size * kh * kw
+        job, fn, work = _depthwise_tiled_job(xt, w, b, attrs, code, yt), T.parallel_range, yt.size * kh * kw
     else:
         return None
-    bound, generic = GEMM, functools.partial(conv2d, ins, outs, attrs)
+    return _while_gemm_holds(fn, job, work, functools.partial(conv2d, ins, outs, attrs))
 
-    def call():
-        if GEMM != bound:
-            return generic()
-        fn(*job, work=work)
 
-    return call
+def _depthwise_tiled_job(xt, w, b, attrs, code: int, yt) -> tuple:
+    """`depthwise_conv2d_nhwc_tiled`'s `parallel_range` arguments: xt [N, H, W, C] and yt
+    [N, OH, OW, C] contiguous float32, w [C, 1, kh, kw], b [C] or None."""
+    N, _, W, C = xt.shape
+    kh, kw = w.shape[2:]
+    (sh, sw), (pt, _, pl, _), (dh, dw), _ = _geometry(attrs)
+    taps = np.array([(i * dh * W + j * dw) * C for i in range(kh) for j in range(kw)], np.int64)
+    bias = _zero_bias(-(-C // PANEL)) if b is None else _packed(b, "bias")
+    return (depthwise_conv2d_nhwc_tiled, N * yt.shape[1] * -(-C // DEPTHWISE_BLOCK), xt, _packed(w, "taps"), bias,
+            sh, sw, pt, pl, dh, dw, code, yt, taps, DEPTHWISE_BLOCK)
 
 
 def _product(x2, w, b, code: int, y2, res2=None) -> None:

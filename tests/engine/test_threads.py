@@ -178,9 +178,7 @@ def test_native_and_python_jobs_from_many_caller_threads(two_threads):
             M, K, N = (int(v) for v in rng.integers(1, 200, 3))
             x, panels, bias, res, want = _gemm_case(rng, M, K, N)
             y = np.full(want.shape, np.nan, np.float32)
-            L.T.parallel_native(L.gemm_panels, L._pack_gemm, -(-M // L.row_block(M)) * panels.shape[0],
-                                x.reshape(-1), M, K, panels.reshape(-1), bias, N, y.reshape(-1), 1,
-                                res.reshape(-1), True, L.GEMM_KINDS[L.GEMM], L.row_block(M), work=1 << 30)
+            L.T.parallel_native(*L._gemm_job(x, panels, bias, y, 1, L.GEMM_KINDS[L.GEMM], res), work=1 << 30)
             np.testing.assert_array_equal(y, want)
             hits = np.zeros(500 + seed, np.int64)
             T.parallel_range(_count, hits.size, hits, work=1 << 30)
