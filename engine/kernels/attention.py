@@ -386,16 +386,35 @@ def sdpa(ins, outs, attrs):
     reads both in place row by row (`attend_segments`); a longer one goes to `attend_tiled` (which
     also reads both in place) or `attend_blocked` (see the TILED_* thresholds).
     """
+    args = _operands4(ins, outs[0], attrs)
+    job = _attend_job(*args)
+    if job is not None:
+        T.parallel_range(*job[:-1], work=job[-1])
+        return
+    q4, k4, v4, k5, v5, m4, mode, scale, causal, rep, out4 = args
+    if k5.shape[2]:  # a prompt after a cache: join the two segments
+        k4, v4 = np.concatenate([k4, k5], axis=2), np.concatenate([v4, v5], axis=2)
+    attend_blocked(q4, k4, v4, m4, mode, scale, causal, rep, out4)
+
+
+def _operands4(ins, out, attrs, copy: bool = True) -> tuple | None:
+    """`sdpa`'s operands as the kernels take them, (q4, k4, v4, k5, v5, m4, mode, scale, causal,
+    rep, out4): [B, H, L, E] views where the batch is one 4-D axis shared by every operand, else
+    flattened copies; float32; the mask as a [B, H, L, S] view (`_mask4`). With ``copy=False``,
+    None where any of them would be a copy (a plan's binder cannot keep those)."""
     q, k, v, mask = ins[:4]
     k_tail, v_tail = (ins + [None, None])[4:6]
-    out = outs[0]
     H, L, E = q.shape[-3:]
     S = k.shape[-2] + (0 if k_tail is None else k_tail.shape[-2])
     Hk = k.shape[-3]
     rep = H // Hk if attrs.get("enable_gqa") and Hk != H else 1
     lead = q.shape[:-3]
     B = math.prod(lead)
-    if q.ndim == 4 and all(a is None or a.shape[0] == B for a in (k, v, k_tail, v_tail)):
+    in_place = q.ndim == 4 and all(a is None or a.shape[0] == B for a in (k, v, k_tail, v_tail))
+    if not copy and (not in_place or any(a is not None and a.dtype != np.float32 for a in (q, k, v, k_tail, v_tail))
+                     or (mask is not None and mask.dtype not in (np.bool_, np.float32))):
+        return None
+    if in_place:
         q4, k4, v4, out4 = q, k, v, out
         k5, v5 = (k_tail, v_tail) if k_tail is not None else (_no_keys(k), _no_keys(v))
     else:  # other batch ranks, or keys broadcast over the batch: flatten (copies)
@@ -409,14 +428,7 @@ def sdpa(ins, outs, attrs):
     mode, m4 = _mask4(mask, lead, (B, H, L, S))
     m4 = _NO_MASK if m4 is None else m4
     q4, k4, v4, k5, v5 = (a if a.dtype == np.float32 else a.astype(np.float32) for a in (q4, k4, v4, k5, v5))
-    scale, causal = np.float32(attrs["scale"]), bool(attrs.get("is_causal"))
-    job = _attend_job(q4, k4, v4, k5, v5, m4, mode, scale, causal, rep, out4)
-    if job is not None:
-        T.parallel_range(*job[:-1], work=job[-1])
-        return
-    if k5.shape[2]:  # a prompt after a cache: join the two segments
-        k4, v4 = np.concatenate([k4, k5], axis=2), np.concatenate([v4, v5], axis=2)
-    attend_blocked(q4, k4, v4, m4, mode, scale, causal, rep, out4)
+    return q4, k4, v4, k5, v5, m4, mode, np.float32(attrs["scale"]), bool(attrs.get("is_causal")), rep, out4
 
 
 def _attend_job(q4, k4, v4, k5, v5, m4, mode, scale, causal, rep, out4) -> tuple | None:
@@ -436,21 +448,10 @@ def _attend_job(q4, k4, v4, k5, v5, m4, mode, scale, causal, rep, out4) -> tuple
 @binder("scaled_dot_product_attention")
 def bind_sdpa(ins, outs, attrs):
     """A plan's attention step with the mask's broadcast view (~5 us a call) and the kernel's
-    arguments made once, where the kernel reads everything in place: 4-D float32 q/k/v (and
-    tails) of one batch and a bool or float32 mask; None otherwise (the plan calls `sdpa`)."""
-    q, k, v, mask = ins[:4]
-    k_tail, v_tail = (ins + [None, None])[4:6]
-    B, H, L, E = q.shape if q.ndim == 4 else (0, 0, 0, 0)
-    kv = [a for a in (k, v, k_tail, v_tail) if a is not None]
-    if (q.ndim != 4 or any(a.dtype != np.float32 for a in [q, *kv]) or any(a.shape[0] != B for a in kv)
-            or (mask is not None and mask.dtype not in (np.bool_, np.float32))):
-        return None
-    Hk = k.shape[1]
-    rep = H // Hk if attrs.get("enable_gqa") and Hk != H else 1
-    k5, v5 = (k_tail, v_tail) if k_tail is not None else (_no_keys(k), _no_keys(v))
-    mode, m4 = _mask4(mask, (B,), (B, H, L, k.shape[2] + k5.shape[2]))
-    job = _attend_job(q, k, v, k5, v5, _NO_MASK if m4 is None else m4, mode, np.float32(attrs["scale"]),
-                      bool(attrs.get("is_causal")), rep, outs[0])
+    arguments made once, where the kernel reads everything in place (`_operands4` needs no copy
+    and `_attend_job` has a kernel for them); None otherwise (the plan calls `sdpa`)."""
+    args = _operands4(ins, outs[0], attrs, copy=False)
+    job = None if args is None else _attend_job(*args)
     return None if job is None else functools.partial(T.parallel_range, *job[:-1], work=job[-1])
 
 
