@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nac.errors import NacError
 from nac.format.graph import Graph
+from nac.format.ops import OPS
 
 __all__ = ["pseudo_code", "torch_source", "torch_module", "reconstruct"]
 
@@ -473,6 +474,9 @@ def torch_source(model_or_path, class_name: str = "Reconstructed") -> str:
             source = n.source
             lines.append(f"        # {_text(source) or '(top level)'}")
         ins = [expr[i] if i else "None" for i in n.inputs]
+        most = OPS[n.op].arity()[1] if n.op in OPS else None
+        if most is not None:  # optional inputs the node left out
+            ins += ["None"] * (most - len(ins))
         outs = [local(o) for o in n.outputs]
         shape = "; ".join(_shape_text(g.values[o].shape) for o in n.outputs)
         lines.append(f"        {', '.join(outs)} = {_call(n, g, ins)}  # {shape}")

@@ -126,37 +126,50 @@ _EMPTY = np.zeros(1, np.float32)
 
 @kernel("layer_norm")
 def layer_norm(ins, outs, attrs):
-    x, w, b = ins
-    k = attrs["axes"]
-    x2 = _rows(x, k)
-    T.parallel_range(layer_norm_rows, x2.shape[0], x2, _EMPTY if w is None else w.reshape(-1), _EMPTY if b is None else b.reshape(-1),
-                     w is not None, b is not None, attrs["eps"], outs[0].reshape(x2.shape), work=x2.size * 3)
+    """(x - mean) / sqrt(var + eps) * weight + bias over the trailing ``axes`` axes of x (ATen
+    native_layer_norm); weight and bias optional, also when left out of ``ins``."""
+    T.parallel_range(*_norm_job("layer_norm", ins, outs[0], attrs), work=ins[0].size * 3)
 
 
 @kernel("rms_norm")
 def rms_norm(ins, outs, attrs):
-    x, w = ins
-    x2 = _rows(x, attrs["axes"])
-    T.parallel_range(rms_norm_rows, x2.shape[0], x2, _EMPTY if w is None else w.reshape(-1), w is not None, attrs["eps"],
-                     outs[0].reshape(x2.shape), work=x2.size * 3)
+    """x / sqrt(mean(x**2) + eps) * weight over the trailing ``axes`` axes of x (ATen rms_norm);
+    weight optional, also when left out of ``ins``."""
+    T.parallel_range(*_norm_job("rms_norm", ins, outs[0], attrs), work=ins[0].size * 3)
 
 
-@binder("layer_norm", "rms_norm")
-def bind_norm(ins, outs, attrs):
-    """A plan's layer_norm / rms_norm step with its row views and weights worked out once (the
-    same `parallel_range` call as the kernel's); None (the plan calls the kernel) when the input,
-    output, weight or bias is not contiguous (float32 input), where a reshape would copy."""
-    x, out, k = ins[0], outs[0], attrs["axes"]
+def _norm_job(op: str, ins, out, attrs) -> tuple:
+    """``op``'s `parallel_range` arguments: x as float32 rows (`_rows`: a view when it can be),
+    the weight (and layer_norm's bias) flat, or a placeholder when absent, eps and out as rows."""
+    params = (list(ins[1:]) + [None, None])[:2 if op == "layer_norm" else 1]
+    x2 = _rows(ins[0], attrs["axes"])
+    flat = [_EMPTY if t is None else t.reshape(-1) for t in params]
+    present = [t is not None for t in params]
+    rows = layer_norm_rows if op == "layer_norm" else rms_norm_rows
+    return (rows, x2.shape[0], x2, *flat, *present, attrs["eps"], out.reshape(x2.shape))
+
+
+def _bind_norm(op: str, ins, outs, attrs):
+    """A plan's ``op`` step with its row views and weights worked out once (the kernel's
+    `_norm_job`); None (the plan calls the kernel) when the input, output, weight or bias is not
+    contiguous (float32 input), where a reshape would copy."""
+    x, out = ins[0], outs[0]
     if (x.dtype != np.float32 or not x.flags.c_contiguous or not out.flags.c_contiguous
             or any(t is not None and not t.flags.c_contiguous for t in ins[1:])):
         return None
-    x2 = _rows(x, k)
-    flat = [_EMPTY if t is None else t.reshape(-1) for t in ins[1:]]
-    if len(ins) == 3:  # layer_norm
-        args = (layer_norm_rows, x2.shape[0], x2, *flat, ins[1] is not None, ins[2] is not None)
-    else:
-        args = (rms_norm_rows, x2.shape[0], x2, flat[0], ins[1] is not None)
-    return functools.partial(T.parallel_range, *args, attrs["eps"], out.reshape(x2.shape), work=x2.size * 3)
+    return functools.partial(T.parallel_range, *_norm_job(op, ins, out, attrs), work=x.size * 3)
+
+
+@binder("layer_norm")
+def bind_layer_norm(ins, outs, attrs):
+    """`_bind_norm` for layer_norm."""
+    return _bind_norm("layer_norm", ins, outs, attrs)
+
+
+@binder("rms_norm")
+def bind_rms_norm(ins, outs, attrs):
+    """`_bind_norm` for rms_norm."""
+    return _bind_norm("rms_norm", ins, outs, attrs)
 
 
 def _softmax(ins, outs, attrs, log):

@@ -643,3 +643,25 @@ def test_pow_constant_exponents(e):
     c = np.array(e, np.float32)
     g, feeds = one_node_graph("pow", [x, c], {}, x.shape, "float32", params=(1,))
     assert_close(model_from_graph(g).run(feeds)[0], torch.pow(T(x), e).numpy(), 1e-6, f"x ** {e}")
+
+
+@pytest.mark.parametrize("op,listed", [("layer_norm", 1), ("layer_norm", 2), ("rms_norm", 1)])
+def test_norms_with_trailing_optional_inputs_left_out(op, listed):
+    """A norm node may list fewer inputs than its op has (the optional weight/bias left out, as
+    the op table allows): the plan's kernel and its binder both read the missing ones as absent,
+    and agree with torch, as does `nac reconstruct --torch`'s module. A layer_norm listing x and
+    weight once took the binder's RMS-norm path, and the kernel and reconstruct raised IndexError."""
+    rng = np.random.default_rng(listed)
+    x = rng.standard_normal((3, 5, 16)).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, 16).astype(np.float32)
+    inputs = [x, w][:listed]
+    if op == "layer_norm":
+        ref = F.layer_norm(T(x), (16,), T(w) if listed > 1 else None, None, 1e-5)
+    else:
+        ref = F.rms_norm(T(x), (16,), None, 1e-5)
+    g, feeds = one_node_graph(op, inputs, {"axes": 1, "eps": 1e-5}, ref.shape, "float32", params=(1,))
+    got = model_from_graph(g).run(feeds)[0]
+    assert_close(got, ref.numpy(), 1e-5, f"{op} with {listed} input(s)")
+    with torch.no_grad():  # `nac reconstruct --torch` reads the missing inputs as absent too
+        rebuilt = torch_module(g)(*[T(feeds[i]) for i in g.inputs])
+    assert_close(rebuilt.numpy(), ref.numpy(), 1e-5, f"reconstructed {op} with {listed} input(s)")
