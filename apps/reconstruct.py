@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nac.errors import NacError
 from nac.format.graph import Graph
-from nac.format.ops import OPS
+from nac.format.ops import operands
 
 __all__ = ["pseudo_code", "torch_source", "torch_module", "reconstruct"]
 
@@ -473,10 +473,7 @@ def torch_source(model_or_path, class_name: str = "Reconstructed") -> str:
         if n.source != source:
             source = n.source
             lines.append(f"        # {_text(source) or '(top level)'}")
-        ins = [expr[i] if i else "None" for i in n.inputs]
-        most = OPS[n.op].arity()[1] if n.op in OPS else None
-        if most is not None:  # optional inputs the node left out
-            ins += ["None"] * (most - len(ins))
+        ins = [expr[i] if i else "None" for i in operands(n.op, n.inputs)]  # left-out inputs: None
         outs = [local(o) for o in n.outputs]
         shape = "; ".join(_shape_text(g.values[o].shape) for o in n.outputs)
         lines.append(f"        {', '.join(outs)} = {_call(n, g, ins)}  # {shape}")

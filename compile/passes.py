@@ -10,6 +10,7 @@ import hashlib
 import numpy as np
 
 from nac.format.graph import Graph, Node
+from nac.format.ops import operands
 
 _INLINE_CONST_MAX = 16  # folded results with at most this many elements live inline in the graph
 
@@ -50,7 +51,7 @@ def fold_constants(g: Graph) -> int:
 
     kept, folded = [], 0
     for n in g.nodes:
-        arrays = [g.const_array(i) if i else None for i in n.inputs]
+        arrays = [g.const_array(i) if i else None for i in operands(n.op, n.inputs)]
         outs = [g.values[o] for o in n.outputs]
         if (n.op in ("copy",) or any(i and a is None for i, a in zip(n.inputs, arrays)) or _symbolic_attrs(n)
                 or not all(v.is_static for v in outs) or any(o in g.outputs for o in n.outputs)):

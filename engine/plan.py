@@ -32,6 +32,7 @@ from nac.engine.kernels import BINDERS, KERNELS, VIEW_OPS, simd
 from nac.engine.kernels.attention import SCORE_BUDGET
 from nac.format.graph import Graph, numpy_dtype
 from nac.format.ops import DIM_ATTRS  # noqa: F401  (re-exported for the exporter's passes)
+from nac.format.ops import operands
 from nac.format.symbolic import eval_dim, eval_shape, symbols_of
 from nac.format.validate import check_shapes, resolve_attrs  # noqa: F401
 
@@ -336,7 +337,7 @@ class Plan:
         for n, at in zip(graph.nodes, attrs):
             view = None
             if n.op in VIEW_OPS:
-                view = KERNELS[n.op]([fake[i] if i else None for i in n.inputs], None, at)
+                view = KERNELS[n.op]([fake[i] if i else None for i in operands(n.op, n.inputs)], None, at)
             if view is not None and view.shape == vshape[n.outputs[0]]:
                 fake[n.outputs[0]] = view
                 src = n.inputs[0]
@@ -382,7 +383,8 @@ class Plan:
             arrays[name] = self.inputs[name] = simd.aligned_empty(vshape[name], dtype[name], ALIGN)
         self.steps: list[Step] = []
         for k, (n, at, view) in enumerate(zip(graph.nodes, attrs, is_view)):
-            ins = [arrays[i] if i else None for i in n.inputs]
+            names = operands(n.op, n.inputs)  # left-out optional inputs read as absent
+            ins = [arrays[i] if i else None for i in names]
             if view:
                 arrays[n.outputs[0]] = KERNELS[n.op](ins, None, at)
                 continue
@@ -396,7 +398,7 @@ class Plan:
                 arrays[o] = a
                 outs.append(a)
             call = _bound(n, ins, outs, at)
-            self.steps.append(Step(k, n.op, n.source, tuple(n.inputs), tuple(n.outputs), at,
+            self.steps.append(Step(k, n.op, n.source, tuple(names), tuple(n.outputs), at,
                                    call or functools.partial(KERNELS[n.op], ins, outs, at)))
         self.output_names = list(graph.outputs)
         self.outputs = [arrays[o] for o in graph.outputs]

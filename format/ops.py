@@ -72,6 +72,19 @@ class OpSchema:
         return sum(1 for i in self.inputs if not i.endswith("?")), len(self.inputs)
 
 
+def operands(op: str, inputs) -> list[str]:
+    """A node's input names padded with "" (absent) up to every input ``op`` takes.
+
+    The op table lets a node leave trailing optional inputs out (a linear listing x and weight
+    only); kernels, binders and passes index every input, so they read the node through this.
+    Variadic ops and ops not in the table come back unchanged (as a list).
+    """
+    schema = OPS.get(op)
+    most = schema.arity()[1] if schema is not None else None
+    names = list(inputs)
+    return names + [""] * (most - len(names)) if most is not None and len(names) < most else names
+
+
 _OPS: list[OpSchema] = []
 _family = ""
 
