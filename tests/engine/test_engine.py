@@ -348,7 +348,7 @@ def test_bound_steps_compute_what_their_kernels_compute(quantize, tmp_path, monk
     """A plan's steps call their op's binder (`registry.binder`) where it has one: a Llama step
     graph (linear, rms_norm, rotary_embedding, attention over the KV cache), float32 or with
     quantised weights and int8 activations, gives bit-identical outputs with and without
-    binders, for a decode step (one token after 7 cached) and a prompt (19 tokens, no cache);
+    binders, for a decode step (one token after 7 cached) and prompts of 19 and 9 tokens (no cache);
     a bound linear still answers correctly after `NAC_GEMM`'s choice changes under it (it falls
     back to the kernel)."""
     transformers = pytest.importorskip("transformers", reason="the decoder is a transformers Llama")
@@ -358,6 +358,7 @@ def test_bound_steps_compute_what_their_kernels_compute(quantize, tmp_path, monk
     from nac.apps.sources import causal_lm
     from nac.engine import plan as P
     from nac.engine.kernels import KERNELS
+    from nac.engine.kernels import attention as AT
     from nac.engine.kernels import linalg as L
 
     torch = pytest.importorskip("torch")
@@ -370,7 +371,7 @@ def test_bound_steps_compute_what_their_kernels_compute(quantize, tmp_path, monk
     gen = m.generation_config
     step = m.methods[gen.methods["step"]]
     rng = np.random.default_rng(0)
-    for seq, past in ((1, 8), (19, 0)):
+    for seq, past in ((1, 8), (19, 0), (9, 0)):
         shapes = {"input_ids": (1, seq), "attention_mask": (1, seq), **_cache_shapes(gen.cache, 1, past)}
         feeds = {"input_ids": rng.integers(0, 80, (1, seq)), "attention_mask": np.ones((1, seq), np.int64),
                  "past_mask": (np.arange(past) < past - 1)[None].astype(np.int64)}
@@ -384,12 +385,12 @@ def test_bound_steps_compute_what_their_kernels_compute(quantize, tmp_path, monk
                 plan = step.plan(shapes)
             kinds = {s.op for s in plan.steps if not (isinstance(s.call, functools.partial)
                                                       and s.call.func is KERNELS[s.op])}
-            # a 19-token prompt's attention takes the blocked kernel, which copies, and its quantised
-            # products dequantise into BLAS: those stay unbound
+            # a 9-token prompt's attention takes the blocked kernel, which copies, and a prompt's
+            # quantised products dequantise into BLAS: those stay unbound
             want_kinds = {"rms_norm", "rotary_embedding"}
             if seq == 1 or quantize is None:
                 want_kinds.add("linear")
-            if seq == 1:
+            if seq == 1 or seq >= AT.TILED_MIN_ROWS:
                 want_kinds.add("scaled_dot_product_attention")
             assert kinds == (want_kinds if bound else set())
             if bound and quantize and seq == 1:  # the quantised products themselves are bound
