@@ -27,6 +27,7 @@ tiles of the float32 GEMM on prepacked weight panels (`nac.engine.kernels.linalg
 `mm_tile_4x16` is a 4 x 16 float32 register tile of a matrix product in LLVM's generic vector
 type, lowered for whatever the CPU has (the tiled attention's two products); `dw_tile_4x16` is
 the same kind of tile for a channels-last depthwise convolution (4 output pixels x 16 channels),
+`dw_run` a run of 4- or 8-pixel tiles along a row for a 3 x 3 or 5 x 5 kernel,
 and `dw_tile_1x16` its one-pixel form over a list of taps (pixels at the plane's border).
 """
 from __future__ import annotations
@@ -752,6 +753,91 @@ def dw_tile_4x16(typingctx, x, xo, px, taps, w, wo, ldw, b, bo, y, yo, py):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+#: tap counts `dw_run` is compiled for (3 x 3 and 5 x 5 kernels); others take `dw_tile_4x16`
+DW_RUN_TAPS = (9, 25)
+#: pixels per tile of `dw_run`, each an independent chain of multiply-adds. Interior rows of
+#: EfficientNet-Lite0-sized planes, one thread, against `dw_tile_4x16` (AMD EPYC VM): 3 x 3
+#: kernels 0.76-0.81x the time with 4 pixels and their weights in registers (8 pixels: 0.71-0.84x);
+#: 5 x 5 kernels, whose weights do not fit beside the accumulators, 0.88-0.90x with 8 pixels and
+#: 1.13-1.23x with 4
+DW_RUN_PIXELS = (4, 8)
+
+
+@intrinsic(prefer_literal=True)
+def dw_run(typingctx, x, xo, px, taps, ntaps, pixels, w, wo, ldw, b, bo, y, yo, py, groups):
+    """``groups`` consecutive tiles of ``pixels`` output pixels x 16 channels along an output
+    row of a channels-last depthwise convolution: for g < groups and r < pixels,
+    y[yo + (g P + r) py + t] = b[bo + t] + sum_q w[wo + q ldw + t] * x[xo + (g P + r) px + taps[q] + t]
+    (P = ``pixels``), each sum the bias then the taps in order as one chain of multiply-adds,
+    so ``pixels=4`` gives `dw_tile_4x16`'s results bit for bit, and ``pixels=8`` the same sums.
+
+    ``ntaps`` (one of `DW_RUN_TAPS`, equal to taps.size) and ``pixels`` (one of
+    `DW_RUN_PIXELS`) must be compile-time constants (literals in the caller): the tap loop is
+    unrolled, the tap offsets and the bias are loaded once for the whole run, and so are the
+    weight vectors where they fit in registers beside the accumulators (a 3 x 3 kernel: 9 + 8 of
+    AVX-512's 32 zmm registers; a 5 x 5 kernel's 25 reload theirs for each tile). Lowered for
+    the CPU like `dw_tile_4x16` (on AVX2, 16 ymm registers, LLVM keeps what fits and reloads the
+    rest). The caller keeps every index inside its arrays (no bounds checks). `loop_dw_run` is
+    its plain twin.
+    """
+    f32 = types.float32
+    if not (all(_is_array(t, f32, 1) for t in (x, w, b, y)) and _is_array(taps, types.int64, 1)
+            and isinstance(ntaps, types.IntegerLiteral) and ntaps.literal_value in DW_RUN_TAPS
+            and isinstance(pixels, types.IntegerLiteral) and pixels.literal_value in DW_RUN_PIXELS
+            and all(isinstance(t, types.Integer) for t in (xo, px, wo, ldw, bo, yo, py, groups))):
+        return None
+    k, npx = ntaps.literal_value, pixels.literal_value
+    hoist = k + npx <= 24
+    sig = types.void(x, xo, px, taps, ntaps, pixels, w, wo, ldw, b, bo, y, yo, py, groups)
+
+    def codegen(context, builder, signature, args):
+        arr = {i: context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3, 6, 9, 11)}
+        i64 = ir.IntType(64)
+        xo_, px_, wo_, ldw_, bo_, yo_, py_, g_ = (context.cast(builder, args[i], signature.args[i], types.int64)
+                                                  for i in (1, 2, 7, 8, 10, 12, 13, 14))
+        fmuladd = _function(builder, "llvm.fmuladd.v16f32", _F32X16, [_F32X16] * 3)
+
+        def vec(base, offset):
+            return builder.bitcast(builder.gep(base, [offset]), _F32X16.as_pointer())
+
+        def weight(q):
+            return builder.load(vec(arr[6].data, builder.add(wo_, builder.mul(ir.Constant(i64, q), ldw_))), align=4)
+
+        bias = builder.load(vec(arr[9].data, bo_), align=4)
+        weights = [weight(q) for q in range(k)] if hoist else None
+        offsets = [builder.load(builder.gep(arr[3].data, [ir.Constant(i64, q)])) for q in range(k)]
+        xrows = [builder.mul(ir.Constant(i64, r), px_) for r in range(npx)]
+        yrows = [builder.mul(ir.Constant(i64, r), py_) for r in range(npx)]
+        step_x, step_y = builder.mul(ir.Constant(i64, npx), px_), builder.mul(ir.Constant(i64, npx), py_)
+        with cgutils.for_range(builder, g_) as loop:
+            x0 = builder.add(xo_, builder.mul(loop.index, step_x))
+            y0 = builder.add(yo_, builder.mul(loop.index, step_y))
+            accs = [bias] * npx
+            for q in range(k):
+                at = builder.add(x0, offsets[q])
+                wv = weights[q] if hoist else weight(q)
+                for r in range(npx):
+                    xv = builder.load(vec(arr[0].data, builder.add(at, xrows[r])), align=4)
+                    accs[r] = builder.call(fmuladd, [xv, wv, accs[r]])
+            for r in range(npx):
+                builder.store(accs[r], vec(arr[11].data, builder.add(y0, yrows[r])), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def loop_dw_run(x, xo, px, taps, ntaps, pixels, w, wo, ldw, b, bo, y, yo, py, groups):
+    """The plain-loop twin of `dw_run` (same arguments and sums, in the same order, though
+    multiply then add: no fused multiply-add; ``ntaps`` and ``pixels`` may be any values here)."""
+    for p in range(groups * pixels):
+        for t in range(16):
+            acc = b[bo + t]
+            for q in range(ntaps):
+                acc += w[wo + q * ldw + t] * x[xo + p * px + taps[q] + t]
+            y[yo + p * py + t] = acc
 
 
 #: accumulator chains of `dw_tile_1x16`: a border pixel's taps go to four registers in turn, so

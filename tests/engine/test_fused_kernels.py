@@ -431,6 +431,9 @@ CONV_CASES = [  # (N, C, H, W, Cout, k, stride, padding, dilation, groups)
     (1, 40, 20, 24, 40, 3, 1, 1, 1, 40), (2, 32, 18, 37, 32, 5, 2, 2, 1, 32), (1, 16, 17, 21, 16, 3, 1, 2, 2, 16),
     (1, 7, 5, 19, 7, 3, 1, 3, 1, 7), (2, 48, 7, 7, 48, 3, 1, 1, 1, 48), (1, 32, 7, 7, 32, 5, 1, 2, 1, 32),
     (1, 16, 3, 3, 16, 5, 1, 2, 1, 16), (1, 24, 14, 14, 24, 5, 2, 2, 1, 24),
+    # `simd.dw_run`'s rows: a 5x5 kernel over 3 interior groups of 4 pixels (one 8-pixel tile,
+    # then a 4-pixel one) with a tail of 8 channels
+    (1, 40, 9, 18, 40, 5, 1, 2, 1, 40),
     # more channels than one block of `DEPTHWISE_BLOCK` (the last block partial, with a tail of
     # 8): few rows (work split by channel blocks) and 33 rows (split by rows)
     (2, 280, 7, 7, 280, 5, 1, 2, 1, 280), (1, 152, 33, 6, 152, 3, 1, 1, 1, 152),
@@ -461,6 +464,45 @@ def test_dw_tile_matches_its_loop_twin():
             y = np.full(600, 7.0, np.float32)
             fn(x, 17, 80, taps, w, 5, 40, b, 5, y, 3, 40)
             assert_close(y, want, rel=1e-6, what=f"{fn.__name__} taps={taps.size}")
+
+
+@njit
+def _dw_run(x, xo, px, taps, ntaps, pixels, w, wo, ldw, b, bo, y, yo, py, groups):
+    if ntaps == 9 and pixels == 4:
+        simd.dw_run(x, xo, px, taps, 9, 4, w, wo, ldw, b, bo, y, yo, py, groups)
+    elif ntaps == 9:
+        simd.dw_run(x, xo, px, taps, 9, 8, w, wo, ldw, b, bo, y, yo, py, groups)
+    elif pixels == 4:
+        simd.dw_run(x, xo, px, taps, 25, 4, w, wo, ldw, b, bo, y, yo, py, groups)
+    else:
+        simd.dw_run(x, xo, px, taps, 25, 8, w, wo, ldw, b, bo, y, yo, py, groups)
+
+
+@pytest.mark.parametrize("pixels", simd.DW_RUN_PIXELS)
+@pytest.mark.parametrize("ntaps", simd.DW_RUN_TAPS)
+def test_dw_run_is_its_tiles_bit_for_bit(ntaps, pixels):
+    """`simd.dw_run` (a row's runs of 4- or 8-pixel tiles, the tap loop unrolled) gives exactly
+    what `dw_tile_4x16` gives 4 pixels at a time (the same multiply-adds in the same order), at
+    unaligned offsets, for 0, 1 and 3 groups, and writes nothing past the last group; its plain
+    twin (multiply, then add: no fused multiply-add) agrees within float32 rounding."""
+    rng = np.random.default_rng(ntaps + pixels)
+    C = 40
+    side = 5 if ntaps == 25 else 3
+    x = rng.standard_normal(24000).astype(np.float32)
+    w = rng.standard_normal(ntaps * C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    row = 30 * C  # a 30-pixel-wide plane
+    taps = np.array([(i * row + j * C) for i in range(side) for j in range(side)], np.int64)
+    for groups in (0, 1, 3):
+        want = np.full(1200, 7.0, np.float32)
+        for g in range(groups * pixels // 4):
+            _dw_tile(x, 17 + 4 * g * 2 * C, 2 * C, taps, w, 5, C, b, 5, want, 3 + 4 * g * C, C)
+        y = np.full(1200, 7.0, np.float32)
+        _dw_run(x, 17, 2 * C, taps, ntaps, pixels, w, 5, C, b, 5, y, 3, C, groups)
+        np.testing.assert_array_equal(y, want, err_msg=f"dw_run {ntaps} taps x {pixels} pixels, {groups} groups")
+        y = np.full(1200, 7.0, np.float32)
+        simd.loop_dw_run(x, 17, 2 * C, taps, ntaps, pixels, w, 5, C, b, 5, y, 3, C, groups)
+        assert_close(y, want, rel=1e-5, what=f"loop_dw_run {ntaps} taps x {pixels} pixels, {groups} groups")
 
 
 @njit
@@ -547,9 +589,12 @@ for kind in ("avx512", "avx2", "plain"):
         test_gemm_on_packed_panels_matches_torch(kind, act)
 test_gemm_propagates_nan_and_inf_like_blas()
 from test_fused_kernels import test_channels_last_convolutions_match_torch, test_dw_tile_matches_its_loop_twin
-from test_fused_kernels import test_dw_border_tile_matches_its_loop_twin
+from test_fused_kernels import test_dw_border_tile_matches_its_loop_twin, test_dw_run_is_its_tiles_bit_for_bit
 test_channels_last_convolutions_match_torch()
 test_dw_tile_matches_its_loop_twin()
+for ntaps in simd.DW_RUN_TAPS:
+    for pixels in simd.DW_RUN_PIXELS:
+        test_dw_run_is_its_tiles_bit_for_bit(ntaps, pixels)
 test_dw_border_tile_matches_its_loop_twin()
 print("ok")
 """
