@@ -385,26 +385,19 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
     x2 = np.ascontiguousarray(x2, np.float32)
     work = M * N * K // _MACS_PER_WORK[w.scheme, activation_quant]
     if activation_quant == "int8":
-        xs = np.empty(M, np.float32)
-        if w.scheme == "int8":
-            xq, xu = np.empty((M, K), np.int8), np.empty((M, K), np.uint8)
-            quantize_rows(x2, xq, xu, xs)
-            if INT8_PANELS and not simd.SIGNED_INT8_DOT and M > SMALL_M:
-                if y.shape != (M, N) or y.dtype != np.float32:  # the tiles do not bounds-check
-                    raise ValueError(f"quant_matmul: output {y.shape} {y.dtype} for [{M}, {K}] x {w.shape}")
-                panels, sums = w.int8_panels
-                if K % 4:
-                    xu = np.pad(xu, ((0, 0), (0, 4 * panels.shape[1] - K)), constant_values=128)
-                items = -(-M // INT8_ROW_BLOCK) * panels.shape[0]
-                T.parallel_range(gemm_int8_panels, items, xu.reshape(-1), M, panels.shape[1], panels.reshape(-1), sums,
-                                 xs, w.scale, y, work=work)
-                return
-            T.parallel_range(gemm_int8_a8, N, xq, xu, xs, w.data, w.block_row_sums, w.scale, y, simd.SIGNED_INT8_DOT,
-                             work=work)
-        else:
-            x4q, xsum = np.empty((M, 4, w.data.shape[1]), np.int8), np.empty(M, np.int32)
-            quantize_rows_deinterleaved(x2, x4q, xs, xsum)
-            T.parallel_range(gemm_ternary_a8, N, x4q, xsum, xs, w.data, w.scale, w.per_row, y, work=work)
+        quantize, product, xu, xs = _a8_calls(x2, w, y, work)
+        quantize()
+        if w.scheme == "int8" and INT8_PANELS and not simd.SIGNED_INT8_DOT and M > SMALL_M:
+            if y.shape != (M, N) or y.dtype != np.float32:  # the tiles do not bounds-check
+                raise ValueError(f"quant_matmul: output {y.shape} {y.dtype} for [{M}, {K}] x {w.shape}")
+            panels, sums = w.int8_panels
+            if K % 4:
+                xu = np.pad(xu, ((0, 0), (0, 4 * panels.shape[1] - K)), constant_values=128)
+            items = -(-M // INT8_ROW_BLOCK) * panels.shape[0]
+            T.parallel_range(gemm_int8_panels, items, xu.reshape(-1), M, panels.shape[1], panels.reshape(-1), sums,
+                             xs, w.scale, y, work=work)
+            return
+        product()
         return
     if M <= SMALL_M:
         if w.scheme == "int8":
@@ -432,6 +425,25 @@ def quant_matmul(x2: np.ndarray, w: QTensor, y: np.ndarray, activation_quant: st
         np.matmul(x2, wf.T, out=y[:, r0:r1])
 
 
+def _a8_calls(x2: np.ndarray, w: QTensor, y: np.ndarray, work: int) -> tuple:
+    """The int8-activation product y [M, N] = x2 [M, K] @ dequant(w).T over new activation
+    buffers: (quantize, product, xu, xs), two no-argument calls (x2's rows quantised into the
+    buffers, then the VNNI/AVX2/plain product of the weight's scheme) and, for an int8 weight,
+    the unsigned activations [M, K] uint8 and their scales [M] float32 (None, scales for ternary)."""
+    M, K = x2.shape
+    N = w.shape[0]
+    xs = np.empty(M, np.float32)
+    if w.scheme == "int8":
+        xq, xu = np.empty((M, K), np.int8), np.empty((M, K), np.uint8)
+        return (functools.partial(quantize_rows, x2, xq, xu, xs),
+                functools.partial(T.parallel_range, gemm_int8_a8, N, xq, xu, xs, w.data, w.block_row_sums, w.scale,
+                                  y, simd.SIGNED_INT8_DOT, work=work), xu, xs)
+    x4q, xsum = np.empty((M, 4, w.data.shape[1]), np.int8), np.empty(M, np.int32)
+    return (functools.partial(quantize_rows_deinterleaved, x2, x4q, xs, xsum),
+            functools.partial(T.parallel_range, gemm_ternary_a8, N, x4q, xsum, xs, w.data, w.scale, w.per_row, y,
+                              work=work), None, xs)
+
+
 def bind_a8(x2: np.ndarray, w: QTensor, y: np.ndarray):
     """``quant_matmul(x2, w, y, "int8")`` for up to `SMALL_M` rows (a decode step's products) as
     one call with its int8 activation buffers allocated once (a plan's binder, see
@@ -442,18 +454,7 @@ def bind_a8(x2: np.ndarray, w: QTensor, y: np.ndarray):
     if (M > SMALL_M or x2.dtype != np.float32 or not x2.flags.c_contiguous or y.shape != (M, N)
             or y.dtype != np.float32 or not y.flags.c_contiguous):
         return None
-    work = M * N * K // _MACS_PER_WORK[w.scheme, "int8"]
-    xs = np.empty(M, np.float32)
-    if w.scheme == "int8":
-        xq, xu = np.empty((M, K), np.int8), np.empty((M, K), np.uint8)
-        quantize = functools.partial(quantize_rows, x2, xq, xu, xs)
-        product = functools.partial(T.parallel_range, gemm_int8_a8, N, xq, xu, xs, w.data, w.block_row_sums, w.scale,
-                                    y, simd.SIGNED_INT8_DOT, work=work)
-    else:
-        x4q, xsum = np.empty((M, 4, w.data.shape[1]), np.int8), np.empty(M, np.int32)
-        quantize = functools.partial(quantize_rows_deinterleaved, x2, x4q, xs, xsum)
-        product = functools.partial(T.parallel_range, gemm_ternary_a8, N, x4q, xsum, xs, w.data, w.scale, w.per_row,
-                                    y, work=work)
+    quantize, product, _, _ = _a8_calls(x2, w, y, M * N * K // _MACS_PER_WORK[w.scheme, "int8"])
 
     def call():
         quantize()
