@@ -909,9 +909,8 @@ def bind_conv2d(ins, outs, attrs):
     activation in the epilogue) and a depthwise one of at least `TILED_DEPTHWISE_MIN_CHANNELS`
     channels (`depthwise_conv2d_nhwc_tiled`); None for the rest (the plan calls `conv2d`). The
     call falls back to `conv2d` if `GEMM` changes after binding."""
-    x, w, out = ins[0], ins[1], outs[0]
-    b = ins[2] if len(ins) > 2 else None
-    res = ins[3] if len(ins) > 3 else None
+    x, w, b, res = ins
+    out = outs[0]
     if (GEMM == "blas" or not (is_channels_last(x) and is_channels_last(out)) or out.size == 0 or x.dtype != np.float32
             or w.dtype != np.float32 or w.flags.writeable or 0 in w.shape
             or (b is not None and (b.dtype != np.float32 or b.flags.writeable))):

@@ -28,7 +28,9 @@ def kernel(*ops: str):
 
 
 def binder(*ops: str):
-    """Register the decorated ``bind(ins, outs, attrs) -> call or None`` for each op in ``ops``.
+    """Register the decorated ``bind(ins, outs, attrs) -> call or None`` for each op in ``ops``;
+    the plan passes ``ins`` with one entry per input the op takes (`nac.format.ops.operands`:
+    None for an absent optional one).
 
     A plan's arrays never move (its arena, inputs and constants are allocated once), so what a
     kernel derives from their shapes, strides and addresses alone (row views, packed weights,
