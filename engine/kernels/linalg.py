@@ -779,6 +779,93 @@ def conv2d_patches(x, kh, kw, sh, sw, pt, pl, dh, dw, bp, bias, code, kind, y, c
             A.bias_act_scalar(y[r * OW * cout:(r + 1) * OW * cout], np.float32(0.0), code)
 
 
+@njit(cache=True, nogil=True)
+def _patch_tiles(kind, wide, x, xo, px, taps, w, ldw, b, y, yo, py, pixels):
+    """``pixels`` consecutive output pixels x every channel through `simd.patch_run`'s tiles of
+    ``kind`` (0: 8 pixels x 32 channels where ``wide``, else x 16; 1: 4 x 16, for AVX2's 16
+    registers; 2: the plain twin), the pixels past the last whole tile one at a time. Channels
+    ``ldw`` (a multiple of 16) with the weight [taps, ldw] and bias [ldw]."""
+    if kind == 2:
+        simd.loop_patch_run(x, xo, px, taps, 1, ldw // 16, w, 0, ldw, b, 0, y, yo, py, pixels)
+        return
+    done = 0
+    if kind == 0 and wide:
+        done = pixels - pixels % 8
+        for c0 in range(0, ldw, 32):
+            simd.patch_run(x, xo, px, taps, 8, 2, w, c0, ldw, b, c0, y, yo + c0, py, done // 8)
+    elif kind == 0:
+        done = pixels - pixels % 8
+        for c0 in range(0, ldw, 16):
+            simd.patch_run(x, xo, px, taps, 8, 1, w, c0, ldw, b, c0, y, yo + c0, py, done // 8)
+    else:
+        done = pixels - pixels % 4
+        for c0 in range(0, ldw, 16):
+            simd.patch_run(x, xo, px, taps, 4, 1, w, c0, ldw, b, c0, y, yo + c0, py, done // 4)
+    for c0 in range(0, ldw, 32 if wide else 16):
+        if wide:
+            simd.patch_run(x, xo + done * px, px, taps, 1, 2, w, c0, ldw, b, c0, y, yo + c0 + done * py, py,
+                           pixels - done)
+        else:
+            simd.patch_run(x, xo + done * px, px, taps, 1, 1, w, c0, ldw, b, c0, y, yo + c0 + done * py, py,
+                           pixels - done)
+
+
+@njit(cache=True, nogil=True, fastmath=vm.EXP_FLAGS, error_model=vm.NUMPY_ERRORS)
+def conv2d_direct(x, kh, kw, sh, sw, pt, pl, dh, dw, wt, bias, code, kind, y, OH, OW, lo, hi):
+    """act(conv(x, W) + bias) into a channels-last output, output rows ``lo..hi`` of N * OH, for
+    an NCHW input of few channels (an image stem) and a multiple of 16 output channels, without
+    gathering patches: each interior output pixel's taps are read where they lie and broadcast
+    against the weight rows in `simd.patch_run`'s register tiles (`_patch_tiles`); a pixel whose
+    taps reach into the padding has its patch gathered (zeros outside) and takes the one-pixel
+    tile, so every sum is the bias then the taps in the same order. The row's activation runs
+    while it is in cache.
+
+    x: [N, C, H, W] float32, C-contiguous; wt: [C kh kw, Cout] float32, C-contiguous (the rows
+    in an OIHW weight's order); bias: [Cout] float32 (zeros for none); y: [N, OH, OW, Cout]
+    float32, flat C-contiguous; kind: `GEMM_KINDS` (0 AVX-512, 1 AVX2, 2 plain). Zero padding
+    (top ``pt``, left ``pl``; bottom and right follow from the shapes). Matches ATen convolution
+    with groups = 1."""
+    N, C, H, W = x.shape
+    cout = wt.shape[1]
+    K = C * kh * kw
+    xf, wf = x.reshape(-1), wt.reshape(-1)
+    wide = cout % 32 == 0
+    taps = np.empty(K, np.int64)
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                taps[(c * kh + i) * kw + j] = (c * H + i * dh) * W + j * dw
+    seq = np.arange(K).astype(np.int64)  # a gathered patch's taps
+    patch = np.empty(K, np.float32)
+    ow_lo = min(OW, (pl + sw - 1) // sw)  # first output column whose taps are all inside
+    last = W - 1 - (kw - 1) * dw + pl
+    ow_hi = max(ow_lo, min(OW, last // sw + 1)) if last >= 0 else ow_lo
+    for r in range(lo, hi):
+        n = r // OH
+        oh = r % OH
+        ih0 = oh * sh - pt
+        yrow = r * OW * cout
+        inside = ih0 >= 0 and ih0 + (kh - 1) * dh < H
+        a, e = (ow_lo, ow_hi) if inside else (0, 0)
+        if e > a:
+            _patch_tiles(kind, wide, xf, (n * C * H + ih0) * W + a * sw - pl, sw, taps, wf, cout, bias, y,
+                         yrow + a * cout, cout, e - a)
+        for ow in range(OW):
+            if a <= ow < e:
+                continue
+            iw0 = ow * sw - pl
+            for c in range(C):
+                for i in range(kh):
+                    ih = ih0 + i * dh
+                    for j in range(kw):
+                        iw = iw0 + j * dw
+                        inb = 0 <= ih < H and 0 <= iw < W
+                        patch[(c * kh + i) * kw + j] = x[n, c, ih, iw] if inb else np.float32(0.0)
+            _patch_tiles(kind, wide, patch, 0, 0, seq, wf, cout, bias, y, yrow + ow * cout, cout, 1)
+        if code != 0:
+            A.bias_act_scalar(y[yrow:yrow + OW * cout], np.float32(0.0), code)
+
+
 #: im2col scratch per block of output pixels, in float32 elements (bounds the scratch of a large
 #: convolution: 4 MiB)
 IM2COL_BLOCK = 1 << 20
@@ -854,6 +941,9 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt, res_t=None) -> bool:
             and GEMM != "blas" and x.dtype == np.float32 and (b is None or b.dtype == np.float32)):
         # an NCHW input with few channels (the graph's image, as in a stem): each block of output
         # pixels gathered and multiplied in registers, bias and activation applied in cache
+        if cout % 16 == 0:  # no patch gathered: interior pixels read the image in place
+            T.parallel_range(*_direct_job(np.ascontiguousarray(x), w, b, attrs, code, yt), work=yt.size * C * kh * kw)
+            return True
         K = C * kh * kw
         panels = _packed(w, "panels")
         bvec = _zero_bias(panels.shape[0]) if b is None else _packed(b, "bias")
@@ -903,20 +993,26 @@ def _conv2d_nhwc(x, w, b, code, attrs, yt, res_t=None) -> bool:
 
 @binder("conv2d")
 def bind_conv2d(ins, outs, attrs):
-    """A plan's convolution step with its job worked out once, for the two kinds that make up
-    a MobileNet-style network, both channels-last in and out (float32, a loaded model's
-    weights): an unpadded stride-1 1x1 convolution (`gemm` on the panels, bias, residual and
-    activation in the epilogue) and a depthwise one of at least `TILED_DEPTHWISE_MIN_CHANNELS`
-    channels (`depthwise_conv2d_nhwc_tiled`); None for the rest (the plan calls `conv2d`). The
-    call falls back to `conv2d` if `GEMM` changes after binding."""
+    """A plan's convolution step with its job worked out once, for the three kinds that make up
+    a MobileNet-style network, channels-last out (float32, a loaded model's weights): an
+    unpadded stride-1 1x1 convolution of a channels-last input (`gemm` on the panels, bias,
+    residual and activation in the epilogue), a depthwise one of at least
+    `TILED_DEPTHWISE_MIN_CHANNELS` channels (`depthwise_conv2d_nhwc_tiled`), and the image stem:
+    an NCHW (C-contiguous) input of few channels into a multiple of 16 (`conv2d_direct`); None
+    for the rest (the plan calls `conv2d`). The call falls back to `conv2d` if `GEMM` changes
+    after binding."""
     x, w, b, res = ins
     out = outs[0]
-    if (GEMM == "blas" or not (is_channels_last(x) and is_channels_last(out)) or out.size == 0 or x.dtype != np.float32
+    C = x.shape[1]
+    cout, cg, kh, kw = w.shape
+    # an image stem (`conv2d_direct`): an NCHW input of few channels, as `_conv2d_nhwc` takes it
+    stem = (x.flags.c_contiguous and x.ndim == 4 and attrs["groups"] == 1 and res is None and not kh == kw == 1
+            and cout % 16 == 0 and 0 < C * kh * kw <= PATCH_MAX_DEPTH)
+    if (GEMM == "blas" or not ((stem or is_channels_last(x)) and is_channels_last(out)) or out.size == 0
+            or x.dtype != np.float32
             or w.dtype != np.float32 or w.flags.writeable or 0 in w.shape
             or (b is not None and (b.dtype != np.float32 or b.flags.writeable))):
         return None
-    C = x.shape[1]
-    cout, cg, kh, kw = w.shape
     (sh, sw), (pt, pb, pl, pr), _, groups = _geometry(attrs)
     code = A.CODES[attrs.get("activation", "none")]
     xt, yt = x.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1)
@@ -933,9 +1029,22 @@ def bind_conv2d(ins, outs, attrs):
         fn, work = T.parallel_native, yt.size * C
     elif depthwise and C >= TILED_DEPTHWISE_MIN_CHANNELS and res is None:
         job, fn, work = _depthwise_tiled_job(xt, w, b, attrs, code, yt), T.parallel_range, yt.size * kh * kw
+    elif stem:
+        job, fn, work = _direct_job(x, w, b, attrs, code, yt), T.parallel_range, yt.size * C * kh * kw
     else:
         return None
     return _while_gemm_holds(fn, job, work, functools.partial(conv2d, ins, outs, attrs))
+
+
+def _direct_job(x, w, b, attrs, code: int, yt) -> tuple:
+    """`conv2d_direct`'s `parallel_range` arguments: x [N, C, H, W] C-contiguous float32, w
+    [Cout, C, kh, kw] float32 with Cout a multiple of 16, b [Cout] float32 or None, yt
+    [N, OH, OW, Cout] contiguous float32."""
+    kh, kw = w.shape[2:]
+    (sh, sw), (pt, _, pl, _), (dh, dw), _ = _geometry(attrs)
+    bias = _zero_bias(-(-w.shape[0] // PANEL)) if b is None else np.ascontiguousarray(b)
+    return (conv2d_direct, x.shape[0] * yt.shape[1], x, kh, kw, sh, sw, pt, pl, dh, dw, _packed(w, "io"), bias, code,
+            GEMM_KINDS[GEMM], yt.reshape(-1), yt.shape[1], yt.shape[2])
 
 
 def _depthwise_tiled_job(xt, w, b, attrs, code: int, yt) -> tuple:

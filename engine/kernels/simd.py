@@ -920,3 +920,93 @@ def loop_dw_tile_4x16(x, xo, px, taps, w, wo, ldw, b, bo, y, yo, py):
             for q in range(taps.size):
                 acc += w[wo + q * ldw + t] * x[xo + r * px + taps[q] + t]
             y[yo + r * py + t] = acc
+
+
+#: (pixels, vectors) tiles `patch_run` is compiled for: 8 x 32 channels in 16 zmm accumulators
+#: (AVX-512), 4 x 16 (AVX2: 8 ymm, with the weight and the broadcast beside them), and one pixel
+#: (a border pixel's gathered patch)
+PATCH_RUN_TILES = ((8, 2), (8, 1), (4, 1), (1, 2), (1, 1))
+
+
+@intrinsic(prefer_literal=True)
+def patch_run(typingctx, x, xo, px, taps, pixels, vectors, w, wo, ldw, b, bo, y, yo, py, groups):
+    """``groups`` consecutive tiles of ``pixels`` output pixels x 16 ``vectors`` channels of a
+    convolution over an input of few channels (an image stem), each input value broadcast
+    against a row of weights: for g < groups, r < P, v < V and t < 16 (P = ``pixels``, V = ``vectors``),
+    y[yo + (g P + r) py + 16 v + t] = b[bo + 16 v + t] + sum_q w[wo + q ldw + 16 v + t] * x[xo + (g P + r) px + taps[q]]
+    over q < taps.size, each sum the bias then the taps in order as one chain of multiply-adds.
+
+    x, w, b, y: 1-D C-contiguous float32 arrays (the NCHW image, the [Cin kh kw, Cout] weight
+    in the row order of an OIHW weight, the bias, the flat NHWC output); taps: int64 element
+    offsets of the kernel's taps (c, i, j) from a pixel's first input element; px, py: element
+    strides between consecutive pixels. ``(pixels, vectors)`` must be one of `PATCH_RUN_TILES`,
+    as literals in the caller. Where `dw_run` loads a vector of 16 channels per tap and pixel,
+    this loads one value and broadcasts it: the image's few channels are far apart (NCHW), and no
+    patch is gathered. The accumulators never leave registers; the caller keeps every index
+    inside its arrays (no bounds checks). `loop_patch_run` is its plain twin."""
+    f32 = types.float32
+    if not (all(_is_array(t, f32, 1) for t in (x, w, b, y)) and _is_array(taps, types.int64, 1)
+            and isinstance(pixels, types.IntegerLiteral) and isinstance(vectors, types.IntegerLiteral)
+            and (pixels.literal_value, vectors.literal_value) in PATCH_RUN_TILES
+            and all(isinstance(t, types.Integer) for t in (xo, px, wo, ldw, bo, yo, py, groups))):
+        return None
+    npx, nv = pixels.literal_value, vectors.literal_value
+    sig = types.void(x, xo, px, taps, pixels, vectors, w, wo, ldw, b, bo, y, yo, py, groups)
+
+    def codegen(context, builder, signature, args):
+        arr = {i: context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3, 6, 9, 11)}
+        i64 = ir.IntType(64)
+        xo_, px_, wo_, ldw_, bo_, yo_, py_, g_ = (context.cast(builder, args[i], signature.args[i], types.int64)
+                                                  for i in (1, 2, 7, 8, 10, 12, 13, 14))
+        fmuladd = _function(builder, "llvm.fmuladd.v16f32", _F32X16, [_F32X16] * 3)
+        undef = ir.Constant(_F32X16, ir.Undefined)
+        zero_mask = ir.Constant(_I32X16, [0] * 16)
+
+        def vec(base, offset):
+            return builder.bitcast(builder.gep(base, [offset]), _F32X16.as_pointer())
+
+        def const(v):
+            return ir.Constant(i64, v)
+
+        biases = [builder.load(vec(arr[9].data, builder.add(bo_, const(16 * v))), align=4) for v in range(nv)]
+        accs = [cgutils.alloca_once(builder, _F32X16) for _ in range(npx * nv)]
+        xrows = [builder.mul(const(r), px_) for r in range(npx)]
+        yrows = [builder.mul(const(r), py_) for r in range(npx)]
+        step_x, step_y = builder.mul(const(npx), px_), builder.mul(const(npx), py_)
+        with cgutils.for_range(builder, g_) as group:
+            x0 = builder.add(xo_, builder.mul(group.index, step_x))
+            y0 = builder.add(yo_, builder.mul(group.index, step_y))
+            for r in range(npx):
+                for v in range(nv):
+                    builder.store(biases[v], accs[r * nv + v])
+            with cgutils.for_range(builder, arr[3].nitems) as tap:
+                q = tap.index
+                wrow = builder.add(wo_, builder.mul(q, ldw_))
+                wvs = [builder.load(vec(arr[6].data, builder.add(wrow, const(16 * v))), align=4) for v in range(nv)]
+                at = builder.add(x0, builder.load(builder.gep(arr[3].data, [q])))
+                for r in range(npx):
+                    xs = builder.load(builder.gep(arr[0].data, [builder.add(at, xrows[r])]))
+                    splat = builder.shuffle_vector(builder.insert_element(undef, xs, ir.Constant(ir.IntType(32), 0)),
+                                                   undef, zero_mask)
+                    for v in range(nv):
+                        acc = accs[r * nv + v]
+                        builder.store(builder.call(fmuladd, [splat, wvs[v], builder.load(acc)]), acc)
+            for r in range(npx):
+                for v in range(nv):
+                    builder.store(builder.load(accs[r * nv + v]),
+                                  vec(arr[11].data, builder.add(builder.add(y0, yrows[r]), const(16 * v))), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def loop_patch_run(x, xo, px, taps, pixels, vectors, w, wo, ldw, b, bo, y, yo, py, groups):
+    """The plain-loop twin of `patch_run` (same arguments and sums, in the same order, though
+    multiply then add: no fused multiply-add; ``pixels`` and ``vectors`` may be any values here)."""
+    for p in range(groups * pixels):
+        for t in range(16 * vectors):
+            acc = b[bo + t]
+            for q in range(taps.size):
+                acc += w[wo + q * ldw + t] * x[xo + p * px + taps[q]]
+            y[yo + p * py + t] = acc

@@ -415,10 +415,10 @@ def test_bound_steps_compute_what_their_kernels_compute(quantize, tmp_path, monk
 def test_bound_convolutions_compute_what_their_kernel_computes(tmp_path, monkeypatch):
     """An inverted-residual block after a stem and before a pooling head (1x1 expand, 3x3
     depthwise over 32 channels, 1x1 project with the skip connection in its epilogue, all
-    channels-last) runs its three block convolutions through `linalg.bind_conv2d` and gives
-    bit-identical outputs without binders, and torch's at 1e-5; the stem, whose input is the
-    NCHW image, stays on the kernel. After `NAC_GEMM`'s choice changes, the bound steps fall
-    back to the kernel and still agree."""
+    channels-last) runs its three block convolutions and the stem (16 channels from the NCHW
+    image, `linalg.conv2d_direct`) through `linalg.bind_conv2d` and gives bit-identical outputs
+    without binders, and torch's at 1e-5; a stem of 8 channels stays on the kernel. After
+    `NAC_GEMM`'s choice changes, the bound steps fall back to the kernel and still agree."""
     torch = pytest.importorskip("torch")
     import functools
 
@@ -429,11 +429,11 @@ def test_bound_convolutions_compute_what_their_kernel_computes(tmp_path, monkeyp
     from nac.engine.kernels import linalg as L
 
     class Net(nn.Module):
-        def __init__(self):
+        def __init__(self, width):
             super().__init__()
-            self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-            self.expand, self.dw = nn.Conv2d(8, 32, 1), nn.Conv2d(32, 32, 3, padding=1, groups=32)
-            self.project = nn.Conv2d(32, 8, 1)
+            self.stem = nn.Conv2d(3, width, 3, stride=2, padding=1)
+            self.expand, self.dw = nn.Conv2d(width, 32, 1), nn.Conv2d(32, 32, 3, padding=1, groups=32)
+            self.project = nn.Conv2d(32, width, 1)
 
         def forward(self, x):
             h = torch.relu(self.stem(x))
@@ -441,28 +441,29 @@ def test_bound_convolutions_compute_what_their_kernel_computes(tmp_path, monkeyp
             return y.mean((2, 3))  # a pooling head: the convolutions' outputs all stay inside the plan
 
     torch.manual_seed(0)
-    x, net = torch.randn(2, 3, 19, 17), Net().eval()
-    m = nac.load(nac.export(net, (x,), tmp_path / "net.nac"))
-    outs = {}
-    for bound in (True, False):
-        with monkeypatch.context() as mp:
-            if not bound:
-                mp.setattr(P, "BINDERS", {})
-            plan = m.plan({m.graph.inputs[0]: tuple(x.shape)})
-        calls = [s.call for s in plan.steps if s.op == "conv2d"]
-        assert sum(not (isinstance(c, functools.partial) and c.func is KERNELS["conv2d"]) for c in calls) == \
-            (3 if bound else 0)
-        plan.inputs[m.graph.inputs[0]][...] = x.numpy()
-        plan.run()
-        outs[bound] = plan.outputs[0].copy()
-        if bound:
+    for width, binds in ((8, 3), (16, 4)):
+        x, net = torch.randn(2, 3, 19, 17), Net(width).eval()
+        m = nac.load(nac.export(net, (x,), tmp_path / f"net{width}.nac"))
+        outs = {}
+        for bound in (True, False):
             with monkeypatch.context() as mp:
-                mp.setattr(L, "GEMM", "plain")
-                plan.run()
-            np.testing.assert_allclose(plan.outputs[0], outs[True], rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(outs[True], outs[False])
-    with torch.no_grad():
-        np.testing.assert_allclose(outs[True], net(x).numpy(), rtol=1e-5, atol=1e-5)
+                if not bound:
+                    mp.setattr(P, "BINDERS", {})
+                plan = m.plan({m.graph.inputs[0]: tuple(x.shape)})
+            calls = [s.call for s in plan.steps if s.op == "conv2d"]
+            assert sum(not (isinstance(c, functools.partial) and c.func is KERNELS["conv2d"]) for c in calls) == \
+                (binds if bound else 0)
+            plan.inputs[m.graph.inputs[0]][...] = x.numpy()
+            plan.run()
+            outs[bound] = plan.outputs[0].copy()
+            if bound:
+                with monkeypatch.context() as mp:
+                    mp.setattr(L, "GEMM", "plain")
+                    plan.run()
+                np.testing.assert_allclose(plan.outputs[0], outs[True], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(outs[True], outs[False])
+        with torch.no_grad():
+            np.testing.assert_allclose(outs[True], net(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_a_failing_binder_is_named(two_input_model, monkeypatch):

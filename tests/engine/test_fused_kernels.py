@@ -438,7 +438,9 @@ CONV_CASES = [  # (N, C, H, W, Cout, k, stride, padding, dilation, groups)
     # 8): few rows (work split by channel blocks) and 33 rows (split by rows)
     (2, 280, 7, 7, 280, 5, 1, 2, 1, 280), (1, 152, 33, 6, 152, 3, 1, 1, 1, 152),
     # an NCHW image into `conv2d_patches`: a partial second panel, dilation, a 5x5 patch of 125
-    (2, 3, 16, 15, 40, 3, 2, 1, 2, 1), (1, 5, 9, 11, 33, 5, 1, 2, 1, 1)]
+    (2, 3, 16, 15, 40, 3, 2, 1, 2, 1), (1, 5, 9, 11, 33, 5, 1, 2, 1, 1),
+    # into `conv2d_direct` (a multiple of 16 channels out): a ResNet-style 7x7 stem, a 3x3 one
+    (1, 3, 30, 31, 64, 7, 2, 3, 1, 1), (1, 3, 23, 22, 32, 3, 2, 1, 1, 1)]
 
 
 @njit
@@ -530,6 +532,79 @@ def test_dw_border_tile_matches_its_loop_twin():
             assert_close(y, want, rel=1e-6, what=f"{fn.__name__} taps={toff.size}")
 
 
+@njit
+def _patch_run(x, xo, px, taps, pixels, vectors, w, wo, ldw, b, bo, y, yo, py, groups):
+    if pixels == 8 and vectors == 2:
+        simd.patch_run(x, xo, px, taps, 8, 2, w, wo, ldw, b, bo, y, yo, py, groups)
+    elif pixels == 8:
+        simd.patch_run(x, xo, px, taps, 8, 1, w, wo, ldw, b, bo, y, yo, py, groups)
+    elif pixels == 4:
+        simd.patch_run(x, xo, px, taps, 4, 1, w, wo, ldw, b, bo, y, yo, py, groups)
+    elif vectors == 2:
+        simd.patch_run(x, xo, px, taps, 1, 2, w, wo, ldw, b, bo, y, yo, py, groups)
+    else:
+        simd.patch_run(x, xo, px, taps, 1, 1, w, wo, ldw, b, bo, y, yo, py, groups)
+
+
+@pytest.mark.parametrize("tile", simd.PATCH_RUN_TILES)
+def test_patch_run_and_its_loop_twin_match_float64(tile):
+    """`simd.patch_run` (pixels x 16 vectors channels, each input value broadcast against a
+    weight row) and its plain twin against float64 numpy, at unaligned offsets, for 0, 1 and 3
+    groups and 27 or no taps; neither writes past the last group's pixels and channels."""
+    pixels, vectors = tile
+    rng = np.random.default_rng(pixels * 10 + vectors)
+    width, ldw = 16 * vectors, 16 * vectors + 8  # the tile's channels of a wider weight
+    x = rng.standard_normal(3000).astype(np.float32)
+    w = rng.standard_normal(27 * ldw).astype(np.float32)
+    b = rng.standard_normal(ldw).astype(np.float32)
+    py = width + 5
+    for taps in (np.array([(c * 30 + i) * 20 + j for c in range(3) for i in range(3) for j in range(3)], np.int64),
+                 np.empty(0, np.int64)):
+        for groups in (0, 1, 3):
+            want = np.full(2000, 7.0, np.float32)
+            for p in range(groups * pixels):
+                acc = b[3:3 + width].astype(np.float64).copy()
+                for q, t in enumerate(taps):
+                    acc += w[3 + q * ldw:3 + q * ldw + width].astype(np.float64) * np.float64(x[11 + 2 * p + t])
+                want[5 + p * py:5 + p * py + width] = acc
+            for fn in (_patch_run, simd.loop_patch_run):
+                y = np.full(2000, 7.0, np.float32)
+                fn(x, 11, 2, taps, pixels, vectors, w, 3, ldw, b, 3, y, 5, py, groups)
+                assert_close(y, want, rel=1e-6, what=f"{fn.__name__} {tile} taps={taps.size} groups={groups}")
+
+
+@pytest.mark.parametrize("gemm", ["avx512", "avx2", "plain"])
+def test_image_stem_direct_kernel_matches_torch(gemm, monkeypatch):
+    """`linalg.conv2d_direct` (an NCHW image of few channels into a multiple of 16 channels,
+    interior pixels read in place, border pixels' patches gathered) through each kind's tiles:
+    32 and 64 channels (the 8 x 32 tile) and 48 (8 x 16), stride 1 and 2, dilation, padding
+    wider than the kernel reaches, a plane smaller than the kernel (every pixel at the border),
+    with and without a bias, against torch with ReLU6 fused."""
+    import torch
+    import torch.nn.functional as F
+
+    from nac.engine.kernels import KERNELS
+    from nac.engine.kernels import linalg as L
+
+    monkeypatch.setattr(L, "GEMM", gemm)
+    rng = np.random.default_rng(9)
+    for n, c, h, w, cout, k, st, pad, dil in [(2, 3, 33, 29, 32, 3, 2, 1, 1), (1, 3, 30, 31, 64, 7, 2, 3, 1),
+                                             (1, 4, 19, 21, 48, 5, 1, 4, 2), (1, 3, 4, 5, 32, 7, 1, 3, 1),
+                                             (1, 1, 12, 40, 16, 3, 1, 1, 1)]:
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        wt = rng.standard_normal((cout, c, k, k)).astype(np.float32)
+        b = rng.standard_normal(cout).astype(np.float32)
+        attrs = {"stride": [st, st], "padding": [pad] * 4, "dilation": [dil, dil], "groups": 1,
+                 "activation": "relu6"}
+        for bias in (b, None):
+            pre = F.conv2d(torch.from_numpy(x), torch.from_numpy(wt), None if bias is None else torch.from_numpy(b),
+                           st, pad, dil)
+            out = np.full((n, pre.shape[2], pre.shape[3], cout), np.nan, np.float32).transpose(0, 3, 1, 2)
+            KERNELS["conv2d"]([x, wt, bias], [out], attrs)
+            assert_close(out, F.relu6(pre).numpy(), rel=1e-5 * max(1.0, float(pre.abs().max())),
+                         what=f"{gemm} stem {n, c, h, w, cout, k, st, pad, dil} bias={bias is not None}")
+
+
 def test_channels_last_convolutions_match_torch():
     """The channels-last convolution kernels (depthwise stencil over channel blocks, the 1x1
     product over pixels, NHWC and NCHW im2col, the grouped fallback), from an NCHW and an NHWC
@@ -596,6 +671,11 @@ for ntaps in simd.DW_RUN_TAPS:
     for pixels in simd.DW_RUN_PIXELS:
         test_dw_run_is_its_tiles_bit_for_bit(ntaps, pixels)
 test_dw_border_tile_matches_its_loop_twin()
+from test_fused_kernels import test_patch_run_and_its_loop_twin_match_float64, test_image_stem_direct_kernel_matches_torch
+for tile in simd.PATCH_RUN_TILES:
+    test_patch_run_and_its_loop_twin_match_float64(tile)
+for kind in ("avx512", "avx2", "plain"):
+    test_image_stem_direct_kernel_matches_torch(kind, MP())
 print("ok")
 """
 
@@ -636,3 +716,25 @@ def test_channels_last_convolutions_of_empty_tensors():
         out = np.full((x.shape[0], 5, 5, 3), np.nan, np.float32).transpose(0, 3, 1, 2)
         KERNELS["conv2d"]([x, w, b], [out], attrs)
         np.testing.assert_array_equal(out, want)
+
+
+def test_plane_reductions_match_torch():
+    """``sum`` and ``mean`` over a 4-D tensor's last two axes (a CNN's global average pooling)
+    through `nn.plane_sums_nhwc` (channels-last) and `nn.plane_sums_nchw` (contiguous), with
+    the axes in any order and sign, kept or dropped, NaN and infinity carried through; a strided
+    input (the numpy fallback) agrees too. Against torch at float32 rounding."""
+    from nac.engine.kernels import KERNELS
+
+    rng = np.random.default_rng(12)
+    base = rng.standard_normal((3, 40, 7, 9)).astype(np.float32)
+    base[1, 5, 2, 3], base[2, 7, 0, 0] = np.nan, np.inf
+    inputs = {"nchw": base, "channels-last": np.ascontiguousarray(base.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
+              "strided": np.repeat(base, 2, axis=3)[..., ::2]}
+    for op in ("sum", "mean"):
+        for layout, x in inputs.items():
+            for dims in ([2, 3], [-1, -2], [3, 2]):
+                for keep in (True, False):
+                    want = getattr(torch, op)(torch.from_numpy(base), dim=dims, keepdim=keep).numpy()
+                    out = np.full(want.shape, 7.0, np.float32)
+                    KERNELS[op]([x], [out], {"dims": dims, "keepdim": keep})
+                    np.testing.assert_allclose(out, want, rtol=2e-6, atol=1e-6, err_msg=f"{op} {layout} {dims} {keep}")
