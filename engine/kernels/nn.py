@@ -407,16 +407,69 @@ def topk(ins, outs, attrs):
 
 
 # -- reductions ----------------------------------------------------------------------------------------
-def _reduce_kernel(fn):
+@njit(cache=True, nogil=True)
+def plane_sums_nhwc(x3, count, out2):
+    """out2[n, c] = sum_p x3[n, p, c] / count, summed in float64 in order of p, rounded once to
+    float32. x3: [N, H W, C] float32, C-contiguous (a channels-last [N, C, H, W] tensor); out2:
+    [N, C] float32. The inner loop runs over adjacent channels, so it fills the vector units."""
+    N, P, C = x3.shape
+    acc = np.empty(C, np.float64)
+    for n in range(N):
+        acc[:] = 0.0
+        for p in range(P):
+            for c in range(C):
+                acc[c] += x3[n, p, c]
+        for c in range(C):
+            out2[n, c] = acc[c] / count
+
+
+@njit(cache=True, nogil=True)
+def plane_sums_nchw(x3, count, out2):
+    """out2[n, c] = sum_p x3[n, c, p] / count, summed in float64 in order of p, rounded once to
+    float32. x3: [N, C, H W] float32, C-contiguous; out2: [N, C] float32."""
+    N, C, P = x3.shape
+    for n in range(N):
+        for c in range(C):
+            acc = 0.0
+            for p in range(P):
+                acc += x3[n, c, p]
+            out2[n, c] = acc / count
+
+
+def _plane_reduction(x: np.ndarray, out: np.ndarray, axis, mean: bool) -> bool:
+    """Sum or mean over the last two axes of a 4-D float32 [N, C, H, W] tensor, channels-last or
+    C-contiguous, into a C-contiguous output (a CNN's global average pooling, ``x.mean((2, 3))``):
+    `plane_sums_nhwc` or `plane_sums_nchw`. numpy's strided reduction over a channels-last
+    tensor took 100-160 us in MobileNetV2's plan for 1,280 x 7 x 7 values (10 us when repeated
+    back to back); this takes 10-40. Returns False (nothing written) for anything else."""
+    if (x.ndim != 4 or axis is None or sorted(a % 4 for a in axis) != [2, 3] or x.dtype != np.float32
+            or out.dtype != np.float32 or not out.flags.c_contiguous or x.size == 0):
+        return False
+    N, C, H, W = x.shape
+    count = float(H * W) if mean else 1.0
+    out2 = out.reshape(N, C)
+    xt = x.transpose(0, 2, 3, 1)
+    if xt.flags.c_contiguous:
+        plane_sums_nhwc(xt.reshape(N, H * W, C), count, out2)
+    elif x.flags.c_contiguous:
+        plane_sums_nchw(x.reshape(N, C, H * W), count, out2)
+    else:
+        return False
+    return True
+
+
+def _reduce_kernel(fn, planes: bool = False):
     def run(ins, outs, attrs):
         axis = tuple(attrs["dims"]) or None
+        if planes and _plane_reduction(ins[0], outs[0], axis, fn is np.mean):
+            return
         fn(ins[0], axis=axis, keepdims=attrs["keepdim"], out=outs[0])
     return run
 
 
 for _op, _fn in {"sum": np.sum, "mean": np.mean, "amax": np.max, "amin": np.min, "prod": np.prod,
                  "any": np.any, "all": np.all}.items():
-    kernel(_op)(_reduce_kernel(_fn))
+    kernel(_op)(_reduce_kernel(_fn, planes=_op in ("sum", "mean")))
 
 
 @kernel("var")
