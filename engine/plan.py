@@ -4,7 +4,8 @@
 2. Evaluate every value's shape and every node's dimension-valued attributes, and check each
    node's recorded output shapes against shape inference (`nac.format.validate.check_shapes`):
    a kernel's output buffer is always exactly what its inputs produce.
-3. Decide which view ops are real views (simulated on zero-byte strided placeholders, with
+3. Fold what depends only on constants and the bound dimensions (`fold_static`): such nodes
+   run once, here, and their outputs become the plan's constants. Decide which view ops are real views (simulated on zero-byte strided placeholders, with
    operations that never read data).
 4. Estimate the memory the plan needs (arena, inputs, outputs and kernel scratch) and refuse it,
    before allocating anything, if it exceeds the limit (`max_memory`).
@@ -287,7 +288,10 @@ class Plan:
         outputs: the arrays holding the outputs after `run`, in graph order (copied out by the
             caller).
         output_names: the graph's output value names, in that order.
-        constants: parameters, QTensors and inline constants by value name (shared, read-only).
+        constants: parameters, QTensors and inline constants by value name (shared, read-only),
+            and the values this plan folded.
+        folded: the values computed from constants alone for these shapes, by name (`fold_static`;
+            read-only, computed when the plan was made; no step computes them).
         arena: the activation arena (uint8, `arena_bytes` long, at least 1) every intermediate
             buffer is a view of, at its `Tensor.offset`.
         arena_bytes: size of the shared activation arena.
@@ -327,6 +331,11 @@ class Plan:
                                 f"max_memory=...) or NAC_MAX_MEMORY); use smaller inputs")
 
         cl = channels_last_values(graph, vshape, dtype) if channels_last else set()
+        # values computed from the constants alone, for these shapes: computed here, once, and
+        # planned as constants (no step; `fold_static`)
+        self.folded = fold_static(graph, attrs, vshape, dtype, constants)
+        if self.folded:
+            constants = {**constants, **self.folded}
 
         # 3. simulate views on placeholders to learn which view ops alias their input
         fake = dict(constants)
@@ -335,6 +344,9 @@ class Plan:
         root: dict[str, str] = {}
         is_view = []
         for n, at in zip(graph.nodes, attrs):
+            if n.outputs[0] in self.folded:
+                is_view.append(None)  # folded: neither a view nor a step
+                continue
             view = None
             if n.op in VIEW_OPS:
                 view = KERNELS[n.op]([fake[i] if i else None for i in operands(n.op, n.inputs)], None, at)
@@ -362,7 +374,7 @@ class Plan:
         top = naive = 0
         frees_at: dict[int, list[str]] = {}
         for k, (n, view) in enumerate(zip(graph.nodes, is_view)):
-            if not view:
+            if view is False:
                 for o in n.outputs:
                     size = -(-int(np.prod(vshape[o], dtype=np.int64)) * dtype[o].itemsize // ALIGN) * ALIGN
                     naive += size
@@ -383,6 +395,8 @@ class Plan:
             arrays[name] = self.inputs[name] = simd.aligned_empty(vshape[name], dtype[name], ALIGN)
         self.steps: list[Step] = []
         for k, (n, at, view) in enumerate(zip(graph.nodes, attrs, is_view)):
+            if view is None:
+                continue
             names = operands(n.op, n.inputs)  # left-out optional inputs read as absent
             ins = [arrays[i] if i else None for i in names]
             if view:
@@ -488,6 +502,49 @@ def _bound(n, ins: list, outs: list, at: dict):
 
 def _address(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
+
+
+def fold_static(graph: Graph, attrs: list, vshape: dict, dtype: dict, constants: dict) -> dict[str, np.ndarray]:
+    """Run, once, the nodes whose every input is a constant or another such node's output: the
+    work a graph does on its buffers and on the bound dimensions alone (BERT's token-type ids
+    and position embeddings, an ``arange`` and the masks built from it). Returns their
+    outputs by value name, read-only, each its own C-contiguous array (a plan treats them as
+    constants: no step, no arena bytes). A view op's output is left to the plan when it is a
+    real view of its input (it aliases a constant), and computed here when it is not.
+
+    attrs: each node's resolved attributes (`check_shapes`); vshape, dtype: every value's
+    concrete shape and numpy dtype.
+
+    Raises:
+        NacInputError: a kernel rejected the constants (an index out of range), or ran out of memory.
+        NacRuntimeError: any other kernel failure, naming the node, its op and source module.
+    """
+    known: dict = {}  # constants and everything computed from them, views included
+    folded: dict[str, np.ndarray] = {}
+    for k, (n, at) in enumerate(zip(graph.nodes, attrs)):
+        names = operands(n.op, n.inputs)
+        if not all(not i or i in constants or i in known for i in names):
+            continue
+        ins = [None if not i else known[i] if i in known else constants[i] for i in names]
+        try:
+            if n.op in VIEW_OPS:
+                view = KERNELS[n.op](ins, None, at)
+                if view is not None and view.shape == vshape[n.outputs[0]]:
+                    known[n.outputs[0]] = view
+                    continue
+            outs = [simd.aligned_empty(vshape[o], dtype[o], ALIGN) for o in n.outputs]
+            KERNELS[n.op](ins, outs, at)
+        except NacInputError:
+            raise
+        except MemoryError:
+            raise NacInputError(f"node {k} ({n.op}) ran out of memory while it was folded") from None
+        except Exception as exc:
+            raise NacRuntimeError(f"node {k} ({n.op}, from {n.source or '?'}) failed on constants: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        for o, a in zip(n.outputs, outs):
+            a.flags.writeable = False
+            known[o] = folded[o] = a
+    return folded
 
 
 def _locate(name: str, a, buf: str, arena: np.ndarray, inputs: dict, constants: dict, live) -> Tensor:

@@ -408,60 +408,66 @@ def topk(ins, outs, attrs):
 
 # -- reductions ----------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
-def plane_sums_nhwc(x3, count, out2):
-    """out2[n, c] = sum_p x3[n, p, c] / count, summed in float64 in order of p, rounded once to
-    float32. x3: [N, H W, C] float32, C-contiguous (a channels-last [N, C, H, W] tensor); out2:
-    [N, C] float32. The inner loop runs over adjacent channels, so it fills the vector units."""
-    N, P, C = x3.shape
-    acc = np.empty(C, np.float64)
-    for n in range(N):
+def sums_over_middle(x3, count, out2):
+    """out2[a, b] = sum_r x3[a, r, b] / count, summed in float64 in order of r, rounded once to
+    float32. x3: [A, R, B] float32, C-contiguous; out2: [A, B] float32. The inner loop runs over
+    adjacent elements b, so it fills the vector units (a channels-last plane's channels)."""
+    A_, R, B = x3.shape
+    acc = np.empty(B, np.float64)
+    for a in range(A_):
         acc[:] = 0.0
-        for p in range(P):
-            for c in range(C):
-                acc[c] += x3[n, p, c]
-        for c in range(C):
-            out2[n, c] = acc[c] / count
+        for r in range(R):
+            for b in range(B):
+                acc[b] += x3[a, r, b]
+        for b in range(B):
+            out2[a, b] = acc[b] / count
 
 
 @njit(cache=True, nogil=True)
-def plane_sums_nchw(x3, count, out2):
-    """out2[n, c] = sum_p x3[n, c, p] / count, summed in float64 in order of p, rounded once to
-    float32. x3: [N, C, H W] float32, C-contiguous; out2: [N, C] float32."""
-    N, C, P = x3.shape
-    for n in range(N):
-        for c in range(C):
-            acc = 0.0
-            for p in range(P):
-                acc += x3[n, c, p]
-            out2[n, c] = acc / count
+def sums_over_last(x2, count, out1):
+    """out1[a] = sum_r x2[a, r] / count, summed in float64 in order of r, rounded once to
+    float32. x2: [A, R] float32, C-contiguous; out1: [A] float32."""
+    for a in range(x2.shape[0]):
+        acc = 0.0
+        for r in range(x2.shape[1]):
+            acc += x2[a, r]
+        out1[a] = acc / count
 
 
-def _plane_reduction(x: np.ndarray, out: np.ndarray, axis, mean: bool) -> bool:
-    """Sum or mean over the last two axes of a 4-D float32 [N, C, H, W] tensor, channels-last or
-    C-contiguous, into a C-contiguous output (a CNN's global average pooling, ``x.mean((2, 3))``):
-    `plane_sums_nhwc` or `plane_sums_nchw`. numpy's strided reduction over a channels-last
-    tensor took 100-160 us in MobileNetV2's plan for 1,280 x 7 x 7 values (10 us when repeated
-    back to back); this takes 10-40. Returns False (nothing written) for anything else."""
-    if (x.ndim != 4 or axis is None or sorted(a % 4 for a in axis) != [2, 3] or x.dtype != np.float32
-            or out.dtype != np.float32 or not out.flags.c_contiguous or x.size == 0):
+def _float_reduction(x: np.ndarray, out: np.ndarray, axis, mean: bool) -> bool:
+    """Sum or mean of float32 ``x`` over consecutive axes into a C-contiguous output, for a
+    C-contiguous ``x`` or a channels-last 4-D one over its last two axes (a CNN's global average
+    pooling, ``x.mean((2, 3))``): ``x`` seen as [A, R, B] (R the reduced elements) through
+    `sums_over_middle`, or `sums_over_last` when B is 1. numpy's strided reduction took
+    100-160 us in MobileNetV2's plan over its 1,280 x 7 x 7 channels-last head (10 us when
+    repeated back to back), and 25 us over MiniLM's 16 x 384 token embeddings; these take 10-57.
+    Returns False (nothing written) for anything else."""
+    if axis is None or x.dtype != np.float32 or out.dtype != np.float32 or not out.flags.c_contiguous or x.size == 0:
         return False
-    N, C, H, W = x.shape
-    count = float(H * W) if mean else 1.0
-    out2 = out.reshape(N, C)
-    xt = x.transpose(0, 2, 3, 1)
-    if xt.flags.c_contiguous:
-        plane_sums_nhwc(xt.reshape(N, H * W, C), count, out2)
-    elif x.flags.c_contiguous:
-        plane_sums_nchw(x.reshape(N, C, H * W), count, out2)
+    axes = sorted(a % x.ndim for a in axis)
+    if len(set(axes)) != len(axes) or axes != list(range(axes[0], axes[-1] + 1)):
+        return False
+    if x.flags.c_contiguous:
+        lo, hi = axes[0], axes[-1] + 1
+    elif x.ndim == 4 and axes == [2, 3] and x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        x, lo, hi = x.transpose(0, 2, 3, 1), 1, 3  # [N, H, W, C]: reduce H and W
     else:
         return False
+    a_, r_, b_ = math.prod(x.shape[:lo]), math.prod(x.shape[lo:hi]), math.prod(x.shape[hi:])
+    count = float(r_) if mean else 1.0
+    if b_ == 1:
+        sums_over_last(x.reshape(a_, r_), count, out.reshape(a_))
+    else:
+        sums_over_middle(x.reshape(a_, r_, b_), count, out.reshape(a_, b_))
     return True
 
 
 def _reduce_kernel(fn, planes: bool = False):
+    """A reduction op's kernel: ``fn`` (a numpy reduction), or with ``planes`` (sum, mean)
+    `_float_reduction` where it applies."""
     def run(ins, outs, attrs):
         axis = tuple(attrs["dims"]) or None
-        if planes and _plane_reduction(ins[0], outs[0], axis, fn is np.mean):
+        if planes and _float_reduction(ins[0], outs[0], axis, fn is np.mean):
             return
         fn(ins[0], axis=axis, keepdims=attrs["keepdim"], out=outs[0])
     return run

@@ -484,3 +484,51 @@ def test_a_failing_binder_is_named(two_input_model, monkeypatch):
     monkeypatch.setitem(P.BINDERS, "softmax", hungry)
     with pytest.raises(NacInputError, match="softmax .*out of memory"):
         two_input_model.plan({"a": (2, 5, 4), "ids": (2, 5)})
+
+
+def test_plan_folds_what_depends_only_on_constants(tmp_path):
+    """BERT's embedding prologue in small: positions from ``arange(seq)`` and a buffer's slice,
+    their embeddings, added to the token embeddings. The plan computes the position side once
+    per shape (`plan.fold_static`): no step for it, read-only arrays planned as constants, and
+    the results stay right over runs with other inputs and for another sequence length; a
+    folded node with an index out of range is refused with `NacInputError` when planning."""
+    rng = np.random.default_rng(3)
+    tok, pos = rng.standard_normal((10, 8)).astype(np.float32), rng.standard_normal((32, 8)).astype(np.float32)
+    g = Graph()
+    ids = g.add_value("ids", "int64", (1, "seq"))
+    g.inputs.append(ids)
+    p = {"tok": g.add_param("tok", tok), "pos": g.add_param("pos", pos),
+         "pid": g.add_param("pid", np.arange(32, dtype=np.int64)[None])}
+    v = {k: g.add_value(k, dt, s) for k, (dt, s) in {
+        "r": ("int64", ("seq",)), "sl": ("int64", (1, "seq")), "s": ("int64", (1, "seq")),
+        "pe": ("float32", (1, "seq", 8)), "pe2": ("float32", ("seq", 8)), "te": ("float32", (1, "seq", 8)),
+        "y": ("float32", (1, "seq", 8)), "out": ("float32", (1, "seq", 8))}.items()}
+    g.nodes += [
+        Node("arange", [], [v["r"]], {"start": 0, "end": "seq", "step": 1, "dtype": "int64"}),
+        Node("slice", [p["pid"]], [v["sl"]], {"dim": 1, "start": 0, "end": "seq", "step": 1}),
+        Node("add", [v["sl"], v["r"]], [v["s"]]),  # 2 * position
+        Node("embedding", [p["pos"], v["s"]], [v["pe"]]),
+        Node("embedding", [p["pos"], v["r"]], [v["pe2"]]),
+        Node("embedding", [p["tok"], ids], [v["te"]]),
+        Node("add", [v["te"], v["pe"]], [v["y"]]),
+        Node("add", [v["y"], v["pe2"]], [v["out"]]),
+    ]
+    g.outputs.append(v["out"])
+    g.dims = {"seq": {"min": 1, "max": 16}}
+    model = nac.load(write_nac(tmp_path / "emb.nac", g, {}))
+    for seq in (5, 9):
+        plan = model.plan({"ids": (1, seq)})
+        assert [s.op for s in plan.steps] == ["embedding", "add", "add"]
+        assert set(plan.folded) == {"r", "s", "pe", "pe2"}
+        assert all(not a.flags.writeable for a in plan.folded.values())
+        assert plan.tensors["pe"].region == "constant"
+        for _ in range(2):
+            x = rng.integers(0, 10, (1, seq))
+            plan.inputs["ids"][...] = x
+            plan.run()
+            want = tok[x] + pos[2 * np.arange(seq)][None] + pos[np.arange(seq)]
+            np.testing.assert_allclose(plan.outputs[0], want, rtol=1e-6)
+    with pytest.raises(nac.NacInputError, match="id 32 is outside the table of 32 rows"):
+        model.plan({"ids": (1, 16)})  # positions 2 * 15 = 30 < 32 are fine ...
+        g.dims["seq"]["max"] = 17
+        nac.load(write_nac(tmp_path / "emb17.nac", g, {})).plan({"ids": (1, 17)})  # ... 2 * 16 = 32 is not

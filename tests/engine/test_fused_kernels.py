@@ -718,23 +718,27 @@ def test_channels_last_convolutions_of_empty_tensors():
         np.testing.assert_array_equal(out, want)
 
 
-def test_plane_reductions_match_torch():
-    """``sum`` and ``mean`` over a 4-D tensor's last two axes (a CNN's global average pooling)
-    through `nn.plane_sums_nhwc` (channels-last) and `nn.plane_sums_nchw` (contiguous), with
-    the axes in any order and sign, kept or dropped, NaN and infinity carried through; a strided
-    input (the numpy fallback) agrees too. Against torch at float32 rounding."""
+def test_float_reductions_match_torch():
+    """``sum`` and ``mean`` of float32 over consecutive axes through `nn.sums_over_middle` and
+    `nn.sums_over_last`: a 4-D tensor's last two axes (a CNN's global average pooling) stored
+    channels-last or contiguous, the axes in any order and sign, kept or dropped; a 3-D tensor's
+    middle, first and last axis (MiniLM's mean pooling over tokens); NaN and infinity carried
+    through. A strided input (the numpy fallback) agrees too. Against torch at float32 rounding."""
     from nac.engine.kernels import KERNELS
 
     rng = np.random.default_rng(12)
     base = rng.standard_normal((3, 40, 7, 9)).astype(np.float32)
     base[1, 5, 2, 3], base[2, 7, 0, 0] = np.nan, np.inf
-    inputs = {"nchw": base, "channels-last": np.ascontiguousarray(base.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
-              "strided": np.repeat(base, 2, axis=3)[..., ::2]}
+    tokens = rng.standard_normal((2, 16, 384)).astype(np.float32)
+    cases = [(base, x, dims) for x in (base, np.ascontiguousarray(base.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
+                                       np.repeat(base, 2, axis=3)[..., ::2])
+             for dims in ([2, 3], [-1, -2], [3, 2])]
+    cases += [(base, base, [1, 2]), (tokens, tokens, [1]), (tokens, tokens, [0]), (tokens, tokens, [-1])]
     for op in ("sum", "mean"):
-        for layout, x in inputs.items():
-            for dims in ([2, 3], [-1, -2], [3, 2]):
-                for keep in (True, False):
-                    want = getattr(torch, op)(torch.from_numpy(base), dim=dims, keepdim=keep).numpy()
-                    out = np.full(want.shape, 7.0, np.float32)
-                    KERNELS[op]([x], [out], {"dims": dims, "keepdim": keep})
-                    np.testing.assert_allclose(out, want, rtol=2e-6, atol=1e-6, err_msg=f"{op} {layout} {dims} {keep}")
+        for ref, x, dims in cases:
+            for keep in (True, False):
+                want = getattr(torch, op)(torch.from_numpy(ref), dim=dims, keepdim=keep).numpy()
+                out = np.full(want.shape, 7.0, np.float32)
+                KERNELS[op]([x], [out], {"dims": dims, "keepdim": keep})
+                np.testing.assert_allclose(out, want, rtol=2e-6, atol=1e-6,
+                                           err_msg=f"{op} {x.shape} {x.strides} {dims} {keep}")
