@@ -5,14 +5,18 @@
    node's recorded output shapes against shape inference (`nac.format.validate.check_shapes`):
    a kernel's output buffer is always exactly what its inputs produce.
 3. Fold what depends only on constants and the bound dimensions (`fold_static`): such nodes
-   run once, here, and their outputs become the plan's constants. Decide which view ops are real views (simulated on zero-byte strided placeholders, with
-   operations that never read data).
+   run once, here, and their outputs become the plan's constants. Decide which view ops are
+   real views (simulated on zero-byte strided placeholders, with operations that never read
+   data).
 4. Estimate the memory the plan needs (arena, inputs, outputs and kernel scratch) and refuse it,
    before allocating anything, if it exceeds the limit (`max_memory`).
 5. Liveness: each buffer lives from the node defining it to the last node reading it or any view
-   of it. Buffers are packed into one arena (first-fit over a free list, 64-byte aligned), so the
-   arena is usually far smaller than the sum of all intermediates.
-6. Pre-bind every kernel to its input/output arrays; running is then one loop over closures.
+   of it (or to the next node, for the inputs of a node a pair binder may fuse with it). Buffers
+   are packed into one arena (first-fit over a free list, 64-byte aligned), so the arena is
+   usually far smaller than the sum of all intermediates.
+6. Pre-bind every kernel to its input/output arrays (`registry.binder`), and consecutive pairs
+   into one call where a pair binder fuses them (`registry.pair_binder`); running is then one
+   loop over closures.
 
 The result is public data, read by the engine (`Plan.run`) and by the C emitter (`nac.accel.emit`)
 alike: `Plan.tensors` says where every value lives (region, owning buffer, byte offset, shape,
@@ -21,6 +25,7 @@ and resolved attributes, and `Plan.describe` turns both into JSON (`nac info --p
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -29,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from nac.errors import NacInputError, NacRuntimeError
-from nac.engine.kernels import BINDERS, KERNELS, VIEW_OPS, simd
+from nac.engine.kernels import BINDERS, KERNELS, PAIR_BINDERS, VIEW_OPS, simd
 from nac.engine.kernels.attention import SCORE_BUDGET
 from nac.format.graph import Graph, numpy_dtype
 from nac.format.ops import DIM_ATTRS  # noqa: F401  (re-exported for the exporter's passes)
@@ -251,6 +256,10 @@ class Step:
         attrs: its attributes with dimension expressions evaluated (what the kernel receives).
         call: the kernel pre-bound to the arrays of those values (or its binder's call,
             `nac.engine.kernels.registry.binder`); ``call()`` runs the step.
+        fused_into: None, or the index of the next step, whose call (a pair binder's,
+            `nac.engine.kernels.registry.pair_binder`) computes its outputs from this step's
+            inputs: this step's own call then does nothing, and its output, which that step
+            alone reads, is never written.
     """
 
     index: int
@@ -260,11 +269,15 @@ class Step:
     outputs: tuple
     attrs: dict
     call: Callable[[], None]
+    fused_into: int | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready form (without `call`)."""
-        return {"index": self.index, "op": self.op, "source": self.source, "inputs": list(self.inputs),
-                "outputs": list(self.outputs), "attrs": _jsonable(self.attrs)}
+        d = {"index": self.index, "op": self.op, "source": self.source, "inputs": list(self.inputs),
+             "outputs": list(self.outputs), "attrs": _jsonable(self.attrs)}
+        if self.fused_into is not None:
+            d["fused_into"] = self.fused_into
+        return d
 
 
 def _jsonable(x):
@@ -360,13 +373,15 @@ class Plan:
                     fake[o] = _placeholder(vshape[o], dtype[o], o in cl)
                 is_view.append(False)
 
-        # 4. liveness of buffers (roots), then first-fit packing into the arena
+        # 4. liveness of buffers (roots), then first-fit packing into the arena. A pair of steps
+        # that may be fused reads the first one's inputs during the second: they live until then.
+        pairs = _pair_candidates(graph, is_view, root)
         end = len(graph.nodes)
         last_use: dict[str, int] = {}
         for k, n in enumerate(graph.nodes):
             for i in n.inputs:
                 if i:
-                    last_use[root.get(i, i)] = k
+                    last_use[root.get(i, i)] = k + 1 if k in pairs else k
         for o in graph.outputs:
             last_use[root.get(o, o)] = end
         offsets: dict[str, int] = {}
@@ -394,6 +409,7 @@ class Plan:
         for name in graph.inputs:
             arrays[name] = self.inputs[name] = simd.aligned_empty(vshape[name], dtype[name], ALIGN)
         self.steps: list[Step] = []
+        operands_of: list[tuple] = []  # each step's (ins, outs) arrays, for the pair binders
         for k, (n, at, view) in enumerate(zip(graph.nodes, attrs, is_view)):
             if view is None:
                 continue
@@ -414,6 +430,8 @@ class Plan:
             call = _bound(n, ins, outs, at)
             self.steps.append(Step(k, n.op, n.source, tuple(names), tuple(n.outputs), at,
                                    call or functools.partial(KERNELS[n.op], ins, outs, at)))
+            operands_of.append((ins, outs))
+        _fuse_pairs(self.steps, operands_of, pairs)
         self.output_names = list(graph.outputs)
         self.outputs = [arrays[o] for o in graph.outputs]
         self._arrays = arrays
@@ -498,6 +516,61 @@ def _bound(n, ins: list, outs: list, at: dict):
     except Exception as exc:
         raise NacRuntimeError(f"{n.op} (from {n.source or '?'}) could not be prepared: "
                               f"{type(exc).__name__}: {exc}") from exc
+
+
+def _pair_candidates(graph: Graph, is_view: list, root: dict) -> set[int]:
+    """The graph indices k of the nodes that a pair binder (`registry.pair_binder`) may fuse
+    with node k + 1: both steps (not views, not folded), of a registered pair of ops, the second
+    reading the first's only output as its first input, and nothing else reading that value: no
+    other node, no view of it, not a graph output. The plan keeps the inputs of node k alive
+    through node k + 1, since a fused call reads them there."""
+    if not PAIR_BINDERS:
+        return set()
+    readers: dict[str, int] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            if i:
+                readers[i] = readers.get(i, 0) + 1
+    viewed, outputs = set(root.values()), set(graph.outputs)
+    found = set()
+    for k in range(len(graph.nodes) - 1):
+        a, b = graph.nodes[k], graph.nodes[k + 1]
+        if is_view[k] is not False or is_view[k + 1] is not False or (a.op, b.op) not in PAIR_BINDERS:
+            continue
+        v = a.outputs[0] if len(a.outputs) == 1 else None
+        if v is not None and b.inputs and b.inputs[0] == v and readers.get(v) == 1 and v not in viewed \
+                and v not in outputs:
+            found.add(k)
+    return found
+
+
+def _fuse_pairs(steps: list, operands_of: list, pairs: set[int]) -> None:
+    """In place over a plan's ``steps``: each pair `_pair_candidates` found that its pair binder
+    fuses gets the binder's call on the second step and a call that does nothing on the first
+    (`Step.fused_into`).
+
+    Raises: as `_bound`."""
+    seconds = set()  # steps that already compute a fused pair: never fused again as a first
+    for k in range(len(steps) - 1):
+        a, b = steps[k], steps[k + 1]
+        if a.index not in pairs or b.index != a.index + 1 or a.fused_into is not None or k in seconds:
+            continue
+        (ins, outs), (ins2, outs2) = operands_of[k], operands_of[k + 1]
+        try:
+            call = PAIR_BINDERS[(a.op, b.op)](ins, outs, a.attrs, ins2, outs2, b.attrs)
+        except MemoryError:
+            raise NacInputError(f"{a.op} + {b.op} ({b.source or '?'}) ran out of memory preparing its kernel") from None
+        except Exception as exc:
+            raise NacRuntimeError(f"{a.op} + {b.op} (from {b.source or '?'}) could not be prepared: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        if call is not None:
+            steps[k] = dataclasses.replace(a, call=_nothing, fused_into=b.index)
+            steps[k + 1] = dataclasses.replace(b, call=call)
+            seconds.add(k + 1)
+
+
+def _nothing() -> None:
+    """The call of a step fused into the next (`Step.fused_into`)."""
 
 
 def _address(a: np.ndarray) -> int:

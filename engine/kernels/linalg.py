@@ -44,7 +44,7 @@ from nac.engine.kernels import activation as A
 from nac.engine.kernels import quant as Q
 from nac.engine.kernels import simd
 from nac.engine.kernels import vmath as vm
-from nac.engine.kernels.registry import binder, kernel
+from nac.engine.kernels.registry import binder, kernel, pair_binder
 
 _EMPTY = np.zeros(1, np.float32)
 
@@ -673,6 +673,96 @@ def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, tap
                 A.bias_act_scalar(yf[row0 + ow * C + cb0:row0 + ow * C + cb1], np.float32(0.0), code)
 
 
+@njit(cache=True, nogil=True, fastmath=vm.EXP_FLAGS, error_model=vm.NUMPY_ERRORS)
+def expand_depthwise(x, bp, be, code1, kind, rb, wd, bd, kh, kw, sh, sw, pt, pl, dh, dw, code2, y, OH, OW, run,
+                     lo, hi):
+    """An inverted-residual block's first two convolutions in one pass, output rows ``lo..hi``
+    of N * OH: e = act1(x @ We + be) (a 1x1 expansion) and y = act2(depthwise(e, Wd) + bd),
+    without ever holding more of e than the rows one output row reads.
+
+    The expanded rows live in a ring of (kh - 1) dh + 1 rows, each padded with zero columns
+    left and right as far as the taps reach, plus one row of zeros that stands for the rows in
+    the padding above and below. Each output row first expands the image rows it needs that
+    the ring lacks (`gemm_panels` over the row's W pixels, bias and act1 in its epilogue, into
+    the ring row's interior), then runs the depthwise taps over the ring as
+    `depthwise_conv2d_nhwc_tiled` runs them over a plane: `simd.dw_run` over 4-pixel groups
+    (``run`` of them a stretch), `simd.dw_tile_4x16` for other kernel sizes, `simd.dw_tile_1x16`
+    for the last pixels, every tap of every pixel read (the padding is zeros in the ring). So
+    e makes no round trip through memory: at 112 x 112 x 96 (MobileNetV2's second block) it
+    is 4.8 MB per image, written and read back once each without the fusion.
+
+    x: [N, H, W, Cin] float32, C-contiguous; bp: `pack_panels` of We [Cin, C], flat; be: [G 32]
+    float32 (zeros past C, or for no bias); kind, rb: `gemm_panels`'s tile kind and row block
+    for W rows; wd: [kh, kw, C] float32 (the depthwise weight, taps major); bd: [C] float32 or
+    longer (zeros for no bias); y: [N, OH, OW, C] float32, flat C-contiguous; C a multiple of
+    16; zero padding (top ``pt``, left ``pl``). Matches ATen's two convolutions within float32
+    rounding (the same products; a border pixel's taps are summed in four chains)."""
+    N, H, W, Cin = x.shape
+    C = wd.shape[2]
+    kk = kh * kw
+    G = (C + PANEL - 1) // PANEL
+    items = ((W + rb - 1) // rb) * G
+    Wp = max(pl + W, (OW - 1) * sw + (kw - 1) * dw + 1)  # a ring row's pixels, padding included
+    row = Wp * C
+    R = (kh - 1) * dh + 1
+    raw = np.empty((R + 1) * row + 16, np.float32)
+    skip = (-T.data_address(raw) % 64) // 4  # rows start on cache lines (`simd.aligned_empty`)
+    ring = raw[skip:skip + (R + 1) * row]
+    for slot in range(R):  # the padding columns (never written after this)
+        ring[slot * row:slot * row + pl * C] = 0.0
+        ring[slot * row + (pl + W) * C:(slot + 1) * row] = 0.0
+    ring[R * row:] = 0.0  # the zero row
+    xf, wf = x.reshape(-1), wd.reshape(-1)
+    res = np.empty(0, np.float32)
+    taps = np.empty(kk, np.int64)
+    trow = np.arange(kk).astype(np.int64)
+    image = -1
+    nxt = 0  # the next image row to expand
+    groups = OW // 4
+    for r in range(lo, hi):
+        n = r // OH
+        oh = r % OH
+        if n != image:
+            image, nxt = n, 0
+        first = oh * sh - pt
+        nxt = max(nxt, first)  # rows above the first this output row reads are no longer needed
+        for i in range(kh):
+            ih = first + i * dh
+            if 0 <= ih < H:
+                while nxt <= ih:
+                    base = (nxt % R) * row + pl * C
+                    gemm_panels(xf[(n * H + nxt) * W * Cin:(n * H + nxt + 1) * W * Cin], W, Cin, bp, be, C,
+                                ring[base:base + W * C], code1, res, False, kind, rb, 0, items)
+                    nxt += 1
+                slot = ih % R
+            else:
+                slot = R
+            for j in range(kw):
+                taps[i * kw + j] = slot * row + j * dw * C
+        yo = r * OW * C
+        for s0 in range(0, groups, run):
+            ng = min(run, groups - s0)
+            xs, ys = 4 * s0 * sw * C, yo + 4 * s0 * C
+            for c0 in range(0, C, 16):
+                done = 0
+                if kk == 9:
+                    simd.dw_run(ring, xs + c0, sw * C, taps, 9, 4, wf, c0, C, bd, c0, y, ys + c0, C, ng)
+                    done = ng
+                elif kk == 25:
+                    simd.dw_run(ring, xs + c0, sw * C, taps, 25, 8, wf, c0, C, bd, c0, y, ys + c0, C,
+                                ng // 2)
+                    done = ng - ng % 2
+                for g in range(done, ng):
+                    simd.dw_tile_4x16(ring, xs + c0 + 4 * g * sw * C, sw * C, taps, wf, c0, C, bd, c0, y,
+                                      ys + c0 + 4 * g * C, C)
+        for ow in range(4 * groups, OW):
+            for c0 in range(0, C, 16):
+                simd.dw_tile_1x16(ring, ow * sw * C + c0, taps, trow, kk, wf, c0, C, bd, c0, y,
+                                  yo + ow * C + c0)
+        if code2 != 0:
+            A.bias_act_scalar(y[yo:yo + OW * C], np.float32(0.0), code2)
+
+
 #: channels of `depthwise_conv2d_nhwc_tiled`'s blocks: a block sweeps a whole output row, so its
 #: weights (128 channels x 25 taps: 12.5 KiB) stay in L1, where one pixel over all channels read
 #: them from L2 (EfficientNet-Lite0's 5x5 at 1,152 channels: 115 KiB). Over EfficientNet-Lite0's
@@ -1036,6 +1126,55 @@ def bind_conv2d(ins, outs, attrs):
     return _while_gemm_holds(fn, job, work, functools.partial(conv2d, ins, outs, attrs))
 
 
+#: `bind_expand_depthwise` fuses an expansion into its depthwise convolution when the expanded
+#: tensor takes at least this many bytes (a few times a core's L2; smaller ones mostly stay in
+#: cache between the two steps)...
+EXPAND_DEPTHWISE_MIN_BYTES = 4 << 20
+#: ... and when the expansion's input channels are at most this many times the plane's width:
+#: `expand_depthwise` multiplies one image row (W pixels) at a time, so it reads the whole
+#: weight (Cin x C) for every W x C expanded values it keeps out of memory. Fused / unfused
+#: time of EfficientNet-Lite0's pairs in one process (AMD EPYC VM, 2 threads): at b8, 0.51-0.79
+#: at 112 and 56 pixels, 0.71-0.72 at 28 (Cin 40), 0.85-1.04 at 14 (Cin 80-112), 1.22-1.30 at 7
+#: (Cin 192); at b1, 0.51-0.83 for the 4.8 MB pair at 112, but 1.26-1.54 for the 1.8 MB one at 56
+EXPAND_DEPTHWISE_DEPTH_PER_PIXEL = 2
+
+
+@pair_binder("conv2d", "conv2d")
+def bind_expand_depthwise(ins, outs, attrs, ins2, outs2, attrs2):
+    """An inverted-residual block's 1x1 expansion and the depthwise convolution that reads it,
+    as one call (`expand_depthwise`): float32, a loaded model's weights, channels-last
+    throughout, an unpadded stride-1 1x1 convolution without a residual into a multiple of 16
+    channels, a depthwise one without a residual, an expanded tensor of at least
+    `EXPAND_DEPTHWISE_MIN_BYTES` and at most `EXPAND_DEPTHWISE_DEPTH_PER_PIXEL` input channels
+    per pixel of a row; None otherwise. The call runs the two kernels instead if `GEMM` changes
+    after binding."""
+    x, w1, b1, res1 = ins
+    e, w2, b2, res2 = ins2
+    y = outs2[0]
+    if (GEMM == "blas" or res1 is not None or res2 is not None or e is not outs[0]
+            or e.nbytes < EXPAND_DEPTHWISE_MIN_BYTES
+            or not all(is_channels_last(a) and a.dtype == np.float32 for a in (x, e, y))
+            or not all(w.dtype == np.float32 and not w.flags.writeable for w in (w1, w2))
+            or not all(b is None or (b.dtype == np.float32 and not b.flags.writeable) for b in (b1, b2))):
+        return None
+    C, cin, kh1, kw1 = w1.shape
+    (sh1, sw1), pad1, _, groups1 = _geometry(attrs)
+    if (groups1 != 1 or (kh1, kw1, sh1, sw1) != (1, 1, 1, 1) or any(pad1) or C % 16 or cin != x.shape[1]
+            or cin > EXPAND_DEPTHWISE_DEPTH_PER_PIXEL * x.shape[3]):
+        return None
+    if attrs2["groups"] != C or w2.shape[:2] != (C, 1) or e.shape[1] != C or y.shape[1] != C or y.size == 0:
+        return None
+    code1, code2 = A.CODES[attrs.get("activation", "none")], A.CODES[attrs2.get("activation", "none")]
+    yt = y.transpose(0, 2, 3, 1)
+    job = _expand_depthwise_job(x.transpose(0, 2, 3, 1), w1, b1, code1, w2, b2, attrs2, code2, yt)
+
+    def unfused():
+        conv2d(ins, outs, attrs)
+        conv2d(ins2, outs2, attrs2)
+
+    return _while_gemm_holds(T.parallel_range, job, e.size * cin + y.size * w2.shape[2] * w2.shape[3], unfused)
+
+
 def _direct_job(x, w, b, attrs, code: int, yt) -> tuple:
     """`conv2d_direct`'s `parallel_range` arguments: x [N, C, H, W] C-contiguous float32, w
     [Cout, C, kh, kw] float32 with Cout a multiple of 16, b [Cout] float32 or None, yt
@@ -1045,6 +1184,21 @@ def _direct_job(x, w, b, attrs, code: int, yt) -> tuple:
     bias = _zero_bias(-(-w.shape[0] // PANEL)) if b is None else np.ascontiguousarray(b)
     return (conv2d_direct, x.shape[0] * yt.shape[1], x, kh, kw, sh, sw, pt, pl, dh, dw, _packed(w, "io"), bias, code,
             GEMM_KINDS[GEMM], yt.reshape(-1), yt.shape[1], yt.shape[2])
+
+
+def _expand_depthwise_job(xt, w1, b1, code1: int, w2, b2, attrs2, code2: int, yt) -> tuple:
+    """`expand_depthwise`'s `parallel_range` arguments: xt [N, H, W, Cin] and yt [N, OH, OW, C]
+    contiguous float32, w1 [C, Cin, 1, 1] and w2 [C, 1, kh, kw] float32 (a loaded model's), b1,
+    b2 [C] float32 or None."""
+    kh, kw = w2.shape[2:]
+    (sh, sw), (pt, _, pl, _), (dh, dw), _ = _geometry(attrs2)
+    panels = _packed(w1, "panels")
+    groups = panels.shape[0]
+    be = _zero_bias(groups) if b1 is None else _packed(b1, "bias")
+    bd = _zero_bias(groups) if b2 is None else _packed(b2, "bias")
+    return (expand_depthwise, xt.shape[0] * yt.shape[1], xt, panels.reshape(-1), be, code1, GEMM_KINDS[GEMM],
+            row_block(xt.shape[2]), _packed(w2, "taps"), bd, kh, kw, sh, sw, pt, pl, dh, dw, code2, yt.reshape(-1),
+            yt.shape[1], yt.shape[2], DEPTHWISE_RUN)
 
 
 def _depthwise_tiled_job(xt, w, b, attrs, code: int, yt) -> tuple:

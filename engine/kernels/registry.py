@@ -8,6 +8,9 @@ from nac.format.ops import VIEW_OPS  # noqa: F401  (re-exported: the op table sa
 KERNELS: dict[str, Callable] = {}
 #: op -> ``bind(ins, outs, attrs)``: the step's call with its arguments worked out once (see `binder`)
 BINDERS: dict[str, Callable] = {}
+#: (op, next op) -> ``bind(ins, outs, attrs, ins2, outs2, attrs2)``: one call for two consecutive
+#: steps (see `pair_binder`)
+PAIR_BINDERS: dict[tuple[str, str], Callable] = {}
 
 
 def _register(table: dict, what: str, ops: tuple):
@@ -41,3 +44,15 @@ def binder(*ops: str):
 
     Raises: ValueError (at import) if an op already has one."""
     return _register(BINDERS, "binder", ops)
+
+
+def pair_binder(first: str, second: str):
+    """Register the decorated ``bind(ins, outs, attrs, ins2, outs2, attrs2) -> call or None`` for
+    two consecutive steps of ops ``first`` and ``second`` where the second reads the first's
+    only output as its first input and nothing else reads it (no other node, no view, not a
+    graph output). The call computes the second step's outputs from the first step's inputs
+    without writing the first step's output (a fused pair, `nac.engine.plan.Step.fused_into`);
+    None where it cannot (each step keeps its own call). ``ins`` as for `binder`.
+
+    Raises: ValueError (at import) if the pair already has one."""
+    return _register(PAIR_BINDERS, "pair binder", ((first, second),))

@@ -532,3 +532,65 @@ def test_plan_folds_what_depends_only_on_constants(tmp_path):
         model.plan({"ids": (1, 16)})  # positions 2 * 15 = 30 < 32 are fine ...
         g.dims["seq"]["max"] = 17
         nac.load(write_nac(tmp_path / "emb17.nac", g, {})).plan({"ids": (1, 17)})  # ... 2 * 16 = 32 is not
+
+
+def test_expansion_and_depthwise_fuse_in_a_plan(tmp_path, monkeypatch):
+    """Two inverted-residual blocks (1x1 expansion, 3x3 depthwise, 1x1 projection; the second
+    with stride 2): with the size threshold lowered, each expansion is fused into its depthwise
+    step (`Step.fused_into`, `linalg.bind_expand_depthwise`); the fused call's input stays
+    alive through the depthwise step (its arena bytes never overlap the output's, which reuse
+    them when unfused), and the outputs match the unfused plan at 1e-6 and torch at 1e-5, also
+    after `NAC_GEMM`'s choice changes (the call then runs the two kernels). Without the lowered
+    threshold nothing this small fuses."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from nac.engine import plan as P
+    from nac.engine.kernels import linalg as L
+
+    class Block(nn.Module):
+        def __init__(self, cin, stride):
+            super().__init__()
+            self.expand = nn.Conv2d(cin, 4 * cin, 1)
+            self.dw = nn.Conv2d(4 * cin, 4 * cin, 3, stride=stride, padding=1, groups=4 * cin)
+            self.project = nn.Conv2d(4 * cin, cin, 1)
+
+        def forward(self, x):
+            return self.project(nn.functional.relu6(self.dw(nn.functional.relu6(self.expand(x)))))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), Block(16, 1), Block(16, 2)
+
+        def forward(self, x):
+            h = self.a(torch.relu(self.stem(x)))  # read by the second expansion alone: unfused, the
+            return self.b(h).mean((2, 3))  # second depthwise output takes its bytes
+
+    torch.manual_seed(0)
+    x, net = torch.randn(2, 3, 18, 20), Net().eval()
+    m = nac.load(nac.export(net, (x,), tmp_path / "net.nac"))
+    assert not any(s.fused_into is not None for s in m.plan({m.graph.inputs[0]: tuple(x.shape)}).steps)
+    monkeypatch.setattr(L, "EXPAND_DEPTHWISE_MIN_BYTES", 0)
+    outs = {}
+    for fused in (True, False):
+        with monkeypatch.context() as mp:
+            if not fused:
+                mp.setattr(P, "PAIR_BINDERS", {})
+            plan = m.plan({m.graph.inputs[0]: tuple(x.shape)})
+        pairs = [(s, plan.steps[k + 1]) for k, s in enumerate(plan.steps) if s.fused_into is not None]
+        assert len(pairs) == (2 if fused else 0)
+        for first, second in pairs:
+            assert second.index == first.fused_into and second.inputs[0] == first.outputs[0]
+            assert not np.shares_memory(plan.array(first.inputs[0]), plan.array(second.outputs[0]))
+        plan.inputs[m.graph.inputs[0]][...] = x.numpy()
+        plan.run()
+        outs[fused] = plan.outputs[0].copy()
+        if fused:
+            with monkeypatch.context() as mp:
+                mp.setattr(L, "GEMM", "plain")
+                plan.run()
+            np.testing.assert_allclose(plan.outputs[0], outs[True], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[True], outs[False], rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(outs[True], net(x).numpy(), rtol=1e-5, atol=1e-5)

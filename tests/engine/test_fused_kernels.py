@@ -671,11 +671,14 @@ for ntaps in simd.DW_RUN_TAPS:
     for pixels in simd.DW_RUN_PIXELS:
         test_dw_run_is_its_tiles_bit_for_bit(ntaps, pixels)
 test_dw_border_tile_matches_its_loop_twin()
-from test_fused_kernels import test_patch_run_and_its_loop_twin_match_float64, test_image_stem_direct_kernel_matches_torch
+from test_fused_kernels import test_patch_run_and_its_loop_twin_match_float64
+from test_fused_kernels import test_image_stem_direct_kernel_matches_torch
 for tile in simd.PATCH_RUN_TILES:
     test_patch_run_and_its_loop_twin_match_float64(tile)
+from test_fused_kernels import test_expand_depthwise_matches_torch
 for kind in ("avx512", "avx2", "plain"):
     test_image_stem_direct_kernel_matches_torch(kind, MP())
+    test_expand_depthwise_matches_torch(kind, MP())
 print("ok")
 """
 
@@ -742,3 +745,44 @@ def test_float_reductions_match_torch():
                 KERNELS[op]([x], [out], {"dims": dims, "keepdim": keep})
                 np.testing.assert_allclose(out, want, rtol=2e-6, atol=1e-6,
                                            err_msg=f"{op} {x.shape} {x.strides} {dims} {keep}")
+
+
+EXPAND_DW_CASES = [  # (N, Cin, H, W, C, k, stride, padding, dilation)
+    (2, 8, 13, 11, 32, 3, 1, 1, 1), (2, 8, 13, 11, 32, 5, 2, 2, 1), (1, 6, 9, 10, 48, 3, 1, 2, 2),
+    (1, 16, 3, 3, 16, 5, 1, 2, 1), (3, 4, 8, 7, 16, 3, 2, 1, 1), (1, 5, 12, 18, 32, 7, 1, 3, 1),
+    (2, 24, 20, 20, 144, 3, 2, 1, 1)]
+
+
+@pytest.mark.parametrize("gemm", ["avx512", "avx2", "plain"])
+def test_expand_depthwise_matches_torch(gemm, monkeypatch):
+    """`linalg.expand_depthwise` (a 1x1 expansion and a depthwise convolution in one pass over a
+    ring of expanded rows) against torch's two convolutions with ReLU6 after each: stride 1 and 2,
+    3x3, 5x5 and 7x7 kernels (7x7: no `simd.dw_run`), dilation, padding wider than the taps
+    reach, planes narrower than a 4-pixel group, a batch, several channel panels, split over
+    the threads and run as one range; each `NAC_GEMM` tile kind for the expansion."""
+    from nac.engine import threads as T
+    from nac.engine.kernels import activation as A
+    from nac.engine.kernels import linalg as L
+
+    monkeypatch.setattr(L, "GEMM", gemm)
+    rng = np.random.default_rng(21)
+    for n, cin, h, w, c, k, st, pad, dil in EXPAND_DW_CASES:
+        x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+        params = [rng.standard_normal(s).astype(np.float32) * 0.3 for s in ((c, cin, 1, 1), (c,), (c, 1, k, k), (c,))]
+        e = F.relu6(F.conv2d(torch.from_numpy(x), torch.from_numpy(params[0]), torch.from_numpy(params[1])))
+        pre = F.conv2d(e, torch.from_numpy(params[2]), torch.from_numpy(params[3]), st, pad, dil, c)
+        want = F.relu6(pre).numpy().transpose(0, 2, 3, 1)
+        for p in params:
+            p.flags.writeable = False
+        xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        attrs = {"stride": [st, st], "padding": [pad] * 4, "dilation": [dil, dil], "groups": c}
+        code = A.CODES["relu6"]
+        for split in (True, False):
+            yt = np.full(want.shape, np.nan, np.float32)
+            job = L._expand_depthwise_job(xt, params[0], params[1], code, params[2], params[3], attrs, code, yt)
+            if split:
+                T.parallel_range(*job, work=1 << 40)
+            else:
+                job[0](*job[2:], 0, job[1])
+            assert_close(yt, want, rel=1e-5 * max(1.0, float(pre.abs().max())),
+                         what=f"{gemm} {n, cin, h, w, c, k, st, pad, dil} split={split}")
