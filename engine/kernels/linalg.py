@@ -584,6 +584,32 @@ def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt,
             A.bias_act_scalar(yt[n, oh, ow, c0:c1], np.float32(0.0), code)
 
 
+@njit(inline="always")
+def _dw_interior(x, xo, px, taps, kk, w, b, c0, c1, y, yo, ldc, groups, run):
+    """``groups`` consecutive groups of 4 output pixels whose taps all lie inside ``x`` (flat,
+    channels-last; the first pixel's first input element at ``xo``, ``px`` elements between
+    pixels), channels ``c0..c1`` (whole 16-channel tiles), into flat ``y`` from ``yo`` (``ldc``
+    elements between pixels, the weight's row length too): stretches of ``run`` groups, each
+    16-channel tile sweeping a stretch before the next takes it, in `simd.dw_run` for a 3 x 3
+    (4-pixel tiles, its 9 weight vectors in registers) or 5 x 5 kernel (8-pixel tiles: 8 chains
+    of multiply-adds), and `simd.dw_tile_4x16` for the groups left over and other kernel sizes.
+    The interior of `depthwise_conv2d_nhwc_tiled` and `expand_depthwise`; inlined at Numba's
+    level, so the array arguments cost no reference counting per call."""
+    for s0 in range(0, groups, run):
+        ng = min(run, groups - s0)
+        xs, ys = xo + 4 * s0 * px, yo + 4 * s0 * ldc
+        for t in range(c0, c1, 16):
+            done = 0  # 4-pixel groups of this channel tile done
+            if kk == 9:
+                simd.dw_run(x, xs + t, px, taps, 9, 4, w, t, ldc, b, t, y, ys + t, ldc, ng)
+                done = ng
+            elif kk == 25:
+                simd.dw_run(x, xs + t, px, taps, 25, 8, w, t, ldc, b, t, y, ys + t, ldc, ng // 2)
+                done = ng - ng % 2
+            for g in range(done, ng):
+                simd.dw_tile_4x16(x, xs + t + 4 * g * px, px, taps, w, t, ldc, b, t, y, ys + t + 4 * g * ldc, ldc)
+
+
 @njit(cache=True, nogil=True, fastmath=A.FASTMATH, error_model="numpy")
 def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, taps, cblock, run, lo, hi):
     """Depthwise 2-D cross-correlation in channels-last layout in register tiles, fused bias +
@@ -632,20 +658,7 @@ def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, tap
             yo = ((n * OH + oh) * OW + ow) * C
             if rows_inside and ow >= ow_lo and ow + 4 <= ow_hi:  # every run of 4 interior pixels
                 groups = (ow_hi - ow) // 4
-                for s0 in range(0, groups, run):  # stretches of ``run`` groups, every channel tile each
-                    ng = min(run, groups - s0)
-                    xs, ys = xo + 4 * s0 * sw * C, yo + 4 * s0 * C
-                    for c0 in range(cb0, t1, 16):
-                        done = 0  # 4-pixel groups of this channel tile done
-                        if kk == 9:  # the 9 weight vectors stay in registers, 4 pixels a tile
-                            simd.dw_run(xf, xs + c0, sw * C, taps, 9, 4, wf, c0, C, b, c0, yf, ys + c0, C, ng)
-                            done = ng
-                        elif kk == 25:  # 8 pixels a tile: 8 chains of multiply-adds
-                            simd.dw_run(xf, xs + c0, sw * C, taps, 25, 8, wf, c0, C, b, c0, yf, ys + c0, C, ng // 2)
-                            done = ng - ng % 2
-                        for g in range(done, ng):
-                            simd.dw_tile_4x16(xf, xs + c0 + 4 * g * sw * C, sw * C, taps, wf, c0, C, b, c0, yf,
-                                              ys + c0 + 4 * g * C, C)
+                _dw_interior(xf, xo, sw * C, taps, kk, wf, b, cb0, t1, yf, yo, C, groups, run)
                 for k in range(4 * groups if t1 < cb1 else 0):
                     _depthwise_pixel(xt, wt, b, n, oh, ow + k, sh, sw, pt, pl, dh, dw, yt, t1, cb1)
                 ow += 4 * groups
@@ -740,21 +753,7 @@ def expand_depthwise(x, bp, be, code1, kind, rb, wd, bd, kh, kw, sh, sw, pt, pl,
             for j in range(kw):
                 taps[i * kw + j] = slot * row + j * dw * C
         yo = r * OW * C
-        for s0 in range(0, groups, run):
-            ng = min(run, groups - s0)
-            xs, ys = 4 * s0 * sw * C, yo + 4 * s0 * C
-            for c0 in range(0, C, 16):
-                done = 0
-                if kk == 9:
-                    simd.dw_run(ring, xs + c0, sw * C, taps, 9, 4, wf, c0, C, bd, c0, y, ys + c0, C, ng)
-                    done = ng
-                elif kk == 25:
-                    simd.dw_run(ring, xs + c0, sw * C, taps, 25, 8, wf, c0, C, bd, c0, y, ys + c0, C,
-                                ng // 2)
-                    done = ng - ng % 2
-                for g in range(done, ng):
-                    simd.dw_tile_4x16(ring, xs + c0 + 4 * g * sw * C, sw * C, taps, wf, c0, C, bd, c0, y,
-                                      ys + c0 + 4 * g * C, C)
+        _dw_interior(ring, 0, sw * C, taps, kk, wf, bd, 0, C, y, yo, C, groups, run)
         for ow in range(4 * groups, OW):
             for c0 in range(0, C, 16):
                 simd.dw_tile_1x16(ring, ow * sw * C + c0, taps, trow, kk, wf, c0, C, bd, c0, y,
