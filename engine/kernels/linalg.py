@@ -584,23 +584,45 @@ def depthwise_conv2d_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, dh, dw, code, yt,
             A.bias_act_scalar(yt[n, oh, ow, c0:c1], np.float32(0.0), code)
 
 
+@njit(cache=True, nogil=True)
+def shared_rows(taps, kh, kw, px):
+    """The side (3 or 5) of a square kernel whose taps along each row step by the pixel stride
+    ``px`` (taps[i kw + j] == taps[i kw] + j px: stride equal to dilation), so that
+    `simd.dw_run_rows` can share input vectors between neighbouring pixels; 0 otherwise."""
+    if kh != kw or (kh != 3 and kh != 5):
+        return 0
+    for i in range(kh):
+        for j in range(kw):
+            if taps[i * kw + j] != taps[i * kw] + j * px:
+                return 0
+    return kh
+
+
 @njit(inline="always")
-def _dw_interior(x, xo, px, taps, kk, w, b, c0, c1, y, yo, ldc, groups, run):
+def _dw_interior(x, xo, px, taps, kk, side, w, b, c0, c1, y, yo, ldc, groups, run):
     """``groups`` consecutive groups of 4 output pixels whose taps all lie inside ``x`` (flat,
     channels-last; the first pixel's first input element at ``xo``, ``px`` elements between
     pixels), channels ``c0..c1`` (whole 16-channel tiles), into flat ``y`` from ``yo`` (``ldc``
     elements between pixels, the weight's row length too): stretches of ``run`` groups, each
-    16-channel tile sweeping a stretch before the next takes it, in `simd.dw_run` for a 3 x 3
-    (4-pixel tiles, its 9 weight vectors in registers) or 5 x 5 kernel (8-pixel tiles: 8 chains
-    of multiply-adds), and `simd.dw_tile_4x16` for the groups left over and other kernel sizes.
-    The interior of `depthwise_conv2d_nhwc_tiled` and `expand_depthwise`; inlined at Numba's
-    level, so the array arguments cost no reference counting per call."""
+    16-channel tile sweeping a stretch before the next takes it, in `simd.dw_run_rows` where
+    neighbouring pixels share input vectors (``side``, `shared_rows`, 3 or 5) and `simd.dw_run`
+    otherwise, for a 3 x 3 (4-pixel tiles, its 9 weight vectors in registers) or 5 x 5 kernel
+    (8-pixel tiles: 8 chains of multiply-adds), and `simd.dw_tile_4x16` for the groups left
+    over and other kernel sizes; every path sums the same taps in the same order. The interior
+    of `depthwise_conv2d_nhwc_tiled` and `expand_depthwise`; inlined at Numba's level, so the
+    array arguments cost no reference counting per call."""
     for s0 in range(0, groups, run):
         ng = min(run, groups - s0)
         xs, ys = xo + 4 * s0 * px, yo + 4 * s0 * ldc
         for t in range(c0, c1, 16):
             done = 0  # 4-pixel groups of this channel tile done
-            if kk == 9:
+            if side == 3:
+                simd.dw_run_rows(x, xs + t, px, taps, 3, 4, w, t, ldc, b, t, y, ys + t, ldc, ng)
+                done = ng
+            elif side == 5:
+                simd.dw_run_rows(x, xs + t, px, taps, 5, 8, w, t, ldc, b, t, y, ys + t, ldc, ng // 2)
+                done = ng - ng % 2
+            elif kk == 9:
                 simd.dw_run(x, xs + t, px, taps, 9, 4, w, t, ldc, b, t, y, ys + t, ldc, ng)
                 done = ng
             elif kk == 25:
@@ -640,6 +662,7 @@ def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, tap
     ow_hi = max(ow_lo, min(OW, last // sw + 1)) if last >= 0 else ow_lo
     toff = np.empty(kh * kw, np.int64)  # a border pixel's taps inside the plane: offsets, weight rows
     trow = np.empty(kh * kw, np.int64)
+    side = shared_rows(taps, kh, kw, sw * C)
     rows = N * OH
     nb = (C + cblock - 1) // cblock
     for item in range(lo, hi):
@@ -658,7 +681,7 @@ def depthwise_conv2d_nhwc_tiled(xt, wt, b, sh, sw, pt, pl, dh, dw, code, yt, tap
             yo = ((n * OH + oh) * OW + ow) * C
             if rows_inside and ow >= ow_lo and ow + 4 <= ow_hi:  # every run of 4 interior pixels
                 groups = (ow_hi - ow) // 4
-                _dw_interior(xf, xo, sw * C, taps, kk, wf, b, cb0, t1, yf, yo, C, groups, run)
+                _dw_interior(xf, xo, sw * C, taps, kk, side, wf, b, cb0, t1, yf, yo, C, groups, run)
                 for k in range(4 * groups if t1 < cb1 else 0):
                     _depthwise_pixel(xt, wt, b, n, oh, ow + k, sh, sw, pt, pl, dh, dw, yt, t1, cb1)
                 ow += 4 * groups
@@ -753,7 +776,8 @@ def expand_depthwise(x, bp, be, code1, kind, rb, wd, bd, kh, kw, sh, sw, pt, pl,
             for j in range(kw):
                 taps[i * kw + j] = slot * row + j * dw * C
         yo = r * OW * C
-        _dw_interior(ring, 0, sw * C, taps, kk, wf, bd, 0, C, y, yo, C, groups, run)
+        _dw_interior(ring, 0, sw * C, taps, kk, shared_rows(taps, kh, kw, sw * C), wf, bd, 0, C, y, yo, C, groups,
+                     run)
         for ow in range(4 * groups, OW):
             for c0 in range(0, C, 16):
                 simd.dw_tile_1x16(ring, ow * sw * C + c0, taps, trow, kk, wf, c0, C, bd, c0, y,

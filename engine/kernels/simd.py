@@ -27,7 +27,8 @@ tiles of the float32 GEMM on prepacked weight panels (`nac.engine.kernels.linalg
 `mm_tile_4x16` is a 4 x 16 float32 register tile of a matrix product in LLVM's generic vector
 type, lowered for whatever the CPU has (the tiled attention's two products); `dw_tile_4x16` is
 the same kind of tile for a channels-last depthwise convolution (4 output pixels x 16 channels),
-`dw_run` a run of 4- or 8-pixel tiles along a row for a 3 x 3 or 5 x 5 kernel,
+`dw_run` a run of 4- or 8-pixel tiles along a row for a 3 x 3 or 5 x 5 kernel (`dw_run_rows`
+where neighbouring pixels share input vectors),
 and `dw_tile_1x16` its one-pixel form over a list of taps (pixels at the plane's border).
 """
 from __future__ import annotations
@@ -821,6 +822,65 @@ def dw_run(typingctx, x, xo, px, taps, ntaps, pixels, w, wo, ldw, b, bo, y, yo, 
                 for r in range(npx):
                     xv = builder.load(vec(arr[0].data, builder.add(at, xrows[r])), align=4)
                     accs[r] = builder.call(fmuladd, [xv, wv, accs[r]])
+            for r in range(npx):
+                builder.store(accs[r], vec(arr[11].data, builder.add(y0, yrows[r])), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic(prefer_literal=True)
+def dw_run_rows(typingctx, x, xo, px, taps, side, pixels, w, wo, ldw, b, bo, y, yo, py, groups):
+    """`dw_run` for a square ``side`` x ``side`` kernel whose taps along a row step by the pixel
+    stride (taps[i side + j] == taps[i side] + j ``px``: stride equal to dilation, as in every
+    stride-1 3 x 3 or 5 x 5 depthwise layer), so that neighbouring pixels read the same input
+    vectors: each tile loads a row's ``pixels + side - 1`` input vectors once and feeds them to
+    all its pixels (a 3 x 3 kernel over 4 pixels: 18 loads for 36 multiply-adds, where `dw_run`
+    loads 36). The sums and their order are `dw_run`'s (the bias, then the taps row by row), so
+    the results are identical bit for bit. ``side`` (3 or 5) and ``pixels`` (one of
+    `DW_RUN_PIXELS`) must be literals; weights stay in registers where they fit (3 x 3). The
+    caller checks the tap layout and keeps every index inside its arrays; `loop_dw_run` (with
+    ntaps = side ** 2) is its plain twin."""
+    f32 = types.float32
+    if not (all(_is_array(t, f32, 1) for t in (x, w, b, y)) and _is_array(taps, types.int64, 1)
+            and isinstance(side, types.IntegerLiteral) and side.literal_value in (3, 5)
+            and isinstance(pixels, types.IntegerLiteral) and pixels.literal_value in DW_RUN_PIXELS
+            and all(isinstance(t, types.Integer) for t in (xo, px, wo, ldw, bo, yo, py, groups))):
+        return None
+    ks, npx = side.literal_value, pixels.literal_value
+    hoist = ks * ks + npx + npx + ks - 1 <= 30
+    sig = types.void(x, xo, px, taps, side, pixels, w, wo, ldw, b, bo, y, yo, py, groups)
+
+    def codegen(context, builder, signature, args):
+        arr = {i: context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3, 6, 9, 11)}
+        i64 = ir.IntType(64)
+        xo_, px_, wo_, ldw_, bo_, yo_, py_, g_ = (context.cast(builder, args[i], signature.args[i], types.int64)
+                                                  for i in (1, 2, 7, 8, 10, 12, 13, 14))
+        fmuladd = _function(builder, "llvm.fmuladd.v16f32", _F32X16, [_F32X16] * 3)
+
+        def vec(base, offset):
+            return builder.bitcast(builder.gep(base, [offset]), _F32X16.as_pointer())
+
+        def weight(q):
+            return builder.load(vec(arr[6].data, builder.add(wo_, builder.mul(ir.Constant(i64, q), ldw_))), align=4)
+
+        bias = builder.load(vec(arr[9].data, bo_), align=4)
+        weights = [weight(q) for q in range(ks * ks)] if hoist else None
+        row_at = [builder.load(builder.gep(arr[3].data, [ir.Constant(i64, i * ks)])) for i in range(ks)]
+        cols = [builder.mul(ir.Constant(i64, c), px_) for c in range(npx + ks - 1)]
+        yrows = [builder.mul(ir.Constant(i64, r), py_) for r in range(npx)]
+        step_x, step_y = builder.mul(ir.Constant(i64, npx), px_), builder.mul(ir.Constant(i64, npx), py_)
+        with cgutils.for_range(builder, g_) as loop:
+            x0 = builder.add(xo_, builder.mul(loop.index, step_x))
+            y0 = builder.add(yo_, builder.mul(loop.index, step_y))
+            accs = [bias] * npx
+            for i in range(ks):
+                at = builder.add(x0, row_at[i])
+                xv = [builder.load(vec(arr[0].data, builder.add(at, cols[c])), align=4) for c in range(npx + ks - 1)]
+                for j in range(ks):
+                    wv = weights[i * ks + j] if hoist else weight(i * ks + j)
+                    for r in range(npx):
+                        accs[r] = builder.call(fmuladd, [xv[r + j], wv, accs[r]])
             for r in range(npx):
                 builder.store(accs[r], vec(arr[11].data, builder.add(y0, yrows[r])), align=4)
         return context.get_dummy_value()

@@ -434,6 +434,8 @@ CONV_CASES = [  # (N, C, H, W, Cout, k, stride, padding, dilation, groups)
     # `simd.dw_run`'s rows: a 5x5 kernel over 3 interior groups of 4 pixels (one 8-pixel tile,
     # then a 4-pixel one) with a tail of 8 channels
     (1, 40, 9, 18, 40, 5, 1, 2, 1, 40),
+    # `simd.dw_run_rows` with neighbouring pixels two apart (stride 2 = dilation 2)
+    (1, 32, 15, 17, 32, 3, 2, 2, 2, 32),
     # more channels than one block of `DEPTHWISE_BLOCK` (the last block partial, with a tail of
     # 8): few rows (work split by channel blocks) and 33 rows (split by rows)
     (2, 280, 7, 7, 280, 5, 1, 2, 1, 280), (1, 152, 33, 6, 152, 3, 1, 1, 1, 152),
@@ -478,6 +480,51 @@ def _dw_run(x, xo, px, taps, ntaps, pixels, w, wo, ldw, b, bo, y, yo, py, groups
         simd.dw_run(x, xo, px, taps, 25, 4, w, wo, ldw, b, bo, y, yo, py, groups)
     else:
         simd.dw_run(x, xo, px, taps, 25, 8, w, wo, ldw, b, bo, y, yo, py, groups)
+
+
+@njit
+def _dw_run_rows(x, xo, px, taps, side, pixels, w, wo, ldw, b, bo, y, yo, py, groups):
+    if side == 3 and pixels == 4:
+        simd.dw_run_rows(x, xo, px, taps, 3, 4, w, wo, ldw, b, bo, y, yo, py, groups)
+    elif side == 3:
+        simd.dw_run_rows(x, xo, px, taps, 3, 8, w, wo, ldw, b, bo, y, yo, py, groups)
+    elif pixels == 4:
+        simd.dw_run_rows(x, xo, px, taps, 5, 4, w, wo, ldw, b, bo, y, yo, py, groups)
+    else:
+        simd.dw_run_rows(x, xo, px, taps, 5, 8, w, wo, ldw, b, bo, y, yo, py, groups)
+
+
+@pytest.mark.parametrize("pixels", simd.DW_RUN_PIXELS)
+@pytest.mark.parametrize("side", [3, 5])
+def test_dw_run_rows_is_dw_run_bit_for_bit(side, pixels):
+    """`simd.dw_run_rows` (a row's input vectors loaded once for all the tile's pixels) gives
+    exactly `simd.dw_run`'s results when the taps along a row step by the pixel stride (stride 1,
+    and stride 2 with dilation 2), at unaligned offsets, for 0, 1 and 3 groups, writing nothing
+    past the last group; `linalg.shared_rows` takes exactly those tap layouts."""
+    from nac.engine.kernels import linalg as L
+
+    rng = np.random.default_rng(side * 10 + pixels)
+    C = 40
+    x = rng.standard_normal(30000).astype(np.float32)
+    w = rng.standard_normal(side * side * C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    row = 40 * C  # a 40-pixel-wide plane
+    for step in (1, 2):  # pixels (and taps along a row) `step` apart
+        px = step * C
+        taps = np.array([(i * step * row + j * px) for i in range(side) for j in range(side)], np.int64)
+        assert L.shared_rows(taps, side, side, px) == side
+        for groups in (0, 1, 3):
+            want = np.full(1500, 7.0, np.float32)
+            _dw_run(x, 17, px, taps, side * side, pixels, w, 5, C, b, 5, want, 3, C, groups)
+            y = np.full(1500, 7.0, np.float32)
+            _dw_run_rows(x, 17, px, taps, side, pixels, w, 5, C, b, 5, y, 3, C, groups)
+            np.testing.assert_array_equal(y, want, err_msg=f"{side}x{side}, {pixels} pixels, step {step}, {groups} groups")
+            y = np.full(1500, 7.0, np.float32)
+            simd.loop_dw_run(x, 17, px, taps, side * side, pixels, w, 5, C, b, 5, y, 3, C, groups)
+            assert_close(y, want, rel=1e-5, what=f"loop_dw_run {side}x{side} step {step}")
+    taps = np.array([(i * row + j * 2 * C) for i in range(side) for j in range(side)], np.int64)
+    assert L.shared_rows(taps, side, side, C) == 0  # dilation 2 at stride 1: dw_run
+    assert L.shared_rows(taps[:side * (side - 1)], side - 1, side, 2 * C) == 0  # not square
 
 
 @pytest.mark.parametrize("pixels", simd.DW_RUN_PIXELS)
@@ -670,6 +717,10 @@ test_dw_tile_matches_its_loop_twin()
 for ntaps in simd.DW_RUN_TAPS:
     for pixels in simd.DW_RUN_PIXELS:
         test_dw_run_is_its_tiles_bit_for_bit(ntaps, pixels)
+from test_fused_kernels import test_dw_run_rows_is_dw_run_bit_for_bit
+for side in (3, 5):
+    for pixels in simd.DW_RUN_PIXELS:
+        test_dw_run_rows_is_dw_run_bit_for_bit(side, pixels)
 test_dw_border_tile_matches_its_loop_twin()
 from test_fused_kernels import test_patch_run_and_its_loop_twin_match_float64
 from test_fused_kernels import test_image_stem_direct_kernel_matches_torch
