@@ -417,16 +417,16 @@ T.member_wait = gemm_member_wait
 
 
 def row_block(M: int) -> int:
-    """Rows per block of `gemm_panels` for an M-row product: `GEMM_ROW_BLOCK`, except that a
-    product of two or three blocks takes blocks of about equal size (a multiple of 8 rows, the
-    AVX-512 tile). The thread team splits the (block, panel) items evenly, so at 196 rows (a
-    14 x 14 plane) blocks of 128 and 68 gave one thread two thirds of the work; blocks of 104
-    and 92 ran 1.0-1.2x faster on two threads (EfficientNet-Lite0's 14 x 14 shapes). At 784 rows,
-    seven blocks of 112 measured slower than 128s, so larger products keep 128."""
+    """Rows per block of `gemm_panels` for an M-row product: blocks of equal size (any height;
+    the tiles take the rows left at a block's end), as few as keep each at most
+    `GEMM_ROW_BLOCK`. The thread team splits the (block, panel) items evenly by count, so
+    equal blocks give each thread equal work. Blocks of 128 rows and a last one of the rest
+    gave one thread two thirds of the work at 392 rows (a batch of 8 over a 7 x 7 plane); equal
+    blocks of 98 ran 1.28-1.31x faster on two threads (226 against 171 GF/s at 392 x 1152 x
+    192, AMD EPYC VM), and blocks rounded up to a multiple of 8 (104, the tile height) only
+    1.2x. At 784 and 1,568 rows (blocks of 112 and 121): 1.03-1.05x."""
     blocks = max(1, -(-M // GEMM_ROW_BLOCK))
-    if blocks == 1 or blocks > 3:
-        return GEMM_ROW_BLOCK
-    return -(-(-(-M // blocks)) // 8) * 8
+    return -(-M // blocks)
 
 
 def gemm_dequant(x2: np.ndarray, w: Q.QTensor, y2: np.ndarray, kind: int) -> None:
