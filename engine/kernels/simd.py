@@ -789,44 +789,8 @@ def dw_run(typingctx, x, xo, px, taps, ntaps, pixels, w, wo, ldw, b, bo, y, yo, 
             and isinstance(pixels, types.IntegerLiteral) and pixels.literal_value in DW_RUN_PIXELS
             and all(isinstance(t, types.Integer) for t in (xo, px, wo, ldw, bo, yo, py, groups))):
         return None
-    k, npx = ntaps.literal_value, pixels.literal_value
-    hoist = k + npx <= 24
     sig = types.void(x, xo, px, taps, ntaps, pixels, w, wo, ldw, b, bo, y, yo, py, groups)
-
-    def codegen(context, builder, signature, args):
-        arr = {i: context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3, 6, 9, 11)}
-        i64 = ir.IntType(64)
-        xo_, px_, wo_, ldw_, bo_, yo_, py_, g_ = (context.cast(builder, args[i], signature.args[i], types.int64)
-                                                  for i in (1, 2, 7, 8, 10, 12, 13, 14))
-        fmuladd = _function(builder, "llvm.fmuladd.v16f32", _F32X16, [_F32X16] * 3)
-
-        def vec(base, offset):
-            return builder.bitcast(builder.gep(base, [offset]), _F32X16.as_pointer())
-
-        def weight(q):
-            return builder.load(vec(arr[6].data, builder.add(wo_, builder.mul(ir.Constant(i64, q), ldw_))), align=4)
-
-        bias = builder.load(vec(arr[9].data, bo_), align=4)
-        weights = [weight(q) for q in range(k)] if hoist else None
-        offsets = [builder.load(builder.gep(arr[3].data, [ir.Constant(i64, q)])) for q in range(k)]
-        xrows = [builder.mul(ir.Constant(i64, r), px_) for r in range(npx)]
-        yrows = [builder.mul(ir.Constant(i64, r), py_) for r in range(npx)]
-        step_x, step_y = builder.mul(ir.Constant(i64, npx), px_), builder.mul(ir.Constant(i64, npx), py_)
-        with cgutils.for_range(builder, g_) as loop:
-            x0 = builder.add(xo_, builder.mul(loop.index, step_x))
-            y0 = builder.add(yo_, builder.mul(loop.index, step_y))
-            accs = [bias] * npx
-            for q in range(k):
-                at = builder.add(x0, offsets[q])
-                wv = weights[q] if hoist else weight(q)
-                for r in range(npx):
-                    xv = builder.load(vec(arr[0].data, builder.add(at, xrows[r])), align=4)
-                    accs[r] = builder.call(fmuladd, [xv, wv, accs[r]])
-            for r in range(npx):
-                builder.store(accs[r], vec(arr[11].data, builder.add(y0, yrows[r])), align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return sig, _dw_run_codegen(False, ntaps.literal_value, pixels.literal_value)
 
 
 @intrinsic(prefer_literal=True)
@@ -847,9 +811,18 @@ def dw_run_rows(typingctx, x, xo, px, taps, side, pixels, w, wo, ldw, b, bo, y, 
             and isinstance(pixels, types.IntegerLiteral) and pixels.literal_value in DW_RUN_PIXELS
             and all(isinstance(t, types.Integer) for t in (xo, px, wo, ldw, bo, yo, py, groups))):
         return None
-    ks, npx = side.literal_value, pixels.literal_value
-    hoist = ks * ks + npx + npx + ks - 1 <= 30
     sig = types.void(x, xo, px, taps, side, pixels, w, wo, ldw, b, bo, y, yo, py, groups)
+    return sig, _dw_run_codegen(True, side.literal_value, pixels.literal_value)
+
+
+def _dw_run_codegen(rows: bool, k: int, npx: int):
+    """The LLVM of `dw_run` (``k`` taps, each pixel's input vector loaded per tap) or, with
+    ``rows``, of `dw_run_rows` (a ``k`` x ``k`` kernel: a row's ``npx + k - 1`` input vectors
+    loaded once for the tile's ``npx`` pixels). Both sum the bias, then the taps in order, per
+    pixel; the weight vectors stay in registers where they fit beside the accumulators (and the
+    row's input vectors)."""
+    ntaps = k * k if rows else k
+    hoist = ntaps + 2 * npx + k - 1 <= 30 if rows else ntaps + npx <= 24
 
     def codegen(context, builder, signature, args):
         arr = {i: context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3, 6, 9, 11)}
@@ -861,31 +834,43 @@ def dw_run_rows(typingctx, x, xo, px, taps, side, pixels, w, wo, ldw, b, bo, y, 
         def vec(base, offset):
             return builder.bitcast(builder.gep(base, [offset]), _F32X16.as_pointer())
 
+        def const(v):
+            return ir.Constant(i64, v)
+
         def weight(q):
-            return builder.load(vec(arr[6].data, builder.add(wo_, builder.mul(ir.Constant(i64, q), ldw_))), align=4)
+            return builder.load(vec(arr[6].data, builder.add(wo_, builder.mul(const(q), ldw_))), align=4)
+
+        def tap(q):
+            return builder.load(builder.gep(arr[3].data, [const(q)]))
 
         bias = builder.load(vec(arr[9].data, bo_), align=4)
-        weights = [weight(q) for q in range(ks * ks)] if hoist else None
-        row_at = [builder.load(builder.gep(arr[3].data, [ir.Constant(i64, i * ks)])) for i in range(ks)]
-        cols = [builder.mul(ir.Constant(i64, c), px_) for c in range(npx + ks - 1)]
-        yrows = [builder.mul(ir.Constant(i64, r), py_) for r in range(npx)]
-        step_x, step_y = builder.mul(ir.Constant(i64, npx), px_), builder.mul(ir.Constant(i64, npx), py_)
+        weights = [weight(q) for q in range(ntaps)] if hoist else None
+        offsets = [tap(i * k) for i in range(k)] if rows else [tap(q) for q in range(k)]
+        xcols = [builder.mul(const(c), px_) for c in range(npx + k - 1 if rows else npx)]
+        yrows = [builder.mul(const(r), py_) for r in range(npx)]
+        step_x, step_y = builder.mul(const(npx), px_), builder.mul(const(npx), py_)
         with cgutils.for_range(builder, g_) as loop:
             x0 = builder.add(xo_, builder.mul(loop.index, step_x))
             y0 = builder.add(yo_, builder.mul(loop.index, step_y))
             accs = [bias] * npx
-            for i in range(ks):
-                at = builder.add(x0, row_at[i])
-                xv = [builder.load(vec(arr[0].data, builder.add(at, cols[c])), align=4) for c in range(npx + ks - 1)]
-                for j in range(ks):
-                    wv = weights[i * ks + j] if hoist else weight(i * ks + j)
+            for i in range(k):
+                at = builder.add(x0, offsets[i])
+                if rows:  # the row's input vectors, each feeding up to k pixels
+                    xv = [builder.load(vec(arr[0].data, builder.add(at, xcols[c])), align=4) for c in range(npx + k - 1)]
+                    for j in range(k):
+                        wv = weights[i * k + j] if hoist else weight(i * k + j)
+                        for r in range(npx):
+                            accs[r] = builder.call(fmuladd, [xv[r + j], wv, accs[r]])
+                else:  # tap i: one input vector per pixel
+                    wv = weights[i] if hoist else weight(i)
                     for r in range(npx):
-                        accs[r] = builder.call(fmuladd, [xv[r + j], wv, accs[r]])
+                        xv = builder.load(vec(arr[0].data, builder.add(at, xcols[r])), align=4)
+                        accs[r] = builder.call(fmuladd, [xv, wv, accs[r]])
             for r in range(npx):
                 builder.store(accs[r], vec(arr[11].data, builder.add(y0, yrows[r])), align=4)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
 
 
 @njit(cache=True, nogil=True)
