@@ -416,6 +416,38 @@ def gemm_member_wait(flags, words, done, seen, spins, settle_spins):
 T.member_wait = gemm_member_wait
 
 
+@njit(cache=True, nogil=True)
+def gemm_team_run(flags, words, epoch, ranges, total, a, M, K, bp, bias, N, c, code, res, has_res, kind, rb):
+    """The caller's side of a `gemm_panels` job over the thread team, in one call without the
+    GIL (`threads.NATIVE_RUNNERS`): publish the arguments (`_pack_gemm`), post job ``epoch``
+    split into ``ranges`` contiguous ranges of ``total`` items, run every range it can claim
+    (`threads.claim_native`), then wait until each range a member claimed is finished (flags[1
+    + k] == ``epoch``). Returns how many ranges it ran. The members' side is
+    `gemm_member_wait`; the arguments are `gemm_panels`' (checked by `_gemm_job`)."""
+    _pack_gemm(words, a, M, K, bp, bias, N, c, code, res, has_res, kind, rb)
+    words[1], words[2] = ranges, total
+    T._atomic_store(words, 0, epoch << T.CLAIM_SHIFT | T.NATIVE_JOB)
+    T._atomic_store(flags, 0, epoch)  # after the words: a member that sees the epoch reads this job's
+    mine = np.zeros(ranges, np.bool_)
+    ran = 0
+    while True:
+        k = T.claim_native(words, epoch)
+        if k < 0:
+            break
+        mine[k] = True
+        ran += 1
+        gemm_panels(a, M, K, bp, bias, N, c, code, res, has_res, kind, rb, total * k // ranges,
+                    total * (k + 1) // ranges)
+    for k in range(ranges):
+        if not mine[k]:
+            while T._atomic_load(flags, 1 + k) != epoch:
+                T._pause()
+    return ran
+
+
+T.NATIVE_RUNNERS[gemm_panels] = gemm_team_run
+
+
 def row_block(M: int) -> int:
     """Rows per block of `gemm_panels` for an M-row product: blocks of equal size (any height;
     the tiles take the rows left at a block's end), as few as keep each at most
