@@ -146,13 +146,18 @@ def _gemm_case(rng, M, K, N):
     return x, panels, bias, res, want
 
 
-def test_native_jobs_are_run_by_members_and_match_one_thread(two_threads):
+@pytest.mark.parametrize("runner", [True, False], ids=["compiled-runner", "python-hand-off"])
+def test_native_jobs_are_run_by_members_and_match_one_thread(two_threads, runner, monkeypatch):
     """`linalg.gemm` posts native jobs (`threads.parallel_native`): members claim and run ranges
     inside their wait, without the GIL; the caller does not run every range itself, and the
-    result is bit-identical to the whole product on one thread, also after the members slept."""
+    result is bit-identical to the whole product on one thread, also after the members slept.
+    Both for the caller's side in one compiled call (`linalg.gemm_team_run`) and in Python."""
     from nac.engine.kernels import linalg as L
 
     assert T.member_wait is L.gemm_member_wait
+    assert T.NATIVE_RUNNERS.get(L.gemm_panels) is L.gemm_team_run
+    if not runner:
+        monkeypatch.delitem(T.NATIVE_RUNNERS, L.gemm_panels)
     rng = np.random.default_rng(7)
     x, panels, bias, res, want = _gemm_case(rng, 96, 384, 1536)
     members_ran = 0
