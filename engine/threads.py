@@ -19,6 +19,8 @@
   claim ranges with a compare-and-swap and run `linalg.gemm_panels` inside their wait
   (`linalg.gemm_member_wait`), never touching the GIL. A 16 x 384 x 1536 product on two threads
   went 158 -> 137 us, 196 x 112 x 672 215 -> 171 us (AMD EPYC VM).
+  The caller's side of such a job (publish, post, claim, run, wait) is one compiled call as
+  well where the kernel registers a runner (`NATIVE_RUNNERS`).
 
 The number of threads is `set_num_threads`'s (``nac.load(..., num_threads=N)``), else
 NAC_NUM_THREADS, else the cores this process may use; an explicit number also limits numpy's BLAS
