@@ -323,16 +323,15 @@ class Team:
         if not self._busy.acquire(blocking=False):
             fn(*args, 0, total)
             return
+        n = min(self.n, total)
         runner = NATIVE_RUNNERS.get(fn) if pack is not None else None
-        if runner is not None and not self._sleepers and min(self.n, total) < NATIVE_JOB:
+        if runner is not None and not self._sleepers and n < NATIVE_JOB:
             try:  # the whole hand-off in one compiled call (no member sleeps on the condition)
-                self.caller_ranges = runner(self.flags, self.words, int(self.flags[0]) + 1, min(self.n, total), total,
-                                            *args)
+                self.caller_ranges = runner(self.flags, self.words, int(self.flags[0]) + 1, n, total, *args)
             finally:
                 self._busy.release()
             return
         try:
-            n = min(self.n, total)
             if n >= NATIVE_JOB:  # more ranges than the claim word counts: members take them with the GIL
                 pack = None
             epoch = int(self.flags[0]) + 1
