@@ -412,6 +412,22 @@ def test_bound_steps_compute_what_their_kernels_compute(quantize, tmp_path, monk
             np.testing.assert_array_equal(got, want)
 
 
+def _run_and_on_plain_gemm(plan, name: str, x, plain_too: bool, monkeypatch):
+    """The plan's first output for input ``name`` = ``x``; with ``plain_too``, run again with every GEMM
+    tile on the plain loop (``NAC_GEMM=plain``), which must agree within 1e-5."""
+    from nac.engine.kernels import linalg as L
+
+    plan.inputs[name][...] = x
+    plan.run()
+    out = plan.outputs[0].copy()
+    if plain_too:
+        with monkeypatch.context() as mp:
+            mp.setattr(L, "GEMM", "plain")
+            plan.run()
+        np.testing.assert_allclose(plan.outputs[0], out, rtol=1e-5, atol=1e-5)
+    return out
+
+
 def test_bound_convolutions_compute_what_their_kernel_computes(tmp_path, monkeypatch):
     """An inverted-residual block after a stem and before a pooling head (1x1 expand, 3x3
     depthwise over 32 channels, 1x1 project with the skip connection in its epilogue, all
@@ -426,7 +442,6 @@ def test_bound_convolutions_compute_what_their_kernel_computes(tmp_path, monkeyp
 
     from nac.engine import plan as P
     from nac.engine.kernels import KERNELS
-    from nac.engine.kernels import linalg as L
 
     class Net(nn.Module):
         def __init__(self, width):
@@ -453,14 +468,7 @@ def test_bound_convolutions_compute_what_their_kernel_computes(tmp_path, monkeyp
             calls = [s.call for s in plan.steps if s.op == "conv2d"]
             assert sum(not (isinstance(c, functools.partial) and c.func is KERNELS["conv2d"]) for c in calls) == \
                 (binds if bound else 0)
-            plan.inputs[m.graph.inputs[0]][...] = x.numpy()
-            plan.run()
-            outs[bound] = plan.outputs[0].copy()
-            if bound:
-                with monkeypatch.context() as mp:
-                    mp.setattr(L, "GEMM", "plain")
-                    plan.run()
-                np.testing.assert_allclose(plan.outputs[0], outs[True], rtol=1e-5, atol=1e-5)
+            outs[bound] = _run_and_on_plain_gemm(plan, m.graph.inputs[0], x.numpy(), bound, monkeypatch)
         np.testing.assert_array_equal(outs[True], outs[False])
         with torch.no_grad():
             np.testing.assert_allclose(outs[True], net(x).numpy(), rtol=1e-5, atol=1e-5)
@@ -583,14 +591,7 @@ def test_expansion_and_depthwise_fuse_in_a_plan(tmp_path, monkeypatch):
         for first, second in pairs:
             assert second.index == first.fused_into and second.inputs[0] == first.outputs[0]
             assert not np.shares_memory(plan.array(first.inputs[0]), plan.array(second.outputs[0]))
-        plan.inputs[m.graph.inputs[0]][...] = x.numpy()
-        plan.run()
-        outs[fused] = plan.outputs[0].copy()
-        if fused:
-            with monkeypatch.context() as mp:
-                mp.setattr(L, "GEMM", "plain")
-                plan.run()
-            np.testing.assert_allclose(plan.outputs[0], outs[True], rtol=1e-5, atol=1e-5)
+        outs[fused] = _run_and_on_plain_gemm(plan, m.graph.inputs[0], x.numpy(), fused, monkeypatch)
     np.testing.assert_allclose(outs[True], outs[False], rtol=1e-6, atol=1e-6)
     with torch.no_grad():
         np.testing.assert_allclose(outs[True], net(x).numpy(), rtol=1e-5, atol=1e-5)
